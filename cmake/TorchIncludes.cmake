@@ -1,0 +1,26 @@
+# The PyPI torch wheel ships old protobuf headers (3.13) in torch/include/google/. On the include path
+# before /usr/include they shadow Debian's protobuf 3.21 headers, and the recipe code would not compile.
+# LibTorch's C++ API does not need them, so we point Torch's imported targets at a mirror of
+# torch/include without google/. (At run time libtorch keeps its protobuf private: only onnx_torch
+# template instances are exported; tests/unit/config proves a recipe parses beside torch ops.)
+function(moetrain_hide_torch_protobuf)
+  set(torch_inc "${TORCH_INSTALL_PREFIX}/include")
+  set(mirror "${CMAKE_BINARY_DIR}/torch_include")
+  file(MAKE_DIRECTORY "${mirror}")
+  file(GLOB entries RELATIVE "${torch_inc}" "${torch_inc}/*")
+  foreach(entry IN LISTS entries)
+    if(NOT entry STREQUAL "google" AND NOT EXISTS "${mirror}/${entry}")
+      file(CREATE_LINK "${torch_inc}/${entry}" "${mirror}/${entry}" SYMBOLIC)
+    endif()
+  endforeach()
+  foreach(target IN ITEMS torch torch_cpu torch_cuda torch_library c10 c10_cuda)
+    if(TARGET ${target})
+      get_target_property(dirs ${target} INTERFACE_INCLUDE_DIRECTORIES)
+      if(dirs)
+        list(TRANSFORM dirs REPLACE "^${torch_inc}$" "${mirror}")
+        list(TRANSFORM dirs REPLACE "^${torch_inc}/" "${mirror}/")
+        set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${dirs}")
+      endif()
+    endif()
+  endforeach()
+endfunction()

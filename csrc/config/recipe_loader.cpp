@@ -1,0 +1,195 @@
+#include "csrc/config/recipe_loader.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+namespace moetrain::config {
+namespace {
+
+namespace pb = google::protobuf;
+
+std::string known_fields(const pb::Descriptor* d) {
+  std::string out;
+  for (int i = 0; i < d->field_count(); ++i) out += (i ? ", " : "") + d->field(i)->name();
+  return out;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// "unknown field" help: the message's fields and the closest name when it is a likely typo.
+std::string unknown_field_help(const pb::Descriptor* d, const std::string& name) {
+  std::string best;
+  size_t best_dist = 3;
+  for (int i = 0; i < d->field_count(); ++i) {
+    size_t dist = edit_distance(name, d->field(i)->name());
+    if (dist < best_dist) best_dist = dist, best = d->field(i)->name();
+  }
+  std::string help = best.empty() ? "" : "did you mean \"" + best + "\"? ";
+  return help + "known fields: " + known_fields(d);
+}
+
+// Rewrites protobuf's parser messages into ones that say what to do.
+std::string explain(const std::string& message) {
+  static const std::regex unknown(R"(Message type \"([\w.]+)\" has no field named \"(\w+)\"\.?)");
+  std::smatch m;
+  if (std::regex_search(message, m, unknown)) {
+    const pb::Descriptor* d = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(m[1]);
+    std::string where = d ? d->name() : std::string(m[1]);
+    return "unknown field \"" + std::string(m[2]) + "\" in " + where + "; " +
+           (d ? unknown_field_help(d, m[2]) : "see docs/recipes.md");
+  }
+  return message + " (see docs/recipes.md for the field's type)";
+}
+
+// Keeps the first parse error: its 1-based position and its explained message.
+class CollectErrors : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (!message_.empty()) return;
+    position_ = std::to_string(line + 1) + ":" + std::to_string(column + 1);
+    message_ = explain(message);
+  }
+  const std::string& position() const { return position_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  std::string position_;
+  std::string message_;
+};
+
+void fill_message_defaults(pb::Message& msg) {
+  const pb::Descriptor* d = msg.GetDescriptor();
+  const pb::Reflection* r = msg.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      fill_message_defaults(*r->MutableMessage(&msg, f));
+      continue;
+    }
+    if (r->HasField(msg, f)) continue;
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(&msg, f, r->GetInt32(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(&msg, f, r->GetInt64(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(&msg, f, r->GetUInt32(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(&msg, f, r->GetUInt64(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(&msg, f, r->GetDouble(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(&msg, f, r->GetFloat(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(&msg, f, r->GetBool(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(&msg, f, r->GetEnum(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(&msg, f, r->GetString(msg, f)); break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+    }
+  }
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& source) {
+  Recipe recipe;
+  pb::TextFormat::Parser parser;
+  CollectErrors errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &recipe)) {
+    throw RecipeError(source + ":" + errors.position() + ": " + errors.message());
+  }
+  return recipe;
+}
+
+void apply_override(Recipe& recipe, const std::string& assignment) {
+  const std::string where = "--set " + assignment;
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw RecipeError(where + ": expected field.path=value, for example --set train.steps=100");
+  }
+  const std::string path = assignment.substr(0, eq);
+  std::string value = assignment.substr(eq + 1);
+
+  // Walk the path through the schema so an unknown name is reported with its parent's fields.
+  std::vector<std::string> parts;
+  std::stringstream ss(path);
+  for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+  pb::Message* msg = &recipe;
+  std::string prefix;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const pb::Descriptor* d = msg->GetDescriptor();
+    const pb::FieldDescriptor* f = d->FindFieldByName(parts[i]);
+    const std::string parent = prefix.empty() ? "the recipe" : prefix;
+    if (!f) {
+      throw RecipeError(where + ": unknown field \"" + parts[i] + "\" in " + parent + "; " +
+                        unknown_field_help(d, parts[i]));
+    }
+    const bool last = i + 1 == parts.size();
+    const bool is_msg = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE;
+    if (!last && (!is_msg || f->is_repeated())) {
+      throw RecipeError(where + ": \"" + prefix + (prefix.empty() ? "" : ".") + parts[i] +
+                        "\" is a value, not a section; override it as " + prefix +
+                        (prefix.empty() ? "" : ".") + parts[i] + "=VALUE");
+    }
+    if (last && is_msg) {
+      throw RecipeError(where + ": \"" + path + "\" is a section; set one of its fields: " +
+                        known_fields(f->message_type()));
+    }
+    if (last) {
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || value[0] != '"')) {
+        std::string quoted = "\"";
+        for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+        value = quoted + "\"";
+      }
+      // Parse "leaf: value" into a scratch message of the leaf's type, then copy the field across,
+      // so type errors come from the same parser as the file's.
+      std::unique_ptr<pb::Message> scratch(msg->New());
+      pb::TextFormat::Parser parser;
+      CollectErrors errors;
+      parser.RecordErrorsTo(&errors);
+      if (!parser.ParseFromString(parts[i] + ": " + value, scratch.get())) {
+        throw RecipeError(where + ": " + errors.message());
+      }
+      msg->GetReflection()->ClearField(msg, f);
+      std::vector<const pb::FieldDescriptor*> only{f};
+      msg->GetReflection()->SwapFields(msg, scratch.get(), only);
+      return;
+    }
+    msg = msg->GetReflection()->MutableMessage(msg, f);
+    prefix += (prefix.empty() ? "" : ".") + parts[i];
+  }
+}
+
+void fill_defaults(Recipe& recipe) { fill_message_defaults(recipe); }
+
+std::string to_text(const Recipe& recipe) {
+  std::string out;
+  pb::TextFormat::Printer printer;
+  printer.PrintToString(recipe, &out);
+  return out;
+}
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) throw RecipeError(path + ": cannot open recipe file; check the path given to --recipe");
+  std::stringstream text;
+  text << in.rdbuf();
+  Recipe recipe = parse_recipe(text.str(), path);
+  for (const std::string& o : overrides) apply_override(recipe, o);
+  fill_defaults(recipe);
+  validate_recipe(recipe, path);
+  return recipe;
+}
+
+}  // namespace moetrain::config

@@ -1,0 +1,39 @@
+// Loading, overriding, validating and printing recipes (schema: csrc/config/recipe.proto).
+//
+// Contract: every function throws RecipeError with a message that names the source (file:line:col or
+// the --set override), the field, the value and the fix. Nothing else in moetrain parses recipe text.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "csrc/config/recipe.pb.h"
+
+namespace moetrain::config {
+
+struct RecipeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Parses recipe text; `source` names it in errors (a file path or "<string>"). Unknown fields, type
+// mismatches and repeated singular fields are errors.
+Recipe parse_recipe(const std::string& text, const std::string& source);
+
+// Applies one `field.path=value` override, typed and checked like the file. Repeated fields take a
+// list (`model.moe_layers=[0,2]`) and replace the whole list.
+void apply_override(Recipe& recipe, const std::string& assignment);
+
+// Checks value ranges and combinations; throws one RecipeError listing every problem found.
+void validate_recipe(const Recipe& recipe, const std::string& source);
+
+// Reads the file, applies the overrides in order, fills in every default and validates.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides);
+
+// Sets every unset optional field to its schema default (so the resolved recipe is explicit).
+void fill_defaults(Recipe& recipe);
+
+// Text format of the recipe, as written to RUN_DIR/recipe.textproto.
+std::string to_text(const Recipe& recipe);
+
+}  // namespace moetrain::config

@@ -1,0 +1,128 @@
+// validate_recipe: value ranges and combinations. Each rule yields one line that names the field, the
+// value, the problem and the fix; all problems are reported together.
+#include <set>
+#include <sstream>
+
+#include "csrc/config/recipe_loader.h"
+
+namespace moetrain::config {
+namespace {
+
+class Problems {
+ public:
+  template <typename T>
+  void add(const std::string& field, const T& value, const std::string& why_and_fix) {
+    std::ostringstream line;
+    line << "  " << field << " = " << value << ": " << why_and_fix;
+    lines_.push_back(line.str());
+  }
+  template <typename T>
+  void at_least(const std::string& field, const T& value, const T& low) {
+    if (value < low) add(field, value, "must be >= " + std::to_string(low) + "; set it to " + std::to_string(low) + " or more");
+  }
+  bool empty() const { return lines_.empty(); }
+  std::string joined() const {
+    std::string out;
+    for (const auto& l : lines_) out += "\n" + l;
+    return out;
+  }
+
+ private:
+  std::vector<std::string> lines_;
+};
+
+std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+void check_model(const ModelConfig& m, Problems& p) {
+  p.at_least<int64_t>("model.vocab_size", m.vocab_size(), 2);
+  p.at_least<int64_t>("model.d_model", m.d_model(), 1);
+  p.at_least<int64_t>("model.num_layers", m.num_layers(), 1);
+  p.at_least<int64_t>("model.num_heads", m.num_heads(), 1);
+  if (m.num_heads() >= 1 && m.d_model() >= 1) {
+    if (m.d_model() % m.num_heads() != 0) {
+      p.add("model.num_heads", m.num_heads(),
+            "model.d_model (" + std::to_string(m.d_model()) + ") must be divisible by num_heads; pick a divisor of d_model");
+    } else if ((m.d_model() / m.num_heads()) % 2 != 0) {
+      p.add("model.num_heads", m.num_heads(),
+            "head size d_model/num_heads = " + std::to_string(m.d_model() / m.num_heads()) +
+                " must be even for rotary embeddings; change num_heads or d_model");
+    }
+  }
+  p.at_least<int64_t>("model.ffn_hidden", m.ffn_hidden(), 1);
+  p.at_least<int64_t>("model.num_experts", m.num_experts(), 1);
+  p.at_least<int64_t>("model.moe_ffn_hidden", m.moe_ffn_hidden(), 1);
+  if (m.top_k() < 1 || m.top_k() > m.num_experts()) {
+    p.add("model.top_k", m.top_k(),
+          "must be between 1 and model.num_experts (" + std::to_string(m.num_experts()) + ")");
+  }
+  p.at_least<int64_t>("model.moe_layer_freq", m.moe_layer_freq(), 0);
+  std::set<int64_t> seen;
+  for (int64_t layer : m.moe_layers()) {
+    if (layer < 0 || layer >= m.num_layers()) {
+      p.add("model.moe_layers", layer,
+            "layer index out of range; use 0.." + std::to_string(m.num_layers() - 1));
+    } else if (!seen.insert(layer).second) {
+      p.add("model.moe_layers", layer, "listed twice; list each MoE layer once");
+    }
+  }
+  p.at_least<int64_t>("model.num_shared_experts", m.num_shared_experts(), 0);
+  p.at_least<int64_t>("model.shared_expert_ffn_hidden", m.shared_expert_ffn_hidden(), 0);
+  if (!(m.rope_theta() > 0)) p.add("model.rope_theta", num(m.rope_theta()), "must be > 0; 10000 is usual");
+  if (!(m.norm_eps() > 0)) p.add("model.norm_eps", num(m.norm_eps()), "must be > 0; 1e-5 is usual");
+  if (!(m.init_std() > 0)) p.add("model.init_std", num(m.init_std()), "must be > 0; 0.02 is usual");
+}
+
+void check_optimizer(const OptimizerConfig& o, Problems& p) {
+  if (!(o.lr() > 0)) p.add("optimizer.lr", num(o.lr()), "must be > 0; 3e-4 is a common start");
+  if (!(o.min_lr() >= 0 && o.min_lr() <= o.lr())) {
+    p.add("optimizer.min_lr", num(o.min_lr()), "must be in [0, optimizer.lr (" + num(o.lr()) + ")]");
+  }
+  if (!(o.weight_decay() >= 0)) p.add("optimizer.weight_decay", num(o.weight_decay()), "must be >= 0");
+  if (!(o.beta1() >= 0 && o.beta1() < 1)) p.add("optimizer.beta1", num(o.beta1()), "must be in [0, 1); 0.9 is usual");
+  if (!(o.beta2() >= 0 && o.beta2() < 1)) p.add("optimizer.beta2", num(o.beta2()), "must be in [0, 1); 0.95 is usual");
+  if (!(o.eps() > 0)) p.add("optimizer.eps", num(o.eps()), "must be > 0; 1e-8 is usual");
+  if (!(o.grad_clip() >= 0)) p.add("optimizer.grad_clip", num(o.grad_clip()), "must be >= 0 (0 disables clipping)");
+}
+
+}  // namespace
+
+void validate_recipe(const Recipe& r, const std::string& source) {
+  Problems p;
+  check_model(r.model(), p);
+  if (!(r.routing().aux_loss_coeff() >= 0)) {
+    p.add("routing.aux_loss_coeff", num(r.routing().aux_loss_coeff()), "must be >= 0 (0 disables the aux loss)");
+  }
+  if (r.data().train_prefix().empty()) {
+    p.add("data.train_prefix", "\"\"", "is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode");
+  }
+  p.at_least<int64_t>("data.seq_len", r.data().seq_len(), 1);
+  check_optimizer(r.optimizer(), p);
+  p.at_least<int64_t>("schedule.warmup_steps", r.schedule().warmup_steps(), 0);
+  p.at_least<int64_t>("schedule.decay_steps", r.schedule().decay_steps(), 0);
+  p.at_least<int64_t>("train.steps", r.train().steps(), 1);
+  p.at_least<int64_t>("train.micro_batch_size", r.train().micro_batch_size(), 1);
+  p.at_least<int64_t>("train.grad_accum_steps", r.train().grad_accum_steps(), 1);
+  p.at_least<int64_t>("train.eval_interval", r.train().eval_interval(), 0);
+  p.at_least<int64_t>("train.eval_sequences", r.train().eval_sequences(), 1);
+  p.at_least<int64_t>("train.threads", r.train().threads(), 0);
+  p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
+  p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
+  if (r.parallel().expert() >= 1 && r.model().num_experts() % r.parallel().expert() != 0) {
+    p.add("parallel.expert", r.parallel().expert(),
+          "model.num_experts (" + std::to_string(r.model().num_experts()) + ") must be divisible by the expert-parallel size");
+  }
+  if (r.parallel().tensor() >= 1 && r.model().num_heads() % r.parallel().tensor() != 0) {
+    p.add("parallel.tensor", r.parallel().tensor(),
+          "model.num_heads (" + std::to_string(r.model().num_heads()) + ") must be divisible by the tensor-parallel size");
+  }
+  p.at_least<int64_t>("checkpoint.interval", r.checkpoint().interval(), 0);
+  p.at_least<int64_t>("checkpoint.keep_last", r.checkpoint().keep_last(), 1);
+  p.at_least<int64_t>("logging.log_interval", r.logging().log_interval(), 1);
+  if (!p.empty()) throw RecipeError(source + ": invalid recipe:" + p.joined());
+}
+
+}  // namespace moetrain::config

@@ -1,0 +1,54 @@
+#include "csrc/model/layers.h"
+
+namespace moetrain::model {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return (normed * weight.to(torch::kFloat32)).to(x.scalar_type());
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x, double theta) {
+  const int64_t seq = x.size(2), head_dim = x.size(3), half = head_dim / 2;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+  auto inv_freq = torch::pow(theta, -torch::arange(0, half, opts) * 2.0 / head_dim);  // (Dh/2)
+  auto angles = torch::outer(torch::arange(0, seq, opts), inv_freq);                   // (S, Dh/2)
+  auto cos = torch::cat({angles.cos(), angles.cos()}, -1).to(x.scalar_type());        // (S, Dh)
+  auto sin = torch::cat({angles.sin(), angles.sin()}, -1).to(x.scalar_type());
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  auto rotated = torch::cat({-x2, x1}, -1);
+  return x * cos + rotated * sin;
+}
+
+AttentionImpl::AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta)
+    : num_heads_(num_heads), rope_theta_(rope_theta) {
+  wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(d_model, 3 * d_model).bias(false)));
+  wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(d_model, d_model).bias(false)));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t B = x.size(0), S = x.size(1), D = x.size(2), Dh = D / num_heads_;
+  auto qkv = wqkv(x).view({B, S, 3, num_heads_, Dh}).permute({2, 0, 3, 1, 4});  // (3, B, H, S, Dh)
+  auto q = apply_rotary(qkv[0], rope_theta_);
+  auto k = apply_rotary(qkv[1], rope_theta_);
+  auto v = qkv[2];
+  auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                              /*is_causal=*/true);  // (B, H, S, Dh)
+  return wo(out.transpose(1, 2).reshape({B, S, D}));
+}
+
+SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden) {
+  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(d_model, hidden).bias(false)));
+  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(d_model, hidden).bias(false)));
+  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(hidden, d_model).bias(false)));
+}
+
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
+  return w2(torch::silu(w1(x)) * w3(x));
+}
+
+}  // namespace moetrain::model

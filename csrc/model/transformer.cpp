@@ -1,0 +1,111 @@
+#include "csrc/model/transformer.h"
+
+#include <cmath>
+
+namespace moetrain::model {
+
+TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m, const config::RoutingConfig& r) {
+  TransformerOptions o;
+  o.vocab_size = m.vocab_size();
+  o.d_model = m.d_model();
+  o.num_layers = m.num_layers();
+  o.num_heads = m.num_heads();
+  o.ffn_hidden = m.ffn_hidden();
+  o.rope_theta = m.rope_theta();
+  o.norm_eps = m.norm_eps();
+  o.tie_embeddings = m.tie_embeddings();
+  o.is_moe.assign(m.num_layers(), false);
+  if (m.moe_layers_size() > 0) {
+    for (int64_t layer : m.moe_layers()) o.is_moe.at(layer) = true;
+  } else if (m.moe_layer_freq() > 0) {
+    for (int64_t l = 0; l < m.num_layers(); l += m.moe_layer_freq()) o.is_moe[l] = true;
+  }
+  o.moe.d_model = m.d_model();
+  o.moe.num_experts = m.num_experts();
+  o.moe.top_k = m.top_k();
+  o.moe.expert_hidden = m.moe_ffn_hidden();
+  o.moe.shared_hidden = m.num_shared_experts() == 0 ? 0
+                        : m.shared_expert_ffn_hidden() > 0 ? m.shared_expert_ffn_hidden()
+                                                           : m.moe_ffn_hidden() * m.num_shared_experts();
+  o.moe.aux_loss_coeff = r.aux_loss_coeff();
+  return o;
+}
+
+BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
+  attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
+  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta));
+  ffn_norm = register_module("ffn_norm", RMSNorm(o.d_model, o.norm_eps));
+  if (is_moe) {
+    moe = register_module("moe", moe::MoELayer(o.moe));
+  } else {
+    mlp = register_module("mlp", SwiGLU(o.d_model, o.ffn_hidden));
+  }
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, torch::Tensor& aux_loss,
+                                 std::vector<torch::Tensor>& tokens_per_expert) {
+  auto h = x + attn(attn_norm(x));
+  if (!moe) return h + mlp(ffn_norm(h));
+  moe::MoEOutput out = moe(ffn_norm(h));
+  aux_loss = aux_loss + out.aux_loss;
+  tokens_per_expert.push_back(out.tokens_per_expert_E);
+  return h + out.y;
+}
+
+TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
+  embed = register_module("embed", torch::nn::Embedding(o.vocab_size, o.d_model));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < o.num_layers; ++l) layers->push_back(Block(o, o.is_moe.at(l)));
+  norm = register_module("norm", RMSNorm(o.d_model, o.norm_eps));
+  if (!o.tie_embeddings) {
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model, o.vocab_size).bias(false)));
+  }
+}
+
+ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
+  ModelOutput out;
+  auto x = embed(tokens_BS);
+  out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  for (const auto& layer : *layers) {
+    x = layer->as<Block>()->forward(x, out.aux_loss, out.tokens_per_expert);
+  }
+  x = norm(x);
+  out.logits = lm_head ? lm_head(x) : torch::linear(x, embed->weight);
+  return out;
+}
+
+namespace {
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+void init_weights(TransformerImpl& model, uint64_t seed, double std) {
+  torch::NoGradGuard no_grad;
+  const double out_std = std / std::sqrt(2.0 * model.options().num_layers);
+  for (auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    if (p.dim() == 1) {  // norm weights
+      p.fill_(1.0);
+      continue;
+    }
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
+    const bool is_output = ends_with(name, "attn.wo.weight") || ends_with(name, ".w2.weight") ||
+                           ends_with(name, "experts.w2");
+    auto global = at::normal(0.0, is_output ? out_std : std, p.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32));
+    p.copy_(global);
+  }
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
+                                              targets.reshape({-1}));
+}
+
+}  // namespace moetrain::model

@@ -1,0 +1,67 @@
+// Decoder-only MoE transformer:
+//   tokens → embedding → N × Block → RMSNorm → LM head → logits
+//   Block: x + Attention(RMSNorm(x)), then x + FFN(RMSNorm(x)), FFN = dense SwiGLU or MoE layer.
+#pragma once
+
+#include <vector>
+
+#include "csrc/config/recipe.pb.h"
+#include "csrc/model/layers.h"
+#include "csrc/moe/moe_layer.h"
+
+namespace moetrain::model {
+
+struct TransformerOptions {
+  int64_t vocab_size = 0, d_model = 0, num_layers = 0, num_heads = 0, ffn_hidden = 0;
+  double rope_theta = 10000.0, norm_eps = 1e-5;
+  bool tie_embeddings = false;
+  std::vector<bool> is_moe;  // per layer
+  moe::MoEOptions moe;
+
+  static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing);
+};
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const TransformerOptions& options, bool is_moe);
+  // x: (B, S, D). Adds this block's aux loss to `aux_loss` and its expert counts to `tokens_per_expert`.
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux_loss, std::vector<torch::Tensor>& tokens_per_expert);
+
+  RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  Attention attn{nullptr};
+  SwiGLU mlp{nullptr};     // dense layers
+  moe::MoELayer moe{nullptr};  // MoE layers
+};
+TORCH_MODULE(Block);
+
+struct ModelOutput {
+  torch::Tensor logits;                            // (B, S, V)
+  torch::Tensor aux_loss;                          // scalar: Σ over MoE layers of coefficient · aux
+  std::vector<torch::Tensor> tokens_per_expert;    // one int64 (E) per MoE layer, detached
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  explicit TransformerImpl(const TransformerOptions& options);
+  ModelOutput forward(const torch::Tensor& tokens_BS);
+  const TransformerOptions& options() const { return options_; }
+
+  torch::nn::Embedding embed{nullptr};  // (V, D)
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // weight (V, D); null when tied to embed
+
+ private:
+  TransformerOptions options_;
+};
+TORCH_MODULE(Transformer);
+
+// Seeded initialisation over the global tensors: each parameter draws from its own generator seeded by
+// (seed, parameter name), so the weights do not depend on creation order or on the parallel layout.
+// Matrices ~ N(0, std²); output projections (attn.wo, *.w2) ~ N(0, std²/(2·layers)); norms = 1.
+void init_weights(TransformerImpl& model, uint64_t seed, double std);
+
+// Cross-entropy of logits (B, S, V) against targets (B, S), mean over tokens.
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+}  // namespace moetrain::model

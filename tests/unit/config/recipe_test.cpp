@@ -1,0 +1,168 @@
+// Recipe loading: good files, bad files with their exact messages, typed overrides, validation rules.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "csrc/config/recipe_loader.h"
+
+using namespace moetrain::config;
+
+namespace {
+
+std::string source_dir() {
+  const char* dir = std::getenv("MOETRAIN_SOURCE_DIR");
+  return dir ? dir : ".";
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const RecipeError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+Recipe valid_recipe() {
+  Recipe r = parse_recipe("data { train_prefix: \"corpus/train\" }", "<test>");
+  fill_defaults(r);
+  return r;
+}
+
+}  // namespace
+
+TEST(RecipeFiles, ShippedRecipesLoadAndValidate) {
+  for (const char* name : {"recipes/pretrain/tiny.textproto", "recipes/pretrain/small.textproto"}) {
+    Recipe r = load_recipe(source_dir() + "/" + name, {});
+    EXPECT_GT(r.train().steps(), 0) << name;
+    EXPECT_TRUE(r.model().has_d_model()) << name << ": defaults are filled in";
+  }
+}
+
+TEST(RecipeFiles, FillDefaultsMakesEveryFieldExplicit) {
+  Recipe r = parse_recipe("", "<test>");
+  fill_defaults(r);
+  EXPECT_TRUE(r.train().has_seed());
+  EXPECT_EQ(r.train().seed(), 1234u);
+  EXPECT_EQ(r.model().top_k(), 2);
+  const std::string text = to_text(r);
+  EXPECT_NE(text.find("aux_loss_coeff: 0.01"), std::string::npos) << text;
+  // The resolved text parses back to the same recipe.
+  Recipe again = parse_recipe(text, "<resolved>");
+  EXPECT_EQ(to_text(again), text);
+}
+
+TEST(RecipeErrors, UnknownFieldNamesFileLineColumnAndClosestField) {
+  EXPECT_EQ(error_of([] { parse_recipe("train {\n  stepz: 5\n}\n", "r.textproto"); }),
+            "r.textproto:2:8: unknown field \"stepz\" in TrainConfig; did you mean \"steps\"? known fields: "
+            "steps, seed, micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads");
+}
+
+TEST(RecipeErrors, UnknownSectionIsAnError) {
+  EXPECT_EQ(error_of([] { parse_recipe("modle { d_model: 8 }", "r.textproto"); }),
+            "r.textproto:1:7: unknown field \"modle\" in Recipe; did you mean \"model\"? known fields: name, model, "
+            "routing, data, optimizer, schedule, train, parallel, checkpoint, logging");
+}
+
+TEST(RecipeErrors, WrongTypeNamesPosition) {
+  EXPECT_EQ(error_of([] { parse_recipe("train {\n  steps: \"ten\"\n}", "r.textproto"); }),
+            "r.textproto:2:10: Expected integer, got: \"ten\" (see docs/recipes.md for the field's type)");
+}
+
+TEST(RecipeErrors, RepeatedSingularFieldIsAnError) {
+  EXPECT_EQ(error_of([] { parse_recipe("train { steps: 1 steps: 2 }", "r.textproto"); }),
+            "r.textproto:1:23: Non-repeated field \"steps\" is specified multiple times. (see docs/recipes.md for "
+            "the field's type)");
+}
+
+TEST(RecipeErrors, MissingFileSaysWhichPath) {
+  EXPECT_EQ(error_of([] { load_recipe("/nonexistent/r.textproto", {}); }),
+            "/nonexistent/r.textproto: cannot open recipe file; check the path given to --recipe");
+}
+
+TEST(RecipeOverrides, SetsTypedScalarsStringsEnumsAndLists) {
+  Recipe r = valid_recipe();
+  apply_override(r, "train.steps=50");
+  apply_override(r, "optimizer.lr=1e-3");
+  apply_override(r, "data.train_prefix=other/train");
+  apply_override(r, "schedule.decay=LINEAR");
+  apply_override(r, "model.moe_layers=[0,2]");
+  apply_override(r, "model.moe_layers=[1]");
+  apply_override(r, "model.tie_embeddings=true");
+  EXPECT_EQ(r.train().steps(), 50);
+  EXPECT_DOUBLE_EQ(r.optimizer().lr(), 1e-3);
+  EXPECT_EQ(r.data().train_prefix(), "other/train");
+  EXPECT_EQ(r.schedule().decay(), ScheduleConfig::LINEAR);
+  ASSERT_EQ(r.model().moe_layers_size(), 1) << "a list override replaces the list";
+  EXPECT_EQ(r.model().moe_layers(0), 1);
+  EXPECT_TRUE(r.model().tie_embeddings());
+}
+
+TEST(RecipeOverrides, BadOverridesNameTheOverrideAndTheFix) {
+  Recipe r = valid_recipe();
+  EXPECT_EQ(error_of([&] { apply_override(r, "train.steps=abc"); }),
+            "--set train.steps=abc: Expected integer, got: abc (see docs/recipes.md for the field's type)");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train.stepz=5"); }),
+            "--set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"? known fields: steps, seed, "
+            "micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train=5"); }),
+            "--set train=5: \"train\" is a section; set one of its fields: steps, seed, micro_batch_size, "
+            "grad_accum_steps, eval_interval, eval_sequences, threads");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train.steps.x=5"); }),
+            "--set train.steps.x=5: \"train.steps\" is a value, not a section; override it as train.steps=VALUE");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train.steps"); }),
+            "--set train.steps: expected field.path=value, for example --set train.steps=100");
+  EXPECT_EQ(r.train().steps(), 1000) << "a failed override changes nothing";
+}
+
+TEST(RecipeValidation, ListsEveryProblemWithFieldValueAndFix) {
+  Recipe r = valid_recipe();
+  r.mutable_model()->set_num_heads(6);
+  r.mutable_model()->set_top_k(9);
+  r.mutable_optimizer()->set_lr(0);
+  r.mutable_model()->add_moe_layers(7);
+  EXPECT_EQ(error_of([&] { validate_recipe(r, "r.textproto"); }),
+            "r.textproto: invalid recipe:\n"
+            "  model.num_heads = 6: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model\n"
+            "  model.top_k = 9: must be between 1 and model.num_experts (8)\n"
+            "  model.moe_layers = 7: layer index out of range; use 0..3\n"
+            "  optimizer.lr = 0: must be > 0; 3e-4 is a common start\n"
+            "  optimizer.min_lr = 3e-05: must be in [0, optimizer.lr (0)]\n"
+            "  parallel.tensor = 1: model.num_heads (6) must be divisible by the tensor-parallel size");
+}
+
+TEST(RecipeValidation, TableOfSingleRules) {
+  struct Case {
+    std::string set;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"model.d_model=0", "  model.d_model = 0: must be >= 1; set it to 1 or more"},
+      {"model.num_heads=3", "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
+      {"model.top_k=0", "  model.top_k = 0: must be between 1 and model.num_experts (8)"},
+      {"model.moe_layers=[1,1]", "  model.moe_layers = 1: listed twice; list each MoE layer once"},
+      {"routing.aux_loss_coeff=-1", "  routing.aux_loss_coeff = -1: must be >= 0 (0 disables the aux loss)"},
+      {"data.train_prefix=\"\"", "  data.train_prefix = \"\": is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode"},
+      {"train.steps=0", "  train.steps = 0: must be >= 1; set it to 1 or more"},
+      {"train.micro_batch_size=0", "  train.micro_batch_size = 0: must be >= 1; set it to 1 or more"},
+      {"optimizer.beta2=1", "  optimizer.beta2 = 1: must be in [0, 1); 0.95 is usual"},
+      {"parallel.expert=3", "  parallel.expert = 3: model.num_experts (8) must be divisible by the expert-parallel size"},
+      {"checkpoint.keep_last=0", "  checkpoint.keep_last = 0: must be >= 1; set it to 1 or more"},
+  };
+  for (const auto& c : cases) {
+    Recipe r = valid_recipe();
+    apply_override(r, c.set);
+    EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "r: invalid recipe:\n" + c.message) << c.set;
+  }
+}
+
+// Debian's libprotobuf and LibTorch in one process: parse, print and use a recipe beside torch ops.
+TEST(RecipeWithTorch, ProtobufAndTorchShareAProcess) {
+  Recipe r = valid_recipe();
+  auto t = torch::ones({r.model().d_model()}) * 2;
+  apply_override(r, "model.d_model=" + std::to_string(t.sum().item<int64_t>()));
+  EXPECT_EQ(r.model().d_model(), 512);
+  EXPECT_NE(to_text(r).find("d_model: 512"), std::string::npos);
+}

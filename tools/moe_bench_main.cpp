@@ -1,0 +1,79 @@
+// moe-bench: benchmarks of moetrain's building blocks. Results go to docs/benchmarks.md with the
+// command and machine that produced them.
+//
+//   moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] [--top-k K] [--hidden F]
+//                       [--warmup N] [--iters N] [--threads T]
+//     MoE layer forward + backward throughput (tokens/s) on CPU, printed as one JSON line.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "csrc/moe/moe_layer.h"
+
+namespace {
+
+int usage(const std::string& message) {
+  std::fprintf(stderr,
+               "moe-bench: error: %s\nusage: moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] "
+               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T]\n",
+               message.c_str());
+  return 2;
+}
+
+int bench_moe_layer(const std::map<std::string, int64_t>& args) {
+  const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
+                F = args.at("hidden");
+  if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
+  torch::manual_seed(0);
+  moetrain::moe::MoEOptions options;
+  options.d_model = D, options.num_experts = E, options.top_k = K, options.expert_hidden = F;
+  options.aux_loss_coeff = 0.01;
+  moetrain::moe::MoELayer layer(options);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : layer->parameters()) p.normal_(0.0, 0.02);
+  }
+  auto x = torch::randn({1, T, D}, torch::requires_grad());
+  auto step = [&] {
+    auto out = layer(x);
+    (out.y.square().mean() + out.aux_loss).backward();
+  };
+  for (int64_t i = 0; i < args.at("warmup"); ++i) step();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < args.at("iters"); ++i) step();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("{\"bench\": \"moe-layer\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, \"top_k\": %lld, "
+              "\"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, \"tokens_per_s\": %.1f}\n",
+              static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E),
+              static_cast<long long>(K), static_cast<long long>(F), torch::get_num_threads(),
+              static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
+              T * args.at("iters") / seconds);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage("name a benchmark");
+  const std::string name = argv[1];
+  std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
+                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}};
+  for (int i = 2; i < argc; i += 2) {
+    std::string flag = argv[i];
+    if (flag.rfind("--", 0) != 0 || !args.count(flag.substr(2))) return usage("unknown option " + flag);
+    if (i + 1 >= argc) return usage(flag + " needs a value");
+    char* end = nullptr;
+    const long long v = std::strtoll(argv[i + 1], &end, 10);
+    if (*end != '\0' || v < 0) return usage(flag + "=" + argv[i + 1] + " is not a non-negative integer");
+    args[flag.substr(2)] = v;
+  }
+  try {
+    if (name == "moe-layer") return bench_moe_layer(args);
+    return usage("unknown benchmark \"" + name + "\" (known: moe-layer)");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,36 @@
+#include "trainer/evaluator.h"
+
+#include <cmath>
+
+namespace moetrain::trainer {
+
+EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int64_t micro_batch_size) {
+  torch::NoGradGuard no_grad;
+  EvalResult result;
+  double total_loss = 0;
+  int64_t total_tokens = 0;
+  for (size_t d = 0; d < data.domains.size(); ++d) {
+    const torch::Tensor& w = data.windows[d];
+    double domain_loss = 0;
+    int64_t domain_tokens = 0;
+    for (int64_t begin = 0; begin < w.size(0); begin += micro_batch_size) {
+      auto batch = w.narrow(0, begin, std::min(micro_batch_size, w.size(0) - begin));
+      auto inputs = batch.narrow(1, 0, batch.size(1) - 1);
+      auto targets = batch.narrow(1, 1, batch.size(1) - 1);
+      auto logits = model.forward(inputs).logits;
+      domain_loss += torch::nn::functional::cross_entropy(
+                         logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}),
+                         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                         .item<double>();
+      domain_tokens += targets.numel();
+    }
+    if (domain_tokens > 0) result.domain_loss.emplace_back(data.domains[d], domain_loss / domain_tokens);
+    total_loss += domain_loss;
+    total_tokens += domain_tokens;
+  }
+  result.loss = total_tokens ? total_loss / total_tokens : NAN;
+  result.ppl = std::exp(result.loss);
+  return result;
+}
+
+}  // namespace moetrain::trainer

@@ -1,0 +1,219 @@
+#include "trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "csrc/config/recipe_loader.h"
+#include "csrc/model/transformer.h"
+#include "trainer/checkpoint.h"
+#include "trainer/data_feed.h"
+#include "trainer/evaluator.h"
+#include "trainer/metrics.h"
+#include "trainer/schedule.h"
+
+namespace moetrain::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+std::string model_signature(const config::Recipe& recipe) {
+  config::Recipe only_model;
+  *only_model.mutable_model() = recipe.model();
+  return config::to_text(only_model);
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(model::TransformerImpl& model, const config::OptimizerConfig& o) {
+  // Weight decay on matrices only; norms (1-D) are not decayed.
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto options = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr())
+                                                            .betas({o.beta1(), o.beta2()})
+                                                            .eps(o.eps())
+                                                            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, options(o.weight_decay()));
+  groups.emplace_back(no_decay, options(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o.lr()));
+}
+
+std::string human_count(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof(buf), "%.2fB", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof(buf), "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(buf, sizeof(buf), "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof(buf), "%.0f", v);
+  return buf;
+}
+
+std::string human_duration(double seconds) {
+  char buf[32];
+  const auto s = static_cast<long long>(seconds);
+  if (s >= 3600) std::snprintf(buf, sizeof(buf), "%lldh%02lldm", s / 3600, (s / 60) % 60);
+  else std::snprintf(buf, sizeof(buf), "%lldm%02llds", s / 60, s % 60);
+  return buf;
+}
+
+double now() {
+  using namespace std::chrono;
+  return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct Trainer::State {
+  config::Recipe recipe;
+  std::string run_dir;
+  model::Transformer model{nullptr};
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<TrainingData> train_data;
+  EvalWindows eval_data;
+  bool has_eval = false;
+  std::unique_ptr<MetricsSink> metrics;
+  std::unique_ptr<Checkpointer> checkpointer;
+  TrainState train_state;
+  double unigram_ppl = NAN;
+};
+
+Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir) : s_(std::make_unique<State>()) {
+  s_->recipe = recipe;
+  s_->run_dir = run_dir;
+  const auto& r = recipe;
+  if (r.train().threads() > 0) torch::set_num_threads(static_cast<int>(r.train().threads()));
+  torch::manual_seed(r.train().seed());
+
+  fs::create_directories(run_dir);
+  std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
+                                               << config::to_text(recipe);
+
+  s_->train_data = std::make_unique<TrainingData>(r.data().train_prefix(), r.data().seq_len(), r.train().seed(),
+                                                  r.model().vocab_size());
+  if (!r.data().valid_prefix().empty()) {
+    s_->eval_data = load_eval_windows(r.data().valid_prefix(), r.data().seq_len(), r.train().eval_sequences(),
+                                      r.model().vocab_size());
+    s_->has_eval = true;
+    s_->unigram_ppl = unigram_baseline(r.data().train_prefix(), r.data().valid_prefix(), r.model().vocab_size());
+  }
+
+  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing()));
+  model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
+  s_->optimizer = make_optimizer(*s_->model, r.optimizer());
+  s_->checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_signature(r));
+  if (r.checkpoint().resume()) {
+    if (auto latest = s_->checkpointer->latest()) {
+      s_->train_state = s_->checkpointer->load(*latest, *s_->model, *s_->optimizer);
+      std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(s_->train_state.step));
+    }
+  }
+  s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
+}
+
+Trainer::~Trainer() = default;
+
+TrainSummary Trainer::run() {
+  const auto& r = s_->recipe;
+  auto& model = *s_->model;
+  auto& state = s_->train_state;
+  const int64_t steps = r.train().steps(), mbs = r.train().micro_batch_size(), accum = r.train().grad_accum_steps();
+  const int64_t seq = r.data().seq_len();
+  const int64_t tokens_per_step = mbs * accum * seq;
+  const double clip = r.optimizer().grad_clip() > 0 ? r.optimizer().grad_clip() : std::numeric_limits<double>::infinity();
+  const bool tty = isatty(fileno(stdout));
+
+  int64_t total_params = 0, expert_params = 0;
+  for (const auto& p : model.named_parameters()) {
+    total_params += p.value().numel();
+    if (p.key().find(".experts.") != std::string::npos) expert_params += p.value().numel();
+  }
+  const double active = total_params - expert_params * (1.0 - static_cast<double>(r.model().top_k()) / r.model().num_experts());
+  std::printf("model: %s parameters (%s active per token), %lld layers, %lld experts top-%lld\n",
+              human_count(total_params).c_str(), human_count(active).c_str(),
+              static_cast<long long>(r.model().num_layers()), static_cast<long long>(r.model().num_experts()),
+              static_cast<long long>(r.model().top_k()));
+  std::printf("data: %s training tokens, %lld tokens per step; run directory %s\n",
+              human_count(s_->train_data->num_tokens()).c_str(), static_cast<long long>(tokens_per_step),
+              s_->run_dir.c_str());
+  if (s_->has_eval) std::printf("unigram baseline perplexity on validation: %.2f\n", s_->unigram_ppl);
+  std::fflush(stdout);
+
+  TrainSummary summary;
+  summary.unigram_ppl = s_->unigram_ppl;
+  summary.val_loss = summary.val_ppl = NAN;
+  const double start = now();
+  const int64_t first_step = state.step;
+  auto evaluate_now = [&](StepRecord& rec) {
+    EvalResult ev = evaluate(model, s_->eval_data, mbs);
+    rec.add("val_loss", ev.loss);
+    rec.add("val_ppl", ev.ppl);
+    for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
+    summary.val_loss = ev.loss, summary.val_ppl = ev.ppl;
+    std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", tty ? "\n" : "", static_cast<long long>(state.step), ev.loss, ev.ppl);
+    for (const auto& [domain, loss] : ev.domain_loss) std::printf(" %s %.2f", domain.c_str(), std::exp(loss));
+    std::printf("\n");
+  };
+
+  while (state.step < steps) {
+    const double t0 = now();
+    const double lr = learning_rate(r, state.step);
+    for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+
+    double lm_sum = 0, aux_sum = 0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      auto batch = s_->train_data->batch(state.samples_consumed, mbs);  // (mbs, seq + 1)
+      state.samples_consumed += mbs;
+      auto out = model.forward(batch.narrow(1, 0, seq));
+      auto lm = model::lm_loss(out.logits, batch.narrow(1, 1, seq));
+      auto loss = (lm + out.aux_loss) / static_cast<double>(accum);
+      loss.backward();
+      lm_sum += lm.item<double>();
+      aux_sum += out.aux_loss.item<double>();
+    }
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
+    s_->optimizer->step();
+    s_->optimizer->zero_grad();
+    state.step += 1;
+    state.tokens += tokens_per_step;
+
+    const double dt = now() - t0;
+    StepRecord rec;
+    rec.step = state.step;
+    rec.add("loss", (lm_sum + aux_sum) / accum);
+    rec.add("lm_loss", lm_sum / accum);
+    rec.add("aux_loss", aux_sum / accum);
+    rec.add("lr", lr);
+    rec.add("grad_norm", grad_norm);
+    rec.add("tokens", static_cast<double>(state.tokens));
+    rec.add("tokens_per_s", tokens_per_step / dt);
+    summary.final_loss = rec.get("loss");
+
+    const double elapsed = now() - start;
+    const double eta = elapsed / (state.step - first_step) * (steps - state.step);
+    const bool log_line = state.step % r.logging().log_interval() == 0 || state.step == steps || state.step == first_step + 1;
+    if (log_line || tty) {
+      std::printf("%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
+                  tty ? "\r" : "", static_cast<long long>(state.step), static_cast<long long>(steps), rec.get("loss"),
+                  rec.get("lm_loss"), rec.get("aux_loss"), lr, grad_norm, human_count(tokens_per_step / dt).c_str(),
+                  human_duration(eta).c_str(), (log_line || !tty) ? "\n" : "");
+      std::fflush(stdout);
+    }
+
+    const int64_t eval_every = r.train().eval_interval();
+    if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) evaluate_now(rec);
+    s_->metrics->write(rec);
+
+    const int64_t ckpt_every = r.checkpoint().interval();
+    if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final())) {
+      s_->checkpointer->save(state, model, *s_->optimizer);
+    }
+  }
+  summary.steps = state.step;
+  return summary;
+}
+
+}  // namespace moetrain::trainer

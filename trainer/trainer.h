@@ -1,0 +1,32 @@
+// The training loop of one process: data → model → loss → backward → clip → AdamW → schedule, with
+// periodic evaluation, metrics and checkpoints. Resumes from RUN_DIR/checkpoints/latest when present.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "csrc/config/recipe.pb.h"
+
+namespace moetrain::trainer {
+
+struct TrainSummary {
+  int64_t steps = 0;           // optimizer steps completed in total
+  double final_loss = 0;       // training loss of the last step
+  double val_loss = 0;         // last evaluation (NaN when there is no validation set)
+  double val_ppl = 0;
+  double unigram_ppl = 0;      // baseline: unigram model of the training tokens on the validation set
+};
+
+class Trainer {
+ public:
+  // `recipe` must be validated and have its defaults filled (config::load_recipe does both).
+  Trainer(const config::Recipe& recipe, const std::string& run_dir);
+  ~Trainer();
+  TrainSummary run();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace moetrain::trainer
