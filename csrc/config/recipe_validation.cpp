@@ -55,6 +55,15 @@ void check_model(const ModelConfig& m, Problems& p) {
   p.at_least<int64_t>("model.ffn_hidden", m.ffn_hidden(), 1);
   p.at_least<int64_t>("model.num_experts", m.num_experts(), 1);
   p.at_least<int64_t>("model.moe_ffn_hidden", m.moe_ffn_hidden(), 1);
+  // The grouped expert GEMM needs rows aligned to 16 bytes: multiples of 8 elements cover bf16 and fp32.
+  if (m.d_model() >= 1 && m.d_model() % 8 != 0) {
+    p.add("model.d_model", m.d_model(), "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
+                                            std::to_string((m.d_model() + 7) / 8 * 8));
+  }
+  if (m.moe_ffn_hidden() >= 1 && m.moe_ffn_hidden() % 8 != 0) {
+    p.add("model.moe_ffn_hidden", m.moe_ffn_hidden(), "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
+                                                          std::to_string((m.moe_ffn_hidden() + 7) / 8 * 8));
+  }
   if (m.top_k() < 1 || m.top_k() > m.num_experts()) {
     p.add("model.top_k", m.top_k(),
           "must be between 1 and model.num_experts (" + std::to_string(m.num_experts()) + ")");

@@ -129,8 +129,7 @@ TEST(RecipeValidation, ListsEveryProblemWithFieldValueAndFix) {
             "  model.top_k = 9: must be between 1 and model.num_experts (8)\n"
             "  model.moe_layers = 7: layer index out of range; use 0..3\n"
             "  optimizer.lr = 0: must be > 0; 3e-4 is a common start\n"
-            "  optimizer.min_lr = 3e-05: must be in [0, optimizer.lr (0)]\n"
-            "  parallel.tensor = 1: model.num_heads (6) must be divisible by the tensor-parallel size");
+            "  optimizer.min_lr = 3e-05: must be in [0, optimizer.lr (0)]");
 }
 
 TEST(RecipeValidation, TableOfSingleRules) {
@@ -140,6 +139,8 @@ TEST(RecipeValidation, TableOfSingleRules) {
   };
   const std::vector<Case> cases = {
       {"model.d_model=0", "  model.d_model = 0: must be >= 1; set it to 1 or more"},
+      {"model.d_model=260", "  model.d_model = 260: must be a multiple of 8 (grouped expert GEMM alignment); round it to 264"},
+      {"model.moe_ffn_hidden=100", "  model.moe_ffn_hidden = 100: must be a multiple of 8 (grouped expert GEMM alignment); round it to 104"},
       {"model.num_heads=3", "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
       {"model.top_k=0", "  model.top_k = 0: must be between 1 and model.num_experts (8)"},
       {"model.moe_layers=[1,1]", "  model.moe_layers = 1: listed twice; list each MoE layer once"},

@@ -80,7 +80,9 @@ TEST(Transformer, InitDependsOnSeedAndNameOnly) {
   auto pa = a->named_parameters(), pb = b->named_parameters(), pc = c->named_parameters();
   for (const auto& p : pa) {
     EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
-    if (p.value().dim() > 1) EXPECT_FALSE(torch::equal(p.value(), pc[p.key()])) << p.key();
+    if (p.value().dim() > 1) {
+      EXPECT_FALSE(torch::equal(p.value(), pc[p.key()])) << p.key();
+    }
   }
   // Output projections are scaled by 1/sqrt(2·layers).
   const double std_wo = pa["layers.0.attn.wo.weight"].std().item<double>();
