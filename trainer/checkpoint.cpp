@@ -114,7 +114,8 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
   meta.read("tokens", v), state.tokens = v.toInt();
   torch::Tensor rng;
   meta.read("cpu_rng", rng);
-  at::detail::getDefaultCPUGenerator().set_state(rng);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(rng);
 
   torch::serialize::InputArchive weights;
   weights.load_from(dir + "/model.pt");

@@ -207,9 +207,16 @@ TrainSummary Trainer::run() {
     if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) evaluate_now(rec);
     s_->metrics->write(rec);
 
-    const int64_t ckpt_every = r.checkpoint().interval();
-    if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final())) {
+    const int64_t ckpt_every = r.checkpoint().interval(), exit_every = r.train().exit_interval();
+    const bool exiting = exit_every > 0 && state.step % exit_every == 0 && state.step < steps;
+    if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final()) ||
+        exiting) {
       s_->checkpointer->save(state, model, *s_->optimizer);
+    }
+    if (exiting) {
+      std::printf("exit_interval reached at step %lld: checkpoint saved; run again to continue\n",
+                  static_cast<long long>(state.step));
+      break;
     }
   }
   summary.steps = state.step;

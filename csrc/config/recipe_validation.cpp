@@ -118,6 +118,7 @@ void validate_recipe(const Recipe& r, const std::string& source) {
   p.at_least<int64_t>("train.eval_interval", r.train().eval_interval(), 0);
   p.at_least<int64_t>("train.eval_sequences", r.train().eval_sequences(), 1);
   p.at_least<int64_t>("train.threads", r.train().threads(), 0);
+  p.at_least<int64_t>("train.exit_interval", r.train().exit_interval(), 0);
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
   if (r.parallel().expert() >= 1 && r.model().num_experts() % r.parallel().expert() != 0) {

@@ -1,0 +1,223 @@
+#include "data/indexed_dataset.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace moetrain::data {
+namespace {
+
+constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
+const char* kRemake = "re-create it with moe-data encode (or Megatron's preprocess_data.py)";
+
+size_t dtype_size(uint8_t code) {
+  switch (code) {
+    case 1: case 2: return 1;
+    case 3: case 8: return 2;
+    case 4: case 7: return 4;
+    case 5: case 6: return 8;
+    default: return 0;
+  }
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw std::runtime_error(path + ": " + what + "; " + kRemake);
+}
+
+template <typename T>
+void put(std::ofstream& out, const T& v) { out.write(reinterpret_cast<const char*>(&v), sizeof(T)); }
+
+}  // namespace
+
+TokenDtype dtype_for_vocab(int64_t vocab_size) {
+  return vocab_size < 65500 ? TokenDtype::kUInt16 : TokenDtype::kInt32;
+}
+
+IndexedDatasetWriter::IndexedDatasetWriter(std::string prefix, int64_t vocab_size)
+    : prefix_(std::move(prefix)), vocab_size_(vocab_size), dtype_(dtype_for_vocab(vocab_size)) {
+  bin_ = std::fopen((prefix_ + ".bin.tmp").c_str(), "wb");
+  if (!bin_) throw std::runtime_error(prefix_ + ".bin: cannot create; check the output directory exists and is writable");
+}
+
+IndexedDatasetWriter::~IndexedDatasetWriter() {
+  if (bin_) std::fclose(bin_);
+  if (!finished_) std::remove((prefix_ + ".bin.tmp").c_str());
+}
+
+void IndexedDatasetWriter::add_document(const std::vector<int32_t>& tokens) {
+  if (finished_) throw std::logic_error("IndexedDatasetWriter: add_document after finish");
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= vocab_size_) {
+      throw std::runtime_error(prefix_ + ": token id " + std::to_string(t) + " outside the vocabulary [0, " +
+                               std::to_string(vocab_size_) + "); pass the tokenizer's vocabulary size");
+    }
+  }
+  if (dtype_ == TokenDtype::kUInt16) {
+    std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
+    std::fwrite(narrow.data(), sizeof(uint16_t), narrow.size(), bin_);
+  } else {
+    std::fwrite(tokens.data(), sizeof(int32_t), tokens.size(), bin_);
+  }
+  lengths_.push_back(static_cast<int32_t>(tokens.size()));
+}
+
+void IndexedDatasetWriter::finish() {
+  if (std::fflush(bin_) != 0 || std::fclose(bin_) != 0) {
+    bin_ = nullptr;
+    throw std::runtime_error(prefix_ + ".bin: write failed; is the disk full?");
+  }
+  bin_ = nullptr;
+  const uint64_t n = lengths_.size();
+  const int64_t item = dtype_ == TokenDtype::kUInt16 ? 2 : 4;
+  {
+    std::ofstream idx(prefix_ + ".idx.tmp", std::ios::binary | std::ios::trunc);
+    idx.write(kMagic, sizeof(kMagic));
+    put<uint64_t>(idx, 1);
+    put<uint8_t>(idx, static_cast<uint8_t>(dtype_));
+    put<uint64_t>(idx, n);
+    put<uint64_t>(idx, n + 1);
+    idx.write(reinterpret_cast<const char*>(lengths_.data()), static_cast<std::streamsize>(n * sizeof(int32_t)));
+    int64_t pointer = 0;
+    for (int32_t len : lengths_) put<int64_t>(idx, pointer), pointer += len * item;
+    for (uint64_t d = 0; d <= n; ++d) put<int64_t>(idx, static_cast<int64_t>(d));
+    if (!idx.flush()) throw std::runtime_error(prefix_ + ".idx: write failed; is the disk full?");
+  }
+  std::filesystem::rename(prefix_ + ".bin.tmp", prefix_ + ".bin");
+  std::filesystem::rename(prefix_ + ".idx.tmp", prefix_ + ".idx");
+  finished_ = true;
+}
+
+IndexedDataset IndexedDataset::open(const std::string& prefix) {
+  const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
+  std::ifstream idx(idx_path, std::ios::binary);
+  if (!idx) throw std::runtime_error(idx_path + ": cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
+  std::vector<char> raw((std::istreambuf_iterator<char>(idx)), std::istreambuf_iterator<char>());
+  const size_t header = 9 + 8 + 1 + 8 + 8;
+  if (raw.size() < header) fail(idx_path, "truncated header (" + std::to_string(raw.size()) + " bytes, need " + std::to_string(header) + ")");
+  if (std::memcmp(raw.data(), kMagic, 9) != 0) {
+    std::string found;
+    for (int i = 0; i < 7; ++i) found += std::isprint(static_cast<unsigned char>(raw[i])) ? raw[i] : '?';
+    fail(idx_path, "bad magic '" + found + "' (expected Megatron indexed dataset 'MMIDIDX')");
+  }
+  auto read_u64 = [&](size_t off) { uint64_t v; std::memcpy(&v, raw.data() + off, 8); return v; };
+  const uint64_t version = read_u64(9);
+  if (version != 1) fail(idx_path, "unsupported version " + std::to_string(version) + " (expected 1)");
+  const uint8_t code = static_cast<uint8_t>(raw[17]);
+  if (dtype_size(code) == 0) fail(idx_path, "unknown dtype code " + std::to_string(code) + " (expected 1..8)");
+  const uint64_t seqs = read_u64(18), docs = read_u64(26);
+  const size_t need = header + seqs * 4 + seqs * 8 + docs * 8;
+  if (seqs > raw.size() || docs > raw.size() || raw.size() < need) {
+    fail(idx_path, "truncated index: " + std::to_string(seqs) + " sequences and " + std::to_string(docs) +
+                       " document entries need " + std::to_string(need) + " bytes, file has " + std::to_string(raw.size()));
+  }
+
+  IndexedDataset ds;
+  ds.prefix_ = prefix;
+  ds.dtype_ = static_cast<TokenDtype>(code);
+  ds.item_size_ = dtype_size(code);
+  ds.lengths_.resize(seqs);
+  std::memcpy(ds.lengths_.data(), raw.data() + header, seqs * 4);
+  std::vector<int64_t> pointers(seqs);
+  std::memcpy(pointers.data(), raw.data() + header + seqs * 4, seqs * 8);
+  ds.doc_index_.resize(docs);
+  std::memcpy(ds.doc_index_.data(), raw.data() + header + seqs * 12, docs * 8);
+
+  struct stat st {};
+  if (::stat(bin_path.c_str(), &st) != 0) throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
+  ds.bin_size_ = static_cast<size_t>(st.st_size);
+  if (ds.bin_size_ % ds.item_size_ != 0) {
+    fail(bin_path, "size " + std::to_string(ds.bin_size_) + " is not a multiple of the token size " + std::to_string(ds.item_size_));
+  }
+  int64_t expected = 0;
+  ds.first_token_.resize(seqs);
+  for (uint64_t i = 0; i < seqs; ++i) {
+    if (ds.lengths_[i] < 0 || pointers[i] != expected) {
+      fail(idx_path, "sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers[i]) + " and length " +
+                         std::to_string(ds.lengths_[i]) + " (expected pointer " + std::to_string(expected) + ")");
+    }
+    ds.first_token_[i] = expected / static_cast<int64_t>(ds.item_size_);
+    expected += static_cast<int64_t>(ds.lengths_[i]) * static_cast<int64_t>(ds.item_size_);
+  }
+  if (static_cast<size_t>(expected) > ds.bin_size_) {
+    fail(bin_path, "truncated: the index needs " + std::to_string(expected) + " bytes, file has " + std::to_string(ds.bin_size_));
+  }
+  ds.num_tokens_ = expected / static_cast<int64_t>(ds.item_size_);
+  if (docs < 1 || ds.doc_index_.front() != 0 || ds.doc_index_.back() != static_cast<int64_t>(seqs)) {
+    fail(idx_path, "document index must run from 0 to the sequence count " + std::to_string(seqs));
+  }
+  for (size_t d = 1; d < docs; ++d) {
+    if (ds.doc_index_[d] < ds.doc_index_[d - 1]) fail(idx_path, "document index decreases at entry " + std::to_string(d));
+  }
+  if (ds.bin_size_ > 0) {
+    int fd = ::open(bin_path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error(bin_path + ": cannot open for reading");
+    ds.bin_map_ = ::mmap(nullptr, ds.bin_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (ds.bin_map_ == MAP_FAILED) {
+      ds.bin_map_ = nullptr;
+      throw std::runtime_error(bin_path + ": mmap failed");
+    }
+  }
+  return ds;
+}
+
+IndexedDataset::IndexedDataset(IndexedDataset&& o) noexcept
+    : prefix_(std::move(o.prefix_)), dtype_(o.dtype_), item_size_(o.item_size_), lengths_(std::move(o.lengths_)),
+      first_token_(std::move(o.first_token_)), doc_index_(std::move(o.doc_index_)), num_tokens_(o.num_tokens_),
+      bin_map_(o.bin_map_), bin_size_(o.bin_size_) {
+  o.bin_map_ = nullptr;
+}
+
+IndexedDataset::~IndexedDataset() {
+  if (bin_map_) ::munmap(bin_map_, bin_size_);
+}
+
+std::pair<int64_t, int64_t> IndexedDataset::document_range(int64_t doc) const {
+  if (doc < 0 || doc >= num_documents()) throw std::out_of_range(prefix_ + ": document " + std::to_string(doc) + " out of range");
+  const int64_t first_seq = doc_index_[doc], end_seq = doc_index_[doc + 1];
+  if (first_seq == end_seq) return {first_seq < num_sequences() ? first_token_[first_seq] : num_tokens_, 0};
+  const int64_t first = first_token_[first_seq];
+  const int64_t end = end_seq < num_sequences() ? first_token_[end_seq] : num_tokens_;
+  return {first, end - first};
+}
+
+void IndexedDataset::read_tokens(int64_t first, int64_t count, int64_t* out) const {
+  if (first < 0 || count < 0 || first + count > num_tokens_) {
+    throw std::out_of_range(prefix_ + ": tokens [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                            ") outside the " + std::to_string(num_tokens_) + "-token stream");
+  }
+  const auto* base = static_cast<const unsigned char*>(bin_map_);
+  for (int64_t i = 0; i < count; ++i) {
+    const unsigned char* p = base + (first + i) * item_size_;
+    switch (dtype_) {
+      case TokenDtype::kUInt8: out[i] = *p; break;
+      case TokenDtype::kInt8: out[i] = *reinterpret_cast<const int8_t*>(p); break;
+      case TokenDtype::kInt16: { int16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+      case TokenDtype::kUInt16: { uint16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+      case TokenDtype::kInt32: { int32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
+      case TokenDtype::kInt64: { int64_t v; std::memcpy(&v, p, 8); out[i] = v; break; }
+      case TokenDtype::kFloat32: { float v; std::memcpy(&v, p, 4); out[i] = static_cast<int64_t>(v); break; }
+      case TokenDtype::kFloat64: { double v; std::memcpy(&v, p, 8); out[i] = static_cast<int64_t>(v); break; }
+    }
+  }
+}
+
+int64_t IndexedDataset::max_token_id() const {
+  int64_t best = -1;
+  std::vector<int64_t> buf(1 << 16);
+  for (int64_t first = 0; first < num_tokens_; first += static_cast<int64_t>(buf.size())) {
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(buf.size()), num_tokens_ - first);
+    read_tokens(first, n, buf.data());
+    for (int64_t i = 0; i < n; ++i) best = std::max(best, buf[i]);
+  }
+  return best;
+}
+
+}  // namespace moetrain::data

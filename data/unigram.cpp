@@ -1,0 +1,38 @@
+#include "data/unigram.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+namespace moetrain::data {
+namespace {
+
+std::vector<int64_t> counts(const IndexedDataset& ds, int64_t vocab_size) {
+  std::vector<int64_t> c(vocab_size, 0), buf(1 << 16);
+  for (int64_t first = 0; first < ds.num_tokens(); first += static_cast<int64_t>(buf.size())) {
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(buf.size()), ds.num_tokens() - first);
+    ds.read_tokens(first, n, buf.data());
+    for (int64_t i = 0; i < n; ++i) {
+      if (buf[i] < 0 || buf[i] >= vocab_size) {
+        throw std::runtime_error(ds.prefix() + ": token id " + std::to_string(buf[i]) + " outside vocabulary size " +
+                                 std::to_string(vocab_size));
+      }
+      ++c[buf[i]];
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+double unigram_perplexity(const IndexedDataset& train, const IndexedDataset& valid, int64_t vocab_size) {
+  const std::vector<int64_t> train_counts = counts(train, vocab_size), valid_counts = counts(valid, vocab_size);
+  const double denom = static_cast<double>(train.num_tokens() + vocab_size);
+  double nll = 0;
+  for (int64_t t = 0; t < vocab_size; ++t) {
+    if (valid_counts[t]) nll -= valid_counts[t] * std::log((train_counts[t] + 1) / denom);
+  }
+  return std::exp(nll / static_cast<double>(valid.num_tokens()));
+}
+
+}  // namespace moetrain::data
