@@ -144,6 +144,10 @@ TrainSummary Trainer::run() {
 
   TrainSummary summary;
   summary.unigram_ppl = s_->unigram_ppl;
+  if (state.step >= steps) {
+    std::printf("run in %s already completed %lld of train.steps = %lld; raise train.steps to continue it\n",
+                s_->run_dir.c_str(), static_cast<long long>(state.step), static_cast<long long>(steps));
+  }
   summary.val_loss = summary.val_ppl = NAN;
   const double start = now();
   const int64_t first_step = state.step;

@@ -1,0 +1,20 @@
+"""moe-train's bad inputs: one clear message naming the field, value and fix, a non-zero exit, nothing written."""
+import os
+
+from common import check, fresh_dir, moe_train
+
+cases = [
+    (["train.stepz=5"], 2, "moe-train: error: --set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"?"),
+    (["model.top_k=9"], 2, "  model.top_k = 9: must be between 1 and model.num_experts (8)"),
+    (["parallel.expert=2"], 2, "this build trains in one process"),
+    (["data.train_prefix=/nonexistent/train"], 1, "moe-train: error: /nonexistent/train.idx: cannot open; check data prefixes"),
+    (["model.vocab_size=100"], 1, "token id 511 does not fit model.vocab_size = 100; set model.vocab_size to at least 512"),
+]
+for overrides, code, message in cases:
+    run = fresh_dir("e2e_cli_errors")
+    proc = moe_train(run, overrides, check=False)
+    check(proc.returncode == code, f"{overrides}: exit {proc.returncode}, expected {code}\n{proc.stderr}")
+    check(message in proc.stderr, f"{overrides}: message {message!r} not in:\n{proc.stderr}")
+    if code == 2:
+        check(not os.path.exists(run), f"{overrides}: nothing written for a rejected recipe")
+print("ok")

@@ -1,0 +1,40 @@
+"""Shared helpers of the end-to-end tests: run the real moe-train binary on the small test corpus."""
+import json
+import os
+import subprocess
+import sys
+
+SOURCE = os.environ["MOETRAIN_SOURCE_DIR"]
+BIN = os.environ["MOETRAIN_BIN"]
+CORPUS = os.environ["MOETRAIN_TEST_CORPUS"]
+TINY = os.path.join(SOURCE, "recipes/pretrain/tiny.textproto")
+
+# The tiny recipe on the small test corpus (vocabulary 512).
+SMALL_DATA = [f"data.train_prefix={CORPUS}/train", f"data.valid_prefix={CORPUS}/valid",
+              f"data.tokenizer={CORPUS}/tokenizer.model", "model.vocab_size=512"]
+
+
+def moe_train(run_dir, overrides, recipe=TINY, env=None, check=True):
+    cmd = [os.path.join(BIN, "moe-train"), "--recipe", recipe, "--run-dir", run_dir]
+    for o in SMALL_DATA + overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        sys.exit(f"moe-train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def fresh_dir(name):
+    path = os.path.join(os.environ.get("MOETRAIN_TEST_TMP", "/tmp"), name)
+    subprocess.run(["rm", "-rf", path], check=True)
+    return path
+
+
+def check(condition, message):
+    if not condition:
+        sys.exit("FAIL: " + message)
