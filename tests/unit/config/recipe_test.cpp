@@ -139,7 +139,6 @@ TEST(RecipeValidation, TableOfSingleRules) {
   };
   const std::vector<Case> cases = {
       {"model.d_model=0", "  model.d_model = 0: must be >= 1; set it to 1 or more"},
-      {"model.d_model=260", "  model.d_model = 260: must be a multiple of 8 (grouped expert GEMM alignment); round it to 264"},
       {"model.moe_ffn_hidden=100", "  model.moe_ffn_hidden = 100: must be a multiple of 8 (grouped expert GEMM alignment); round it to 104"},
       {"model.num_heads=3", "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
       {"model.top_k=0", "  model.top_k = 0: must be between 1 and model.num_experts (8)"},
@@ -157,6 +156,14 @@ TEST(RecipeValidation, TableOfSingleRules) {
     apply_override(r, c.set);
     EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "r: invalid recipe:\n" + c.message) << c.set;
   }
+}
+
+TEST(RecipeValidation, DModelMustFitGroupedGemmAlignment) {
+  Recipe r = valid_recipe();
+  apply_override(r, "model.d_model=36");
+  apply_override(r, "model.num_heads=2");
+  EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }),
+            "r: invalid recipe:\n  model.d_model = 36: must be a multiple of 8 (grouped expert GEMM alignment); round it to 40");
 }
 
 // Debian's libprotobuf and LibTorch in one process: parse, print and use a recipe beside torch ops.

@@ -71,6 +71,7 @@ std::string open_error(const std::string& prefix) {
 
 std::string write_small(const std::string& name) {
   const std::string prefix = temp_prefix(name);
+  fs::remove(prefix + ".domains");
   IndexedDatasetWriter w(prefix, 100);
   w.add_document({1, 2, 3});
   w.add_document({4, 5});
