@@ -29,7 +29,7 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
   torch::manual_seed(0);
   moetrain::moe::MoEOptions options;
   options.d_model = D, options.num_experts = E, options.top_k = K, options.expert_hidden = F;
-  options.aux_loss_coeff = 0.01;
+  options.routing.set_aux_loss_coeff(0.01);
   moetrain::moe::MoELayer layer(options);
   {
     torch::NoGradGuard no_grad;

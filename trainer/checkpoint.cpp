@@ -42,6 +42,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   {
     torch::serialize::OutputArchive archive;
     for (const auto& p : model.named_parameters()) archive.write(p.key(), p.value());
+    for (const auto& b : model.named_buffers()) archive.write(b.key(), b.value(), /*is_buffer=*/true);
     archive.save_to((tmp_dir / "model.pt").string());
   }
   {
@@ -125,6 +126,11 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
       torch::Tensor saved;
       weights.read(p.key(), saved);
       p.value().copy_(saved);
+    }
+    for (auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
+      torch::Tensor saved;
+      weights.read(b.key(), saved, /*is_buffer=*/true);
+      b.value().copy_(saved);
     }
   }
   torch::serialize::InputArchive opt;

@@ -30,7 +30,8 @@ class Checkpointer {
   // The committed checkpoint `latest` points to, if any.
   std::optional<std::string> latest() const;
 
-  // Restores weights, optimizer state and the CPU RNG; returns the train state.
+  // Restores weights, buffers (expert biases), optimizer state and the CPU RNG; returns the train state.
+  // Balancing accumulators need no saving: they are empty at every step boundary, where saves happen.
   TrainState load(const std::string& dir, model::TransformerImpl& model, torch::optim::Optimizer& optimizer);
 
  private:

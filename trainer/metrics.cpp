@@ -37,4 +37,39 @@ void MetricsSink::write(const StepRecord& record) {
   }
 }
 
+namespace {
+
+std::string json_ints(const torch::Tensor& t) {
+  auto c = t.to(torch::kCPU).to(torch::kInt64).contiguous();
+  std::string out = "[";
+  for (int64_t i = 0; i < c.numel(); ++i) out += (i ? ", " : "") + std::to_string(c.data_ptr<int64_t>()[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+ExpertLoadLog::ExpertLoadLog(const std::string& run_dir) {
+  load_.open(run_dir + "/expert_load.jsonl", std::ios::app);
+  domains_.open(run_dir + "/expert_domains.jsonl", std::ios::app);
+  if (!load_ || !domains_) throw std::runtime_error(run_dir + ": cannot open expert load logs; check the run directory is writable");
+}
+
+void ExpertLoadLog::write_load(int64_t step, const std::vector<std::string>& layers, const std::vector<torch::Tensor>& load) {
+  load_ << "{\"step\": " << step << ", \"tokens_per_expert\": {";
+  for (size_t l = 0; l < load.size(); ++l) load_ << (l ? ", " : "") << "\"" << layers[l] << "\": " << json_ints(load[l]);
+  load_ << "}}\n";
+  load_.flush();
+}
+
+void ExpertLoadLog::write_domains(int64_t step, const std::vector<std::string>& layers, const std::vector<std::string>& domains,
+                                  const std::vector<std::vector<torch::Tensor>>& load_per_domain) {
+  for (size_t d = 0; d < load_per_domain.size(); ++d) {
+    for (size_t l = 0; l < load_per_domain[d].size(); ++l) {
+      domains_ << "{\"step\": " << step << ", \"layer\": \"" << layers[l] << "\", \"domain\": \"" << domains[d]
+               << "\", \"tokens_per_expert\": " << json_ints(load_per_domain[d][l]) << "}\n";
+    }
+  }
+  domains_.flush();
+}
+
 }  // namespace moetrain::trainer

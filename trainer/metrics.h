@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "trainer/tensorboard/event_writer.h"
 
 namespace moetrain::trainer {
@@ -30,6 +32,22 @@ class MetricsSink {
  private:
   std::ofstream jsonl_;
   std::unique_ptr<EventWriter> events_;
+};
+
+// Expert load detail, one JSON object per line, easy to plot:
+//   RUN_DIR/expert_load.jsonl     {"step": s, "tokens_per_expert": {"layer0": [c_0, ..., c_E-1], ...}}
+//                                 routed pairs of the step's whole batch, before capacity
+//   RUN_DIR/expert_domains.jsonl  {"step": s, "layer": "layer0", "domain": "en", "tokens_per_expert": [...]}
+//                                 routed pairs on the validation set, per data domain (eval steps)
+class ExpertLoadLog {
+ public:
+  explicit ExpertLoadLog(const std::string& run_dir);
+  void write_load(int64_t step, const std::vector<std::string>& layers, const std::vector<torch::Tensor>& load);
+  void write_domains(int64_t step, const std::vector<std::string>& layers, const std::vector<std::string>& domains,
+                     const std::vector<std::vector<torch::Tensor>>& load_per_domain);
+
+ private:
+  std::ofstream load_, domains_;
 };
 
 // Formats a JSON number the way metrics.jsonl stores it (round-trip precision; NaN/Inf as null).

@@ -11,6 +11,7 @@
 
 #include "csrc/config/recipe_loader.h"
 #include "csrc/model/transformer.h"
+#include "csrc/moe/balancing.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
@@ -60,6 +61,14 @@ std::string human_duration(double seconds) {
   return buf;
 }
 
+// One MoE layer's measures summed over the micro-batches of a step.
+struct LayerAccumulator {
+  int64_t routed = 0, dropped = 0, passes = 0;
+  double entropy = 0;
+  void add(const moe::MoEStats& s) { routed += s.routed_pairs, dropped += s.dropped_pairs, entropy += s.entropy, ++passes; }
+  double dropped_fraction() const { return routed ? static_cast<double>(dropped) / static_cast<double>(routed) : 0.0; }
+};
+
 double now() {
   using namespace std::chrono;
   return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
@@ -76,6 +85,7 @@ struct Trainer::State {
   EvalWindows eval_data;
   bool has_eval = false;
   std::unique_ptr<MetricsSink> metrics;
+  std::unique_ptr<ExpertLoadLog> expert_log;
   std::unique_ptr<Checkpointer> checkpointer;
   TrainState train_state;
   double unigram_ppl = NAN;
@@ -112,6 +122,7 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir) : s_(
     }
   }
   s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
+  s_->expert_log = std::make_unique<ExpertLoadLog>(run_dir);
 }
 
 Trainer::~Trainer() = default;
@@ -151,11 +162,42 @@ TrainSummary Trainer::run() {
   summary.val_loss = summary.val_ppl = NAN;
   const double start = now();
   const int64_t first_step = state.step;
+  auto moe_layers = model.moe_layers();
+  std::vector<std::string> layer_names;  // "layer<i>" by transformer layer index
+  for (size_t l = 0; l < model.options().is_moe.size(); ++l) {
+    if (model.options().is_moe[l]) layer_names.push_back("layer" + std::to_string(l));
+  }
+  auto add_moe_measures = [&](StepRecord& rec, const std::vector<torch::Tensor>& load, const std::vector<LayerAccumulator>& acc) {
+    if (load.empty()) return;
+    double vio = 0, dropped = 0, entropy = 0;
+    for (size_t l = 0; l < load.size(); ++l) {
+      const double v = moe::max_violation(load[l]), d = acc[l].dropped_fraction(), h = acc[l].entropy / acc[l].passes;
+      rec.add("max_vio/" + layer_names[l], v);
+      rec.add("dropped_frac/" + layer_names[l], d);
+      rec.add("router_entropy/" + layer_names[l], h);
+      vio += v, dropped += d, entropy += h;
+    }
+    const double n = static_cast<double>(load.size());
+    rec.add("max_vio", vio / n);
+    rec.add("dropped_frac", dropped / n);
+    rec.add("router_entropy", entropy / n);
+    s_->expert_log->write_load(rec.step, layer_names, load);
+  };
   auto evaluate_now = [&](StepRecord& rec) {
     EvalResult ev = evaluate(model, s_->eval_data, mbs);
     rec.add("val_loss", ev.loss);
     rec.add("val_ppl", ev.ppl);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
+    if (!ev.expert_load.empty()) {
+      double vio = 0;
+      for (size_t l = 0; l < ev.expert_load.size(); ++l) {
+        const double v = moe::max_violation(ev.expert_load[l]);
+        rec.add("val_max_vio/" + layer_names[l], v);
+        vio += v;
+      }
+      rec.add("val_max_vio", vio / static_cast<double>(ev.expert_load.size()));
+      s_->expert_log->write_domains(state.step, layer_names, s_->eval_data.domains, ev.domain_expert_load);
+    }
     summary.val_loss = ev.loss, summary.val_ppl = ev.ppl;
     std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", tty ? "\n" : "", static_cast<long long>(state.step), ev.loss, ev.ppl);
     for (const auto& [domain, loss] : ev.domain_loss) std::printf(" %s %.2f", domain.c_str(), std::exp(loss));
@@ -167,29 +209,39 @@ TrainSummary Trainer::run() {
     const double lr = learning_rate(r, state.step);
     for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 
-    double lm_sum = 0, aux_sum = 0;
+    double lm_sum = 0, aux_sum = 0, z_sum = 0;
+    std::vector<LayerAccumulator> layer_acc(moe_layers.size());
     for (int64_t micro = 0; micro < accum; ++micro) {
       auto batch = s_->train_data->batch(state.samples_consumed, mbs);  // (mbs, seq + 1)
       state.samples_consumed += mbs;
       auto out = model.forward(batch.narrow(1, 0, seq));
       auto lm = model::lm_loss(out.logits, batch.narrow(1, 1, seq));
-      auto loss = (lm + out.aux_loss) / static_cast<double>(accum);
+      auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);
       loss.backward();
       lm_sum += lm.item<double>();
       aux_sum += out.aux_loss.item<double>();
+      z_sum += out.z_loss.item<double>();
+      for (size_t l = 0; l < out.moe_stats.size(); ++l) layer_acc[l].add(out.moe_stats[l]);
     }
     const double grad_norm = torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
     s_->optimizer->step();
     s_->optimizer->zero_grad();
+    std::vector<torch::Tensor> step_load;
+    for (auto& layer : moe_layers) {
+      step_load.push_back(layer->step_counts().clone());
+      layer->end_step(step_load.back());  // aux-loss-free bias update from the step's global-batch load
+    }
     state.step += 1;
     state.tokens += tokens_per_step;
 
     const double dt = now() - t0;
     StepRecord rec;
     rec.step = state.step;
-    rec.add("loss", (lm_sum + aux_sum) / accum);
+    rec.add("loss", (lm_sum + aux_sum + z_sum) / accum);
     rec.add("lm_loss", lm_sum / accum);
     rec.add("aux_loss", aux_sum / accum);
+    rec.add("z_loss", z_sum / accum);
+    add_moe_measures(rec, step_load, layer_acc);
     rec.add("lr", lr);
     rec.add("grad_norm", grad_norm);
     rec.add("tokens", static_cast<double>(state.tokens));
@@ -200,10 +252,10 @@ TrainSummary Trainer::run() {
     const double eta = elapsed / (state.step - first_step) * (steps - state.step);
     const bool log_line = state.step % r.logging().log_interval() == 0 || state.step == steps || state.step == first_step + 1;
     if (log_line || tty) {
-      std::printf("%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
+      std::printf("%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | maxvio %.2f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
                   tty ? "\r" : "", static_cast<long long>(state.step), static_cast<long long>(steps), rec.get("loss"),
-                  rec.get("lm_loss"), rec.get("aux_loss"), lr, grad_norm, human_count(tokens_per_step / dt).c_str(),
-                  human_duration(eta).c_str(), (log_line || !tty) ? "\n" : "");
+                  rec.get("lm_loss"), rec.get("aux_loss"), moe_layers.empty() ? 0.0 : rec.get("max_vio"), lr, grad_norm,
+                  human_count(tokens_per_step / dt).c_str(), human_duration(eta).c_str(), (log_line || !tty) ? "\n" : "");
       std::fflush(stdout);
     }
 

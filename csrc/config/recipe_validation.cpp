@@ -97,14 +97,72 @@ void check_optimizer(const OptimizerConfig& o, Problems& p) {
   if (!(o.grad_clip() >= 0)) p.add("optimizer.grad_clip", num(o.grad_clip()), "must be >= 0 (0 disables clipping)");
 }
 
+void check_routing(const Recipe& recipe, Problems& p) {
+  const RoutingConfig& r = recipe.routing();
+  const ModelConfig& m = recipe.model();
+  const std::string type = RoutingConfig::RouterType_Name(r.router_type());
+  const bool learned = r.router_type() == RoutingConfig::TOPK || r.router_type() == RoutingConfig::EXPERT_CHOICE;
+  const bool choice = r.router_type() == RoutingConfig::EXPERT_CHOICE;
+  for (const auto& [field, value] : std::vector<std::pair<std::string, double>>{
+           {"routing.aux_loss_coeff", r.aux_loss_coeff()}, {"routing.seq_aux_loss_coeff", r.seq_aux_loss_coeff()},
+           {"routing.global_aux_loss_coeff", r.global_aux_loss_coeff()}, {"routing.z_loss_coeff", r.z_loss_coeff()},
+           {"routing.bias_update_rate", r.bias_update_rate()}}) {
+    if (!(value >= 0)) {
+      p.add(field, num(value), "must be >= 0 (0 turns it off)");
+    } else if (value > 0 && !learned && field != "routing.z_loss_coeff") {
+      p.add(field, num(value), "balancing means nothing for routing.router_type " + type +
+                                   " (its routing is not learned); set it to 0");
+    } else if (value > 0 && choice && field != "routing.z_loss_coeff") {
+      p.add(field, num(value), "EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
+                               "number of tokens); set it to 0");
+    } else if (value > 0 && !learned) {
+      p.add(field, num(value), "routing.router_type " + type + " has no router logits; set it to 0");
+    }
+  }
+  if (!(r.gate_scale() > 0)) p.add("routing.gate_scale", num(r.gate_scale()), "must be > 0; 1 leaves the gates as they are");
+  if (!(r.jitter_eps() >= 0 && r.jitter_eps() < 1)) p.add("routing.jitter_eps", num(r.jitter_eps()), "must be in [0, 1); 0.01 is Switch's value, 0 turns it off");
+  if (r.score_function() == RoutingConfig::SIGMOID && r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
+    p.add("routing.topk_order", "TOPK_THEN_SOFTMAX", "applies to SOFTMAX scores only; with score_function SIGMOID use "
+                                                     "SOFTMAX_THEN_TOPK and normalize_gates: true");
+  }
+  if (r.num_groups() < 0) p.add("routing.num_groups", r.num_groups(), "must be >= 0 (0 or 1 = no group limit)");
+  if (r.num_groups() > 1) {
+    if (r.router_type() != RoutingConfig::TOPK) {
+      p.add("routing.num_groups", r.num_groups(), "group-limited routing needs routing.router_type TOPK, not " + type);
+    }
+    if (m.num_experts() % r.num_groups() != 0) {
+      p.add("routing.num_groups", r.num_groups(), "model.num_experts (" + std::to_string(m.num_experts()) +
+                                                      ") must be divisible by the number of groups");
+    } else if (r.group_topk() < 1 || r.group_topk() > r.num_groups()) {
+      p.add("routing.group_topk", r.group_topk(), "must be between 1 and routing.num_groups (" + std::to_string(r.num_groups()) + ")");
+    } else if (m.top_k() > r.group_topk() * (m.num_experts() / r.num_groups())) {
+      p.add("routing.group_topk", r.group_topk(), "the best " + std::to_string(r.group_topk()) + " groups hold only " +
+                                                      std::to_string(r.group_topk() * (m.num_experts() / r.num_groups())) +
+                                                      " experts, fewer than model.top_k (" + std::to_string(m.top_k()) + "); raise group_topk");
+    }
+  } else if (r.group_topk() != 0) {
+    p.add("routing.group_topk", r.group_topk(), "needs routing.num_groups > 1; set num_groups or leave group_topk at 0");
+  }
+  if (!(r.expert_choice_factor() > 0)) p.add("routing.expert_choice_factor", num(r.expert_choice_factor()), "must be > 0; 1 gives each expert T/E tokens");
+  if (!(r.capacity_factor() >= 0)) p.add("routing.capacity_factor", num(r.capacity_factor()), "must be >= 0 (0 = dropless)");
+  if (!(r.eval_capacity_factor() >= 0)) p.add("routing.eval_capacity_factor", num(r.eval_capacity_factor()), "must be >= 0 (0 = dropless at evaluation)");
+  if (r.min_capacity() < 0) p.add("routing.min_capacity", r.min_capacity(), "must be >= 0");
+  if (choice && (r.capacity_factor() > 0 || r.eval_capacity_factor() > 0 || r.pad_to_capacity())) {
+    p.add("routing.capacity_factor", num(r.capacity_factor()), "EXPERT_CHOICE sets each expert's token count itself "
+                                                                "(routing.expert_choice_factor); leave capacity_factor, "
+                                                                "eval_capacity_factor at 0 and pad_to_capacity false");
+  }
+  if (r.pad_to_capacity() && !(r.capacity_factor() > 0)) {
+    p.add("routing.pad_to_capacity", "true", "padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)");
+  }
+}
+
 }  // namespace
 
 void validate_recipe(const Recipe& r, const std::string& source) {
   Problems p;
   check_model(r.model(), p);
-  if (!(r.routing().aux_loss_coeff() >= 0)) {
-    p.add("routing.aux_loss_coeff", num(r.routing().aux_loss_coeff()), "must be >= 0 (0 disables the aux loss)");
-  }
+  check_routing(r, p);
   if (r.data().train_prefix().empty()) {
     p.add("data.train_prefix", "\"\"", "is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode");
   }

@@ -27,7 +27,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.moe.shared_hidden = m.num_shared_experts() == 0 ? 0
                         : m.shared_expert_ffn_hidden() > 0 ? m.shared_expert_ffn_hidden()
                                                            : m.moe_ffn_hidden() * m.num_shared_experts();
-  o.moe.aux_loss_coeff = r.aux_loss_coeff();
+  o.moe.routing = r;
   return o;
 }
 
@@ -42,14 +42,14 @@ BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   }
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, torch::Tensor& aux_loss,
-                                 std::vector<torch::Tensor>& tokens_per_expert) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out) {
   auto h = x + attn(attn_norm(x));
   if (!moe) return h + mlp(ffn_norm(h));
-  moe::MoEOutput out = moe(ffn_norm(h));
-  aux_loss = aux_loss + out.aux_loss;
-  tokens_per_expert.push_back(out.tokens_per_expert_E);
-  return h + out.y;
+  moe::MoEOutput m = moe(ffn_norm(h), tokens);
+  out.aux_loss = out.aux_loss + m.aux_loss;
+  out.z_loss = out.z_loss + m.z_loss;
+  out.moe_stats.push_back(m.stats);
+  return h + m.y;
 }
 
 TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
@@ -66,11 +66,20 @@ ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
   ModelOutput out;
   auto x = embed(tokens_BS);
   out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  out.z_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
   for (const auto& layer : *layers) {
-    x = layer->as<Block>()->forward(x, out.aux_loss, out.tokens_per_expert);
+    x = layer->as<Block>()->forward(x, tokens_BS, out);
   }
   x = norm(x);
   out.logits = lm_head ? lm_head(x) : torch::linear(x, embed->weight);
+  return out;
+}
+
+std::vector<moe::MoELayer> TransformerImpl::moe_layers() const {
+  std::vector<moe::MoELayer> out;
+  for (const auto& layer : *layers) {
+    if (auto m = layer->as<Block>()->moe) out.push_back(m);
+  }
   return out;
 }
 

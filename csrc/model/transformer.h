@@ -21,11 +21,18 @@ struct TransformerOptions {
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing);
 };
 
+struct ModelOutput {
+  torch::Tensor logits;                 // (B, S, V)
+  torch::Tensor aux_loss;               // scalar: Σ over MoE layers of the balancing losses (coefficients applied)
+  torch::Tensor z_loss;                 // scalar: Σ over MoE layers of the router z-loss (coefficient applied)
+  std::vector<moe::MoEStats> moe_stats;  // one per MoE layer, in layer order
+};
+
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const TransformerOptions& options, bool is_moe);
-  // x: (B, S, D). Adds this block's aux loss to `aux_loss` and its expert counts to `tokens_per_expert`.
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux_loss, std::vector<torch::Tensor>& tokens_per_expert);
+  // x: (B, S, D), tokens (B, S). An MoE block adds its losses and measures to `out`.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out);
 
   RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Attention attn{nullptr};
@@ -34,17 +41,13 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
-struct ModelOutput {
-  torch::Tensor logits;                            // (B, S, V)
-  torch::Tensor aux_loss;                          // scalar: Σ over MoE layers of coefficient · aux
-  std::vector<torch::Tensor> tokens_per_expert;    // one int64 (E) per MoE layer, detached
-};
 
 class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(const TransformerOptions& options);
   ModelOutput forward(const torch::Tensor& tokens_BS);
   const TransformerOptions& options() const { return options_; }
+  std::vector<moe::MoELayer> moe_layers() const;  // in layer order
 
   torch::nn::Embedding embed{nullptr};  // (V, D)
   torch::nn::ModuleList layers{nullptr};

@@ -2,24 +2,33 @@
 
 namespace moetrain::moe {
 
-Dispatched LocalDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& expert_idx_TK) {
-  const int64_t k = expert_idx_TK.size(1);
-  auto expert_of_pair = expert_idx_TK.reshape({-1});  // (T·k)
-  sorted_pair_N_ = std::get<1>(expert_of_pair.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  inverse_order_N_ = torch::empty_like(sorted_pair_N_);
-  inverse_order_N_.index_put_({sorted_pair_N_}, torch::arange(sorted_pair_N_.size(0), sorted_pair_N_.options()));
-  auto token_of_pair = torch::div(sorted_pair_N_, k, "floor");
-  Dispatched out;
-  out.tokens_ND = x_TD.index_select(0, token_of_pair);
-  out.tokens_per_expert_El = torch::bincount(expert_of_pair, /*weights=*/{}, num_experts_);
-  return out;
+Dispatched LocalDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, int64_t pad_capacity) {
+  auto pairs = kept_TE.t().nonzero();  // (P, 2) [expert, token], sorted by expert then token
+  auto expert_of_pair = pairs.select(1, 0), token_of_pair = pairs.select(1, 1);
+  auto counts = torch::bincount(expert_of_pair, /*weights=*/{}, num_experts_);
+  if (pad_capacity > 0) {
+    TORCH_INTERNAL_ASSERT(counts.max().item<int64_t>() <= pad_capacity, "capacity must be applied before padding");
+    const int64_t slots = num_experts_ * pad_capacity;
+    auto first_of_expert = counts.cumsum(0) - counts;
+    auto rank = torch::arange(pairs.size(0), pairs.options().dtype(torch::kInt64)) - first_of_expert.index_select(0, expert_of_pair);
+    auto slot = expert_of_pair * pad_capacity + rank;
+    row_token_N_ = torch::zeros({slots}, pairs.options()).index_put_({slot}, token_of_pair);
+    row_valid_N_ = torch::zeros({slots}, pairs.options().dtype(torch::kBool)).index_put_({slot}, torch::ones_like(slot, torch::kBool));
+    row_expert_N_ = torch::arange(num_experts_, pairs.options()).repeat_interleave(pad_capacity);
+    counts = torch::full({num_experts_}, pad_capacity, pairs.options());
+  } else {
+    row_token_N_ = token_of_pair;
+    row_expert_N_ = expert_of_pair;
+    row_valid_N_ = torch::ones_like(token_of_pair, torch::kBool);
+  }
+  return {x_TD.index_select(0, row_token_N_), counts};
 }
 
-torch::Tensor LocalDispatcher::combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TK) {
-  const int64_t T = gates_TK.size(0), k = gates_TK.size(1), D = expert_out_ND.size(1);
-  auto pairs_TKD = expert_out_ND.index_select(0, inverse_order_N_).view({T, k, D});
-  auto weighted = pairs_TKD * gates_TK.to(expert_out_ND.scalar_type()).unsqueeze(-1);
-  return weighted.sum(1);  // sum over the k choices in a fixed order: deterministic on every device
+torch::Tensor LocalDispatcher::combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TE) {
+  const int64_t T = gates_TE.size(0);
+  auto gate_N = gates_TE.index({row_token_N_, row_expert_N_}) * row_valid_N_;
+  auto weighted_ND = expert_out_ND * gate_N.to(expert_out_ND.scalar_type()).unsqueeze(-1);
+  return torch::zeros({T, expert_out_ND.size(1)}, expert_out_ND.options()).index_add(0, row_token_N_, weighted_ND);
 }
 
 }  // namespace moetrain::moe

@@ -1,8 +1,8 @@
-// Token dispatch: group the (token, expert) pairs by expert for the grouped expert compute, and bring
-// the expert outputs back to token order weighted by their gates.
+// Token dispatch: group the routed (token, expert) pairs by expert for the grouped expert compute, and
+// bring the expert outputs back to token order, weighted by their gates.
 //
 // The MoE layer talks only to TokenDispatcher. csrc ships LocalDispatcher (one process, all experts
-// local); parallel/ ships the all-to-all dispatcher for expert parallelism.
+// local); the expert-parallel all-to-all dispatcher belongs in parallel/.
 #pragma once
 
 #include <torch/torch.h>
@@ -10,7 +10,7 @@
 namespace moetrain::moe {
 
 struct Dispatched {
-  torch::Tensor tokens_ND;             // N = routed pairs, grouped by local expert (expert 0 first)
+  torch::Tensor tokens_ND;             // N rows grouped by local expert (expert 0 first)
   torch::Tensor tokens_per_expert_El;  // int64 (E_local), sums to N
 };
 
@@ -19,24 +19,27 @@ struct Dispatched {
 class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
-  // x_TD: tokens; expert_idx_TK: selected experts per token (global indices).
-  virtual Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& expert_idx_TK) = 0;
-  // expert_out_ND: outputs in dispatch order; gates_TK: gate per (token, choice). Returns (T, D).
-  virtual torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TK) = 0;
+  // x_TD: tokens; kept_TE: bool pairs to compute; pad_capacity > 0: every expert gets exactly that many
+  // rows, the unused ones filled with token 0 at gate 0 (static shapes); 0 = exactly the kept pairs.
+  virtual Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, int64_t pad_capacity) = 0;
+  // expert_out_ND in dispatch order; gates_TE: gate of each pair. Returns (T, D).
+  virtual torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TE) = 0;
 };
 
-// All experts in this process: a stable sort of the T·k pairs by expert (so pairs of one expert stay
-// in token order, which keeps results bitwise reproducible), and its inverse for the way back.
+// All experts in this process. Rows are the kept pairs in (expert, token) order, so each expert's
+// tokens keep their order and results are reproducible; combine adds each row's gated output to its
+// token (index_add: sequential and bitwise reproducible on CPU).
 class LocalDispatcher : public TokenDispatcher {
  public:
   explicit LocalDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
-  Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& expert_idx_TK) override;
-  torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TK) override;
+  Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, int64_t pad_capacity) override;
+  torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TE) override;
 
  private:
   int64_t num_experts_;
-  torch::Tensor sorted_pair_N_;    // pair index (token·k + choice) at each dispatched position
-  torch::Tensor inverse_order_N_;  // dispatched position of each pair
+  torch::Tensor row_token_N_;   // token of each dispatched row
+  torch::Tensor row_expert_N_;  // expert of each dispatched row
+  torch::Tensor row_valid_N_;   // false for padding rows
 };
 
 }  // namespace moetrain::moe

@@ -1,33 +1,71 @@
 #include "csrc/moe/moe_layer.h"
 
+#include "csrc/moe/balancing.h"
+
 namespace moetrain::moe {
 
 MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
-  router = register_module("router", TopKRouter(options.d_model, options.num_experts, options.top_k));
+  RouterOptions ro;
+  ro.d_model = options.d_model, ro.num_experts = options.num_experts, ro.top_k = options.top_k;
+  ro.routing = options.routing;
+  router = register_module("router", Router(ro));
   experts = register_module("experts", GroupedExperts(options.num_experts, options.d_model, options.expert_hidden));
   if (options.shared_hidden > 0) {
     shared = register_module("shared", model::SwiGLU(options.d_model, options.shared_hidden));
   }
   dispatcher_ = std::make_shared<LocalDispatcher>(options.num_experts);
+  step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
 }
 
-MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD) {
-  const auto shape = x_BSD.sizes().vec();
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS) {
+  const auto& r = options_.routing;
+  const int64_t B = x_BSD.size(0), S = x_BSD.size(1), E = options_.num_experts, k = options_.top_k;
   auto x_TD = x_BSD.reshape({-1, options_.d_model});
-  RouterOutput route = router(x_TD);
+  Routing route = router(x_TD, token_ids_BS.defined() ? token_ids_BS.reshape({-1}) : token_ids_BS);
 
-  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.expert_idx_TK);
+  const bool pad = r.pad_to_capacity() && route.capacity > 0;
+  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE, pad ? route.capacity : 0);
   auto expert_out_ND = experts(dispatched.tokens_ND, dispatched.tokens_per_expert_El);
-  auto y_TD = dispatcher_->combine(expert_out_ND, route.gates_TK);
+  auto y_TD = dispatcher_->combine(expert_out_ND, route.gates_TE);
   if (shared) y_TD = y_TD + shared(x_TD);
 
   MoEOutput out;
-  out.y = y_TD.view(shape);
-  out.aux_loss = options_.aux_loss_coeff > 0
-                     ? switch_aux_loss(route.probs_TE, route.routing_map_TE, options_.top_k) * options_.aux_loss_coeff
-                     : torch::zeros({}, route.probs_TE.options());
-  out.tokens_per_expert_E = route.routing_map_TE.sum(0).to(torch::kInt64).detach();
+  out.y = y_TD.view(x_BSD.sizes());
+  auto counts_E = route.routed_TE.sum(0);  // int64
+  if (is_training()) {
+    step_counts_E_ += counts_E.to(step_counts_E_.device());
+    step_tokens_ += B * S;
+  }
+
+  // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs.
+  auto aux = torch::zeros({}, route.probs_TE.options());
+  if (r.aux_loss_coeff() > 0) aux = aux + r.aux_loss_coeff() * switch_aux_loss(route.probs_TE, route.routed_TE, k);
+  if (r.seq_aux_loss_coeff() > 0) {
+    aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
+  }
+  if (r.global_aux_loss_coeff() > 0) {
+    const bool accumulate = is_training();
+    auto counts = accumulate ? step_counts_E_ : counts_E;
+    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, counts, accumulate ? step_tokens_ : B * S, k);
+  }
+  out.aux_loss = aux;
+  out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE)
+                                    : torch::zeros({}, route.probs_TE.options());
+
+  out.stats.tokens_per_expert_E = counts_E.detach();
+  out.stats.routed_pairs = counts_E.sum().item<int64_t>();
+  out.stats.dropped_pairs = out.stats.routed_pairs - route.kept_TE.sum().item<int64_t>();
+  out.stats.entropy = router_entropy(route.probs_TE);
+  out.stats.aux_loss = out.aux_loss.item<double>();
+  out.stats.z_loss = out.z_loss.item<double>();
   return out;
+}
+
+void MoELayerImpl::end_step(const torch::Tensor& counts_E) {
+  const double rate = options_.routing.bias_update_rate();
+  if (rate > 0 && !router_frozen_) update_expert_bias(router->expert_bias, counts_E, rate);
+  step_counts_E_.zero_();
+  step_tokens_ = 0;
 }
 
 }  // namespace moetrain::moe

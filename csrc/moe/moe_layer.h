@@ -1,4 +1,5 @@
-// The MoE feed-forward layer: route → dispatch → grouped experts → combine (+ shared experts).
+// The MoE feed-forward layer: route → (capacity) → dispatch → grouped experts → combine (+ shared
+// experts), with its balancing losses and load measures.
 #pragma once
 
 #include <memory>
@@ -15,31 +16,53 @@ struct MoEOptions {
   int64_t num_experts = 0;
   int64_t top_k = 0;
   int64_t expert_hidden = 0;
-  int64_t shared_hidden = 0;  // 0 = no shared experts
-  double aux_loss_coeff = 0.0;
+  int64_t shared_hidden = 0;       // 0 = no shared experts
+  config::RoutingConfig routing;   // defaults filled in
+};
+
+// Per-layer measures of one forward (all detached).
+struct MoEStats {
+  torch::Tensor tokens_per_expert_E;  // int64 routed pairs per expert, before capacity (the router's load)
+  int64_t routed_pairs = 0;           // Σ routed
+  int64_t dropped_pairs = 0;          // routed but over capacity
+  double entropy = 0;                 // mean router entropy (nats)
+  double aux_loss = 0;                // coefficient-weighted balancing losses of this layer
+  double z_loss = 0;                  // coefficient-weighted z-loss of this layer
 };
 
 struct MoEOutput {
-  torch::Tensor y;                    // (B, S, D)
-  torch::Tensor aux_loss;             // scalar, coefficient applied
-  torch::Tensor tokens_per_expert_E;  // int64, this micro-batch's routed counts (detached)
+  torch::Tensor y;         // (B, S, D)
+  torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
+  torch::Tensor z_loss;    // scalar: z-loss, coefficient applied
+  MoEStats stats;
 };
 
 class MoELayerImpl : public torch::nn::Module {
  public:
   explicit MoELayerImpl(const MoEOptions& options);
-  MoEOutput forward(const torch::Tensor& x_BSD);
+  // x_BSD; token_ids_BS (int64) are needed by HASH routing only.
+  MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {});
 
-  // Replaces the dispatcher (the parallel layer installs its all-to-all dispatcher here).
+  // Routed counts of every training forward since the last end_step() (the step's load).
+  const torch::Tensor& step_counts() const { return step_counts_E_; }
+  // After the optimizer step: applies the aux-loss-free bias update from `counts_E` (the step's counts
+  // over the whole global batch) unless the router is frozen, and resets the step's accumulators.
+  void end_step(const torch::Tensor& counts_E);
+
+  // Replaces the dispatcher (the expert-parallel layer installs its all-to-all dispatcher here).
   void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) { dispatcher_ = std::move(dispatcher); }
+  void set_router_frozen(bool frozen) { router_frozen_ = frozen; }
 
-  TopKRouter router{nullptr};
+  Router router{nullptr};
   GroupedExperts experts{nullptr};
   model::SwiGLU shared{nullptr};  // null unless options.shared_hidden > 0
 
  private:
   MoEOptions options_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
+  torch::Tensor step_counts_E_;  // int64
+  int64_t step_tokens_ = 0;
+  bool router_frozen_ = false;
 };
 TORCH_MODULE(MoELayer);
 

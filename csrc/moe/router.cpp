@@ -1,26 +1,132 @@
 #include "csrc/moe/router.h"
 
+#include <cmath>
+
 namespace moetrain::moe {
+namespace {
 
-TopKRouterImpl::TopKRouterImpl(int64_t d_model, int64_t num_experts, int64_t top_k)
-    : num_experts_(num_experts), top_k_(top_k) {
-  weight = register_parameter("weight", torch::zeros({num_experts, d_model}, torch::kFloat32));
+using config::RoutingConfig;
+
+// Fixed pseudo-random expert of a token id (splitmix64 finaliser): the hash-routing baseline.
+torch::Tensor hash_experts(const torch::Tensor& token_ids_T, int64_t num_experts, int64_t top_k) {
+  auto ids = token_ids_T.to(torch::kCPU).to(torch::kInt64).contiguous();
+  auto out = torch::empty({ids.size(0), top_k}, torch::kInt64);
+  const int64_t* in = ids.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t t = 0; t < ids.size(0); ++t) {
+    uint64_t z = static_cast<uint64_t>(in[t]) + 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    const int64_t first = static_cast<int64_t>(z % static_cast<uint64_t>(num_experts));
+    for (int64_t j = 0; j < top_k; ++j) o[t * top_k + j] = (first + j) % num_experts;  // k distinct experts
+  }
+  return out.to(token_ids_T.device());
 }
 
-RouterOutput TopKRouterImpl::forward(const torch::Tensor& x_TD) {
-  auto logits_TE = torch::matmul(x_TD.to(torch::kFloat32), weight.t());
-  auto probs_TE = torch::softmax(logits_TE, -1);
-  auto [top_probs_TK, expert_idx_TK] = probs_TE.topk(top_k_, -1);
-  auto gates_TK = top_probs_TK / top_probs_TK.sum(-1, /*keepdim=*/true);
-  auto routing_map_TE = torch::zeros_like(probs_TE).scatter_(1, expert_idx_TK, 1.0);
-  return {probs_TE, expert_idx_TK, gates_TK, routing_map_TE};
+}  // namespace
+
+int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity) {
+  if (factor <= 0) return 0;
+  const auto cap = static_cast<int64_t>(std::ceil(factor * static_cast<double>(tokens * top_k) / static_cast<double>(num_experts)));
+  return std::max(cap, min_capacity);
 }
 
-torch::Tensor switch_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& routing_map_TE, int64_t top_k) {
-  const int64_t T = probs_TE.size(0), E = probs_TE.size(1);
-  auto f_E = routing_map_TE.sum(0) / static_cast<double>(T * top_k);
-  auto P_E = probs_TE.mean(0);
-  return (f_E.detach() * P_E).sum() * static_cast<double>(E);
+torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE, int64_t capacity) {
+  const int64_t T = routed_TE.size(0);
+  if (capacity <= 0 || capacity >= T) return routed_TE;
+  auto ranked = priority_TE.masked_fill(routed_TE.logical_not(), -std::numeric_limits<float>::infinity());
+  auto top = std::get<1>(ranked.topk(capacity, /*dim=*/0));  // (capacity, E) best tokens per expert
+  auto keep = torch::zeros_like(routed_TE).scatter_(0, top, true);
+  return routed_TE.logical_and(keep);
+}
+
+RouterImpl::RouterImpl(const RouterOptions& options) : options_(options) {
+  weight = register_parameter("weight", torch::zeros({options.num_experts, options.d_model}, torch::kFloat32));
+  expert_bias = register_buffer("expert_bias", torch::zeros({options.num_experts}, torch::kFloat32));
+}
+
+torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torch::Tensor& scores_TE) const {
+  const auto& r = options_.routing;
+  const int64_t E = options_.num_experts, k = options_.top_k;
+  // Selection space: logits for softmax-over-the-selected, scores otherwise; plus the balancing bias.
+  auto select_TE = r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX ? logits_TE : scores_TE;
+  if (r.bias_update_rate() > 0) select_TE = select_TE + expert_bias;
+  if (r.num_groups() > 1) {
+    const int64_t G = r.num_groups(), per_group = E / G, top_in_group = std::max<int64_t>(1, k / r.group_topk());
+    auto grouped = select_TE.detach().view({-1, G, per_group});
+    auto group_score_TG = std::get<0>(grouped.topk(top_in_group, -1)).sum(-1);
+    auto best_groups = std::get<1>(group_score_TG.topk(r.group_topk(), -1));
+    auto group_ok_TG = torch::zeros_like(group_score_TG, torch::kBool).scatter_(1, best_groups, true);
+    auto expert_ok_TE = group_ok_TG.unsqueeze(-1).expand({-1, G, per_group}).reshape({-1, E});
+    select_TE = select_TE.masked_fill(expert_ok_TE.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  return std::get<1>(select_TE.topk(k, -1));
+}
+
+Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& token_ids_T) {
+  const auto& r = options_.routing;
+  const int64_t E = options_.num_experts, k = options_.top_k;
+  auto x = x_TD.to(torch::kFloat32);
+  if (is_training() && r.jitter_eps() > 0) {
+    x = x * torch::empty_like(x).uniform_(1.0 - r.jitter_eps(), 1.0 + r.jitter_eps());
+  }
+  Routing out;
+  out.logits_TE = torch::matmul(x, weight.t());
+  const int64_t T = out.logits_TE.size(0);
+  torch::Tensor scores_TE;
+  if (r.score_function() == RoutingConfig::SIGMOID) {
+    scores_TE = torch::sigmoid(out.logits_TE);
+    out.probs_TE = scores_TE / scores_TE.sum(-1, /*keepdim=*/true);
+  } else {
+    scores_TE = torch::softmax(out.logits_TE, -1);
+    out.probs_TE = scores_TE;
+  }
+
+  torch::Tensor gates_TE;
+  if (r.router_type() == RoutingConfig::EXPERT_CHOICE) {
+    const int64_t c = std::min<int64_t>(T, static_cast<int64_t>(std::ceil(T * r.expert_choice_factor() / E)));
+    auto chosen = std::get<1>(scores_TE.topk(c, /*dim=*/0));  // (c, E)
+    out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(0, chosen, true);
+    out.kept_TE = out.routed_TE;
+    out.gates_TE = scores_TE * out.kept_TE * r.gate_scale();
+    return out;
+  }
+
+  torch::Tensor idx_TK;
+  if (r.router_type() == RoutingConfig::HASH) {
+    idx_TK = hash_experts(token_ids_T, E, k);
+  } else if (r.router_type() == RoutingConfig::RANDOM) {
+    idx_TK = std::get<1>(torch::rand({T, E}, scores_TE.options()).topk(k, -1));
+  } else {
+    idx_TK = select_topk(out.logits_TE, scores_TE);
+  }
+
+  torch::Tensor gates_TK;
+  if (r.router_type() == RoutingConfig::HASH || r.router_type() == RoutingConfig::RANDOM) {
+    gates_TK = torch::full({T, k}, 1.0 / static_cast<double>(k), scores_TE.options());  // fixed, no router gradient
+  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
+    gates_TK = torch::softmax(out.logits_TE.gather(1, idx_TK), -1);
+  } else {
+    gates_TK = scores_TE.gather(1, idx_TK);
+    if (r.normalize_gates()) gates_TK = gates_TK / gates_TK.sum(-1, /*keepdim=*/true);
+  }
+  gates_TK = gates_TK * r.gate_scale();
+
+  out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(1, idx_TK, true);
+  out.gates_TE = torch::zeros_like(scores_TE).scatter(1, idx_TK, gates_TK);
+  const double factor = is_training() ? r.capacity_factor() : r.eval_capacity_factor();
+  out.capacity = expert_capacity(factor, T, k, E, r.min_capacity());
+  if (out.capacity > 0) {
+    auto priority = r.drop_policy() == RoutingConfig::POSITION
+                        ? -torch::arange(T, scores_TE.options()).unsqueeze(1).expand({T, E})
+                        : scores_TE.detach();
+    out.kept_TE = apply_capacity(out.routed_TE, priority, out.capacity);
+    out.gates_TE = out.gates_TE * out.kept_TE;
+  } else {
+    out.kept_TE = out.routed_TE;
+  }
+  return out;
 }
 
 }  // namespace moetrain::moe

@@ -1,37 +1,48 @@
-// Top-k softmax router and the Switch-style auxiliary loss (definitions: docs/routing.md).
+// The router: which experts each token uses, with which gate (definitions: docs/routing.md).
 // Shapes: T tokens in the routing group, D d_model, E experts, k experts per token.
 #pragma once
 
 #include <torch/torch.h>
 
+#include "csrc/config/recipe.pb.h"
+
 namespace moetrain::moe {
 
-struct RouterOutput {
-  torch::Tensor probs_TE;        // fp32 softmax over all experts (the P of the aux loss)
-  torch::Tensor expert_idx_TK;   // int64 selected experts, best first
-  torch::Tensor gates_TK;        // fp32 selected probabilities renormalised to sum to 1 per token
-  torch::Tensor routing_map_TE;  // fp32 0/1, 1 where the token selected the expert
+struct RouterOptions {
+  int64_t d_model = 0, num_experts = 0, top_k = 0;
+  config::RoutingConfig routing;  // defaults filled in
 };
 
-// logits = x·Wrᵀ in fp32 whatever the compute dtype; softmax; top-k; renormalised gates.
-// Renormalising the top-k softmax probabilities equals a softmax over the k selected logits.
-class TopKRouterImpl : public torch::nn::Module {
- public:
-  TopKRouterImpl(int64_t d_model, int64_t num_experts, int64_t top_k);
-  RouterOutput forward(const torch::Tensor& x_TD);
+struct Routing {
+  torch::Tensor logits_TE;  // fp32 router logits
+  torch::Tensor probs_TE;   // fp32 P of the balancing losses: softmax, or sigmoid normalised over experts
+  torch::Tensor routed_TE;  // bool: the router's choice before capacity (aux losses and load measures)
+  torch::Tensor kept_TE;    // bool: the pairs that are computed (after capacity)
+  torch::Tensor gates_TE;   // fp32 gate of each kept pair, 0 elsewhere (differentiable)
+  int64_t capacity = 0;     // per expert, 0 = dropless
+};
 
-  torch::Tensor weight;  // (E, D), fp32
-  int64_t num_experts() const { return num_experts_; }
-  int64_t top_k() const { return top_k_; }
+// capacity = max(ceil(factor · T · k / E), min_capacity); 0 when factor is 0 (dropless).
+int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity);
+
+// Keeps at most `capacity` routed pairs per expert: those with the highest `priority_TE` (for the
+// probs policy the router probability, for the position policy minus the token index).
+torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE, int64_t capacity);
+
+class RouterImpl : public torch::nn::Module {
+ public:
+  explicit RouterImpl(const RouterOptions& options);
+  // x_TD: router input; token_ids_T: int64 ids (used by HASH routing only, may be undefined otherwise).
+  Routing forward(const torch::Tensor& x_TD, const torch::Tensor& token_ids_T = {});
+
+  torch::Tensor weight;       // (E, D) fp32, trained
+  torch::Tensor expert_bias;  // (E) fp32 buffer: selection bias of aux-loss-free balancing (not trained)
+  const RouterOptions& options() const { return options_; }
 
  private:
-  int64_t num_experts_, top_k_;
+  torch::Tensor select_topk(const torch::Tensor& logits_TE, const torch::Tensor& scores_TE) const;
+  RouterOptions options_;
 };
-TORCH_MODULE(TopKRouter);
-
-// Switch/GShard auxiliary loss generalised to top-k (Megatron-Core's normalisation):
-//   f_i = tokens routed to i / (T·k),  P_i = mean over tokens of p_i,  L = E · Σ_i f_i · P_i.
-// Returns L without its coefficient; a uniform router gives exactly 1. Gradient flows through P only.
-torch::Tensor switch_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& routing_map_TE, int64_t top_k);
+TORCH_MODULE(Router);
 
 }  // namespace moetrain::moe

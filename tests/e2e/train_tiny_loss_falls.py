@@ -10,11 +10,12 @@ run = fresh_dir("e2e_train_tiny")
 proc = moe_train(run, ["train.steps=80", "train.eval_interval=40", "schedule.warmup_steps=10"])
 rows = metrics(run)
 check(len(rows) == 80, f"expected 80 metric rows, got {len(rows)}")
-required = ["step", "loss", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s"]
+required = ["step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
+            "max_vio", "dropped_frac", "router_entropy"]
 for row in rows:
     missing = [k for k in required if k not in row]
     check(not missing, f"step {row.get('step')}: missing {missing}")
-    check(abs(row["loss"] - (row["lm_loss"] + row["aux_loss"])) < 1e-9, "loss = lm_loss + aux_loss")
+    check(abs(row["loss"] - (row["lm_loss"] + row["aux_loss"] + row["z_loss"])) < 1e-9, "loss = lm_loss + aux_loss + z_loss")
 evals = [r for r in rows if "val_loss" in r]
 check([r["step"] for r in evals] == [40, 80], f"eval steps {[r['step'] for r in evals]}")
 for r in evals:

@@ -143,7 +143,7 @@ TEST(RecipeValidation, TableOfSingleRules) {
       {"model.num_heads=3", "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
       {"model.top_k=0", "  model.top_k = 0: must be between 1 and model.num_experts (8)"},
       {"model.moe_layers=[1,1]", "  model.moe_layers = 1: listed twice; list each MoE layer once"},
-      {"routing.aux_loss_coeff=-1", "  routing.aux_loss_coeff = -1: must be >= 0 (0 disables the aux loss)"},
+      {"routing.aux_loss_coeff=-1", "  routing.aux_loss_coeff = -1: must be >= 0 (0 turns it off)"},
       {"data.train_prefix=\"\"", "  data.train_prefix = \"\": is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode"},
       {"train.steps=0", "  train.steps = 0: must be >= 1; set it to 1 or more"},
       {"train.micro_batch_size=0", "  train.micro_batch_size = 0: must be >= 1; set it to 1 or more"},
@@ -164,6 +164,68 @@ TEST(RecipeValidation, DModelMustFitGroupedGemmAlignment) {
   apply_override(r, "model.num_heads=2");
   EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }),
             "r: invalid recipe:\n  model.d_model = 36: must be a multiple of 8 (grouped expert GEMM alignment); round it to 40");
+}
+
+// Every routing rule of the routing issue, with its exact message. Each case is a list of overrides.
+TEST(RecipeValidation, RoutingRulesTable) {
+  struct Case {
+    std::vector<std::string> set;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"model.top_k=9"}, "  model.top_k = 9: must be between 1 and model.num_experts (8)"},
+      {{"routing.num_groups=3", "routing.group_topk=1"},
+       "  routing.num_groups = 3: model.num_experts (8) must be divisible by the number of groups"},
+      {{"routing.num_groups=4", "routing.group_topk=5"}, "  routing.group_topk = 5: must be between 1 and routing.num_groups (4)"},
+      {{"routing.num_groups=4", "routing.group_topk=0"}, "  routing.group_topk = 0: must be between 1 and routing.num_groups (4)"},
+      {{"routing.num_groups=8", "routing.group_topk=1"},
+       "  routing.group_topk = 1: the best 1 groups hold only 1 experts, fewer than model.top_k (2); raise group_topk"},
+      {{"routing.group_topk=2"}, "  routing.group_topk = 2: needs routing.num_groups > 1; set num_groups or leave group_topk at 0"},
+      {{"routing.num_groups=-1"}, "  routing.num_groups = -1: must be >= 0 (0 or 1 = no group limit)"},
+      {{"routing.pad_to_capacity=true"},
+       "  routing.pad_to_capacity = true: padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)"},
+      {{"routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25"},
+       "  routing.capacity_factor = 1.25: EXPERT_CHOICE sets each expert's token count itself (routing.expert_choice_factor); "
+       "leave capacity_factor, eval_capacity_factor at 0 and pad_to_capacity false"},
+      {{"routing.router_type=EXPERT_CHOICE"},
+       "  routing.aux_loss_coeff = 0.01: EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
+       "number of tokens); set it to 0"},
+      {{"routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001"},
+       "  routing.bias_update_rate = 0.001: EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
+       "number of tokens); set it to 0"},
+      {{"routing.router_type=HASH"},
+       "  routing.aux_loss_coeff = 0.01: balancing means nothing for routing.router_type HASH (its routing is not learned); set it to 0"},
+      {{"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.z_loss_coeff=0.001"},
+       "  routing.z_loss_coeff = 0.001: routing.router_type RANDOM has no router logits; set it to 0"},
+      {{"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.num_groups=2", "routing.group_topk=1"},
+       "  routing.num_groups = 2: group-limited routing needs routing.router_type TOPK, not RANDOM"},
+      {{"routing.seq_aux_loss_coeff=-0.1"}, "  routing.seq_aux_loss_coeff = -0.1: must be >= 0 (0 turns it off)"},
+      {{"routing.global_aux_loss_coeff=-1"}, "  routing.global_aux_loss_coeff = -1: must be >= 0 (0 turns it off)"},
+      {{"routing.z_loss_coeff=-1"}, "  routing.z_loss_coeff = -1: must be >= 0 (0 turns it off)"},
+      {{"routing.bias_update_rate=-0.001"}, "  routing.bias_update_rate = -0.001: must be >= 0 (0 turns it off)"},
+      {{"routing.gate_scale=0"}, "  routing.gate_scale = 0: must be > 0; 1 leaves the gates as they are"},
+      {{"routing.jitter_eps=1"}, "  routing.jitter_eps = 1: must be in [0, 1); 0.01 is Switch's value, 0 turns it off"},
+      {{"routing.score_function=SIGMOID", "routing.topk_order=TOPK_THEN_SOFTMAX"},
+       "  routing.topk_order = TOPK_THEN_SOFTMAX: applies to SOFTMAX scores only; with score_function SIGMOID use "
+       "SOFTMAX_THEN_TOPK and normalize_gates: true"},
+      {{"routing.expert_choice_factor=0"}, "  routing.expert_choice_factor = 0: must be > 0; 1 gives each expert T/E tokens"},
+      {{"routing.capacity_factor=-1"}, "  routing.capacity_factor = -1: must be >= 0 (0 = dropless)"},
+      {{"routing.eval_capacity_factor=-2"}, "  routing.eval_capacity_factor = -2: must be >= 0 (0 = dropless at evaluation)"},
+      {{"routing.min_capacity=-4"}, "  routing.min_capacity = -4: must be >= 0"},
+  };
+  for (const auto& c : cases) {
+    Recipe r = valid_recipe();
+    for (const auto& o : c.set) apply_override(r, o);
+    EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "r: invalid recipe:\n" + c.message) << c.set.front();
+  }
+  // Valid combinations pass: DeepSeek-V3 style (sigmoid, groups, bias + tiny sequence loss), capacity with padding.
+  Recipe ok = valid_recipe();
+  for (const char* o : {"routing.score_function=SIGMOID", "routing.num_groups=4", "routing.group_topk=2",
+                        "routing.bias_update_rate=0.001", "routing.aux_loss_coeff=0", "routing.seq_aux_loss_coeff=0.0001",
+                        "routing.capacity_factor=1.25", "routing.pad_to_capacity=true"}) {
+    apply_override(ok, o);
+  }
+  EXPECT_NO_THROW(validate_recipe(ok, "r"));
 }
 
 // Debian's libprotobuf and LibTorch in one process: parse, print and use a recipe beside torch ops.

@@ -1,4 +1,5 @@
-// MoE layer pieces against independent formulas: gating, aux loss, dispatch round trip, grouped experts.
+// MoE layer pieces against independent formulas: dispatch round trip, grouped experts, the whole layer
+// against a dense reference, gradients against finite differences.
 #include <gtest/gtest.h>
 
 #include "csrc/moe/moe_layer.h"
@@ -14,72 +15,60 @@ torch::Tensor expert_reference(GroupedExpertsImpl& ex, int64_t e, const torch::T
 
 MoEOptions small_options() {
   MoEOptions o;
-  o.d_model = 8, o.num_experts = 4, o.top_k = 2, o.expert_hidden = 16, o.aux_loss_coeff = 0.01;
+  o.d_model = 8, o.num_experts = 4, o.top_k = 2, o.expert_hidden = 16;
+  o.routing.set_aux_loss_coeff(0.01);
   return o;
 }
 
+MoELayer random_layer(const MoEOptions& o, uint64_t seed) {
+  torch::manual_seed(seed);
+  MoELayer layer(o);
+  for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
+  return layer;
+}
+
+void copy_weights(torch::nn::Module& dst, const torch::nn::Module& src) {
+  torch::NoGradGuard no_grad;
+  auto from = src.named_parameters();
+  for (auto& p : dst.named_parameters()) p.value().copy_(from[p.key()]);
+}
+
 }  // namespace
-
-TEST(Router, GatesSumToOneAndEqualSoftmaxOverSelectedLogits) {
-  torch::manual_seed(0);
-  TopKRouter router(8, 5, 2);
-  router->weight.data().normal_();
-  auto x = torch::randn({7, 8});
-  auto out = router(x);
-  EXPECT_TRUE(torch::allclose(out.gates_TK.sum(-1), torch::ones({7}), 0, 1e-6));
-  auto logits = torch::matmul(x, router->weight.t());
-  auto selected_logits = logits.gather(1, out.expert_idx_TK);
-  EXPECT_TRUE(torch::allclose(out.gates_TK, torch::softmax(selected_logits, -1), 1e-6, 1e-6));
-  EXPECT_TRUE(torch::equal(out.routing_map_TE.sum(-1), torch::full({7}, 2.0f)));
-  EXPECT_EQ(out.probs_TE.scalar_type(), torch::kFloat32);
-}
-
-TEST(Router, ComputesInFp32ForLowPrecisionInputs) {
-  TopKRouter router(8, 4, 1);
-  auto out = router(torch::randn({3, 8}).to(torch::kBFloat16));
-  EXPECT_EQ(out.probs_TE.scalar_type(), torch::kFloat32);
-  EXPECT_EQ(out.gates_TK.scalar_type(), torch::kFloat32);
-}
-
-TEST(AuxLoss, UniformRouterGivesExactlyOne) {
-  // Zero router weights: every probability is 1/E. With E a power of two every step is exact.
-  for (int64_t E : {2, 4, 8, 16}) {
-    TopKRouter router(8, E, 2);
-    auto out = router(torch::randn({10, 8}));
-    EXPECT_EQ(switch_aux_loss(out.probs_TE, out.routing_map_TE, 2).item<float>(), 1.0f) << E;
-  }
-  // Otherwise 1/E is rounded once: within two float ulps of 1.
-  TopKRouter router(8, 6, 2);
-  auto out = router(torch::randn({10, 8}));
-  EXPECT_NEAR(switch_aux_loss(out.probs_TE, out.routing_map_TE, 2).item<float>(), 1.0f, 2.4e-7f);
-}
-
-TEST(AuxLoss, MatchesDefinitionOnKnownNumbers) {
-  // T = 2, E = 2, k = 1: token 0 → expert 0 (p = 0.75), token 1 → expert 0 (p = 0.6).
-  auto probs = torch::tensor({{0.75f, 0.25f}, {0.6f, 0.4f}});
-  auto map = torch::tensor({{1.0f, 0.0f}, {1.0f, 0.0f}});
-  // f = (1, 0), P = (0.675, 0.325): L = 2 · (1·0.675) = 1.35.
-  EXPECT_NEAR(switch_aux_loss(probs, map, 1).item<float>(), 1.35f, 1e-6);
-}
 
 TEST(Dispatch, RoundTripWithIdentityExpertsReturnsTheInput) {
   torch::manual_seed(0);
   LocalDispatcher dispatcher(4);
   auto x = torch::randn({9, 8});
   auto idx = std::get<1>(torch::rand({9, 4}).topk(2, -1));  // two distinct experts per token
-  auto gates = torch::softmax(torch::randn({9, 2}), -1);
-  Dispatched d = dispatcher.dispatch(x, idx);
+  auto kept = torch::zeros({9, 4}, torch::kBool).scatter_(1, idx, true);
+  auto gates = torch::zeros({9, 4}).scatter_(1, idx, torch::softmax(torch::randn({9, 2}), -1));
+  Dispatched d = dispatcher.dispatch(x, kept, 0);
   EXPECT_EQ(d.tokens_ND.size(0), 18);
-  EXPECT_TRUE(torch::equal(d.tokens_per_expert_El, torch::bincount(idx.reshape({-1}), {}, 4)));
-  // Grouped by expert: the expert of each dispatched row is non-decreasing.
-  auto expert_of_row = std::get<0>(idx.reshape({-1}).sort(/*stable=*/true, 0, false));
+  EXPECT_TRUE(torch::equal(d.tokens_per_expert_El, kept.sum(0)));
+  int64_t row = 0;
   for (int64_t e = 0; e < 4; ++e) {
-    auto rows = d.tokens_ND.index({expert_of_row == e});
-    auto expected = x.index({(idx == e).any(1)});
-    EXPECT_TRUE(torch::equal(rows, expected)) << "expert " << e << " gets its tokens in token order";
+    const int64_t n = d.tokens_per_expert_El[e].item<int64_t>();
+    EXPECT_TRUE(torch::equal(d.tokens_ND.narrow(0, row, n), x.index({kept.select(1, e)})))
+        << "expert " << e << " gets its tokens in token order";
+    row += n;
   }
-  auto y = dispatcher.combine(d.tokens_ND, gates);
-  EXPECT_TRUE(torch::allclose(y, x, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(dispatcher.combine(d.tokens_ND, gates), x, 1e-6, 1e-6));
+}
+
+TEST(Dispatch, PaddingGivesExactlyCapacityRowsAndTheSameResult) {
+  torch::manual_seed(0);
+  auto x = torch::randn({6, 8});
+  auto kept = torch::tensor({{1, 0, 0}, {1, 1, 0}, {0, 1, 0}, {1, 0, 0}, {0, 0, 0}, {0, 1, 0}}, torch::kBool);
+  auto gates = torch::rand({6, 3}) * kept;
+  LocalDispatcher plain(3), padded(3);
+  auto a = plain.dispatch(x, kept, 0);
+  auto b = padded.dispatch(x, kept, 4);
+  EXPECT_EQ(b.tokens_ND.size(0), 12);
+  EXPECT_TRUE(torch::equal(b.tokens_per_expert_El, torch::full({3}, 4, torch::kInt64)));
+  // Any per-row function: padding rows carry gate 0 and change nothing.
+  auto ya = plain.combine(a.tokens_ND * 2 + 1, gates);
+  auto yb = padded.combine(b.tokens_ND * 2 + 1, gates);
+  EXPECT_TRUE(torch::allclose(ya, yb, 0, 1e-6));
 }
 
 TEST(GroupedExperts, MatchPerExpertReferenceIncludingEmptyExperts) {
@@ -98,7 +87,6 @@ TEST(GroupedExperts, MatchPerExpertReferenceIncludingEmptyExperts) {
   }
   auto ref = torch::cat(parts);
   EXPECT_TRUE(torch::allclose(y, ref, 1e-5, 1e-6));
-
   auto g = torch::randn_like(y);
   auto grads = torch::autograd::grad({y}, {x, ex->w1_EDF, ex->w2_EFD}, {g});
   auto ref_grads = torch::autograd::grad({ref}, {x, ex->w1_EDF, ex->w2_EFD}, {g});
@@ -106,9 +94,7 @@ TEST(GroupedExperts, MatchPerExpertReferenceIncludingEmptyExperts) {
 }
 
 TEST(MoELayer, MatchesDenseReferenceAndItsGradients) {
-  torch::manual_seed(0);
-  MoELayer layer(small_options());
-  for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
+  MoELayer layer = random_layer(small_options(), 0);
   auto x = torch::randn({2, 5, 8}, torch::requires_grad());
   auto out = layer(x);
 
@@ -135,40 +121,40 @@ TEST(MoELayer, MatchesDenseReferenceAndItsGradients) {
   for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(torch::allclose(grads[i], ref_grads[i], 1e-4, 1e-6)) << i;
 }
 
-TEST(MoELayer, RouterGradientMatchesFiniteDifferences) {
-  torch::manual_seed(1);
-  MoELayer layer(small_options());
-  for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
-  auto x = torch::randn({1, 6, 8});
+// Central differences in float32 on a tiny case: the analytic gradient of the router (through gates,
+// aux, sequence-aux and z-loss) and of the experts agrees to 2e-3.
+TEST(MoELayer, RouterAndExpertGradientsMatchFiniteDifferences) {
+  MoEOptions o = small_options();
+  o.routing.set_seq_aux_loss_coeff(0.1);
+  o.routing.set_z_loss_coeff(0.01);
+  MoELayer layer = random_layer(o, 1);
+  auto x = torch::randn({2, 3, 8});
   auto loss_of = [&] {
     auto out = layer(x);
-    return (out.y.pow(2).sum() + out.aux_loss).to(torch::kFloat64);
+    return (out.y.pow(2).sum() + out.aux_loss + out.z_loss).to(torch::kFloat64);
   };
-  auto analytic = torch::autograd::grad({loss_of()}, {layer->router->weight})[0];
-  torch::NoGradGuard no_grad;
-  const float h = 1e-3f;
-  for (int64_t e = 0; e < 4; ++e) {
-    for (int64_t d = 0; d < 8; d += 3) {
-      auto w = layer->router->weight;
-      const float orig = w[e][d].item<float>();
-      w[e][d] = orig + h;
+  for (auto* param : {&layer->router->weight, &layer->experts->w1_EDF}) {
+    auto analytic = torch::autograd::grad({loss_of()}, {*param})[0].reshape({-1});
+    torch::NoGradGuard no_grad;
+    auto flat = param->view({-1});
+    const float h = 1e-3f;
+    for (int64_t i = 0; i < flat.numel(); i += 7) {
+      const float orig = flat[i].item<float>();
+      flat[i] = orig + h;
       const double up = loss_of().item<double>();
-      w[e][d] = orig - h;
+      flat[i] = orig - h;
       const double down = loss_of().item<double>();
-      w[e][d] = orig;
-      EXPECT_NEAR(analytic[e][d].item<float>(), (up - down) / (2 * h), 2e-3) << e << "," << d;
+      flat[i] = orig;
+      EXPECT_NEAR(analytic[i].item<float>(), (up - down) / (2 * h), 2e-3) << i;
     }
   }
 }
 
 TEST(MoELayer, SharedExpertAddsDenseSwiGLUToTheRoutedOutput) {
-  torch::manual_seed(0);
   MoEOptions o = small_options();
   MoELayer routed_only(o);
-  o.shared_hidden = 10;
-  MoELayer with_shared(o);
-  ASSERT_TRUE(with_shared->shared);
-  for (auto& p : with_shared->parameters()) p.data().normal_(0, 0.3);
+  o.shared_hidden = 16;
+  MoELayer with_shared = random_layer(o, 0);
   {
     torch::NoGradGuard no_grad;
     routed_only->router->weight.copy_(with_shared->router->weight);
@@ -179,4 +165,32 @@ TEST(MoELayer, SharedExpertAddsDenseSwiGLUToTheRoutedOutput) {
   auto x = torch::randn({1, 4, 8});
   auto expected = routed_only(x).y + with_shared->shared(x);
   EXPECT_TRUE(torch::allclose(with_shared(x).y, expected, 1e-5, 1e-6));
+}
+
+TEST(MoELayer, DroppedTokensContributeNothingAndAuxUsesThePreDropMap) {
+  MoEOptions o = small_options();
+  o.top_k = 1;
+  o.routing.set_capacity_factor(0.25);  // capacity = ceil(0.25 · 16 · 1 / 4) = 1 token per expert
+  MoELayer layer = random_layer(o, 3);
+  MoEOptions dropless = o;
+  dropless.routing.set_capacity_factor(0);
+  MoELayer reference(dropless);
+  copy_weights(*reference, *layer);
+  auto x = torch::randn({1, 16, 8});
+  auto out = layer(x);
+  auto full = reference(x);
+  EXPECT_EQ(out.stats.routed_pairs, 16);
+  EXPECT_EQ(out.stats.dropped_pairs, 16 - (out.stats.tokens_per_expert_E > 0).sum().item<int64_t>());
+  EXPECT_DOUBLE_EQ(out.stats.aux_loss, full.stats.aux_loss) << "aux loss from the routing before drops";
+  // Each row is either the dropless output (kept) or exactly zero (dropped: residual only).
+  int64_t zero_rows = 0;
+  for (int64_t t = 0; t < 16; ++t) {
+    auto row = out.y[0][t];
+    if (row.abs().max().item<float>() == 0.0f) {
+      ++zero_rows;
+    } else {
+      EXPECT_TRUE(torch::allclose(row, full.y[0][t], 1e-5, 1e-6)) << t;
+    }
+  }
+  EXPECT_EQ(zero_rows, out.stats.dropped_pairs);
 }

@@ -1,0 +1,31 @@
+// Load-balancing losses, the aux-loss-free bias update and the load measures (docs/routing.md).
+// Losses are returned without their coefficient. Shapes: T tokens, E experts, B sequences of S tokens.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace moetrain::moe {
+
+// Switch/GShard, generalised to top-k: E · Σ_i f_i · P_i with f_i = routed_i / (T·k), P_i = mean_t p_ti.
+// A uniform router gives exactly 1. Gradient through P only.
+torch::Tensor switch_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& routed_TE, int64_t top_k);
+
+// The same per sequence, averaged over the B sequences (DeepSeek-V3's complementary sequence loss).
+torch::Tensor sequence_aux_loss(const torch::Tensor& probs_BSE, const torch::Tensor& routed_BSE, int64_t top_k);
+
+// E · Σ_i f_i · P_i with f_i = counts_E / (tokens · k) from counts gathered beyond this micro-batch.
+torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k);
+
+// ST-MoE router z-loss: mean over tokens of logsumexp(logits)².
+torch::Tensor router_z_loss(const torch::Tensor& logits_TE);
+
+// Aux-loss-free balancing step: bias_E += rate · sign(mean(counts) − counts), in place, no autograd.
+void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate);
+
+// MaxVio = (max_i load_i − mean load) / mean load; 0 for an empty load.
+double max_violation(const torch::Tensor& counts_E);
+
+// Mean over tokens of the router distribution's entropy, −Σ_i p_ti · log p_ti (nats).
+double router_entropy(const torch::Tensor& probs_TE);
+
+}  // namespace moetrain::moe

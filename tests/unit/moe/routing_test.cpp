@@ -1,0 +1,288 @@
+// Routing, balancing and capacity against the definitions of docs/routing.md, with numbers computed by
+// hand or by an independent formula in the test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "csrc/moe/balancing.h"
+#include "csrc/moe/router.h"
+
+using namespace moetrain::moe;
+using moetrain::config::RoutingConfig;
+
+namespace {
+
+Router make_router(int64_t d, int64_t e, int64_t k, const RoutingConfig& cfg = RoutingConfig(), uint64_t seed = 0) {
+  RouterOptions o;
+  o.d_model = d, o.num_experts = e, o.top_k = k, o.routing = cfg;
+  torch::manual_seed(seed);
+  Router r(o);
+  r->weight.data().normal_();
+  return r;
+}
+
+std::vector<int64_t> selected(const Routing& r, int64_t t) {
+  std::vector<int64_t> out;
+  for (int64_t e = 0; e < r.routed_TE.size(1); ++e)
+    if (r.routed_TE[t][e].item<bool>()) out.push_back(e);
+  return out;
+}
+
+}  // namespace
+
+TEST(Router, SoftmaxGatesSumToOneAndEqualSoftmaxOverSelectedLogits) {
+  auto router = make_router(8, 5, 2);
+  auto x = torch::randn({7, 8});
+  auto r = router(x);
+  EXPECT_TRUE(torch::allclose(r.gates_TE.sum(-1), torch::ones({7}), 0, 1e-6));
+  EXPECT_TRUE(torch::equal(r.routed_TE.sum(-1), torch::full({7}, 2, torch::kInt64)));
+  auto logits = torch::matmul(x, router->weight.t());
+  auto idx = std::get<1>(logits.topk(2, -1));
+  auto expected = torch::zeros({7, 5}).scatter(1, idx, torch::softmax(logits.gather(1, idx), -1));
+  EXPECT_TRUE(torch::allclose(r.gates_TE, expected, 1e-6, 1e-7));
+  EXPECT_EQ(r.probs_TE.scalar_type(), torch::kFloat32);
+}
+
+TEST(Router, TopkThenSoftmaxEqualsRenormalisedSoftmaxThenTopk) {
+  RoutingConfig mixtral;
+  mixtral.set_topk_order(RoutingConfig::TOPK_THEN_SOFTMAX);
+  auto a = make_router(8, 6, 2), b = make_router(8, 6, 2, mixtral);
+  auto x = torch::randn({5, 8});
+  EXPECT_TRUE(torch::allclose(a(x).gates_TE, b(x).gates_TE, 1e-6, 1e-7));
+}
+
+TEST(Router, UnnormalisedGatesAndScaleAreTheProbabilitiesTimesTheScale) {
+  RoutingConfig cfg;
+  cfg.set_normalize_gates(false);
+  cfg.set_gate_scale(2.5);
+  auto router = make_router(8, 4, 2, cfg);
+  auto x = torch::randn({3, 8});
+  auto r = router(x);
+  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
+  EXPECT_TRUE(torch::allclose(r.gates_TE, probs * r.routed_TE * 2.5, 1e-6, 1e-7));
+}
+
+TEST(Router, SigmoidScoresWithNormalisedGates) {
+  RoutingConfig cfg;
+  cfg.set_score_function(RoutingConfig::SIGMOID);
+  auto router = make_router(8, 6, 3, cfg);
+  auto x = torch::randn({4, 8});
+  auto r = router(x);
+  auto s = torch::sigmoid(torch::matmul(x, router->weight.t()));
+  auto idx = std::get<1>(s.topk(3, -1));
+  auto sel = s.gather(1, idx);
+  auto expected = torch::zeros_like(s).scatter(1, idx, sel / sel.sum(-1, true));
+  EXPECT_TRUE(torch::allclose(r.gates_TE, expected, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(r.probs_TE, s / s.sum(-1, true), 1e-6, 1e-7)) << "P of the aux loss: normalised sigmoid";
+}
+
+TEST(Router, ComputesInFp32ForLowPrecisionInputs) {
+  auto router = make_router(8, 4, 1);
+  auto r = router(torch::randn({3, 8}).to(torch::kBFloat16));
+  EXPECT_EQ(r.probs_TE.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(r.gates_TE.scalar_type(), torch::kFloat32);
+}
+
+TEST(Router, JitterOnlyInTraining) {
+  RoutingConfig cfg;
+  cfg.set_jitter_eps(0.5);
+  auto router = make_router(8, 4, 2, cfg);
+  auto x = torch::randn({6, 8});
+  router->eval();
+  EXPECT_TRUE(torch::equal(router(x).logits_TE, router(x).logits_TE));
+  router->train();
+  EXPECT_FALSE(torch::equal(router(x).logits_TE, router(x).logits_TE));
+}
+
+TEST(GroupLimited, NeverUsesMoreThanGroupTopkGroups) {
+  RoutingConfig cfg;
+  cfg.set_num_groups(4);
+  cfg.set_group_topk(2);
+  auto router = make_router(16, 16, 4, cfg, 3);
+  auto r = router(torch::randn({200, 16}));
+  auto groups_used = r.routed_TE.view({200, 4, 4}).any(-1).sum(-1);
+  EXPECT_LE(groups_used.max().item<int64_t>(), 2);
+  EXPECT_TRUE(torch::equal(r.routed_TE.sum(-1), torch::full({200}, 4, torch::kInt64)));
+  // Without the limit the same router spreads over more groups.
+  auto free = make_router(16, 16, 4, RoutingConfig(), 3)(torch::randn({200, 16}));
+  EXPECT_GT(free.routed_TE.view({200, 4, 4}).any(-1).sum(-1).max().item<int64_t>(), 2);
+}
+
+TEST(ExpertChoice, EveryExpertTakesExactlyCTokens) {
+  RoutingConfig cfg;
+  cfg.set_router_type(RoutingConfig::EXPERT_CHOICE);
+  cfg.set_expert_choice_factor(2.0);
+  auto router = make_router(8, 4, 1, cfg);
+  auto x = torch::randn({10, 8});
+  auto r = router(x);
+  const int64_t c = 5;  // ceil(10 · 2 / 4)
+  EXPECT_TRUE(torch::equal(r.routed_TE.sum(0), torch::full({4}, c, torch::kInt64)));
+  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
+  EXPECT_TRUE(torch::allclose(r.gates_TE, probs * r.routed_TE, 1e-6, 1e-7)) << "gate = the token's probability";
+  // Each expert's tokens are its c highest-probability tokens.
+  for (int64_t e = 0; e < 4; ++e) {
+    const float lowest_taken = probs.select(1, e).masked_select(r.routed_TE.select(1, e)).min().item<float>();
+    auto not_taken = probs.select(1, e).masked_select(r.routed_TE.select(1, e).logical_not());
+    if (not_taken.numel()) {
+      EXPECT_GE(lowest_taken, not_taken.max().item<float>());
+    }
+  }
+}
+
+TEST(Baselines, HashRoutingIsAFixedFunctionOfTheTokenId) {
+  RoutingConfig cfg;
+  cfg.set_router_type(RoutingConfig::HASH);
+  auto router = make_router(8, 8, 2, cfg);
+  auto ids = torch::tensor({5, 9, 5, 1000, 9}, torch::kInt64);
+  auto a = router(torch::randn({5, 8}), ids), b = router(torch::randn({5, 8}), ids);
+  EXPECT_TRUE(torch::equal(a.routed_TE, b.routed_TE)) << "independent of the hidden state";
+  EXPECT_TRUE(torch::equal(a.routed_TE[0], a.routed_TE[2]));
+  EXPECT_TRUE(torch::equal(a.routed_TE.sum(-1), torch::full({5}, 2, torch::kInt64)));
+  EXPECT_TRUE(torch::allclose(a.gates_TE.sum(-1), torch::ones({5})));
+}
+
+TEST(Baselines, RandomRoutingPicksKDistinctExperts) {
+  RoutingConfig cfg;
+  cfg.set_router_type(RoutingConfig::RANDOM);
+  auto router = make_router(8, 8, 3, cfg);
+  auto r = router(torch::randn({64, 8}));
+  EXPECT_TRUE(torch::equal(r.routed_TE.sum(-1), torch::full({64}, 3, torch::kInt64)));
+  EXPECT_GT(r.routed_TE.sum(0).min().item<int64_t>(), 0) << "every expert is drawn over 64 tokens";
+}
+
+TEST(AuxLoss, UniformRouterGivesExactlyOne) {
+  // Every probability is 1/E. With E and T·k powers of two every operation is exact.
+  for (int64_t E : {2, 4, 8, 16}) {
+    auto probs = torch::softmax(torch::zeros({16, E}), -1);
+    auto routed = torch::zeros({16, E}, torch::kBool).scatter_(1, std::get<1>(torch::rand({16, E}).topk(2, -1)), true);
+    EXPECT_EQ(switch_aux_loss(probs, routed, 2).item<float>(), 1.0f) << E;
+  }
+  // Otherwise 1/E is rounded once: within two float ulps of 1.
+  auto probs = torch::softmax(torch::zeros({10, 6}), -1);
+  auto routed = torch::zeros({10, 6}, torch::kBool).scatter_(1, std::get<1>(torch::rand({10, 6}).topk(2, -1)), true);
+  // (Otherwise — E = 6, T·k = 20 — 1/E and f_i are rounded:)
+  EXPECT_NEAR(switch_aux_loss(probs, routed, 2).item<float>(), 1.0f, 2.4e-7f);
+}
+
+TEST(AuxLoss, MatchesDefinitionOnKnownNumbers) {
+  // T = 2, E = 2, k = 1: both tokens → expert 0; f = (1, 0), P = (0.675, 0.325): L = 2 · 0.675 = 1.35.
+  auto probs = torch::tensor({{0.75f, 0.25f}, {0.6f, 0.4f}});
+  auto routed = torch::tensor({{true, false}, {true, false}});
+  EXPECT_NEAR(switch_aux_loss(probs, routed, 1).item<float>(), 1.35f, 1e-6);
+}
+
+TEST(AuxLoss, SequenceLossEqualsMicroBatchLossAtBatchSizeOne) {
+  torch::manual_seed(0);
+  auto probs = torch::softmax(torch::randn({1, 12, 4}), -1);
+  auto routed = torch::zeros({1, 12, 4}, torch::kBool).scatter_(2, std::get<1>(probs.topk(2, -1)), true);
+  EXPECT_EQ(sequence_aux_loss(probs, routed, 2).item<float>(), switch_aux_loss(probs[0], routed[0], 2).item<float>());
+  // With two sequences it is the mean of the per-sequence losses.
+  auto p2 = torch::softmax(torch::randn({2, 6, 4}), -1);
+  auto r2 = torch::zeros({2, 6, 4}, torch::kBool).scatter_(2, std::get<1>(p2.topk(2, -1)), true);
+  const float mean = (switch_aux_loss(p2[0], r2[0], 2) + switch_aux_loss(p2[1], r2[1], 2)).item<float>() / 2;
+  EXPECT_NEAR(sequence_aux_loss(p2, r2, 2).item<float>(), mean, 1e-6);
+}
+
+TEST(AuxLoss, GlobalLossUsesTheGivenCountsAndLocalProbabilities) {
+  auto probs = torch::tensor({{0.5f, 0.5f}, {0.9f, 0.1f}});
+  // counts from 8 tokens, k = 1: f = (6/8, 2/8); P = (0.7, 0.3): L = 2 · (0.75·0.7 + 0.25·0.3) = 1.2.
+  EXPECT_NEAR(global_aux_loss(probs, torch::tensor({6, 2}), 8, 1).item<float>(), 1.2f, 1e-6);
+}
+
+TEST(ZLoss, KnownLogits) {
+  // logsumexp(0, 0) = ln 2, logsumexp(ln 3, 0) = ln 4: z = (ln²2 + ln²4) / 2.
+  auto logits = torch::tensor({{0.0f, 0.0f}, {std::log(3.0f), 0.0f}});
+  const double expected = (std::pow(std::log(2.0), 2) + std::pow(std::log(4.0), 2)) / 2;
+  EXPECT_NEAR(router_z_loss(logits).item<float>(), expected, 1e-6);
+}
+
+TEST(BiasBalancing, UpdateMovesEachBiasByExactlyURateTowardsTheMean) {
+  auto bias = torch::tensor({0.5f, 0.0f, -0.25f, 0.0f});
+  update_expert_bias(bias, torch::tensor({10, 2, 4, 4}), 1e-3);  // mean 5
+  auto expected = torch::tensor({0.5f - 1e-3f, 0.0f + 1e-3f, -0.25f + 1e-3f, 0.0f + 1e-3f});
+  EXPECT_TRUE(torch::equal(bias, expected));
+  auto balanced = torch::zeros({3});
+  update_expert_bias(balanced, torch::tensor({4, 4, 4}), 1e-3);
+  EXPECT_TRUE(torch::equal(balanced, torch::zeros({3}))) << "sign(0) = 0: no move at the mean";
+}
+
+TEST(BiasBalancing, BiasChangesSelectionButNotTheGateOfASelectedExpert) {
+  RoutingConfig cfg;
+  cfg.set_bias_update_rate(1e-3);
+  cfg.set_normalize_gates(false);
+  auto router = make_router(8, 4, 1, cfg);
+  auto x = torch::randn({6, 8});
+  auto before = router(x);
+  const int64_t e0 = selected(before, 0)[0];
+  const auto weight_before = router->weight.clone();
+  router->expert_bias.fill_(0);
+  router->expert_bias[(e0 + 1) % 4] = 10.0f;  // a large bias makes expert e0+1 win everywhere
+  auto after = router(x);
+  EXPECT_EQ(selected(after, 0)[0], (e0 + 1) % 4);
+  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
+  EXPECT_TRUE(torch::allclose(after.gates_TE, probs * after.routed_TE, 1e-6, 1e-7)) << "gates from unbiased scores";
+  EXPECT_TRUE(torch::equal(after.probs_TE, before.probs_TE)) << "aux-loss probabilities unchanged";
+  EXPECT_TRUE(torch::equal(router->weight, weight_before));
+  EXPECT_FALSE(router->weight.grad().defined());
+}
+
+TEST(Capacity, FormulaWithMinimum) {
+  EXPECT_EQ(expert_capacity(0.0, 100, 2, 8, 4), 0) << "0 = dropless";
+  EXPECT_EQ(expert_capacity(1.0, 100, 2, 8, 0), 25);
+  EXPECT_EQ(expert_capacity(1.25, 100, 2, 8, 0), 32);  // ceil(31.25)
+  EXPECT_EQ(expert_capacity(0.1, 100, 2, 8, 4), 4);    // max(ceil(2.5), 4)
+}
+
+TEST(Capacity, ProbsPolicyKeepsTheHighestProbabilities) {
+  RoutingConfig cfg;
+  cfg.set_capacity_factor(0.5);  // T = 8, k = 1, E = 2: capacity 2
+  auto router = make_router(8, 2, 1, cfg, 5);
+  auto x = torch::randn({8, 8});
+  auto r = router(x);
+  ASSERT_EQ(r.capacity, 2);
+  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
+  for (int64_t e = 0; e < 2; ++e) {
+    auto routed = r.routed_TE.select(1, e), kept = r.kept_TE.select(1, e);
+    EXPECT_EQ(kept.sum().item<int64_t>(), std::min<int64_t>(2, routed.sum().item<int64_t>()));
+    auto dropped = routed.logical_and(kept.logical_not());
+    if (dropped.any().item<bool>()) {
+      EXPECT_GE(probs.select(1, e).masked_select(kept).min().item<float>(),
+                probs.select(1, e).masked_select(dropped).max().item<float>());
+    }
+  }
+  EXPECT_TRUE(torch::equal(r.gates_TE > 0, r.kept_TE)) << "dropped pairs have gate 0";
+}
+
+TEST(Capacity, PositionPolicyKeepsTheEarliestTokens) {
+  RoutingConfig cfg;
+  cfg.set_capacity_factor(0.5);
+  cfg.set_drop_policy(RoutingConfig::POSITION);
+  auto router = make_router(8, 2, 1, cfg, 5);
+  auto r = router(torch::randn({8, 8}));
+  for (int64_t e = 0; e < 2; ++e) {
+    auto routed_tokens = r.routed_TE.select(1, e).nonzero().view({-1});
+    auto kept_tokens = r.kept_TE.select(1, e).nonzero().view({-1});
+    const int64_t n = std::min<int64_t>(2, routed_tokens.numel());
+    EXPECT_TRUE(torch::equal(kept_tokens, routed_tokens.narrow(0, 0, n))) << e;
+  }
+}
+
+TEST(Capacity, EvaluationUsesItsOwnFactor) {
+  RoutingConfig cfg;
+  cfg.set_capacity_factor(0.5);
+  cfg.set_eval_capacity_factor(0);
+  auto router = make_router(8, 2, 1, cfg);
+  auto x = torch::randn({8, 8});
+  EXPECT_EQ(router(x).capacity, 2);
+  router->eval();
+  auto r = router(x);
+  EXPECT_EQ(r.capacity, 0);
+  EXPECT_TRUE(torch::equal(r.kept_TE, r.routed_TE));
+}
+
+TEST(Measures, MaxViolationAndEntropy) {
+  EXPECT_DOUBLE_EQ(max_violation(torch::tensor({4, 4, 4, 4})), 0.0);
+  EXPECT_DOUBLE_EQ(max_violation(torch::tensor({10, 2, 4, 4})), 1.0);  // (10 − 5) / 5
+  EXPECT_NEAR(router_entropy(torch::full({3, 4}, 0.25f)), std::log(4.0), 1e-7);
+}
