@@ -1,5 +1,6 @@
 #include "data/sampler.h"
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 
@@ -13,7 +14,7 @@ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-// Unbiased draw in [0, bound) by rejection (Lemire-free, simple and portable).
+// Unbiased draw in [0, bound), bound > 0: rejects the top partial block of 2^64, then takes the remainder.
 uint64_t bounded(uint64_t& state, uint64_t bound) {
   const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   uint64_t r;
@@ -21,23 +22,34 @@ uint64_t bounded(uint64_t& state, uint64_t bound) {
   return r % bound;
 }
 
+// Start state of epoch `epoch`'s shuffle: both inputs pass through splitmix64, so nearby seeds or epochs
+// give unrelated streams (a plain seed * k + epoch would make seed s + 1 replay seed s shifted by one draw).
+uint64_t epoch_state(uint64_t seed, uint64_t epoch) {
+  uint64_t s = seed;
+  uint64_t e = splitmix64(s) ^ epoch;
+  return splitmix64(e);
+}
+
 }  // namespace
 
 SequenceSampler::SequenceSampler(const IndexedDataset& dataset, int64_t seq_len, uint64_t seed)
-    : dataset_(dataset), seq_len_(seq_len), chunks_((dataset.num_tokens() - 1) / seq_len), seed_(seed) {
+    : dataset_(dataset), seq_len_(seq_len), chunks_(0), seed_(seed) {
+  if (seq_len < 1) throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
   if (dataset.num_tokens() < seq_len + 1) {
     throw std::runtime_error(dataset.prefix() + ": " + std::to_string(dataset.num_tokens()) +
                              " tokens, fewer than one sequence of data.seq_len + 1 = " + std::to_string(seq_len + 1) +
                              "; use more data or a smaller data.seq_len");
   }
+  chunks_ = (dataset.num_tokens() - 1) / seq_len;
 }
 
 int64_t SequenceSampler::chunk_at(int64_t position) const {
+  if (position < 0) throw std::out_of_range("SequenceSampler: position " + std::to_string(position) + " is negative");
   const int64_t epoch = position / chunks_;
   if (epoch != cached_epoch_) {
     perm_.resize(chunks_);
     for (int64_t i = 0; i < chunks_; ++i) perm_[i] = i;
-    uint64_t state = seed_ * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(epoch);
+    uint64_t state = epoch_state(seed_, static_cast<uint64_t>(epoch));
     for (int64_t i = chunks_ - 1; i > 0; --i) std::swap(perm_[i], perm_[bounded(state, static_cast<uint64_t>(i) + 1)]);
     cached_epoch_ = epoch;
   }
@@ -45,12 +57,17 @@ int64_t SequenceSampler::chunk_at(int64_t position) const {
 }
 
 void SequenceSampler::sample(int64_t position, int64_t* out) const {
-  if (position < 0) throw std::out_of_range("SequenceSampler: negative position");
   dataset_.read_tokens(chunk_at(position) * seq_len_, seq_len_ + 1, out);
 }
 
 EvalSequences eval_sequences(const IndexedDataset& dataset, const std::vector<std::string>& domain_per_document,
                              int64_t seq_len, int64_t max_per_domain) {
+  if (seq_len < 1) throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
+  if (static_cast<int64_t>(domain_per_document.size()) != dataset.num_documents()) {
+    throw std::runtime_error(dataset.prefix() + ": " + std::to_string(domain_per_document.size()) +
+                             " domain names for " + std::to_string(dataset.num_documents()) +
+                             " documents; pass read_domains(prefix, dataset)");
+  }
   std::map<std::string, std::vector<int64_t>> streams;
   std::vector<int64_t> buf;
   for (int64_t doc = 0; doc < dataset.num_documents(); ++doc) {

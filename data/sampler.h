@@ -11,11 +11,14 @@ namespace moetrain::data {
 
 // The flat token stream is cut into n = (num_tokens − 1) / seq_len chunks; chunk c holds tokens
 // [c·seq_len, c·seq_len + seq_len + 1) (inputs and shifted targets). Global position p maps to epoch
-// p / n and chunk perm_epoch[p mod n], where perm_epoch is a Fisher–Yates shuffle driven by splitmix64
-// seeded from (seed, epoch). Same (seed, position) → same tokens on every platform, so a resumed run
-// continues exactly; each epoch visits every chunk once.
+// p / n and chunk perm_epoch[p mod n], where perm_epoch is a Fisher–Yates shuffle (i = n−1 … 1 swaps
+// with an unbiased draw in [0, i]) driven by splitmix64 started at splitmix64(splitmix64(seed) ^ epoch).
+// Same (seed, position) → same tokens on every platform, so a resumed run continues exactly; each epoch
+// visits every chunk once. Caches one epoch's permutation: not safe to share between threads.
 class SequenceSampler {
  public:
+  // Keeps a reference to `dataset`, which must outlive the sampler. Throws if seq_len < 1 or the dataset
+  // holds fewer than seq_len + 1 tokens.
   SequenceSampler(const IndexedDataset& dataset, int64_t seq_len, uint64_t seed);
   void sample(int64_t position, int64_t* out /* seq_len + 1 */) const;
   int64_t chunks_per_epoch() const { return chunks_; }
