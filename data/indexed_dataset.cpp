@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -59,16 +61,19 @@ void IndexedDatasetWriter::add_document(const std::vector<int32_t>& tokens) {
                                std::to_string(vocab_size_) + "); pass the tokenizer's vocabulary size");
     }
   }
+  size_t written;
   if (dtype_ == TokenDtype::kUInt16) {
     std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
-    std::fwrite(narrow.data(), sizeof(uint16_t), narrow.size(), bin_);
+    written = std::fwrite(narrow.data(), sizeof(uint16_t), narrow.size(), bin_);
   } else {
-    std::fwrite(tokens.data(), sizeof(int32_t), tokens.size(), bin_);
+    written = std::fwrite(tokens.data(), sizeof(int32_t), tokens.size(), bin_);
   }
+  if (written != tokens.size()) throw std::runtime_error(prefix_ + ".bin: write failed; is the disk full?");
   lengths_.push_back(static_cast<int32_t>(tokens.size()));
 }
 
 void IndexedDatasetWriter::finish() {
+  if (finished_) throw std::logic_error("IndexedDatasetWriter: finish called twice");
   if (std::fflush(bin_) != 0 || std::fclose(bin_) != 0) {
     bin_ = nullptr;
     throw std::runtime_error(prefix_ + ".bin: write failed; is the disk full?");
@@ -87,7 +92,11 @@ void IndexedDatasetWriter::finish() {
     int64_t pointer = 0;
     for (int32_t len : lengths_) put<int64_t>(idx, pointer), pointer += len * item;
     for (uint64_t d = 0; d <= n; ++d) put<int64_t>(idx, static_cast<int64_t>(d));
-    if (!idx.flush()) throw std::runtime_error(prefix_ + ".idx: write failed; is the disk full?");
+    if (!idx.flush()) {
+      idx.close();
+      std::remove((prefix_ + ".idx.tmp").c_str());
+      throw std::runtime_error(prefix_ + ".idx: write failed; is the disk full?");
+    }
   }
   std::filesystem::rename(prefix_ + ".bin.tmp", prefix_ + ".bin");
   std::filesystem::rename(prefix_ + ".idx.tmp", prefix_ + ".idx");
