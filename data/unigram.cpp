@@ -1,5 +1,6 @@
 #include "data/unigram.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -15,7 +16,7 @@ std::vector<int64_t> counts(const IndexedDataset& ds, int64_t vocab_size) {
     for (int64_t i = 0; i < n; ++i) {
       if (buf[i] < 0 || buf[i] >= vocab_size) {
         throw std::runtime_error(ds.prefix() + ": token id " + std::to_string(buf[i]) + " outside vocabulary size " +
-                                 std::to_string(vocab_size));
+                                 std::to_string(vocab_size) + "; pass the tokenizer's vocabulary size");
       }
       ++c[buf[i]];
     }
@@ -26,6 +27,10 @@ std::vector<int64_t> counts(const IndexedDataset& ds, int64_t vocab_size) {
 }  // namespace
 
 double unigram_perplexity(const IndexedDataset& train, const IndexedDataset& valid, int64_t vocab_size) {
+  if (vocab_size < 1) throw std::runtime_error("vocabulary size " + std::to_string(vocab_size) + " must be at least 1");
+  if (valid.num_tokens() == 0) {
+    throw std::runtime_error(valid.prefix() + ": no tokens to evaluate the unigram baseline on; encode a non-empty validation split");
+  }
   const std::vector<int64_t> train_counts = counts(train, vocab_size), valid_counts = counts(valid, vocab_size);
   const double denom = static_cast<double>(train.num_tokens() + vocab_size);
   double nll = 0;

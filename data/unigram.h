@@ -6,6 +6,7 @@
 namespace moetrain::data {
 
 // exp(mean NLL) of valid's tokens under p(t) = (count_train(t) + 1) / (N_train + vocab_size).
+// Throws if a token id falls outside [0, vocab_size) or valid has no tokens.
 double unigram_perplexity(const IndexedDataset& train, const IndexedDataset& valid, int64_t vocab_size);
 
 }  // namespace moetrain::data

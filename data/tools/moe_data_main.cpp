@@ -2,17 +2,19 @@
 //
 //   moe-data train-tokenizer --input FILE... --vocab-size N --model-prefix PREFIX
 //   moe-data encode --tokenizer MODEL --input FILE... --output-prefix PREFIX [--domain NAME]
-//   moe-data stats --prefix PREFIX
+//   moe-data stats --prefix PREFIX [--vocab-size N]
 //   moe-data unigram --train PREFIX --valid PREFIX --vocab-size N
 //   moe-data decode --tokenizer MODEL --prefix PREFIX --document I
 //
 // Inputs: .jsonl files hold one document per line, {"text": "...", "domain": "..."} ("domain" optional,
 // default --domain or "all"); any other file is plain text holding one document.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -29,7 +31,7 @@ constexpr const char* kUsage =
     "usage:\n"
     "  moe-data train-tokenizer --input FILE [--input FILE]... --vocab-size N --model-prefix PREFIX\n"
     "  moe-data encode --tokenizer MODEL --input FILE [--input FILE]... --output-prefix PREFIX [--domain NAME]\n"
-    "  moe-data stats --prefix PREFIX\n"
+    "  moe-data stats --prefix PREFIX [--vocab-size N]\n"
     "  moe-data unigram --train PREFIX --valid PREFIX --vocab-size N\n"
     "  moe-data decode --tokenizer MODEL --prefix PREFIX --document I\n"
     "inputs: *.jsonl = one {\"text\": ..., \"domain\": ...} per line; other files = one plain-text document\n";
@@ -57,6 +59,19 @@ struct Args {
     return n;
   }
 };
+
+using DomainCounts = std::map<std::string, std::pair<int64_t, int64_t>>;  // domain -> documents, tokens
+
+nlohmann::json domain_table(const DomainCounts& per_domain) {
+  nlohmann::json table = nlohmann::json::object();
+  for (const auto& [d, c] : per_domain) table[d] = {{"documents", c.first}, {"tokens", c.second}};
+  return table;
+}
+
+// One line of JSON on stdout; invalid UTF-8 in names is replaced rather than thrown on.
+void print_json(const nlohmann::json& j) {
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -91,6 +106,9 @@ void for_each_document(const std::vector<std::string>& inputs, const std::string
       if (doc.contains("domain")) {
         if (!doc["domain"].is_string()) throw std::runtime_error(where + ": \"domain\" must be a string");
         domain = doc["domain"].get<std::string>();
+        if (domain.empty() || domain.find_first_of(" \t\r\n") != std::string::npos) {
+          throw std::runtime_error(where + ": domain \"" + domain + "\" must be a non-empty name without spaces");
+        }
       }
       fn(doc["text"].get<std::string>(), domain);
     }
@@ -102,14 +120,19 @@ int train_tokenizer(const Args& a) {
   if (inputs.empty()) throw UsageError("--input is required");
   const std::string prefix = a.one("model-prefix");
   // SentencePiece samples lines: give it the documents' text, one line per line.
+  const int64_t vocab_size = a.integer("vocab-size");
   const std::string text_path = prefix + ".train.txt";
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() { std::remove(path.c_str()); }
+  } cleanup{text_path};
   {
     std::ofstream text(text_path, std::ios::trunc);
+    if (!text) throw std::runtime_error(text_path + ": cannot create; check the --model-prefix directory exists and is writable");
     for_each_document(inputs, "all", [&](const std::string& doc, const std::string&) { text << doc << "\n"; });
   }
-  moetrain::data::train_tokenizer({text_path}, a.integer("vocab-size"), prefix);
-  std::remove(text_path.c_str());
-  std::printf("{\"tokenizer\": \"%s.model\", \"vocab_size\": %lld}\n", prefix.c_str(), static_cast<long long>(a.integer("vocab-size")));
+  moetrain::data::train_tokenizer({text_path}, vocab_size, prefix);
+  print_json({{"tokenizer", prefix + ".model"}, {"vocab_size", vocab_size}});
   return 0;
 }
 
@@ -118,26 +141,26 @@ int encode(const Args& a) {
   if (inputs.empty()) throw UsageError("--input is required");
   moetrain::data::Tokenizer tokenizer(a.one("tokenizer"));
   const std::string prefix = a.one("output-prefix");
+  const std::string default_domain = a.optional("domain", "all");
+  if (default_domain.empty() || default_domain.find_first_of(" \t\r\n") != std::string::npos) {
+    throw UsageError("--domain \"" + default_domain + "\" must be a non-empty name without spaces");
+  }
   moetrain::data::IndexedDatasetWriter writer(prefix, tokenizer.vocab_size());
   std::vector<std::string> domains;
-  std::map<std::string, std::pair<int64_t, int64_t>> per_domain;  // documents, tokens
-  for_each_document(inputs, a.optional("domain", "all"), [&](const std::string& text, const std::string& domain) {
+  DomainCounts per_domain;
+  for_each_document(inputs, default_domain, [&](const std::string& text, const std::string& domain) {
     auto ids = tokenizer.encode_document(text);
     writer.add_document(ids);
     domains.push_back(domain);
     per_domain[domain].first += 1;
     per_domain[domain].second += static_cast<int64_t>(ids.size());
   });
+  std::remove((prefix + ".domains").c_str());  // never leave an old sidecar next to new shards
   writer.finish();
   moetrain::data::write_domains(prefix, domains);
-  std::printf("{\"prefix\": \"%s\", \"documents\": %zu, \"domains\": {", prefix.c_str(), domains.size());
-  bool first = true;
-  for (const auto& [d, c] : per_domain) {
-    std::printf("%s\"%s\": {\"documents\": %lld, \"tokens\": %lld}", first ? "" : ", ", d.c_str(),
-                static_cast<long long>(c.first), static_cast<long long>(c.second));
-    first = false;
-  }
-  std::printf("}}\n");
+  int64_t tokens = 0;
+  for (const auto& [d, c] : per_domain) tokens += c.second;
+  print_json({{"prefix", prefix}, {"documents", domains.size()}, {"tokens", tokens}, {"domains", domain_table(per_domain)}});
   return 0;
 }
 
@@ -145,38 +168,43 @@ int stats(const Args& a) {
   const std::string prefix = a.one("prefix");
   auto ds = IndexedDataset::open(prefix);
   auto domains = moetrain::data::read_domains(prefix, ds);
-  std::map<std::string, std::pair<int64_t, int64_t>> per_domain;
+  DomainCounts per_domain;
   for (int64_t d = 0; d < ds.num_documents(); ++d) {
     per_domain[domains[d]].first += 1;
     per_domain[domains[d]].second += ds.document_range(d).second;
   }
-  std::printf("{\"prefix\": \"%s\", \"documents\": %lld, \"tokens\": %lld, \"dtype_code\": %d, \"max_token_id\": %lld, \"domains\": {",
-              prefix.c_str(), static_cast<long long>(ds.num_documents()), static_cast<long long>(ds.num_tokens()),
-              static_cast<int>(ds.dtype()), static_cast<long long>(ds.max_token_id()));
-  bool first = true;
-  for (const auto& [d, c] : per_domain) {
-    std::printf("%s\"%s\": {\"documents\": %lld, \"tokens\": %lld}", first ? "" : ", ", d.c_str(),
-                static_cast<long long>(c.first), static_cast<long long>(c.second));
-    first = false;
+  const int64_t max_id = ds.max_token_id();
+  if (a.values.count("vocab-size") && max_id >= a.integer("vocab-size")) {
+    throw std::runtime_error(prefix + ".bin: token id " + std::to_string(max_id) + " does not fit --vocab-size " +
+                             a.one("vocab-size") + "; use the tokenizer's vocabulary size (at least " +
+                             std::to_string(max_id + 1) + ")");
   }
-  std::printf("}}\n");
+  print_json({{"prefix", prefix}, {"documents", ds.num_documents()}, {"sequences", ds.num_sequences()},
+              {"tokens", ds.num_tokens()}, {"dtype_code", static_cast<int>(ds.dtype())}, {"max_token_id", max_id},
+              {"domains", domain_table(per_domain)}});
   return 0;
 }
 
 int unigram(const Args& a) {
   auto train = IndexedDataset::open(a.one("train"));
   auto valid = IndexedDataset::open(a.one("valid"));
-  std::printf("{\"unigram_ppl\": %.6f}\n", moetrain::data::unigram_perplexity(train, valid, a.integer("vocab-size")));
+  print_json({{"unigram_ppl", moetrain::data::unigram_perplexity(train, valid, a.integer("vocab-size"))}});
   return 0;
 }
 
 int decode(const Args& a) {
   moetrain::data::Tokenizer tokenizer(a.one("tokenizer"));
   auto ds = IndexedDataset::open(a.one("prefix"));
-  const auto [first, length] = ds.document_range(a.integer("document"));
+  const int64_t doc = a.integer("document");
+  if (doc >= ds.num_documents()) {
+    throw std::runtime_error(a.one("prefix") + ": --document " + std::to_string(doc) + " out of range; it has " +
+                             std::to_string(ds.num_documents()) + " documents (0-based)");
+  }
+  const auto [first, length] = ds.document_range(doc);
   std::vector<int64_t> ids(length);
   ds.read_tokens(first, length, ids.data());
-  std::printf("%s\n", tokenizer.decode(std::vector<int32_t>(ids.begin(), ids.end())).c_str());
+  const std::string text = tokenizer.decode(std::vector<int32_t>(ids.begin(), ids.end())) + "\n";
+  std::fwrite(text.data(), 1, text.size(), stdout);
   return 0;
 }
 

@@ -14,7 +14,7 @@ void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_s
   std::ostringstream args;
   args << "--input=" << inputs << " --model_prefix=" << model_prefix << " --vocab_size=" << vocab_size
        << " --model_type=bpe --character_coverage=0.9995 --byte_fallback=true --split_digits=true"
-       << " --normalization_rule_name=identity --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true"
+       << " --normalization_rule_name=identity --add_dummy_prefix=false --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true"
        << " --input_sentence_size=300000 --shuffle_input_sentence=true --max_sentence_length=8192"
        << " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --num_threads=2 --minloglevel=2";
   const auto status = sentencepiece::SentencePieceTrainer::Train(args.str());

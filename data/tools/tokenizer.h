@@ -17,7 +17,8 @@ class Tokenizer {
  public:
   explicit Tokenizer(const std::string& model_path);
   ~Tokenizer();
-  // A document: each line encoded, lines joined by the <0x0A> byte piece, then </s> appended.
+  // A document: each line encoded, lines joined by the <0x0A> byte piece, then </s> appended. Models are
+  // trained without the dummy-prefix space, so SentencePiece decoding of the ids gives the text back exactly.
   std::vector<int32_t> encode_document(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   int64_t vocab_size() const;

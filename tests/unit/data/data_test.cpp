@@ -233,6 +233,23 @@ TEST(Sampler, DeterministicResumableAndEachEpochVisitsEveryChunkOnce) {
   EXPECT_NE(a.chunk_at(3), a.chunk_at(53)) << "epochs are shuffled differently";
 }
 
+// Pins the documented shuffle (splitmix64, Fisher–Yates, rejection draw): values computed by an
+// independent Python transcription of the algorithm. A change here breaks resuming older runs.
+TEST(Sampler, ShuffleMatchesTheDocumentedAlgorithm) {
+  const std::string p = temp_prefix("sampler_golden");
+  IndexedDatasetWriter w(p, 1000);
+  std::vector<int32_t> doc(81);
+  for (int i = 0; i < 81; ++i) doc[i] = i;
+  w.add_document(doc);
+  w.finish();
+  auto ds = IndexedDataset::open(p);
+  SequenceSampler s(ds, 8, 42);
+  ASSERT_EQ(s.chunks_per_epoch(), 10);
+  std::vector<int64_t> order;
+  for (int64_t pos = 0; pos < 20; ++pos) order.push_back(s.chunk_at(pos));
+  EXPECT_EQ(order, (std::vector<int64_t>{6, 1, 8, 5, 2, 7, 4, 3, 9, 0, 9, 0, 5, 3, 7, 2, 8, 1, 6, 4}));
+}
+
 TEST(Sampler, TooShortDatasetIsAClearError) {
   const std::string p = write_small("short_sampler");
   auto ds = IndexedDataset::open(p);
@@ -242,6 +259,12 @@ TEST(Sampler, TooShortDatasetIsAClearError) {
   } catch (const std::runtime_error& e) {
     EXPECT_EQ(std::string(e.what()), p + ": 5 tokens, fewer than one sequence of data.seq_len + 1 = 9; use more data "
                                          "or a smaller data.seq_len");
+  }
+  try {
+    SequenceSampler s(ds, 0, 1);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), "data.seq_len is 0; it must be at least 1");
   }
 }
 
@@ -275,4 +298,30 @@ TEST(Unigram, MatchesHandComputedPerplexity) {
   // p(0) = 3/7, p(2) = 1/7: ppl = exp(-(ln 3/7 + ln 1/7) / 2) = sqrt(49/3).
   const double ppl = unigram_perplexity(IndexedDataset::open(train), IndexedDataset::open(valid), 4);
   EXPECT_NEAR(ppl, std::sqrt(49.0 / 3.0), 1e-9);
+}
+
+TEST(Unigram, RejectsIdsOutsideTheVocabularyAndEmptyValidation) {
+  const std::string train = temp_prefix("uni_train_bad"), empty = temp_prefix("uni_empty");
+  {
+    IndexedDatasetWriter w(train, 10);
+    w.add_document({0, 7});
+    w.finish();
+    IndexedDatasetWriter v(empty, 10);
+    v.finish();
+  }
+  auto tr = IndexedDataset::open(train);
+  auto ev = IndexedDataset::open(empty);
+  try {
+    unigram_perplexity(tr, tr, 5);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), train + ": token id 7 outside vocabulary size 5; pass the tokenizer's vocabulary size");
+  }
+  try {
+    unigram_perplexity(tr, ev, 10);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              empty + ": no tokens to evaluate the unigram baseline on; encode a non-empty validation split");
+  }
 }
