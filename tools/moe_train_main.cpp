@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "csrc/config/recipe_loader.h"
+#include "parallel/communicator_mpi.h"
 #include "parallel/launch_env.h"
+#include "parallel/mesh.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -52,25 +54,38 @@ int main(int argc, char** argv) {
   if (run_dir.empty()) run_dir = "runs/" + std::filesystem::path(recipe_path).stem().string();
 
   moetrain::config::Recipe recipe;
+  moetrain::parallel::LaunchInfo launch;
+  moetrain::parallel::MeshSizes sizes;
   try {
     recipe = moetrain::config::load_recipe(recipe_path, overrides);
-    const auto launch = moetrain::parallel::detect_launch();
-    const int64_t needed = recipe.parallel().tensor() * recipe.parallel().expert();
-    if (launch.world_size != 1 || needed != 1) {
-      std::fprintf(stderr,
-                   "moe-train: error: this build trains in one process: launched with world size %d by %s, "
-                   "recipe asks for parallel.tensor=%lld parallel.expert=%lld; run without a launcher and "
-                   "with --set parallel.tensor=1 --set parallel.expert=1\n",
-                   launch.world_size, launch.launcher.c_str(), static_cast<long long>(recipe.parallel().tensor()),
-                   static_cast<long long>(recipe.parallel().expert()));
-      return 2;
+    launch = moetrain::parallel::detect_launch();
+    sizes.world = launch.world_size;
+    sizes.tp = static_cast<int>(recipe.parallel().tensor());
+    sizes.ep = static_cast<int>(recipe.parallel().expert());
+    // Same verdict on every rank, before any allocation or collective.
+    moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
+    if (sizes.tp > 1) {
+      throw std::invalid_argument("parallel.tensor = " + std::to_string(sizes.tp) +
+                                  ": tensor parallelism is not available in this build; use parallel.tensor=1");
+    }
+    if (launch.world_size > 1 && launch.launcher == "torchrun") {
+      throw std::invalid_argument("launched by torchrun with WORLD_SIZE=" + std::to_string(launch.world_size) +
+                                  ": this build's CPU backend is MPI; launch with mpirun -np " +
+                                  std::to_string(launch.world_size) + " (or srun with PMIx)");
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-train: error: %s\n", e.what());
+    std::fprintf(stderr, "moe-train: error%s: %s\n",
+                 launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
     return 2;
   }
+
+  std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
-    moetrain::trainer::Trainer trainer(recipe, run_dir);
+    if (launch.world_size > 1) {
+      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::MpiCommunicator::world(), sizes);
+      if (launch.rank != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // progress from rank 0 only
+    }
+    moetrain::trainer::Trainer trainer(recipe, run_dir, mesh.get());
     const auto summary = trainer.run();
     if (summary.val_ppl == summary.val_ppl) {
       std::printf("final: step %lld | train loss %.4f | validation loss %.4f | validation perplexity %.2f "
@@ -78,8 +93,13 @@ int main(int argc, char** argv) {
                   static_cast<long long>(summary.steps), summary.final_loss, summary.val_loss, summary.val_ppl,
                   summary.unigram_ppl);
     }
+    if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-train: error: %s\n", e.what());
+    std::fprintf(stderr, "moe-train: error%s: %s\n",
+                 launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
+    std::fflush(stderr);
+    // Peers may be blocked in a collective with us: take the whole job down rather than hang.
+    if (mesh) moetrain::parallel::abort_job(1);
     return 1;
   }
   return 0;

@@ -12,6 +12,9 @@
 #include "csrc/config/recipe_loader.h"
 #include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
+#include "parallel/alltoall_dispatcher.h"
+#include "parallel/grad_sync.h"
+#include "parallel/mesh.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
@@ -74,9 +77,33 @@ double now() {
   return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
 }
 
+// L2 norm of all gradients (double accumulation), then scale them to max_norm when above it
+// (coefficient max_norm / (norm + 1e-6), as torch::nn::utils::clip_grad_norm_).
+double clip_gradients(model::TransformerImpl& model, double max_norm, parallel::ProcessMesh* mesh) {
+  double norm;
+  if (mesh) {
+    norm = parallel::global_grad_norm(model, *mesh);
+  } else {
+    auto sq = torch::zeros({}, torch::kFloat64);
+    for (auto& p : model.parameters())
+      if (p.grad().defined()) sq += p.grad().to(torch::kFloat64).square().sum();
+    norm = std::sqrt(sq.item<double>());
+  }
+  if (norm > max_norm) {
+    torch::NoGradGuard no_grad;
+    const double coef = max_norm / (norm + 1e-6);
+    for (auto& p : model.parameters())
+      if (p.grad().defined()) p.mutable_grad().mul_(coef);
+  }
+  return norm;
+}
+
 }  // namespace
 
 struct Trainer::State {
+  parallel::ProcessMesh* mesh = nullptr;
+  bool writes_logs = true;  // rank 0
+  int64_t dp = 1, dp_rank = 0;
   config::Recipe recipe;
   std::string run_dir;
   model::Transformer model{nullptr};
@@ -91,16 +118,25 @@ struct Trainer::State {
   double unigram_ppl = NAN;
 };
 
-Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir) : s_(std::make_unique<State>()) {
+Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh)
+    : s_(std::make_unique<State>()) {
   s_->recipe = recipe;
   s_->run_dir = run_dir;
+  s_->mesh = mesh;
+  if (mesh) {
+    s_->writes_logs = mesh->world().rank() == 0;
+    s_->dp = mesh->sizes().dp();
+    s_->dp_rank = mesh->dp_rank();
+  }
   const auto& r = recipe;
   if (r.train().threads() > 0) torch::set_num_threads(static_cast<int>(r.train().threads()));
   torch::manual_seed(r.train().seed());
 
   fs::create_directories(run_dir);
-  std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
-                                               << config::to_text(recipe);
+  if (s_->writes_logs) {
+    std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
+                                                 << config::to_text(recipe);
+  }
 
   s_->train_data = std::make_unique<TrainingData>(r.data().train_prefix(), r.data().seq_len(), r.train().seed(),
                                                   r.model().vocab_size());
@@ -111,18 +147,33 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir) : s_(
     s_->unigram_ppl = unigram_baseline(r.data().train_prefix(), r.data().valid_prefix(), r.model().vocab_size());
   }
 
-  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing()));
+  const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
+  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing(), ep, ep_rank));
   model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
+  if (mesh) {
+    for (auto& layer : s_->model->moe_layers()) {
+      if (ep > 1) layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(mesh->ep(), r.model().num_experts()));
+      layer->set_count_reducer([mesh](const torch::Tensor& counts) {
+        auto c = counts.contiguous().clone();
+        parallel::sum_over_dp(c, *mesh);
+        return c;
+      });
+    }
+  }
   s_->optimizer = make_optimizer(*s_->model, r.optimizer());
-  s_->checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_signature(r));
+  // Distributed runs keep one checkpoint directory per rank (same-layout resume).
+  const std::string ckpt_dir = mesh && mesh->sizes().world > 1 ? run_dir + "/rank" + std::to_string(mesh->world().rank()) : run_dir;
+  s_->checkpointer = std::make_unique<Checkpointer>(ckpt_dir, r.checkpoint().keep_last(), model_signature(r));
   if (r.checkpoint().resume()) {
     if (auto latest = s_->checkpointer->latest()) {
       s_->train_state = s_->checkpointer->load(*latest, *s_->model, *s_->optimizer);
       std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(s_->train_state.step));
     }
   }
-  s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
-  s_->expert_log = std::make_unique<ExpertLoadLog>(run_dir);
+  if (s_->writes_logs) {
+    s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
+    s_->expert_log = std::make_unique<ExpertLoadLog>(run_dir);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -133,8 +184,10 @@ TrainSummary Trainer::run() {
   auto& state = s_->train_state;
   const int64_t steps = r.train().steps(), mbs = r.train().micro_batch_size(), accum = r.train().grad_accum_steps();
   const int64_t seq = r.data().seq_len();
-  const int64_t tokens_per_step = mbs * accum * seq;
+  const int64_t dp = s_->dp, dp_rank = s_->dp_rank;
+  const int64_t tokens_per_step = mbs * accum * seq * dp;
   const double clip = r.optimizer().grad_clip() > 0 ? r.optimizer().grad_clip() : std::numeric_limits<double>::infinity();
+  parallel::ProcessMesh* mesh = s_->mesh;
   const bool tty = isatty(fileno(stdout));
 
   int64_t total_params = 0, expert_params = 0;
@@ -181,7 +234,7 @@ TrainSummary Trainer::run() {
     rec.add("max_vio", vio / n);
     rec.add("dropped_frac", dropped / n);
     rec.add("router_entropy", entropy / n);
-    s_->expert_log->write_load(rec.step, layer_names, load);
+    if (s_->expert_log) s_->expert_log->write_load(rec.step, layer_names, load);
   };
   auto evaluate_now = [&](StepRecord& rec) {
     EvalResult ev = evaluate(model, s_->eval_data, mbs);
@@ -196,7 +249,7 @@ TrainSummary Trainer::run() {
         vio += v;
       }
       rec.add("val_max_vio", vio / static_cast<double>(ev.expert_load.size()));
-      s_->expert_log->write_domains(state.step, layer_names, s_->eval_data.domains, ev.domain_expert_load);
+      if (s_->expert_log) s_->expert_log->write_domains(state.step, layer_names, s_->eval_data.domains, ev.domain_expert_load);
     }
     summary.val_loss = ev.loss, summary.val_ppl = ev.ppl;
     std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", tty ? "\n" : "", static_cast<long long>(state.step), ev.loss, ev.ppl);
@@ -212,8 +265,9 @@ TrainSummary Trainer::run() {
     double lm_sum = 0, aux_sum = 0, z_sum = 0;
     std::vector<LayerAccumulator> layer_acc(moe_layers.size());
     for (int64_t micro = 0; micro < accum; ++micro) {
-      auto batch = s_->train_data->batch(state.samples_consumed, mbs);  // (mbs, seq + 1)
-      state.samples_consumed += mbs;
+      // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
+      // sequences, in the same routing groups, as one process with dp× the accumulation steps.
+      auto batch = s_->train_data->batch(state.samples_consumed + (micro * dp + dp_rank) * mbs, mbs);  // (mbs, seq + 1)
       auto out = model.forward(batch.narrow(1, 0, seq));
       auto lm = model::lm_loss(out.logits, batch.narrow(1, 1, seq));
       auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);
@@ -223,13 +277,28 @@ TrainSummary Trainer::run() {
       z_sum += out.z_loss.item<double>();
       for (size_t l = 0; l < out.moe_stats.size(); ++l) layer_acc[l].add(out.moe_stats[l]);
     }
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
+    state.samples_consumed += mbs * accum * dp;
+    if (mesh) parallel::sync_gradients(model, *mesh);
+    const double grad_norm = clip_gradients(model, clip, mesh);
     s_->optimizer->step();
     s_->optimizer->zero_grad();
     std::vector<torch::Tensor> step_load;
     for (auto& layer : moe_layers) {
       step_load.push_back(layer->step_counts().clone());
+      if (mesh) parallel::sum_over_dp(step_load.back(), *mesh);
       layer->end_step(step_load.back());  // aux-loss-free bias update from the step's global-batch load
+    }
+    if (mesh && dp > 1) {  // losses and routing measures: means over the data-parallel group
+      std::vector<double> v{lm_sum, aux_sum, z_sum};
+      for (auto& a : layer_acc) v.insert(v.end(), {static_cast<double>(a.routed), static_cast<double>(a.dropped), a.entropy});
+      auto t = torch::tensor(v, torch::kFloat64);
+      parallel::sum_over_dp(t, *mesh);
+      lm_sum = t[0].item<double>() / dp, aux_sum = t[1].item<double>() / dp, z_sum = t[2].item<double>() / dp;
+      for (size_t l = 0; l < layer_acc.size(); ++l) {
+        layer_acc[l].routed = static_cast<int64_t>(t[3 + 3 * l].item<double>());
+        layer_acc[l].dropped = static_cast<int64_t>(t[4 + 3 * l].item<double>());
+        layer_acc[l].entropy = t[5 + 3 * l].item<double>() / dp;
+      }
     }
     state.step += 1;
     state.tokens += tokens_per_step;
@@ -261,7 +330,7 @@ TrainSummary Trainer::run() {
 
     const int64_t eval_every = r.train().eval_interval();
     if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) evaluate_now(rec);
-    s_->metrics->write(rec);
+    if (s_->metrics) s_->metrics->write(rec);
 
     const int64_t ckpt_every = r.checkpoint().interval(), exit_every = r.train().exit_interval();
     const bool exiting = exit_every > 0 && state.step % exit_every == 0 && state.step < steps;

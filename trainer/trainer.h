@@ -7,6 +7,10 @@
 
 #include "csrc/config/recipe.pb.h"
 
+namespace moetrain::parallel {
+class ProcessMesh;
+}
+
 namespace moetrain::trainer {
 
 struct TrainSummary {
@@ -20,7 +24,9 @@ struct TrainSummary {
 class Trainer {
  public:
   // `recipe` must be validated and have its defaults filled (config::load_recipe does both).
-  Trainer(const config::Recipe& recipe, const std::string& run_dir);
+  // `mesh`: the process mesh of a distributed run (null: one process). Every rank constructs a Trainer
+  // and calls run(); rank 0 writes the run directory's logs, every rank its own checkpoint shard.
+  Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh = nullptr);
   ~Trainer();
   TrainSummary run();
 

@@ -4,7 +4,8 @@
 
 namespace moetrain::model {
 
-TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m, const config::RoutingConfig& r) {
+TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m, const config::RoutingConfig& r,
+                                                  int64_t ep_size, int64_t ep_rank) {
   TransformerOptions o;
   o.vocab_size = m.vocab_size();
   o.d_model = m.d_model();
@@ -28,6 +29,8 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
                         : m.shared_expert_ffn_hidden() > 0 ? m.shared_expert_ffn_hidden()
                                                            : m.moe_ffn_hidden() * m.num_shared_experts();
   o.moe.routing = r;
+  o.moe.local_experts = m.num_experts() / ep_size;
+  o.moe.first_local_expert = ep_rank * o.moe.local_experts;
   return o;
 }
 
@@ -107,8 +110,12 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
     const bool is_output = ends_with(name, "attn.wo.weight") || ends_with(name, ".w2.weight") ||
                            ends_with(name, "experts.w2");
-    auto global = at::normal(0.0, is_output ? out_std : std, p.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32));
-    p.copy_(global);
+    // Expert weights: draw the global (E, …) tensor, keep this process's experts.
+    const bool is_expert = name.find(".experts.") != std::string::npos;
+    auto shape = p.sizes().vec();
+    if (is_expert) shape[0] = model.options().moe.num_experts;
+    auto global = at::normal(0.0, is_output ? out_std : std, shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
+    p.copy_(is_expert ? global.narrow(0, model.options().moe.first_local_expert, p.size(0)) : global);
   }
 }
 

@@ -18,7 +18,9 @@ struct TransformerOptions {
   std::vector<bool> is_moe;  // per layer
   moe::MoEOptions moe;
 
-  static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing);
+  // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
+  static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
+                                        int64_t ep_size = 1, int64_t ep_rank = 0);
 };
 
 struct ModelOutput {

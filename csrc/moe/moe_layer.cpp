@@ -9,12 +9,14 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   ro.d_model = options.d_model, ro.num_experts = options.num_experts, ro.top_k = options.top_k;
   ro.routing = options.routing;
   router = register_module("router", Router(ro));
-  experts = register_module("experts", GroupedExperts(options.num_experts, options.d_model, options.expert_hidden));
+  const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
+  experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden));
   if (options.shared_hidden > 0) {
     shared = register_module("shared", model::SwiGLU(options.d_model, options.shared_hidden));
   }
   dispatcher_ = std::make_shared<LocalDispatcher>(options.num_experts);
   step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
+  global_step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
 }
 
 MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS) {
@@ -32,10 +34,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   MoEOutput out;
   out.y = y_TD.view(x_BSD.sizes());
   auto counts_E = route.routed_TE.sum(0);  // int64
-  if (is_training()) {
-    step_counts_E_ += counts_E.to(step_counts_E_.device());
-    step_tokens_ += B * S;
-  }
+  if (is_training()) step_counts_E_ += counts_E.to(step_counts_E_.device());
 
   // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs.
   auto aux = torch::zeros({}, route.probs_TE.options());
@@ -44,9 +43,11 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
     aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
   }
   if (r.global_aux_loss_coeff() > 0) {
-    const bool accumulate = is_training();
-    auto counts = accumulate ? step_counts_E_ : counts_E;
-    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, counts, accumulate ? step_tokens_ : B * S, k);
+    // f from the counts of the data-parallel group, accumulated over the step's micro-batches so far.
+    auto global = count_reducer_ ? count_reducer_(counts_E.detach()) : counts_E.detach();
+    if (is_training()) global = global_step_counts_E_ += global;
+    const int64_t tokens = global.sum().item<int64_t>() / k;  // top-k: k routed pairs per token
+    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global, tokens, k);
   }
   out.aux_loss = aux;
   out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE)
@@ -65,7 +66,7 @@ void MoELayerImpl::end_step(const torch::Tensor& counts_E) {
   const double rate = options_.routing.bias_update_rate();
   if (rate > 0 && !router_frozen_) update_expert_bias(router->expert_bias, counts_E, rate);
   step_counts_E_.zero_();
-  step_tokens_ = 0;
+  global_step_counts_E_.zero_();
 }
 
 }  // namespace moetrain::moe

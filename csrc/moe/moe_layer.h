@@ -2,6 +2,7 @@
 // experts), with its balancing losses and load measures.
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "csrc/model/layers.h"
@@ -17,6 +18,9 @@ struct MoEOptions {
   int64_t top_k = 0;
   int64_t expert_hidden = 0;
   int64_t shared_hidden = 0;       // 0 = no shared experts
+  // Expert parallelism: this process holds experts [first_local_expert, first_local_expert + local_experts).
+  int64_t local_experts = 0;       // 0 = all experts
+  int64_t first_local_expert = 0;
   config::RoutingConfig routing;   // defaults filled in
 };
 
@@ -52,6 +56,8 @@ class MoELayerImpl : public torch::nn::Module {
   // Replaces the dispatcher (the expert-parallel layer installs its all-to-all dispatcher here).
   void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) { dispatcher_ = std::move(dispatcher); }
   void set_router_frozen(bool frozen) { router_frozen_ = frozen; }
+  // Sums routing counts over the data-parallel group (for the global-batch aux loss); identity if unset.
+  void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
 
   Router router{nullptr};
   GroupedExperts experts{nullptr};
@@ -60,8 +66,9 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   MoEOptions options_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
-  torch::Tensor step_counts_E_;  // int64
-  int64_t step_tokens_ = 0;
+  torch::Tensor step_counts_E_;         // int64, this process
+  torch::Tensor global_step_counts_E_;  // int64, summed over the data-parallel group (global aux loss)
+  std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
   bool router_frozen_ = false;
 };
 TORCH_MODULE(MoELayer);

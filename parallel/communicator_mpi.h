@@ -1,0 +1,42 @@
+// Communicator over an MPI communicator (Open MPI on CPU). Owns the MPI_Comm (freed on destruction,
+// except MPI_COMM_WORLD). Errors return to us (MPI_ERRORS_RETURN) and become CommError.
+#pragma once
+
+#include <mpi.h>
+
+#include "parallel/communicator.h"
+
+namespace moetrain::parallel {
+
+class MpiCommunicator : public Communicator {
+ public:
+  // Initialises MPI if needed (finalised at exit) and wraps MPI_COMM_WORLD.
+  static std::unique_ptr<MpiCommunicator> world();
+  MpiCommunicator(MPI_Comm comm, std::string name, bool owned);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+  void all_reduce_sum(torch::Tensor& t) override;
+  void broadcast(torch::Tensor& t, int root) override;
+  torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+                             const std::vector<int64_t>& recv_counts) override;
+  void barrier() override;
+  std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
+
+ private:
+  void check(int rc, const char* op) const;
+  MPI_Comm comm_;
+  std::string name_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+};
+
+// Takes every process of the job down (MPI_Abort on the world) with `code`: used when this rank failed
+// and its peers may be blocked in a collective with it.
+[[noreturn]] void abort_job(int code);
+
+}  // namespace moetrain::parallel

@@ -1,0 +1,39 @@
+#include "parallel/mesh.h"
+
+#include <stdexcept>
+
+namespace moetrain::parallel {
+
+void validate_mesh(const MeshSizes& s, int64_t num_experts, int64_t num_heads) {
+  const std::string world = std::to_string(s.world);
+  if (s.tp < 1 || s.ep < 1) throw std::invalid_argument("parallel.tensor and parallel.expert must be >= 1");
+  if (s.world % s.tp != 0) {
+    throw std::invalid_argument("parallel.tensor = " + std::to_string(s.tp) + " does not divide the world size " + world +
+                                "; launch a multiple of " + std::to_string(s.tp) + " processes or change parallel.tensor");
+  }
+  if (s.dp() % s.ep != 0) {
+    throw std::invalid_argument("parallel.expert = " + std::to_string(s.ep) + " does not divide the data-parallel size " +
+                                std::to_string(s.dp()) + " (world " + world + " / parallel.tensor " + std::to_string(s.tp) +
+                                "); launch a multiple of parallel.tensor × parallel.expert = " + std::to_string(s.tp * s.ep) +
+                                " processes");
+  }
+  if (num_experts % s.ep != 0) {
+    throw std::invalid_argument("parallel.expert = " + std::to_string(s.ep) + ": model.num_experts (" +
+                                std::to_string(num_experts) + ") must be divisible by it");
+  }
+  if (num_heads % s.tp != 0) {
+    throw std::invalid_argument("parallel.tensor = " + std::to_string(s.tp) + ": model.num_heads (" +
+                                std::to_string(num_heads) + ") must be divisible by it");
+  }
+}
+
+ProcessMesh::ProcessMesh(std::unique_ptr<Communicator> world, const MeshSizes& sizes)
+    : sizes_(sizes), world_(std::move(world)) {
+  const int r = world_->rank(), tp_rank = r % sizes.tp, dp_rank = r / sizes.tp;
+  const int ep_rank = dp_rank % sizes.ep, ep_group = dp_rank / sizes.ep;
+  dp_ = world_->split(tp_rank, dp_rank, "dp");
+  ep_ = world_->split(tp_rank * sizes.dp() + ep_group, ep_rank, "ep");
+  expert_dp_ = world_->split(tp_rank * sizes.ep + ep_rank, ep_group, "expert_dp");
+}
+
+}  // namespace moetrain::parallel
