@@ -57,8 +57,8 @@ int main(int argc, char** argv) {
   moetrain::parallel::LaunchInfo launch;
   moetrain::parallel::MeshSizes sizes;
   try {
-    recipe = moetrain::config::load_recipe(recipe_path, overrides);
     launch = moetrain::parallel::detect_launch();
+    recipe = moetrain::config::load_recipe(recipe_path, overrides);
     sizes.world = launch.world_size;
     sizes.tp = static_cast<int>(recipe.parallel().tensor());
     sizes.ep = static_cast<int>(recipe.parallel().expert());

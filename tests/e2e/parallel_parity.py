@@ -10,12 +10,14 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from common import BIN, SMALL_DATA, TINY, check, fresh_dir, metrics, moe_train
 
 np_ranks = int(sys.argv[1])
 base = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model.moe_ffn_hidden=64",
         "train.micro_batch_size=4", "data.seq_len=32", "train.eval_interval=10", "train.eval_sequences=4",
-        "schedule.warmup_steps=3", "train.steps=10", "checkpoint.save_final=false", "checkpoint.interval=0",
+        "schedule.warmup_steps=3", "train.steps=10", "checkpoint.interval=0",
         "train.threads=1", "routing.bias_update_rate=0.01"]
 # Capacity with the position policy: which pairs drop depends only on the routing map and token order.
 # (The probs policy ranks scores across tokens, so the 1e-7 parameter differences that summation order
@@ -46,6 +48,33 @@ def compare(a, b, label):
     print(f"{label}: 10 steps agree, worst relative difference {worst:.2e}")
 
 
+def final_params(path):
+    return torch.jit.load(os.path.join(path, "checkpoints", "step_00000010", "model.pt")).state_dict()
+
+
+def compare_params(single, run, np, ep, label):
+    """Final parameters: every rank's dense tensors and its expert shard equal the one-process model's
+    within 1e-5 relative (‖got − want‖ / ‖want‖, Frobenius norm per tensor); expert biases are
+    bitwise identical on every rank."""
+    ref = final_params(single)
+    shards = [final_params(os.path.join(run, f"rank{r}")) for r in range(np)]
+    worst = 0.0
+    for name, full in ref.items():
+        for r, shard in enumerate(shards):
+            want = full
+            if ".experts." in name:
+                local = full.shape[0] // ep
+                want = full[(r % ep) * local:(r % ep + 1) * local]
+            got = shard[name]
+            check(got.shape == want.shape, f"{label} rank {r} {name}: shape {tuple(got.shape)} vs {tuple(want.shape)}")
+            rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+            worst = max(worst, rel)
+            check(rel <= 1e-5, f"{label} rank {r} {name}: relative difference {rel:.2e}")
+            if name.endswith("expert_bias"):
+                check(torch.equal(got, shards[0][name]), f"{label}: expert bias of rank {r} differs from rank 0")
+    print(f"{label}: final parameters agree on all {np} ranks, worst relative difference {worst:.2e}")
+
+
 layouts = {2: [("ep2", 2), ("dp2", 1)], 4: [("ep4", 4), ("ep2_dp4", 2)]}[np_ranks]
 for extra, tag in ((["routing.capacity_factor=0"], "dropless"), (capacity, "capacity")):
     single = fresh_dir(f"parity_single_{np_ranks}_{tag}")
@@ -54,4 +83,5 @@ for extra, tag in ((["routing.capacity_factor=0"], "dropless"), (capacity, "capa
         run = fresh_dir(f"parity_{name}_{tag}")
         mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}"])
         compare(single, run, f"{name} ({tag}) vs 1 process")
+        compare_params(single, run, np_ranks, ep, f"{name} ({tag})")
 print("ok")
