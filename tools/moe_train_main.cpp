@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "csrc/config/recipe_loader.h"
-#include "parallel/communicator_mpi.h"
+#include "parallel/world.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
 #include "trainer/trainer.h"
@@ -68,10 +68,9 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("parallel.tensor = " + std::to_string(sizes.tp) +
                                   ": tensor parallelism is not available in this build; use parallel.tensor=1");
     }
-    if (launch.world_size > 1 && launch.launcher == "torchrun") {
-      throw std::invalid_argument("launched by torchrun with WORLD_SIZE=" + std::to_string(launch.world_size) +
-                                  ": this build's CPU backend is MPI; launch with mpirun -np " +
-                                  std::to_string(launch.world_size) + " (or srun with PMIx)");
+    if (launch.world_size > 1 && launch.launcher == "torchrun" && (launch.master_addr.empty() || launch.master_port == 0)) {
+      throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
+                                  "options (--standalone, or --rdzv-endpoint HOST:PORT)");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-train: error%s: %s\n",
@@ -82,7 +81,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
     if (launch.world_size > 1) {
-      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::MpiCommunicator::world(), sizes);
+      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
       if (launch.rank != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // progress from rank 0 only
     }
     moetrain::trainer::Trainer trainer(recipe, run_dir, mesh.get());
@@ -99,7 +98,7 @@ int main(int argc, char** argv) {
                  launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
     std::fflush(stderr);
     // Peers may be blocked in a collective with us: take the whole job down rather than hang.
-    if (mesh) moetrain::parallel::abort_job(1);
+    if (mesh) moetrain::parallel::abort_job(launch, 1);
     return 1;
   }
   return 0;

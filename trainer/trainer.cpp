@@ -195,6 +195,10 @@ TrainSummary Trainer::run() {
     total_params += p.value().numel();
     if (p.key().find(".experts.") != std::string::npos) expert_params += p.value().numel();
   }
+  // Counts of the whole model: this process holds 1/ep of the experts.
+  const int64_t ep = mesh ? mesh->sizes().ep : 1;
+  total_params += expert_params * (ep - 1);
+  expert_params *= ep;
   const double active = total_params - expert_params * (1.0 - static_cast<double>(r.model().top_k()) / r.model().num_experts());
   std::printf("model: %s parameters (%s active per token), %lld layers, %lld experts top-%lld\n",
               human_count(total_params).c_str(), human_count(active).c_str(),
