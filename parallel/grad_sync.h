@@ -5,6 +5,10 @@
 //   expert parameters (sharded over ep, replicated over expert_dp): each rank's gradient already sums
 //   the contributions of every ep source (through the all-to-all backward); all-reduce-sum over
 //   expert_dp, divide by the dp size.
+// Tensor parallelism: attention and dense-MLP weights are sharded over tp (their gradients are complete
+// per shard); MoE parameters (router, experts, shared experts) see 1/tp of the tokens (sequence
+// parallel), so their gradients are first summed over tp; everything else is replicated with identical
+// gradients on every tp rank.
 // Gradients travel in one flat bucket per group (one collective each).
 #pragma once
 
@@ -16,6 +20,8 @@ namespace moetrain::parallel {
 
 // True for parameters sharded over the expert-parallel group.
 bool is_expert_parameter(const std::string& name);
+// True for parameters sharded over the tensor-parallel group.
+bool is_tensor_parallel_parameter(const std::string& name);
 
 void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh);
 
@@ -23,7 +29,9 @@ void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh);
 // rank, expert shards summed over the ep group. Identical on every rank.
 double global_grad_norm(torch::nn::Module& model, ProcessMesh& mesh);
 
-// Sums a tensor over the data-parallel group (routing counts, loss sums), in place.
+// Sums a tensor over the data-parallel group, in place (routing counts of the global-batch aux loss).
 void sum_over_dp(torch::Tensor& t, ProcessMesh& mesh);
+// Sums a tensor over every rank, in place (step routing counts, loss sums for logging).
+void sum_over_world(torch::Tensor& t, ProcessMesh& mesh);
 
 }  // namespace moetrain::parallel

@@ -27,6 +27,25 @@ void validate_mesh(const MeshSizes& s, int64_t num_experts, int64_t num_heads) {
   }
 }
 
+void validate_tensor_parallel_recipe(const MeshSizes& s, const config::Recipe& r) {
+  if (s.tp <= 1) return;
+  const std::string tp = std::to_string(s.tp);
+  const int64_t tokens = r.train().micro_batch_size() * r.data().seq_len();
+  if (tokens % s.tp != 0) {
+    throw std::invalid_argument("parallel.tensor = " + tp + ": the tokens of a micro-batch (train.micro_batch_size × data.seq_len = " +
+                                std::to_string(tokens) + ") must split evenly over the tensor-parallel ranks");
+  }
+  if (r.model().d_model() % s.tp != 0 || r.model().ffn_hidden() % s.tp != 0) {
+    throw std::invalid_argument("parallel.tensor = " + tp + ": model.d_model (" + std::to_string(r.model().d_model()) +
+                                ") and model.ffn_hidden (" + std::to_string(r.model().ffn_hidden()) + ") must be divisible by it");
+  }
+  if (r.routing().seq_aux_loss_coeff() > 0 || r.routing().global_aux_loss_coeff() > 0) {
+    throw std::invalid_argument("parallel.tensor = " + tp + ": routing.seq_aux_loss_coeff and routing.global_aux_loss_coeff "
+                                "are not supported with tensor parallelism yet; use routing.aux_loss_coeff or "
+                                "routing.bias_update_rate, or parallel.tensor=1");
+  }
+}
+
 ProcessMesh::ProcessMesh(std::unique_ptr<Communicator> world, const MeshSizes& sizes)
     : sizes_(sizes), world_(std::move(world)) {
   const int r = world_->rank(), tp_rank = r % sizes.tp, dp_rank = r / sizes.tp;
@@ -34,6 +53,7 @@ ProcessMesh::ProcessMesh(std::unique_ptr<Communicator> world, const MeshSizes& s
   dp_ = world_->split(tp_rank, dp_rank, "dp");
   ep_ = world_->split(tp_rank * sizes.dp() + ep_group, ep_rank, "ep");
   expert_dp_ = world_->split(tp_rank * sizes.ep + ep_rank, ep_group, "expert_dp");
+  tp_ = world_->split(dp_rank, tp_rank, "tp");
 }
 
 }  // namespace moetrain::parallel

@@ -64,10 +64,7 @@ int main(int argc, char** argv) {
     sizes.ep = static_cast<int>(recipe.parallel().expert());
     // Same verdict on every rank, before any allocation or collective.
     moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
-    if (sizes.tp > 1) {
-      throw std::invalid_argument("parallel.tensor = " + std::to_string(sizes.tp) +
-                                  ": tensor parallelism is not available in this build; use parallel.tensor=1");
-    }
+    moetrain::parallel::validate_tensor_parallel_recipe(sizes, recipe);
     if (launch.world_size > 1 && launch.launcher == "torchrun" && (launch.master_addr.empty() || launch.master_port == 0)) {
       throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
                                   "options (--standalone, or --rdzv-endpoint HOST:PORT)");

@@ -15,6 +15,7 @@
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/grad_sync.h"
 #include "parallel/mesh.h"
+#include "parallel/tensor_parallel.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
@@ -148,8 +149,10 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   }
 
   const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
-  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing(), ep, ep_rank));
+  const int64_t tp = mesh ? mesh->sizes().tp : 1, tp_rank = mesh ? mesh->tp_rank() : 0;
+  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing(), ep, ep_rank, tp, tp_rank));
   model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
+  if (tp > 1) s_->model->set_tensor_parallel(std::make_shared<parallel::TensorParallel>(mesh->tp()));
   if (mesh) {
     for (auto& layer : s_->model->moe_layers()) {
       if (ep > 1) layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(mesh->ep(), r.model().num_experts()));
@@ -195,8 +198,12 @@ TrainSummary Trainer::run() {
     total_params += p.value().numel();
     if (p.key().find(".experts.") != std::string::npos) expert_params += p.value().numel();
   }
-  // Counts of the whole model: this process holds 1/ep of the experts.
-  const int64_t ep = mesh ? mesh->sizes().ep : 1;
+  // Counts of the whole model: this process holds 1/ep of the experts and 1/tp of the attention and
+  // dense-MLP weights.
+  const int64_t ep = mesh ? mesh->sizes().ep : 1, tp = mesh ? mesh->sizes().tp : 1;
+  for (const auto& p : model.named_parameters()) {
+    if (parallel::is_tensor_parallel_parameter(p.key())) total_params += p.value().numel() * (tp - 1);
+  }
   total_params += expert_params * (ep - 1);
   expert_params *= ep;
   const double active = total_params - expert_params * (1.0 - static_cast<double>(r.model().top_k()) / r.model().num_experts());
@@ -289,19 +296,23 @@ TrainSummary Trainer::run() {
     std::vector<torch::Tensor> step_load;
     for (auto& layer : moe_layers) {
       step_load.push_back(layer->step_counts().clone());
-      if (mesh) parallel::sum_over_dp(step_load.back(), *mesh);
+      if (mesh) parallel::sum_over_world(step_load.back(), *mesh);  // every rank's tokens (dp, and tp slices)
       layer->end_step(step_load.back());  // aux-loss-free bias update from the step's global-batch load
     }
-    if (mesh && dp > 1) {  // losses and routing measures: means over the data-parallel group
+    if (mesh && mesh->sizes().world > 1) {
+      // Logged values: lm loss is replicated over tp (mean over the world = mean over dp); aux and z
+      // are split over tp (each rank holds its 1/tp share: sum over tp, mean over dp); routed and
+      // dropped pairs add up over every rank; entropy is a mean.
+      const double world = mesh->sizes().world;
       std::vector<double> v{lm_sum, aux_sum, z_sum};
       for (auto& a : layer_acc) v.insert(v.end(), {static_cast<double>(a.routed), static_cast<double>(a.dropped), a.entropy});
       auto t = torch::tensor(v, torch::kFloat64);
-      parallel::sum_over_dp(t, *mesh);
-      lm_sum = t[0].item<double>() / dp, aux_sum = t[1].item<double>() / dp, z_sum = t[2].item<double>() / dp;
+      parallel::sum_over_world(t, *mesh);
+      lm_sum = t[0].item<double>() / world, aux_sum = t[1].item<double>() / dp, z_sum = t[2].item<double>() / dp;
       for (size_t l = 0; l < layer_acc.size(); ++l) {
         layer_acc[l].routed = static_cast<int64_t>(t[3 + 3 * l].item<double>());
         layer_acc[l].dropped = static_cast<int64_t>(t[4 + 3 * l].item<double>());
-        layer_acc[l].entropy = t[5 + 3 * l].item<double>() / dp;
+        layer_acc[l].entropy = t[5 + 3 * l].item<double>() / world;
       }
     }
     state.step += 1;

@@ -24,31 +24,37 @@ torch::Tensor apply_rotary(const torch::Tensor& x, double theta) {
   return x * cos + rotated * sin;
 }
 
-AttentionImpl::AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta)
-    : num_heads_(num_heads), rope_theta_(rope_theta) {
-  wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(d_model, 3 * d_model).bias(false)));
-  wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(d_model, d_model).bias(false)));
+AttentionImpl::AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta, int64_t tp_size)
+    : local_heads_(num_heads / tp_size), rope_theta_(rope_theta) {
+  const int64_t local = d_model / tp_size;
+  wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(d_model, 3 * local).bias(false)));
+  wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(local, d_model).bias(false)));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
-  const int64_t B = x.size(0), S = x.size(1), D = x.size(2), Dh = D / num_heads_;
-  auto qkv = wqkv(x).view({B, S, 3, num_heads_, Dh}).permute({2, 0, 3, 1, 4});  // (3, B, H, S, Dh)
+torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
+  auto x = tp_ ? tp_->copy_to_tp(input) : input;
+  const int64_t B = x.size(0), S = x.size(1), Dl = wo->weight.size(1), Dh = Dl / local_heads_;
+  auto qkv = wqkv(x).view({B, S, 3, local_heads_, Dh}).permute({2, 0, 3, 1, 4});  // (3, B, H/tp, S, Dh)
   auto q = apply_rotary(qkv[0], rope_theta_);
   auto k = apply_rotary(qkv[1], rope_theta_);
   auto v = qkv[2];
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                              /*is_causal=*/true);  // (B, H, S, Dh)
-  return wo(out.transpose(1, 2).reshape({B, S, D}));
+                                              /*is_causal=*/true);  // (B, H/tp, S, Dh)
+  auto y = wo(out.transpose(1, 2).reshape({B, S, Dl}));
+  return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 
-SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden) {
-  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(d_model, hidden).bias(false)));
-  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(d_model, hidden).bias(false)));
-  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(hidden, d_model).bias(false)));
+SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
+  const int64_t local = hidden / tp_size;
+  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
+  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
+  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(local, d_model).bias(false)));
 }
 
-torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
-  return w2(torch::silu(w1(x)) * w3(x));
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& input) {
+  auto x = tp_ ? tp_->copy_to_tp(input) : input;
+  auto y = w2(torch::silu(w1(x)) * w3(x));
+  return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 
 }  // namespace moetrain::model

@@ -4,6 +4,10 @@
 
 #include <torch/torch.h>
 
+#include <memory>
+
+#include "csrc/model/tensor_parallel_ops.h"
+
 namespace moetrain::model {
 
 // y = x / sqrt(mean(x²) + eps) · weight, computed in fp32 and cast back to x's dtype.
@@ -24,28 +28,36 @@ TORCH_MODULE(RMSNorm);
 torch::Tensor apply_rotary(const torch::Tensor& x, double theta);
 
 // Causal multi-head self-attention with RoPE, through LibTorch's scaled_dot_product_attention.
+// Tensor parallel (tp > 1): this rank holds heads [rank·H/tp, (rank+1)·H/tp): wqkv is column-parallel
+// (its q, k and v rows of those heads), wo row-parallel (its input columns), output all-reduced.
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta);
+  AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta, int64_t tp_size = 1);
   torch::Tensor forward(const torch::Tensor& x);  // (B, S, D) -> (B, S, D)
+  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) { tp_ = std::move(tp); }
 
-  torch::nn::Linear wqkv{nullptr};  // weight (3·D, D): rows [q; k; v]
-  torch::nn::Linear wo{nullptr};    // weight (D, D)
+  torch::nn::Linear wqkv{nullptr};  // weight (3·D/tp, D): rows [q; k; v] of the local heads
+  torch::nn::Linear wo{nullptr};    // weight (D, D/tp)
  private:
-  int64_t num_heads_;
+  int64_t local_heads_;
   double rope_theta_;
+  std::shared_ptr<TensorParallelOps> tp_;
 };
 TORCH_MODULE(Attention);
 
-// SwiGLU feed-forward: w2(silu(w1 x) * w3 x).
+// SwiGLU feed-forward: w2(silu(w1 x) * w3 x). Tensor parallel (tp > 1): w1, w3 column-parallel
+// (F/tp hidden units each), w2 row-parallel, output all-reduced.
 class SwiGLUImpl : public torch::nn::Module {
  public:
-  SwiGLUImpl(int64_t d_model, int64_t hidden);
+  SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size = 1);
   torch::Tensor forward(const torch::Tensor& x);  // (..., D) -> (..., D)
+  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) { tp_ = std::move(tp); }
 
-  torch::nn::Linear w1{nullptr};  // gate projection, weight (F, D)
-  torch::nn::Linear w3{nullptr};  // up projection, weight (F, D)
-  torch::nn::Linear w2{nullptr};  // down projection, weight (D, F)
+  torch::nn::Linear w1{nullptr};  // gate projection, weight (F/tp, D)
+  torch::nn::Linear w3{nullptr};  // up projection, weight (F/tp, D)
+  torch::nn::Linear w2{nullptr};  // down projection, weight (D, F/tp)
+ private:
+  std::shared_ptr<TensorParallelOps> tp_;
 };
 TORCH_MODULE(SwiGLU);
 

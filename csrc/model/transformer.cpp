@@ -5,7 +5,7 @@
 namespace moetrain::model {
 
 TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m, const config::RoutingConfig& r,
-                                                  int64_t ep_size, int64_t ep_rank) {
+                                                  int64_t ep_size, int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
   TransformerOptions o;
   o.vocab_size = m.vocab_size();
   o.d_model = m.d_model();
@@ -15,6 +15,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.rope_theta = m.rope_theta();
   o.norm_eps = m.norm_eps();
   o.tie_embeddings = m.tie_embeddings();
+  o.tp_size = tp_size, o.tp_rank = tp_rank;
   o.is_moe.assign(m.num_layers(), false);
   if (m.moe_layers_size() > 0) {
     for (int64_t layer : m.moe_layers()) o.is_moe.at(layer) = true;
@@ -36,18 +37,28 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
 
 BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
-  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta));
+  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta, o.tp_size));
   ffn_norm = register_module("ffn_norm", RMSNorm(o.d_model, o.norm_eps));
   if (is_moe) {
     moe = register_module("moe", moe::MoELayer(o.moe));
   } else {
-    mlp = register_module("mlp", SwiGLU(o.d_model, o.ffn_hidden));
+    mlp = register_module("mlp", SwiGLU(o.d_model, o.ffn_hidden, o.tp_size));
   }
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out) {
   auto h = x + attn(attn_norm(x));
   if (!moe) return h + mlp(ffn_norm(h));
+  if (tp_) {  // sequence-parallel MoE: this rank routes and computes its 1/tp of the tokens
+    const int64_t D = h.size(2), T = h.size(0) * h.size(1), Tl = T / tp_->size();
+    auto x_local = tp_->scatter_tokens(ffn_norm(h).reshape({T, D})).unsqueeze(0);
+    auto ids_local = tokens.reshape({-1}).narrow(0, tp_->rank() * Tl, Tl).unsqueeze(0);
+    moe::MoEOutput m = moe(x_local, ids_local);
+    out.aux_loss = out.aux_loss + m.aux_loss;
+    out.z_loss = out.z_loss + m.z_loss;
+    out.moe_stats.push_back(m.stats);
+    return h + tp_->gather_tokens(m.y.reshape({Tl, D})).view(h.sizes());
+  }
   moe::MoEOutput m = moe(ffn_norm(h), tokens);
   out.aux_loss = out.aux_loss + m.aux_loss;
   out.z_loss = out.z_loss + m.z_loss;
@@ -76,6 +87,17 @@ ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
   x = norm(x);
   out.logits = lm_head ? lm_head(x) : torch::linear(x, embed->weight);
   return out;
+}
+
+void BlockImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
+  attn->set_tensor_parallel(tp);
+  if (mlp) mlp->set_tensor_parallel(tp);
+  if (moe) moe->set_tensor_parallel(tp);
+  tp_ = std::move(tp);
+}
+
+void TransformerImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
+  for (const auto& layer : *layers) layer->as<Block>()->set_tensor_parallel(tp);
 }
 
 std::vector<moe::MoELayer> TransformerImpl::moe_layers() const {
@@ -110,12 +132,30 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
     const bool is_output = ends_with(name, "attn.wo.weight") || ends_with(name, ".w2.weight") ||
                            ends_with(name, "experts.w2");
-    // Expert weights: draw the global (E, …) tensor, keep this process's experts.
-    const bool is_expert = name.find(".experts.") != std::string::npos;
+    // Draw the global tensor, keep this process's shard: experts [first_local, +local) of (E, …);
+    // tensor-parallel column shards (rows of wqkv's q, k, v and of mlp w1/w3), row shards (columns of
+    // attn.wo and mlp.w2).
+    const auto& o = model.options();
+    const int64_t tp = o.tp_size, tr = o.tp_rank;
     auto shape = p.sizes().vec();
-    if (is_expert) shape[0] = model.options().moe.num_experts;
-    auto global = at::normal(0.0, is_output ? out_std : std, shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
-    p.copy_(is_expert ? global.narrow(0, model.options().moe.first_local_expert, p.size(0)) : global);
+    torch::Tensor local;
+    auto draw = [&] { return at::normal(0.0, is_output ? out_std : std, shape, gen, torch::TensorOptions().dtype(torch::kFloat32)); };
+    if (name.find(".experts.") != std::string::npos) {
+      shape[0] = o.moe.num_experts;
+      local = draw().narrow(0, o.moe.first_local_expert, p.size(0));
+    } else if (tp > 1 && ends_with(name, "attn.wqkv.weight")) {
+      shape[0] *= tp;  // (3·D, D) = three (D, D) blocks
+      local = draw().view({3, o.d_model, o.d_model}).narrow(1, tr * o.d_model / tp, o.d_model / tp).reshape(p.sizes());
+    } else if (tp > 1 && (ends_with(name, "mlp.w1.weight") || ends_with(name, "mlp.w3.weight"))) {
+      shape[0] *= tp;
+      local = draw().narrow(0, tr * p.size(0), p.size(0));
+    } else if (tp > 1 && (ends_with(name, "attn.wo.weight") || ends_with(name, "mlp.w2.weight"))) {
+      shape[1] *= tp;
+      local = draw().narrow(1, tr * p.size(1), p.size(1));
+    } else {
+      local = draw();
+    }
+    p.copy_(local);
   }
 }
 

@@ -15,12 +15,14 @@ struct TransformerOptions {
   int64_t vocab_size = 0, d_model = 0, num_layers = 0, num_heads = 0, ffn_hidden = 0;
   double rope_theta = 10000.0, norm_eps = 1e-5;
   bool tie_embeddings = false;
+  int64_t tp_size = 1, tp_rank = 0;  // tensor parallelism
   std::vector<bool> is_moe;  // per layer
   moe::MoEOptions moe;
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
-                                        int64_t ep_size = 1, int64_t ep_rank = 0);
+                                        int64_t ep_size = 1, int64_t ep_rank = 0, int64_t tp_size = 1,
+                                        int64_t tp_rank = 0);
 };
 
 struct ModelOutput {
@@ -36,10 +38,14 @@ class BlockImpl : public torch::nn::Module {
   // x: (B, S, D), tokens (B, S). An MoE block adds its losses and measures to `out`.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out);
 
+  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
+
   RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Attention attn{nullptr};
   SwiGLU mlp{nullptr};     // dense layers
   moe::MoELayer moe{nullptr};  // MoE layers
+ private:
+  std::shared_ptr<TensorParallelOps> tp_;
 };
 TORCH_MODULE(Block);
 
@@ -50,6 +56,8 @@ class TransformerImpl : public torch::nn::Module {
   ModelOutput forward(const torch::Tensor& tokens_BS);
   const TransformerOptions& options() const { return options_; }
   std::vector<moe::MoELayer> moe_layers() const;  // in layer order
+  // Installs the tensor-parallel communication in every layer (options().tp_size > 1).
+  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
 
   torch::nn::Embedding embed{nullptr};  // (V, D)
   torch::nn::ModuleList layers{nullptr};
@@ -62,7 +70,8 @@ class TransformerImpl : public torch::nn::Module {
 TORCH_MODULE(Transformer);
 
 // Seeded initialisation over the global tensors: each parameter draws from its own generator seeded by
-// (seed, parameter name), so the weights do not depend on creation order or on the parallel layout.
+// (seed, parameter name), so the weights do not depend on creation order or on the parallel layout:
+// expert-parallel and tensor-parallel shards are slices of the same global tensor.
 // Matrices ~ N(0, std²); output projections (attn.wo, *.w2) ~ N(0, std²/(2·layers)); norms = 1.
 void init_weights(TransformerImpl& model, uint64_t seed, double std);
 

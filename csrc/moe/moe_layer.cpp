@@ -38,7 +38,12 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
 
   // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs.
   auto aux = torch::zeros({}, route.probs_TE.options());
-  if (r.aux_loss_coeff() > 0) aux = aux + r.aux_loss_coeff() * switch_aux_loss(route.probs_TE, route.routed_TE, k);
+  const double tp = tp_ ? tp_->size() : 1;
+  if (r.aux_loss_coeff() > 0) {
+    auto switch_loss = tp_ ? global_aux_loss(route.probs_TE, tp_->sum_counts(counts_E.detach()), B * S * tp_->size(), k) / tp
+                           : switch_aux_loss(route.probs_TE, route.routed_TE, k);
+    aux = aux + r.aux_loss_coeff() * switch_loss;
+  }
   if (r.seq_aux_loss_coeff() > 0) {
     aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
   }
@@ -50,7 +55,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
     aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global, tokens, k);
   }
   out.aux_loss = aux;
-  out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE)
+  out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE) / tp
                                     : torch::zeros({}, route.probs_TE.options());
 
   out.stats.tokens_per_expert_E = counts_E.detach();

@@ -56,6 +56,10 @@ class MoELayerImpl : public torch::nn::Module {
   // Replaces the dispatcher (the expert-parallel layer installs its all-to-all dispatcher here).
   void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) { dispatcher_ = std::move(dispatcher); }
   void set_router_frozen(bool frozen) { router_frozen_ = frozen; }
+  // Sequence-parallel MoE under tensor parallelism: this layer sees 1/tp of the tokens; the Switch aux
+  // loss takes f from the counts of the whole tensor-parallel group and, like the z-loss, is divided by
+  // tp, so the tensor-parallel sum of the ranks' gradients is the gradient of the one-process loss.
+  void set_tensor_parallel(std::shared_ptr<model::TensorParallelOps> tp) { tp_ = std::move(tp); }
   // Sums routing counts over the data-parallel group (for the global-batch aux loss); identity if unset.
   void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
 
@@ -69,6 +73,7 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor step_counts_E_;         // int64, this process
   torch::Tensor global_step_counts_E_;  // int64, summed over the data-parallel group (global aux loss)
   std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
+  std::shared_ptr<model::TensorParallelOps> tp_;
   bool router_frozen_ = false;
 };
 TORCH_MODULE(MoELayer);

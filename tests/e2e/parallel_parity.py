@@ -52,7 +52,27 @@ def final_params(path):
     return torch.jit.load(os.path.join(path, "checkpoints", "step_00000010", "model.pt")).state_dict()
 
 
-def compare_params(single, run, np, ep, label):
+def shard_of(name, full, rank, ep, tp):
+    """This rank's slice of a global tensor (rank = dp_rank·tp + tp_rank, ep_rank = dp_rank mod ep)."""
+    tp_rank, dp_rank = rank % tp, rank // tp
+    if ".experts." in name:
+        local = full.shape[0] // ep
+        return full[(dp_rank % ep) * local:(dp_rank % ep + 1) * local]
+    if tp == 1:
+        return full
+    if name.endswith("attn.wqkv.weight"):
+        d = full.shape[1]
+        return full.view(3, d, d)[:, tp_rank * d // tp:(tp_rank + 1) * d // tp].reshape(-1, d)
+    if name.endswith("mlp.w1.weight") or name.endswith("mlp.w3.weight"):
+        n = full.shape[0] // tp
+        return full[tp_rank * n:(tp_rank + 1) * n]
+    if name.endswith("attn.wo.weight") or name.endswith("mlp.w2.weight"):
+        n = full.shape[1] // tp
+        return full[:, tp_rank * n:(tp_rank + 1) * n]
+    return full
+
+
+def compare_params(single, run, np, ep, tp, label):
     """Final parameters: every rank's dense tensors and its expert shard equal the one-process model's
     within 1e-5 relative (‖got − want‖ / ‖want‖, Frobenius norm per tensor); expert biases are
     bitwise identical on every rank."""
@@ -61,10 +81,7 @@ def compare_params(single, run, np, ep, label):
     worst = 0.0
     for name, full in ref.items():
         for r, shard in enumerate(shards):
-            want = full
-            if ".experts." in name:
-                local = full.shape[0] // ep
-                want = full[(r % ep) * local:(r % ep + 1) * local]
+            want = shard_of(name, full, r, ep, tp)
             got = shard[name]
             check(got.shape == want.shape, f"{label} rank {r} {name}: shape {tuple(got.shape)} vs {tuple(want.shape)}")
             rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
@@ -75,13 +92,22 @@ def compare_params(single, run, np, ep, label):
     print(f"{label}: final parameters agree on all {np} ranks, worst relative difference {worst:.2e}")
 
 
-layouts = {2: [("ep2", 2), ("dp2", 1)], 4: [("ep4", 4), ("ep2_dp4", 2)]}[np_ranks]
+# (name, parallel.expert, parallel.tensor). Under tensor parallelism each tp rank routes 1/tp of the
+# micro-batch (sequence-parallel MoE), a different routing group from one process's, so the capacity
+# comparison covers the layouts without tp.
+layouts = {2: [("ep2", 2, 1), ("dp2", 1, 1), ("tp2", 1, 2)],
+           4: [("ep4", 4, 1), ("ep2_dp4", 2, 1), ("tp2_ep2", 2, 2)]}[np_ranks]
 for extra, tag in ((["routing.capacity_factor=0"], "dropless"), (capacity, "capacity")):
-    single = fresh_dir(f"parity_single_{np_ranks}_{tag}")
-    moe_train(single, base + extra + [f"train.grad_accum_steps={np_ranks}"])
-    for name, ep in layouts:
+    singles = {}
+    for name, ep, tp in layouts:
+        if tp > 1 and tag == "capacity":
+            continue
+        dp = np_ranks // tp
+        if dp not in singles:
+            singles[dp] = fresh_dir(f"parity_single_accum{dp}_{tag}")
+            moe_train(singles[dp], base + extra + [f"train.grad_accum_steps={dp}"])
         run = fresh_dir(f"parity_{name}_{tag}")
-        mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}"])
-        compare(single, run, f"{name} ({tag}) vs 1 process")
-        compare_params(single, run, np_ranks, ep, f"{name} ({tag})")
+        mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}", f"parallel.tensor={tp}"])
+        compare(singles[dp], run, f"{name} ({tag}) vs 1 process")
+        compare_params(singles[dp], run, np_ranks, ep, tp, f"{name} ({tag})")
 print("ok")

@@ -1,0 +1,28 @@
+// Megatron-style tensor-parallel communication (see csrc/model/tensor_parallel_ops.h for what each
+// operation does forward and backward) over the mesh's tensor-parallel group.
+#pragma once
+
+#include "csrc/model/tensor_parallel_ops.h"
+#include "parallel/communicator.h"
+
+namespace moetrain::parallel {
+
+class TensorParallel : public model::TensorParallelOps {
+ public:
+  explicit TensorParallel(Communicator& tp_group) : tp_(tp_group) {}
+  int size() const override { return tp_.size(); }
+  int rank() const override { return tp_.rank(); }
+  torch::Tensor copy_to_tp(const torch::Tensor& x) override;
+  torch::Tensor reduce_from_tp(const torch::Tensor& x) override;
+  torch::Tensor scatter_tokens(const torch::Tensor& x_TD) override;
+  torch::Tensor gather_tokens(const torch::Tensor& x_TD) override;
+  torch::Tensor sum_counts(const torch::Tensor& counts) override;
+
+ private:
+  Communicator& tp_;
+};
+
+// Rows of every rank of `group`, concatenated in rank order (no autograd).
+torch::Tensor all_gather_rows(Communicator& group, const torch::Tensor& rows);
+
+}  // namespace moetrain::parallel
