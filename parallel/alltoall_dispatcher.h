@@ -24,7 +24,7 @@ class AllToAllDispatcher : public moe::TokenDispatcher {
   Communicator& ep_;
   int64_t num_experts_, local_experts_;
   // State of the latest dispatch.
-  torch::Tensor row_token_, row_expert_, row_valid_;  // rows this rank sent, in send order
+  moe::DispatchRows rows_;                            // rows this rank sent, in send order
   std::vector<int64_t> send_rows_, recv_rows_;        // per EP rank
   torch::Tensor sort_order_;                          // received row → position in expert-major order
 };

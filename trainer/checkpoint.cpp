@@ -1,6 +1,7 @@
 #include "trainer/checkpoint.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,17 @@ void fsync_path(const fs::path& path) {
   if (rc != 0) throw std::runtime_error(path.string() + ": fsync failed; is the disk full?");
 }
 
+// Note [remove_tree]: the PyPI libtorch.so exports its own std::filesystem::remove_all, which the
+// dynamic linker binds ahead of libstdc++'s and which crashes on a non-empty directory. We remove
+// trees with POSIX nftw instead (test CheckpointerTest.KeepsTheNewestAndRemovesOlderOnes).
+void remove_tree(const fs::path& path) {
+  if (::access(path.c_str(), F_OK) != 0) return;
+  auto remove_entry = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    throw std::runtime_error(path.string() + ": cannot remove; check permissions of the run directory");
+  }
+}
+
 std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "step_%08lld", static_cast<long long>(step));
@@ -36,7 +48,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   fs::create_directories(root_);
   const fs::path final_dir = fs::path(root_) / step_name(state.step);
   const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
-  fs::remove_all(tmp_dir);
+  remove_tree(tmp_dir);
   fs::create_directories(tmp_dir);
 
   {
@@ -61,7 +73,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   }
   for (const char* f : {"model.pt", "optimizer.pt", "state.pt"}) fsync_path(tmp_dir / f);
   fsync_path(tmp_dir);
-  fs::remove_all(final_dir);
+  remove_tree(final_dir);
   fs::rename(tmp_dir, final_dir);
   fsync_path(root_);
 
@@ -82,7 +94,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   }
   std::sort(committed.begin(), committed.end());
   for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
-    if (committed[i] != final_dir) fs::remove_all(committed[i]);
+    if (committed[i] != final_dir) remove_tree(committed[i]);
   }
   return final_dir.string();
 }

@@ -14,6 +14,19 @@ struct Dispatched {
   torch::Tensor tokens_per_expert_El;  // int64 (E_local), sums to N
 };
 
+// The rows a dispatcher sends to the experts: the kept pairs in (expert, token) order; with
+// pad_capacity > 0 every expert gets exactly pad_capacity rows, fillers being token 0 marked invalid.
+struct DispatchRows {
+  torch::Tensor token_N;               // int64 token of each row
+  torch::Tensor expert_N;              // int64 (global) expert of each row
+  torch::Tensor valid_N;               // bool, false for filler rows
+  torch::Tensor tokens_per_expert_E;   // int64 rows per expert
+};
+DispatchRows dispatch_rows(const torch::Tensor& kept_TE, int64_t pad_capacity);
+
+// Gate-weighted sum of row outputs into token order: out[token_N[r]] += gate(token, expert) · rows[r].
+torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows, const torch::Tensor& gates_TE);
+
 // Contract: dispatch() then combine() once per forward, in that order; combine() uses the state of
 // the latest dispatch(). Both are autograd-correct.
 class TokenDispatcher {
@@ -37,9 +50,7 @@ class LocalDispatcher : public TokenDispatcher {
 
  private:
   int64_t num_experts_;
-  torch::Tensor row_token_N_;   // token of each dispatched row
-  torch::Tensor row_expert_N_;  // expert of each dispatched row
-  torch::Tensor row_valid_N_;   // false for padding rows
+  DispatchRows rows_;  // of the latest dispatch
 };
 
 }  // namespace moetrain::moe
