@@ -26,6 +26,10 @@ moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]
 - `--set` overrides are typed and checked like the file: `--set train.steps=100`,
   `--set optimizer.lr=1e-3`, `--set schedule.decay=LINEAR`, `--set model.moe_layers=[0,2]` (a list
   replaces the whole list), `--set data.train_prefix=corpus/train` (strings need no quotes).
+- `base: "other.textproto"` makes a recipe extend another (path relative to the file): the base is
+  loaded first (it may have a base too; a cycle is an error), then every field the file sets replaces
+  the base's — lists whole, sections field by field. `recipes/ablations/routing/` uses it so each
+  variant is a few lines. Errors in a base name the base's file, line and column.
 - After overrides every field gets its default and the whole recipe is validated; all problems are
   reported at once, each naming the field, its value and the fix. Nothing is written for a rejected recipe.
 - The resolved recipe (every field explicit) is written to `RUN_DIR/recipe.textproto`; it is itself a

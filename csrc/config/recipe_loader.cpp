@@ -4,6 +4,9 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <climits>
+#include <cstdlib>
+
 #include <algorithm>
 #include <fstream>
 #include <regex>
@@ -180,14 +183,69 @@ std::string to_text(const Recipe& recipe) {
   return out;
 }
 
-Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+void overlay(pb::Message& base, const pb::Message& top) {
+  const pb::Reflection* r = top.GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields;
+  r->ListFields(top, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    if (!f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      overlay(*base.GetReflection()->MutableMessage(&base, f), r->GetMessage(top, f));
+      continue;
+    }
+    base.GetReflection()->ClearField(&base, f);
+    std::unique_ptr<pb::Message> copy(top.New());
+    copy->CopyFrom(top);
+    std::vector<const pb::FieldDescriptor*> only{f};
+    base.GetReflection()->SwapFields(&base, copy.get(), only);
+  }
+}
+
+namespace {
+
+// Parses `path` and the chain of bases under it; `chain` holds the files being loaded (cycle check).
+Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain, const std::string& named_by) {
   std::ifstream in(path);
-  if (!in) throw RecipeError(path + ": cannot open recipe file; check the path given to --recipe");
+  if (!in) {
+    throw RecipeError(named_by.empty() ? path + ": cannot open recipe file; check the path given to --recipe"
+                                       : named_by + ": base \"" + path + "\" cannot be opened; base paths are "
+                                                    "relative to the recipe that names them");
+  }
+  // POSIX realpath, not std::filesystem: see Note [remove_tree] in trainer/checkpoint.cpp (libtorch.so
+  // exports its own std::filesystem, which may bind ahead of libstdc++'s).
+  char resolved[PATH_MAX];
+  const std::string canonical = ::realpath(path.c_str(), resolved) ? resolved : path;
+  for (const auto& c : chain) {
+    if (c == canonical) {
+      std::string cycle;
+      for (const auto& link : chain) cycle += link + " -> ";
+      throw RecipeError("recipe base cycle: " + cycle + canonical + "; remove one of the base fields");
+    }
+  }
+  chain.push_back(canonical);
   std::stringstream text;
   text << in.rdbuf();
   Recipe recipe = parse_recipe(text.str(), path);
+  if (recipe.has_base()) {
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+    const std::string base_path = !recipe.base().empty() && recipe.base()[0] == '/' ? recipe.base() : dir + recipe.base();
+    Recipe merged = load_with_bases(base_path, chain, path);
+    recipe.clear_base();
+    overlay(merged, recipe);
+    recipe = merged;
+  }
+  chain.pop_back();
+  return recipe;
+}
+
+}  // namespace
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::vector<std::string> chain;
+  Recipe recipe = load_with_bases(path, chain, "");
   for (const std::string& o : overrides) apply_override(recipe, o);
   fill_defaults(recipe);
+  recipe.clear_base();  // resolved: the bases are folded in
   validate_recipe(recipe, path);
   return recipe;
 }

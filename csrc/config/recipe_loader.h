@@ -27,8 +27,13 @@ void apply_override(Recipe& recipe, const std::string& assignment);
 // Checks value ranges and combinations; throws one RecipeError listing every problem found.
 void validate_recipe(const Recipe& recipe, const std::string& source);
 
-// Reads the file, applies the overrides in order, fills in every default and validates.
+// Reads the file and, recursively, the recipes it names as `base` (paths relative to the naming file;
+// a cycle is an error), lays each file's fields over its base's, applies the overrides in order, fills
+// in every default and validates.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides);
+
+// Lays the fields set in `top` over `base`: scalars replace, lists replace whole, sections merge.
+void overlay(google::protobuf::Message& base, const google::protobuf::Message& top);
 
 // Sets every unset optional field to its schema default (so the resolved recipe is explicit).
 void fill_defaults(Recipe& recipe);

@@ -2,7 +2,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ftw.h>
+
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "csrc/config/recipe_loader.h"
@@ -33,11 +36,26 @@ Recipe valid_recipe() {
 
 }  // namespace
 
-TEST(RecipeFiles, ShippedRecipesLoadAndValidate) {
-  for (const char* name : {"recipes/pretrain/tiny.textproto", "recipes/pretrain/small.textproto"}) {
-    Recipe r = load_recipe(source_dir() + "/" + name, {});
-    EXPECT_GT(r.train().steps(), 0) << name;
-    EXPECT_TRUE(r.model().has_d_model()) << name << ": defaults are filled in";
+std::vector<std::string> shipped_recipes() {
+  static std::vector<std::string> found;
+  found.clear();
+  auto visit = [](const char* path, const struct stat*, int type, struct FTW*) {
+    const std::string p = path;
+    if (type == FTW_F && p.size() > 10 && p.compare(p.size() - 10, 10, ".textproto") == 0) found.push_back(p);
+    return 0;
+  };
+  nftw((source_dir() + "/recipes").c_str(), visit, 16, FTW_PHYS);
+  return found;
+}
+
+TEST(RecipeFiles, EveryShippedRecipeLoadsAndValidates) {
+  const auto recipes = shipped_recipes();
+  EXPECT_GE(recipes.size(), 20u);
+  for (const auto& path : recipes) {
+    Recipe r;
+    EXPECT_NO_THROW(r = load_recipe(path, {})) << path;
+    EXPECT_GT(r.train().steps(), 0) << path;
+    EXPECT_TRUE(r.model().has_d_model()) << path << ": defaults are filled in";
   }
 }
 
@@ -63,7 +81,7 @@ TEST(RecipeErrors, UnknownFieldNamesFileLineColumnAndClosestField) {
 TEST(RecipeErrors, UnknownSectionIsAnError) {
   EXPECT_EQ(error_of([] { parse_recipe("modle { d_model: 8 }", "r.textproto"); }),
             "r.textproto:1:7: unknown field \"modle\" in Recipe; did you mean \"model\"? known fields: name, model, "
-            "routing, data, optimizer, schedule, train, parallel, checkpoint, logging");
+            "routing, data, optimizer, schedule, train, parallel, checkpoint, logging, base");
 }
 
 TEST(RecipeErrors, WrongTypeNamesPosition) {
@@ -235,4 +253,59 @@ TEST(RecipeWithTorch, ProtobufAndTorchShareAProcess) {
   apply_override(r, "model.d_model=" + std::to_string(t.sum().item<int64_t>()));
   EXPECT_EQ(r.model().d_model(), 512);
   EXPECT_NE(to_text(r).find("d_model: 512"), std::string::npos);
+}
+
+namespace {
+
+std::string write_file(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string temp_dir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "moetrain_recipe_" + name;
+  std::system(("mkdir -p " + dir + "/variants").c_str());
+  return dir;
+}
+
+}  // namespace
+
+TEST(RecipeBase, VariantOverridesItsBaseFieldByField) {
+  const std::string dir = temp_dir("base");
+  write_file(dir, "base.textproto",
+             "name: \"base\"\nmodel { d_model: 64 num_heads: 4 moe_layers: [0, 1] }\n"
+             "routing { aux_loss_coeff: 0.02 z_loss_coeff: 0.001 }\ndata { train_prefix: \"t\" }\ntrain { steps: 7 }\n");
+  write_file(dir, "variants/middle.textproto", "base: \"../base.textproto\"\nrouting { aux_loss_coeff: 0 }\n");
+  const std::string leaf = write_file(dir, "variants/leaf.textproto",
+                                      "base: \"middle.textproto\"\nname: \"leaf\"\nmodel { moe_layers: [1] }\n"
+                                      "routing { bias_update_rate: 0.001 }\n");
+  Recipe r = load_recipe(leaf, {"train.steps=9"});
+  EXPECT_EQ(r.name(), "leaf");
+  EXPECT_EQ(r.model().d_model(), 64) << "kept from the base";
+  ASSERT_EQ(r.model().moe_layers_size(), 1) << "a list is replaced whole";
+  EXPECT_EQ(r.model().moe_layers(0), 1);
+  EXPECT_EQ(r.routing().aux_loss_coeff(), 0.0) << "set by the middle recipe";
+  EXPECT_DOUBLE_EQ(r.routing().z_loss_coeff(), 0.001) << "a section merges field by field";
+  EXPECT_DOUBLE_EQ(r.routing().bias_update_rate(), 0.001);
+  EXPECT_EQ(r.train().steps(), 9) << "--set applies after the bases";
+  EXPECT_FALSE(r.has_base()) << "the resolved recipe stands alone";
+}
+
+TEST(RecipeBase, MissingBaseAndCyclesAreClearErrors) {
+  const std::string dir = temp_dir("cycle");
+  const std::string a = write_file(dir, "a.textproto", "base: \"b.textproto\"\n");
+  write_file(dir, "b.textproto", "base: \"a.textproto\"\n");
+  const std::string err = error_of([&] { load_recipe(a, {}); });
+  EXPECT_EQ(err.rfind("recipe base cycle: ", 0), 0u) << err;
+  EXPECT_NE(err.find("a.textproto -> "), std::string::npos) << err;
+  EXPECT_NE(err.find("; remove one of the base fields"), std::string::npos) << err;
+  const std::string lonely = write_file(dir, "lonely.textproto", "base: \"nope.textproto\"\n");
+  EXPECT_EQ(error_of([&] { load_recipe(lonely, {}); }),
+            lonely + ": base \"" + dir + "/nope.textproto\" cannot be opened; base paths are relative to the recipe "
+                     "that names them");
+  const std::string bad = write_file(dir, "bad_base.textproto", "train { stepz: 1 }\n");
+  const std::string child = write_file(dir, "child.textproto", "base: \"bad_base.textproto\"\n");
+  EXPECT_EQ(error_of([&] { load_recipe(child, {}); }).rfind(bad + ":1:14: unknown field \"stepz\"", 0), 0u)
+      << "errors in a base name the base file, line and column";
 }
