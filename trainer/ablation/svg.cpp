@@ -75,17 +75,17 @@ std::string line_chart(const std::string& title, const std::string& x_label, con
 
 std::string heatmap(const std::string& title, const std::vector<std::string>& rows, const std::vector<std::string>& cols,
                     const std::vector<std::vector<double>>& values) {
-  const double cell = 28, L = 110, T = 50;
+  const double cell = 28, L = 110, T = 50;  // columns are experts, labelled by index
   double lo = 1e300, hi = -1e300;
   for (const auto& r : values)
     for (double v : r) lo = std::min(lo, v), hi = std::max(hi, v);
   if (lo > hi) lo = 0, hi = 1;
-  const double W = L + cell * cols.size() + 20, H = T + cell * rows.size() + 20;
+  const std::string heading = title + " (white " + fmt(lo) + ", dark " + fmt(hi) + ")";
+  const double W = std::max(L + cell * cols.size() + 20, 16 + 6.5 * heading.size()), H = T + cell * rows.size() + 20;
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"8\" y=\"18\" font-size=\"13\">" << escape(title) << " (white " << fmt(lo) << ", dark " << fmt(hi)
-    << ")</text>\n";
+    << "<text x=\"8\" y=\"18\" font-size=\"12\">" << escape(heading) << "</text>\n";
   for (size_t c = 0; c < cols.size(); ++c) {
     o << "<text x=\"" << L + cell * c + cell / 2 << "\" y=\"" << T - 6 << "\" text-anchor=\"middle\">" << escape(cols[c])
       << "</text>\n";
