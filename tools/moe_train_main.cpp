@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "csrc/config/recipe_loader.h"
-#include "parallel/world.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
+#include "parallel/world.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -32,16 +32,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    auto value = [&](const char* flag) -> const char* {
-      if (i + 1 >= argc) return nullptr;
-      (void)flag;
-      return argv[++i];
-    };
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
     if (arg == "--help" || arg == "-h") {
       std::printf("%s", kUsage);
       return 0;
     } else if (arg == "--recipe" || arg == "--set" || arg == "--run-dir") {
-      const char* v = value(arg.c_str());
+      const char* v = value();
       if (!v) return usage_error(arg + " needs a value");
       if (arg == "--recipe") recipe_path = v;
       else if (arg == "--set") overrides.emplace_back(v);
