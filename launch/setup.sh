@@ -16,7 +16,7 @@ say() { printf '[setup] %s\n' "$*"; }
 # 1. Debian packages (installed only when one is missing).
 packages=(build-essential cmake ccache pkg-config python3-venv
   openmpi-bin libopenmpi-dev protobuf-compiler libprotobuf-dev
-  libgtest-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece
+  libgtest-dev nlohmann-json3-dev libssl-dev libsentencepiece-dev sentencepiece
   fortunes fortunes-min fortunes-de fortunes-it fortunes-es fortunes-ru)
 missing=()
 for p in "${packages[@]}"; do

@@ -5,13 +5,26 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <vector>
+
+#include "csrc/io/safetensors.h"
+#include "csrc/io/sha256.h"
+#include "csrc/model/sharding.h"
+#include "parallel/agreement.h"
+#include "parallel/mesh.h"
 
 namespace moetrain::trainer {
 namespace fs = std::filesystem;
+using nlohmann::json;
 namespace {
 
 void fsync_path(const fs::path& path) {
@@ -39,115 +52,403 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
+std::string rank_file(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "rank%05d.safetensors", rank);
+  return buf;
+}
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + ")";
+}
+
+int64_t volume(const std::vector<int64_t>& shape) {
+  int64_t v = 1;
+  for (auto d : shape) v *= d;
+  return v;
+}
+
+// Runs f and returns its error text (empty on success), so that every rank can agree on the outcome.
+template <class F>
+std::string attempt(F&& f) {
+  try {
+    f();
+    return {};
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+// This process's place in the mesh, and the collectives the checkpoint needs (trivial for one process).
+struct Ranks {
+  parallel::ProcessMesh* mesh;
+  int rank() const { return mesh ? mesh->world().rank() : 0; }
+  int world() const { return mesh ? mesh->sizes().world : 1; }
+  int tp() const { return mesh ? mesh->sizes().tp : 1; }
+  int ep() const { return mesh ? mesh->sizes().ep : 1; }
+  int tp_rank() const { return mesh ? mesh->tp_rank() : 0; }
+  int dp_rank() const { return mesh ? mesh->dp_rank() : 0; }
+  std::vector<std::string> gather(const std::string& s) const {
+    return mesh ? parallel::all_gather_strings(mesh->world(), s) : std::vector<std::string>{s};
+  }
+  void agree(const std::string& error) const {
+    if (mesh) parallel::agree_or_throw(mesh->world(), error);
+    else if (!error.empty()) throw std::runtime_error(error);
+  }
+  // The lowest rank holding a block writes it: experts once per expert-data-parallel group (and not
+  // again by the other tensor-parallel ranks, which hold the same experts); tensor-parallel slices by
+  // the first data-parallel replica; replicated tensors by rank 0.
+  bool writes(const model::ShardBox& box) const {
+    switch (box.kind) {
+      case model::ShardBox::kExpertSharded: return tp_rank() == 0 && dp_rank() < ep();
+      case model::ShardBox::kTensorParallel: return dp_rank() == 0;
+      default: return rank() == 0;
+    }
+  }
+};
+
+model::ShardBox whole(const torch::Tensor& t) {
+  model::ShardBox box;
+  box.global_view = box.local_view = t.sizes().vec();
+  box.offsets.assign(t.dim(), 0);
+  return box;
+}
+
+struct Block {
+  std::string name;
+  torch::Tensor data;  // shape box.local_view
+  model::ShardBox box;
+};
+
+torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const torch::Tensor& p) {
+  auto it = optimizer.state().find(p.unsafeGetTensorImpl());
+  return it == optimizer.state().end() ? nullptr : static_cast<torch::optim::AdamWParamState*>(it->second.get());
+}
+
+// Checks that the shards of one tensor lie inside it, do not overlap, and cover it exactly.
+std::string coverage_error(const std::string& name, const json& tensor) {
+  const auto global = tensor.at("shape").get<std::vector<int64_t>>();
+  const auto& shards = tensor.at("shards");
+  int64_t covered = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const auto off = shards[i].at("offsets").get<std::vector<int64_t>>(), shape = shards[i].at("shape").get<std::vector<int64_t>>();
+    if (off.size() != global.size() || shape.size() != global.size()) return name + ": a shard has the wrong number of dimensions";
+    for (size_t d = 0; d < global.size(); ++d) {
+      if (off[d] < 0 || off[d] + shape[d] > global[d]) return name + ": shard in " + shards[i].at("file").get<std::string>() + " lies outside " + shape_text(global);
+    }
+    for (size_t j = 0; j < i; ++j) {
+      const auto o2 = shards[j].at("offsets").get<std::vector<int64_t>>(), s2 = shards[j].at("shape").get<std::vector<int64_t>>();
+      bool overlap = volume(shape) > 0 && volume(s2) > 0;
+      for (size_t d = 0; d < global.size() && overlap; ++d) overlap = off[d] < o2[d] + s2[d] && o2[d] < off[d] + shape[d];
+      if (overlap) return name + ": shards in " + shards[i].at("file").get<std::string>() + " and " + shards[j].at("file").get<std::string>() + " overlap";
+    }
+    covered += volume(shape);
+  }
+  if (covered != volume(global)) {
+    return name + ": shards cover " + std::to_string(covered) + " of " + std::to_string(volume(global)) + " elements";
+  }
+  return {};
+}
+
+// Test hook (docs/checkpoints.md): MOETRAIN_FAULT_INJECT=kill_during_save:RANK:STEP makes that rank
+// SIGKILL itself halfway through writing its file of that step's checkpoint.
+bool fault_kill_during_save(int rank, int64_t step) {
+  const char* spec = std::getenv("MOETRAIN_FAULT_INJECT");
+  if (!spec) return false;
+  int r = -1;
+  long long s = -1;
+  return std::sscanf(spec, "kill_during_save:%d:%lld", &r, &s) == 2 && r == rank && s == step;
+}
+
 }  // namespace
 
-Checkpointer::Checkpointer(std::string run_dir, int64_t keep_last, std::string model_signature)
-    : root_(run_dir + "/checkpoints"), keep_last_(keep_last), model_signature_(std::move(model_signature)) {}
+std::string read_manifest(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "manifest.json";
+  std::ifstream in(path);
+  if (!in) {
+    throw std::runtime_error(path.string() + " is missing: " + dir +
+                             " is not a committed moetrain checkpoint (an interrupted save, or a checkpoint of an older format)");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  json m;
+  try {
+    m = json::parse(text.str());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path.string() + " is not valid JSON (" + e.what() + "); the checkpoint is damaged: use an earlier one");
+  }
+  if (m.value("format", "") != "moetrain-checkpoint") throw std::runtime_error(path.string() + " is not a moetrain checkpoint manifest");
+  const int version = m.value("version", -1);
+  if (version != kCheckpointFormatVersion) {
+    throw std::runtime_error(path.string() + " has format version " + std::to_string(version) + "; this moetrain reads version " +
+                             std::to_string(kCheckpointFormatVersion) + ": use the moetrain release that wrote it");
+  }
+  return text.str();
+}
 
-std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& model, torch::optim::Optimizer& optimizer) {
-  fs::create_directories(root_);
+Checkpointer::Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section, std::string recipe_text,
+                           parallel::ProcessMesh* mesh)
+    : root_(run_dir + "/checkpoints"),
+      keep_last_(std::max<int64_t>(keep_last, 1)),
+      model_section_(std::move(model_section)),
+      recipe_text_(std::move(recipe_text)),
+      mesh_(mesh) {}
+
+std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer) {
+  const Ranks ranks{mesh_};
   const fs::path final_dir = fs::path(root_) / step_name(state.step);
   const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
-  remove_tree(tmp_dir);
-  fs::create_directories(tmp_dir);
+  ranks.agree(attempt([&] {
+    if (ranks.rank() != 0) return;
+    fs::create_directories(root_);
+    remove_tree(tmp_dir);
+    fs::create_directories(tmp_dir);
+  }));
 
-  {
-    torch::serialize::OutputArchive archive;
-    for (const auto& p : model.named_parameters()) archive.write(p.key(), p.value());
-    for (const auto& b : model.named_buffers()) archive.write(b.key(), b.value(), /*is_buffer=*/true);
-    archive.save_to((tmp_dir / "model.pt").string());
-  }
-  {
-    torch::serialize::OutputArchive archive;
-    optimizer.save(archive);
-    archive.save_to((tmp_dir / "optimizer.pt").string());
-  }
-  {
-    torch::serialize::OutputArchive archive;
-    archive.write("step", c10::IValue(state.step));
-    archive.write("samples_consumed", c10::IValue(state.samples_consumed));
-    archive.write("tokens", c10::IValue(state.tokens));
-    archive.write("model_signature", c10::IValue(model_signature_));
-    archive.write("cpu_rng", at::detail::getDefaultCPUGenerator().get_state());
-    archive.save_to((tmp_dir / "state.pt").string());
-  }
-  for (const char* f : {"model.pt", "optimizer.pt", "state.pt"}) fsync_path(tmp_dir / f);
-  fsync_path(tmp_dir);
-  remove_tree(final_dir);
-  fs::rename(tmp_dir, final_dir);
-  fsync_path(root_);
+  // 1. Every rank writes the blocks it owns.
+  json report;
+  ranks.agree(attempt([&] {
+    std::vector<Block> blocks;
+    int64_t optimizer_step = 0;
+    for (const auto& p : model.named_parameters()) {
+      const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+      if (!ranks.writes(box)) continue;
+      blocks.push_back({"model/" + p.key(), p.value().detach().reshape(box.local_view), box});
+      if (auto* s = adam_state(optimizer, p.value())) {
+        blocks.push_back({"optim/exp_avg/" + p.key(), s->exp_avg().reshape(box.local_view), box});
+        blocks.push_back({"optim/exp_avg_sq/" + p.key(), s->exp_avg_sq().reshape(box.local_view), box});
+      }
+    }
+    for (const auto& p : model.parameters())
+      if (auto* s = adam_state(optimizer, p)) optimizer_step = std::max(optimizer_step, s->step());
+    std::string replicas;  // bytes of the replicated buffers: every rank must hold the same
+    for (const auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
+      if (ranks.rank() == 0) blocks.push_back({"model/" + b.key(), b.value().detach(), whole(b.value())});
+      auto c = b.value().contiguous();
+      replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+    }
+    char rng_name[32];
+    std::snprintf(rng_name, sizeof(rng_name), "rng/cpu/rank%05d", ranks.rank());
+    auto rng = at::detail::getDefaultCPUGenerator().get_state();
+    blocks.push_back({rng_name, rng, whole(rng)});
 
-  const fs::path pointer_tmp = fs::path(root_) / "latest.tmp";
-  {
-    std::ofstream out(pointer_tmp, std::ios::trunc);
-    out << step_name(state.step) << "\n";
-  }
-  fsync_path(pointer_tmp);
-  fs::rename(pointer_tmp, fs::path(root_) / "latest");
-  fsync_path(root_);
+    io::NamedTensors tensors;
+    json entries = json::array();
+    for (const auto& b : blocks) {
+      tensors.emplace_back(b.name, b.data);
+      entries.push_back({{"name", b.name}, {"global", b.box.global_view}, {"offsets", b.box.offsets}, {"shape", b.box.local_view}});
+    }
+    const std::string bytes = io::encode_safetensors(tensors, {{"format", "moetrain-checkpoint-shard"}});
+    const std::string file = rank_file(ranks.rank());
+    if (fault_kill_during_save(ranks.rank(), state.step)) {
+      io::write_file_synced((tmp_dir / file).string(), bytes.substr(0, bytes.size() / 2));
+      std::raise(SIGKILL);
+    }
+    io::write_file_synced((tmp_dir / file).string(), bytes);
+    report = {{"file", file}, {"bytes", bytes.size()}, {"sha256", io::sha256_hex(bytes)}, {"blocks", entries},
+              {"optimizer_step", optimizer_step}, {"buffers_sha256", io::sha256_hex(replicas)}};
+  }));
 
-  std::vector<fs::path> committed;
-  for (const auto& entry : fs::directory_iterator(root_)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos)
-      committed.push_back(entry.path());
-  }
-  std::sort(committed.begin(), committed.end());
-  for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
-    if (committed[i] != final_dir) remove_tree(committed[i]);
-  }
+  // 2. Rank 0 checks coverage, writes the manifest and commits.
+  const auto reports = ranks.gather(report.dump());
+  ranks.agree(attempt([&] {
+    if (ranks.rank() != 0) return;
+    json manifest = {{"format", "moetrain-checkpoint"},
+                     {"version", kCheckpointFormatVersion},
+                     {"step", state.step},
+                     {"samples_consumed", state.samples_consumed},
+                     {"tokens", state.tokens},
+                     {"optimizer_step", 0},
+                     {"layout", {{"world", ranks.world()}, {"tp", ranks.tp()}, {"ep", ranks.ep()}, {"dp", ranks.world() / ranks.tp()}}},
+                     {"model_digest", io::sha256_hex(model_section_)},
+                     {"model_section", model_section_},
+                     {"recipe", recipe_text_},
+                     {"files", json::object()},
+                     {"tensors", json::object()}};
+    const std::string rank0_buffers = json::parse(reports[0])["buffers_sha256"];
+    for (size_t rank = 0; rank < reports.size(); ++rank) {
+      const json r = json::parse(reports[rank]);
+      if (r["buffers_sha256"] != rank0_buffers) {
+        throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
+                                 " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
+      }
+      manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
+      manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
+      for (const auto& b : r["blocks"]) {
+        auto& t = manifest["tensors"][b["name"].get<std::string>()];
+        if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
+        if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
+        t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
+      }
+    }
+    for (auto& [name, t] : manifest["tensors"].items()) {
+      if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
+      if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
+    }
+    const fs::path manifest_tmp = tmp_dir / "manifest.json.tmp";
+    io::write_file_synced(manifest_tmp.string(), manifest.dump(1));
+    fs::rename(manifest_tmp, tmp_dir / "manifest.json");
+    fsync_path(tmp_dir);
+    remove_tree(final_dir);
+    fs::rename(tmp_dir, final_dir);
+    fsync_path(root_);
+
+    const fs::path pointer_tmp = fs::path(root_) / "latest.tmp";
+    io::write_file_synced(pointer_tmp.string(), step_name(state.step) + "\n");
+    fs::rename(pointer_tmp, fs::path(root_) / "latest");
+    fsync_path(root_);
+
+    // Keep the newest keep_last committed checkpoints (never the one just written); drop leftovers of
+    // interrupted saves.
+    std::vector<fs::path> committed;
+    for (const auto& entry : fs::directory_iterator(root_)) {
+      const std::string name = entry.path().filename().string();
+      if (!entry.is_directory() || name.rfind("step_", 0) != 0) continue;
+      if (name.find(".tmp") != std::string::npos) remove_tree(entry.path());
+      else if (fs::exists(entry.path() / "manifest.json")) committed.push_back(entry.path());
+    }
+    std::sort(committed.begin(), committed.end());
+    for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
+      if (committed[i] != final_dir) remove_tree(committed[i]);
+    }
+  }));
   return final_dir.string();
 }
 
 std::optional<std::string> Checkpointer::latest() const {
-  std::ifstream in(fs::path(root_) / "latest");
-  std::string name;
-  if (!(in >> name)) return std::nullopt;
-  const fs::path dir = fs::path(root_) / name;
-  if (!fs::is_directory(dir)) {
-    throw std::runtime_error((fs::path(root_) / "latest").string() + " points to " + name +
-                             ", which does not exist; restore it or remove the pointer to start over");
+  const Ranks ranks{mesh_};
+  std::string found;
+  ranks.agree(attempt([&] {
+    std::ifstream in(fs::path(root_) / "latest");
+    std::string name;
+    if (!(in >> name)) return;
+    const fs::path dir = fs::path(root_) / name;
+    if (!fs::exists(dir / "manifest.json")) {
+      throw std::runtime_error((fs::path(root_) / "latest").string() + " points to " + name +
+                               ", which is not a committed checkpoint; point it at an existing step_* directory or remove it to start over");
+    }
+    found = dir.string();
+  }));
+  const auto seen = ranks.gather(found);
+  for (size_t r = 1; r < seen.size(); ++r) {
+    if (seen[r] != seen[0]) {
+      throw std::runtime_error("ranks see different checkpoints in " + root_ + ": rank 0 sees '" + seen[0] + "', rank " +
+                               std::to_string(r) + " sees '" + seen[r] +
+                               "'; the run directory must be on a filesystem shared by every node");
+    }
   }
-  return dir.string();
+  if (found.empty()) return std::nullopt;
+  return found;
 }
 
-TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& model, torch::optim::Optimizer& optimizer) {
-  TrainState state;
-  torch::serialize::InputArchive meta;
-  meta.load_from(dir + "/state.pt");
-  c10::IValue v;
-  meta.read("model_signature", v);
-  if (v.toStringRef() != model_signature_) {
-    throw std::runtime_error(dir + " was written for a different model section:\n" + v.toStringRef() +
-                             "the recipe now says:\n" + model_signature_ +
-                             "use a new --run-dir, or --set checkpoint.resume=false to start from scratch");
-  }
-  meta.read("step", v), state.step = v.toInt();
-  meta.read("samples_consumed", v), state.samples_consumed = v.toInt();
-  meta.read("tokens", v), state.tokens = v.toInt();
-  torch::Tensor rng;
-  meta.read("cpu_rng", rng);
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
-  generator.set_state(rng);
+TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& model, torch::optim::AdamW* optimizer,
+                              const LoadOptions& options) {
+  const Ranks ranks{mesh_};
+  json manifest;
+  ranks.agree(attempt([&] {
+    manifest = json::parse(read_manifest(dir));
+    if (manifest.at("model_digest").get<std::string>() != io::sha256_hex(model_section_)) {
+      throw std::runtime_error(dir + " was written for a different model section:\n" + manifest.at("model_section").get<std::string>() +
+                               "the recipe now says:\n" + model_section_ +
+                               "use a new --run-dir, or --set checkpoint.resume=false to start from scratch");
+    }
+  }));
 
-  torch::serialize::InputArchive weights;
-  weights.load_from(dir + "/model.pt");
-  {
+  TrainState state;
+  ranks.agree(attempt([&] {
+    // Files are verified (size and SHA-256 against the manifest) the first time this rank reads them.
+    std::map<std::string, std::unique_ptr<io::SafetensorsFile>> files;
+    auto open = [&](const std::string& file) -> io::SafetensorsFile& {
+      auto& slot = files[file];
+      if (slot) return *slot;
+      const fs::path path = fs::path(dir) / file;
+      if (!manifest["files"].contains(file)) throw std::runtime_error(dir + "/manifest.json does not list " + file);
+      const auto& meta = manifest["files"][file];
+      if (!fs::exists(path)) throw std::runtime_error(path.string() + " is missing; the checkpoint is incomplete: use an earlier one");
+      const auto size = fs::file_size(path);
+      if (size != meta["bytes"].get<uint64_t>()) {
+        throw std::runtime_error(path.string() + " has " + std::to_string(size) + " bytes, the manifest says " + meta["bytes"].dump() +
+                                 " (truncated?); the checkpoint is damaged: use an earlier one");
+      }
+      if (io::sha256_file(path.string()) != meta["sha256"].get<std::string>()) {
+        throw std::runtime_error(path.string() + " does not match its SHA-256 in the manifest; the checkpoint is corrupted: use an earlier one");
+      }
+      slot = std::make_unique<io::SafetensorsFile>(path.string());
+      return *slot;
+    };
+    // This process's block of a saved tensor, assembled from the saved shards that intersect it.
+    auto assemble = [&](const std::string& name, const model::ShardBox& box) {
+      if (!manifest["tensors"].contains(name)) throw std::runtime_error(dir + " has no tensor " + name);
+      const auto& t = manifest["tensors"][name];
+      if (t["shape"].get<std::vector<int64_t>>() != box.global_view) {
+        throw std::runtime_error(dir + ": " + name + " has shape " + shape_text(t["shape"].get<std::vector<int64_t>>()) +
+                                 ", the model expects " + shape_text(box.global_view));
+      }
+      torch::Tensor out;
+      int64_t covered = 0;
+      for (const auto& s : t["shards"]) {
+        const auto off = s["offsets"].get<std::vector<int64_t>>(), shape = s["shape"].get<std::vector<int64_t>>();
+        std::vector<int64_t> lo(off.size()), len(off.size());
+        bool empty = false;
+        for (size_t d = 0; d < off.size(); ++d) {
+          lo[d] = std::max(off[d], box.offsets[d]);
+          len[d] = std::min(off[d] + shape[d], box.offsets[d] + box.local_view[d]) - lo[d];
+          empty = empty || len[d] <= 0;
+        }
+        if (empty) continue;
+        torch::Tensor src = open(s["file"].get<std::string>()).get(name);
+        if (src.sizes().vec() != shape) throw std::runtime_error(dir + ": " + name + " in " + s["file"].get<std::string>() + " does not have the shape the manifest says");
+        if (!out.defined()) out = torch::zeros(box.local_view, src.options());
+        torch::Tensor dst = out;
+        for (size_t d = 0; d < off.size(); ++d) {
+          src = src.narrow(static_cast<int64_t>(d), lo[d] - off[d], len[d]);
+          dst = dst.narrow(static_cast<int64_t>(d), lo[d] - box.offsets[d], len[d]);
+        }
+        dst.copy_(src);
+        covered += volume(len);
+      }
+      if (covered != volume(box.local_view)) {
+        throw std::runtime_error(dir + ": the shards of " + name + " cover " + std::to_string(covered) + " of the " +
+                                 std::to_string(volume(box.local_view)) + " elements this rank needs; the checkpoint is incomplete");
+      }
+      return out;
+    };
+
     torch::NoGradGuard no_grad;
     for (auto& p : model.named_parameters()) {
-      torch::Tensor saved;
-      weights.read(p.key(), saved);
-      p.value().copy_(saved);
+      const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+      p.value().copy_(assemble("model/" + p.key(), box).reshape(p.value().sizes()));
     }
-    for (auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
-      torch::Tensor saved;
-      weights.read(b.key(), saved, /*is_buffer=*/true);
-      b.value().copy_(saved);
+    for (auto& b : model.named_buffers()) b.value().copy_(assemble("model/" + b.key(), whole(b.value())));
+    const int64_t optimizer_step = manifest.value("optimizer_step", int64_t{0});
+    if (optimizer && options.optimizer && optimizer_step > 0) {
+      for (auto& p : model.named_parameters()) {
+        if (!manifest["tensors"].contains("optim/exp_avg/" + p.key())) continue;  // never stepped
+        const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+        auto s = std::make_unique<torch::optim::AdamWParamState>();
+        s->step(optimizer_step);
+        s->exp_avg(assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()));
+        s->exp_avg_sq(assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()));
+        optimizer->state()[p.value().unsafeGetTensorImpl()] = std::move(s);
+      }
     }
-  }
-  torch::serialize::InputArchive opt;
-  opt.load_from(dir + "/optimizer.pt");
-  optimizer.load(opt);
+    if (options.train_state) {
+      state.step = manifest.at("step").get<int64_t>();
+      state.samples_consumed = manifest.at("samples_consumed").get<int64_t>();
+      state.tokens = manifest.at("tokens").get<int64_t>();
+      // Same layout: each rank continues its own random stream. New layout: every rank takes rank 0's
+      // (router jitter and random routing draw from it; the streams cannot map onto a new layout).
+      const auto& layout = manifest.at("layout");
+      const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() && layout.at("ep") == ranks.ep();
+      char rng_name[32];
+      std::snprintf(rng_name, sizeof(rng_name), "rng/cpu/rank%05d", same_layout ? ranks.rank() : 0);
+      const std::string file = same_layout ? rank_file(ranks.rank()) : rank_file(0);
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      generator.set_state(open(file).get(rng_name));
+    }
+  }));
   return state;
 }
 

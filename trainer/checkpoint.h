@@ -1,16 +1,36 @@
-// Single-process checkpoints of a training run, committed atomically:
-//   RUN_DIR/checkpoints/step_NNNNNNNN/{model.pt, optimizer.pt, state.pt}   and   RUN_DIR/checkpoints/latest
-// Files are written into a temporary directory and fsynced; the directory is renamed into place and
-// fsynced; only then is `latest` replaced (by rename). A crash at any point leaves the previous
-// checkpoint and pointer intact. The newest `keep_last` checkpoints are kept.
+// Distributed checkpoints of a training run (format version 1; docs/checkpoints.md):
+//
+//   RUN_DIR/checkpoints/step_NNNNNNNN/manifest.json          layout, train state, digests, tensor map
+//   RUN_DIR/checkpoints/step_NNNNNNNN/rankRRRRR.safetensors  one file per rank: the blocks it writes
+//   RUN_DIR/checkpoints/latest                               name of the newest committed step
+//
+// Every tensor is stored under its *global* name and shape (csrc/model/sharding.h): experts under their
+// global expert index, tensor-parallel slices with their offsets. A block replicated over several ranks
+// is written once (by the lowest rank holding it). Model weights, expert biases and the AdamW moments
+// use the same blocks, so a checkpoint loads into any (TP, EP, DP) layout: each rank reads the
+// intersection of the saved blocks with its own.
+//
+// Commit: every rank writes and fsyncs its file into step_N.tmp/ and reports (file, bytes, SHA-256,
+// blocks); rank 0 checks that every tensor is covered exactly once, writes manifest.json.tmp, fsyncs,
+// renames it to manifest.json, fsyncs the directory, renames step_N.tmp to step_N, fsyncs the root, and
+// only then replaces `latest` (by rename). A crash anywhere leaves the previous checkpoint and pointer.
+// Any failure on any rank is raised on every rank with the same message.
 #pragma once
+
+#include <torch/torch.h>
 
 #include <optional>
 #include <string>
 
 #include "csrc/model/transformer.h"
 
+namespace moetrain::parallel {
+class ProcessMesh;
+}
+
 namespace moetrain::trainer {
+
+inline constexpr int kCheckpointFormatVersion = 1;
 
 // Everything besides weights and optimizer moments that a run needs to continue exactly.
 struct TrainState {
@@ -19,25 +39,43 @@ struct TrainState {
   int64_t tokens = 0;            // training tokens seen
 };
 
+struct LoadOptions {
+  bool optimizer = true;    // AdamW moments and step counts (off: fine-tuning from pretrained weights)
+  bool train_state = true;  // step, data position, RNG (off: a new run initialised from the weights)
+};
+
 class Checkpointer {
  public:
-  // `model_signature` is the text of the recipe's model section: a resume into a different model is refused.
-  Checkpointer(std::string run_dir, int64_t keep_last, std::string model_signature);
+  // `model_section`: text of the recipe's model section (its SHA-256 is the checkpoint's model digest:
+  // a load into a different model is refused). `recipe_text`: the resolved recipe, kept in the manifest.
+  // `mesh`: null for one process. Every method is collective over the mesh's world.
+  Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section, std::string recipe_text = "",
+               parallel::ProcessMesh* mesh = nullptr);
 
   // Returns the committed directory.
-  std::string save(const TrainState& state, model::TransformerImpl& model, torch::optim::Optimizer& optimizer);
+  std::string save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer);
 
   // The committed checkpoint `latest` points to, if any.
   std::optional<std::string> latest() const;
 
-  // Restores weights, buffers (expert biases), optimizer state and the CPU RNG; returns the train state.
-  // Balancing accumulators need no saving: they are empty at every step boundary, where saves happen.
-  TrainState load(const std::string& dir, model::TransformerImpl& model, torch::optim::Optimizer& optimizer);
+  // Restores weights, buffers (expert biases), optimizer state and RNG from a checkpoint saved in any
+  // layout; verifies every file it reads against the manifest's size and SHA-256. The balancing
+  // accumulators need no saving: they are empty at every step boundary, where saves happen.
+  TrainState load(const std::string& dir, model::TransformerImpl& model, torch::optim::AdamW* optimizer,
+                  const LoadOptions& options = {});
+  TrainState load(const std::string& dir, model::TransformerImpl& model, torch::optim::AdamW& optimizer) {
+    return load(dir, model, &optimizer);
+  }
 
  private:
   std::string root_;
   int64_t keep_last_;
-  std::string model_signature_;
+  std::string model_section_, recipe_text_;
+  parallel::ProcessMesh* mesh_;
 };
+
+// Reads `manifest.json` of a committed checkpoint directory (throws naming the path when it is missing,
+// unreadable or of an unknown format version). Returned as JSON text.
+std::string read_manifest(const std::string& dir);
 
 }  // namespace moetrain::trainer

@@ -164,13 +164,12 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
     }
   }
   s_->optimizer = make_optimizer(*s_->model, r.optimizer());
-  // Distributed runs keep one checkpoint directory per rank (same-layout resume).
-  const std::string ckpt_dir = mesh && mesh->sizes().world > 1 ? run_dir + "/rank" + std::to_string(mesh->world().rank()) : run_dir;
-  s_->checkpointer = std::make_unique<Checkpointer>(ckpt_dir, r.checkpoint().keep_last(), model_signature(r));
+  s_->checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_signature(r),
+                                                    config::to_text(recipe), mesh);
   if (r.checkpoint().resume()) {
     if (auto latest = s_->checkpointer->latest()) {
-      s_->train_state = s_->checkpointer->load(*latest, *s_->model, *s_->optimizer);
-      std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(s_->train_state.step));
+      s_->train_state = s_->checkpointer->load(*latest, *s_->model, s_->optimizer.get());
+      if (s_->writes_logs) std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(s_->train_state.step));
     }
   }
   if (s_->writes_logs) {

@@ -1,5 +1,7 @@
 #include "csrc/model/transformer.h"
 
+#include "csrc/model/sharding.h"
+
 #include <cmath>
 
 namespace moetrain::model {
@@ -132,29 +134,11 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
     const bool is_output = ends_with(name, "attn.wo.weight") || ends_with(name, ".w2.weight") ||
                            ends_with(name, "experts.w2");
-    // Draw the global tensor, keep this process's shard: experts [first_local, +local) of (E, …);
-    // tensor-parallel column shards (rows of wqkv's q, k, v and of mlp w1/w3), row shards (columns of
-    // attn.wo and mlp.w2).
-    const auto& o = model.options();
-    const int64_t tp = o.tp_size, tr = o.tp_rank;
-    auto shape = p.sizes().vec();
-    torch::Tensor local;
-    auto draw = [&] { return at::normal(0.0, is_output ? out_std : std, shape, gen, torch::TensorOptions().dtype(torch::kFloat32)); };
-    if (name.find(".experts.") != std::string::npos) {
-      shape[0] = o.moe.num_experts;
-      local = draw().narrow(0, o.moe.first_local_expert, p.size(0));
-    } else if (tp > 1 && ends_with(name, "attn.wqkv.weight")) {
-      shape[0] *= tp;  // (3·D, D) = three (D, D) blocks
-      local = draw().view({3, o.d_model, o.d_model}).narrow(1, tr * o.d_model / tp, o.d_model / tp).reshape(p.sizes());
-    } else if (tp > 1 && (ends_with(name, "mlp.w1.weight") || ends_with(name, "mlp.w3.weight"))) {
-      shape[0] *= tp;
-      local = draw().narrow(0, tr * p.size(0), p.size(0));
-    } else if (tp > 1 && (ends_with(name, "attn.wo.weight") || ends_with(name, "mlp.w2.weight"))) {
-      shape[1] *= tp;
-      local = draw().narrow(1, tr * p.size(1), p.size(1));
-    } else {
-      local = draw();
-    }
+    // Draw the global tensor, keep this process's block of it (csrc/model/sharding.h).
+    const ShardBox box = shard_box(model.options(), name, p.sizes().vec());
+    torch::Tensor local = at::normal(0.0, is_output ? out_std : std, box.global_view, gen, torch::TensorOptions().dtype(torch::kFloat32));
+    for (size_t d = 0; d < box.offsets.size(); ++d) local = local.narrow(static_cast<int64_t>(d), box.offsets[d], box.local_view[d]);
+    local = local.reshape(p.sizes());
     p.copy_(local);
   }
 }

@@ -38,3 +38,31 @@ def fresh_dir(name):
 def check(condition, message):
     if not condition:
         sys.exit("FAIL: " + message)
+
+
+def load_checkpoint(step_dir):
+    """Global tensors of a moetrain checkpoint, assembled from its safetensors shards with the manifest
+    (read with the real `safetensors` package): {"model/<name>": tensor, "optim/...": tensor, ...}.
+    Fused attention weights are stored as (3, D, D) and returned as the model holds them, (3·D, D)."""
+    import torch
+    from safetensors import safe_open
+    with open(os.path.join(step_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    out = {}
+    handles = {}
+    for name, t in manifest["tensors"].items():
+        if name.startswith("rng/"):
+            continue
+        full = None
+        for s in t["shards"]:
+            if s["file"] not in handles:
+                handles[s["file"]] = safe_open(os.path.join(step_dir, s["file"]), framework="pt")
+            block = handles[s["file"]].get_tensor(name)
+            if full is None:
+                full = torch.zeros(t["shape"], dtype=block.dtype)
+            index = tuple(slice(o, o + n) for o, n in zip(s["offsets"], s["shape"]))
+            full[index] = block
+        if name.endswith("attn.wqkv.weight"):
+            full = full.reshape(-1, full.shape[-1])
+        out[name] = full
+    return out

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <cstdlib>
 #include <fstream>
 
 #include "trainer/checkpoint.h"
@@ -24,15 +25,39 @@ model::Transformer tiny_model() {
 
 fs::path fresh(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / "moetrain_checkpoint_test" / name;
-  std::error_code ignored;
-  fs::remove(dir / "checkpoints" / "latest", ignored);
-  for (int i = 1; i <= 3; ++i) {
-    char step[32];
-    std::snprintf(step, sizeof(step), "step_%08d", i);
-    for (const char* f : {"model.pt", "optimizer.pt", "state.pt"}) fs::remove(dir / "checkpoints" / step / f, ignored);
-    fs::remove(dir / "checkpoints" / step, ignored);
-  }
+  // Not fs::remove_all: see Note [remove_tree] in trainer/checkpoint.cpp.
+  EXPECT_EQ(std::system(("rm -rf '" + dir.string() + "'").c_str()), 0);
   fs::create_directories(dir);
+  return dir;
+}
+
+// One AdamW step on a made-up loss, so the optimizer has moments to save.
+void take_a_step(model::TransformerImpl& model, torch::optim::AdamW& opt) {
+  auto out = model.forward(torch::arange(8).remainder(32).view({1, 8}));
+  (out.logits.square().mean() + out.aux_loss).backward();
+  opt.step();
+  opt.zero_grad();
+}
+
+// Loads the newest checkpoint of `dir` into a fresh model and returns the error text ("" if none).
+std::string load_error(const fs::path& dir) {
+  auto model = tiny_model();
+  torch::optim::AdamW opt(model->parameters());
+  trainer::Checkpointer ckpt(dir.string(), 2, "sig");
+  try {
+    ckpt.load(*ckpt.latest(), *model, opt);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+fs::path saved_checkpoint(const std::string& name) {
+  auto dir = fresh(name);
+  auto model = tiny_model();
+  torch::optim::AdamW opt(model->parameters());
+  take_a_step(*model, opt);
+  trainer::Checkpointer(dir.string(), 2, "sig").save({1, 1, 1}, *model, opt);
   return dir;
 }
 
@@ -84,4 +109,75 @@ TEST(CheckpointerTest, RefusesACheckpointOfAnotherModel) {
               std::string::npos)
         << e.what();
   }
+}
+
+TEST(CheckpointerTest, RestoresOptimizerMomentsSoTheNextStepIsIdentical) {
+  auto dir = fresh("optimizer");
+  auto a = tiny_model();
+  torch::optim::AdamW opt_a(a->parameters());
+  take_a_step(*a, opt_a);
+  trainer::Checkpointer ckpt(dir.string(), 2, "sig");
+  ckpt.save({1, 1, 1}, *a, opt_a);
+
+  auto b = tiny_model();
+  torch::optim::AdamW opt_b(b->parameters());
+  ckpt.load(*ckpt.latest(), *b, opt_b);
+  take_a_step(*a, opt_a);
+  take_a_step(*b, opt_b);
+  auto want = a->named_parameters();
+  for (const auto& p : b->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
+}
+
+TEST(CheckpointerTest, WritesAManifestWithDigestsAndSafetensorsShards) {
+  auto dir = saved_checkpoint("manifest");
+  const auto step = dir / "checkpoints" / "step_00000001";
+  EXPECT_TRUE(fs::exists(step / "manifest.json"));
+  EXPECT_TRUE(fs::exists(step / "rank00000.safetensors"));
+  const std::string manifest = trainer::read_manifest(step.string());
+  EXPECT_NE(manifest.find("\"sha256\""), std::string::npos);
+  EXPECT_NE(manifest.find("\"optim/exp_avg/layers.0.moe.experts.w1\""), std::string::npos);
+}
+
+TEST(CheckpointerTest, ACorruptedByteIsRefused) {
+  auto dir = saved_checkpoint("corrupt");
+  const auto file = dir / "checkpoints" / "step_00000001" / "rank00000.safetensors";
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(fs::file_size(file) - 5));
+  f.put('\x7f');
+  f.close();
+  EXPECT_NE(load_error(dir).find("does not match its SHA-256 in the manifest; the checkpoint is corrupted"), std::string::npos)
+      << load_error(dir);
+}
+
+TEST(CheckpointerTest, ATruncatedOrMissingShardIsRefused) {
+  auto dir = saved_checkpoint("truncated");
+  const auto file = dir / "checkpoints" / "step_00000001" / "rank00000.safetensors";
+  fs::resize_file(file, fs::file_size(file) - 100);
+  EXPECT_NE(load_error(dir).find("(truncated?)"), std::string::npos) << load_error(dir);
+  fs::remove(file);
+  EXPECT_NE(load_error(dir).find("rank00000.safetensors is missing; the checkpoint is incomplete"), std::string::npos)
+      << load_error(dir);
+}
+
+TEST(CheckpointerTest, AnUnknownFormatVersionIsRefused) {
+  auto dir = saved_checkpoint("version");
+  const auto path = dir / "checkpoints" / "step_00000001" / "manifest.json";
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  const auto at = text.find("\"version\": 1");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, 12, "\"version\": 7");
+  std::ofstream(path) << text;
+  EXPECT_NE(load_error(dir).find("has format version 7; this moetrain reads version 1"), std::string::npos) << load_error(dir);
+}
+
+TEST(CheckpointerTest, AnInterruptedSaveLeavesThePreviousCheckpointLatest) {
+  auto dir = saved_checkpoint("interrupted");
+  // What a crash mid-save leaves behind: a temporary directory with a partial shard and no manifest.
+  fs::create_directories(dir / "checkpoints" / "step_00000002.tmp");
+  std::ofstream(dir / "checkpoints" / "step_00000002.tmp" / "rank00000.safetensors") << "partial";
+  trainer::Checkpointer ckpt(dir.string(), 2, "sig");
+  EXPECT_EQ(*ckpt.latest(), (dir / "checkpoints" / "step_00000001").string());
+  EXPECT_EQ(load_error(dir), "");
 }
