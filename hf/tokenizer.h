@@ -1,0 +1,32 @@
+// The SentencePiece tokenizer next to an exported model: its piece list (read from the .model file's
+// protobuf wire format by hand: libsentencepiece must not share a process with libprotobuf and LibTorch,
+// docs/architecture.md) and the files transformers' AutoTokenizer reads.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "hf/mixtral.h"
+
+namespace moetrain::hf {
+
+struct SentencePieceModel {
+  struct Piece {
+    std::string text;
+    int type = 1;  // SentencePiece's ModelProto.SentencePiece.Type: 1 normal, 2 unknown, 3 control, 4 user, 5 unused, 6 byte
+  };
+  std::vector<Piece> pieces;  // index = token id
+  bool add_dummy_prefix = true;  // NormalizerSpec.add_dummy_prefix (SentencePiece's default: true)
+  std::string bytes;             // the whole file
+  SpecialTokens special() const;  // ids of <s>, </s>, <pad>, <unk> (control/unknown pieces), -1 if absent
+};
+
+// Throws naming the path when the file is missing or not a SentencePiece model.
+SentencePieceModel read_sentencepiece(const std::string& path);
+
+// Writes tokenizer.model (a copy), tokenizer_config.json and special_tokens_map.json into `dir`.
+// `model_vocab`: the model's vocabulary size; a tokenizer with more pieces is refused (naming `flag`).
+void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp, int64_t model_vocab,
+                           const std::string& path, const std::string& flag);
+
+}  // namespace moetrain::hf

@@ -1,0 +1,31 @@
+// A trained model in one process, from a moetrain checkpoint saved in any parallel layout: the recipe
+// is the one stored in the checkpoint's manifest.json, the weights are resharded by trainer::Checkpointer.
+// Shared by moe-eval and moe-export.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "csrc/config/recipe.pb.h"
+#include "csrc/model/transformer.h"
+
+namespace moetrain::tools {
+
+struct CheckpointModel {
+  std::string dir;  // the step_* directory read
+  config::Recipe recipe;
+  nlohmann::json manifest;
+  int64_t step = 0;
+  model::Transformer model{nullptr};  // one process (no expert or tensor parallelism), evaluation mode
+};
+
+// `path`: a step_* directory, or a run directory (its checkpoints/latest is used). `flag` names the
+// command-line flag in errors ("--checkpoint"). Throws with the path and the fix when there is no
+// checkpoint there, when the manifest has no recipe, or when the checkpoint holds tensors the model
+// built from its recipe does not have.
+CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag);
+
+// The text the checkpoint digest is computed from: the recipe's model section (as trainer.cpp does).
+std::string model_section(const config::Recipe& recipe);
+
+}  // namespace moetrain::tools

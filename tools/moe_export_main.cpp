@@ -1,0 +1,179 @@
+// moe-export --checkpoint STEP_DIR --out HF_DIR [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]
+// Writes a Hugging Face Mixtral directory (docs/huggingface.md) from a moetrain checkpoint saved in any
+// parallel layout: config.json, generation_config.json, model.safetensors (or shards of at most
+// --max-shard-bytes tensor bytes + model.safetensors.index.json), and the SentencePiece tokenizer
+// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). Refuses, naming the recipe field,
+// any model Mixtral does not compute exactly. The directory appears complete or not at all (written
+// as HF_DIR.tmp-<pid>, then renamed).
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "hf/mixtral.h"
+#include "hf/tokenizer.h"
+#include "tools/checkpoint_model.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
+    "  --checkpoint DIR       RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
+    "  --out HF_DIR           new directory for the Hugging Face model (must not exist, or be empty)\n"
+    "  --tokenizer FILE       SentencePiece model to ship (default: the recipe's data.tokenizer)\n"
+    "  --no-tokenizer         export the weights and configs only\n"
+    "  --max-shard-bytes N    largest weight file; bigger models get shards + model.safetensors.index.json\n"
+    "                         (default 5000000000)\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "moe-export: error: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Entries of a directory other than . and .. (-1 if it cannot be read).
+int entries(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  while (const dirent* e = ::readdir(d)) n += std::string(e->d_name) != "." && std::string(e->d_name) != "..";
+  ::closedir(d);
+  return n;
+}
+
+// Removes a flat directory of files (what this tool writes); best effort, for cleanup after a failure.
+void remove_flat_dir(const std::string& dir) {
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") ::unlink((dir + "/" + name).c_str());
+    }
+    ::closedir(d);
+  }
+  ::rmdir(dir.c_str());
+}
+
+void write_json(const std::string& path, const nlohmann::json& value) {
+  moetrain::io::write_file_synced(path, value.dump(2) + "\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string checkpoint, out, tokenizer, shard_arg;
+  bool no_tokenizer = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::printf("%s", kUsage);
+      return 0;
+    }
+    if (arg == "--no-tokenizer") {
+      no_tokenizer = true;
+      continue;
+    }
+    std::string* slot = arg == "--checkpoint"        ? &checkpoint
+                         : arg == "--out"             ? &out
+                         : arg == "--tokenizer"       ? &tokenizer
+                         : arg == "--max-shard-bytes" ? &shard_arg
+                                                      : nullptr;
+    if (!slot) return usage_error("unknown argument \"" + arg + "\"");
+    if (i + 1 >= argc) return usage_error(arg + " needs a value");
+    *slot = argv[++i];
+  }
+  if (checkpoint.empty()) return usage_error("--checkpoint is required (a step_* directory or a run directory)");
+  if (out.empty()) return usage_error("--out is required (a new directory for the Hugging Face model)");
+  if (no_tokenizer && !tokenizer.empty()) return usage_error("--tokenizer and --no-tokenizer exclude each other; pass one");
+  int64_t max_shard_bytes = 5000000000LL;
+  if (!shard_arg.empty()) {
+    try {
+      size_t used = 0;
+      max_shard_bytes = std::stoll(shard_arg, &used);
+      if (used != shard_arg.size() || max_shard_bytes <= 0) throw std::invalid_argument("");
+    } catch (const std::exception&) {
+      return usage_error("--max-shard-bytes " + shard_arg + ": expected a positive number of bytes (for example 5000000000)");
+    }
+  }
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  if (exists(out) && entries(out) != 0) {
+    std::fprintf(stderr, "moe-export: error: --out %s exists and is not empty; choose a new directory or remove it\n", out.c_str());
+    return 1;
+  }
+
+  const std::string tmp = out + ".tmp-" + std::to_string(::getpid());
+  try {
+    auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint");
+    const auto problems = moetrain::hf::mixtral_export_problems(cm.recipe, *cm.model);
+    if (!problems.empty()) {
+      std::string text = "--checkpoint " + cm.dir + ": Hugging Face Mixtral cannot represent this model exactly:";
+      for (const auto& p : problems) text += "\n  " + p;
+      text += "\nMixtral: an MoE block in every layer, softmax over all experts, top-k, gates renormalised to sum to 1, "
+              "no shared experts, no selection bias, no gate scaling.";
+      throw std::runtime_error(text);
+    }
+    for (const auto& note : moetrain::hf::mixtral_export_notes(cm.recipe)) std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
+
+    // The tokenizer: read (and checked against the model) before anything is written.
+    std::optional<moetrain::hf::SentencePieceModel> sp;
+    std::string tokenizer_flag = "--tokenizer";
+    if (!no_tokenizer) {
+      if (tokenizer.empty()) {
+        tokenizer = cm.recipe.data().tokenizer();
+        tokenizer_flag = "the recipe's data.tokenizer";
+        if (tokenizer.empty()) {
+          std::fprintf(stderr, "moe-export: note: the recipe names no data.tokenizer; exporting without a tokenizer "
+                               "(pass --tokenizer FILE to ship one)\n");
+        } else if (!exists(tokenizer)) {
+          throw std::runtime_error("the recipe's data.tokenizer = \"" + tokenizer + "\" does not exist here (relative paths "
+                                   "are relative to where moe-train ran); pass --tokenizer FILE, or --no-tokenizer");
+        }
+      } else if (!exists(tokenizer)) {
+        throw std::runtime_error("--tokenizer " + tokenizer + ": no such file; pass the SentencePiece .model the data was encoded with");
+      }
+      if (!tokenizer.empty()) sp = moetrain::hf::read_sentencepiece(tokenizer);
+    }
+    const moetrain::hf::SpecialTokens special = sp ? sp->special() : moetrain::hf::SpecialTokens{};
+
+    if (::mkdir(tmp.c_str(), 0755) != 0) {
+      throw std::runtime_error("--out " + out + ": cannot create " + tmp + " (" + std::strerror(errno) +
+                               "); check that the parent directory exists and is writable");
+    }
+    write_json(tmp + "/config.json", moetrain::hf::mixtral_config(cm.recipe, special));
+    nlohmann::json generation = {{"_from_model_config", true}};
+    if (special.bos >= 0) generation["bos_token_id"] = special.bos;
+    if (special.eos >= 0) generation["eos_token_id"] = special.eos;
+    if (special.pad >= 0) generation["pad_token_id"] = special.pad;
+    write_json(tmp + "/generation_config.json", generation);
+    const auto tensors = moetrain::hf::mixtral_tensors(*cm.model);
+    const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
+    if (sp) moetrain::hf::write_tokenizer_files(tmp, *sp, cm.recipe.model().vocab_size(), tokenizer, tokenizer_flag);
+    if (exists(out)) ::rmdir(out.c_str());  // empty (checked above)
+    if (::rename(tmp.c_str(), out.c_str()) != 0) {
+      throw std::runtime_error("--out " + out + ": cannot rename " + tmp + " into place (" + std::strerror(errno) + ")");
+    }
+    const nlohmann::json summary = {{"out", out},
+                                    {"format", "mixtral"},
+                                    {"checkpoint", cm.dir},
+                                    {"step", cm.step},
+                                    {"tensors", tensors.size()},
+                                    {"bytes", written.total_bytes},
+                                    {"files", written.files},
+                                    {"tokenizer", sp ? nlohmann::json(tokenizer) : nlohmann::json(nullptr)}};
+    std::printf("%s\n", summary.dump().c_str());
+  } catch (const std::exception& e) {
+    remove_flat_dir(tmp);
+    std::fprintf(stderr, "moe-export: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
