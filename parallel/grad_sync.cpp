@@ -33,6 +33,7 @@ bool is_moe_parameter(const std::string& name) { return name.find(".moe.") != st
 void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh) {
   std::vector<torch::Tensor> dense, expert, moe;
   for (auto& p : model.named_parameters()) {
+    if (!p.value().requires_grad()) continue;  // frozen (fine-tuning)
     if (!p.value().grad().defined()) p.value().mutable_grad() = torch::zeros_like(p.value());
     (is_expert_parameter(p.key()) ? expert : dense).push_back(p.value().mutable_grad());
     if (is_moe_parameter(p.key())) moe.push_back(p.value().mutable_grad());

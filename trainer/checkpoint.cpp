@@ -16,6 +16,7 @@
 #include <sstream>
 #include <vector>
 
+#include "csrc/config/recipe_loader.h"
 #include "csrc/io/safetensors.h"
 #include "csrc/io/sha256.h"
 #include "csrc/model/sharding.h"
@@ -163,6 +164,12 @@ bool fault_kill_during_save(int rank, int64_t step) {
 }
 
 }  // namespace
+
+std::string model_section_text(const config::Recipe& recipe) {
+  config::Recipe only_model;
+  *only_model.mutable_model() = recipe.model();
+  return config::to_text(only_model);
+}
 
 std::string read_manifest(const std::string& dir) {
   const fs::path path = fs::path(dir) / "manifest.json";
@@ -418,6 +425,10 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
 
     torch::NoGradGuard no_grad;
     for (auto& p : model.named_parameters()) {
+      if (options.adapters_may_be_missing && p.key().find("_lora_") != std::string::npos &&
+          !manifest["tensors"].contains("model/" + p.key())) {
+        continue;
+      }
       const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
       p.value().copy_(assemble("model/" + p.key(), box).reshape(p.value().sizes()));
     }

@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 
+#include "csrc/config/recipe.pb.h"
 #include "csrc/model/transformer.h"
 
 namespace moetrain::parallel {
@@ -42,6 +43,7 @@ struct TrainState {
 struct LoadOptions {
   bool optimizer = true;    // AdamW moments and step counts (off: fine-tuning from pretrained weights)
   bool train_state = true;  // step, data position, RNG (off: a new run initialised from the weights)
+  bool adapters_may_be_missing = false;  // LoRA adapters absent from the checkpoint keep their values
 };
 
 class Checkpointer {
@@ -73,6 +75,10 @@ class Checkpointer {
   std::string model_section_, recipe_text_;
   parallel::ProcessMesh* mesh_;
 };
+
+// The text a checkpoint's model digest covers: the recipe's model section (fine-tuning and parallel
+// sections may change between save and load; the model may not).
+std::string model_section_text(const config::Recipe& recipe);
 
 // Reads `manifest.json` of a committed checkpoint directory (throws naming the path when it is missing,
 // unreadable or of an unknown format version). Returned as JSON text.

@@ -19,6 +19,30 @@ std::string json_number(double v) {
   return buf;
 }
 
+void drop_lines_after_step(const std::string& jsonl_path, int64_t step) {
+  std::ifstream in(jsonl_path);
+  if (!in) return;
+  std::vector<std::string> kept;
+  bool dropped = false;
+  for (std::string line; std::getline(in, line);) {
+    long long s = 0;
+    if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s > step) {
+      dropped = true;
+      continue;
+    }
+    kept.push_back(line);
+  }
+  in.close();
+  if (!dropped) return;
+  const std::string tmp = jsonl_path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& line : kept) out << line << "\n";
+    if (!out) throw std::runtime_error(tmp + ": cannot write; check the run directory is writable");
+  }
+  if (std::rename(tmp.c_str(), jsonl_path.c_str()) != 0) throw std::runtime_error(jsonl_path + ": cannot replace");
+}
+
 MetricsSink::MetricsSink(const std::string& run_dir, bool tensorboard) {
   const std::string path = run_dir + "/metrics.jsonl";
   jsonl_.open(path, std::ios::app);

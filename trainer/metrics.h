@@ -50,6 +50,10 @@ class ExpertLoadLog {
   std::ofstream load_, domains_;
 };
 
+// A run resumed from the checkpoint of step `step` forgets what it logged after it (the steps it will
+// redo, e.g. after a crash between checkpoints): lines of the JSONL file with a larger "step" are dropped.
+void drop_lines_after_step(const std::string& jsonl_path, int64_t step);
+
 // Formats a JSON number the way metrics.jsonl stores it (round-trip precision; NaN/Inf as null).
 std::string json_number(double v);
 

@@ -12,6 +12,7 @@
 #include "csrc/config/recipe_loader.h"
 #include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
+#include "parallel/agreement.h"
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/grad_sync.h"
 #include "parallel/mesh.h"
@@ -20,22 +21,19 @@
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
 #include "trainer/metrics.h"
+#include "trainer/preemption.h"
 #include "trainer/schedule.h"
 
 namespace moetrain::trainer {
 namespace fs = std::filesystem;
 namespace {
 
-std::string model_signature(const config::Recipe& recipe) {
-  config::Recipe only_model;
-  *only_model.mutable_model() = recipe.model();
-  return config::to_text(only_model);
-}
-
 std::unique_ptr<torch::optim::AdamW> make_optimizer(model::TransformerImpl& model, const config::OptimizerConfig& o) {
   // Weight decay on matrices only; norms (1-D) are not decayed.
   std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  for (auto& p : model.parameters()) {
+    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);  // frozen weights have no state
+  }
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr())
                                                             .betas({o.beta1(), o.beta2()})
@@ -99,6 +97,31 @@ double clip_gradients(model::TransformerImpl& model, double max_norm, parallel::
   return norm;
 }
 
+// Fine-tuning: LoRA freezes every base weight; freeze_router freezes router weights. Either way the
+// expert biases stop updating. Returns whether the router is frozen.
+bool apply_freezing(model::TransformerImpl& model, const config::FinetuneConfig& f) {
+  const bool lora = f.lora().rank() > 0;
+  if (!lora && !f.freeze_router()) return false;
+  for (auto& p : model.named_parameters()) {
+    const bool adapter = p.key().find("_lora_") != std::string::npos;
+    const bool router = p.key().find(".moe.router.") != std::string::npos;
+    if ((lora && !adapter) || router) p.value().requires_grad_(false);
+  }
+  for (auto& layer : model.moe_layers()) layer->set_router_frozen(true);
+  return true;
+}
+
+// finetune.init_from: a step directory (has manifest.json) or a run directory (its checkpoints/latest).
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::exists(fs::path(path) / "manifest.json")) return path;
+  std::ifstream pointer(fs::path(path) / "checkpoints" / "latest");
+  std::string name;
+  if (pointer >> name) return (fs::path(path) / "checkpoints" / name).string();
+  throw std::runtime_error("finetune.init_from = \"" + path +
+                           "\" is neither a checkpoint (no manifest.json) nor a run directory with checkpoints/latest; "
+                           "point it at RUN_DIR or RUN_DIR/checkpoints/step_N (moe-import writes one from a Hugging Face model)");
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -117,6 +140,8 @@ struct Trainer::State {
   std::unique_ptr<Checkpointer> checkpointer;
   TrainState train_state;
   double unigram_ppl = NAN;
+  bool router_frozen = false;
+  std::vector<torch::Tensor> router_at_start;  // router weights, then expert biases, at the start of this invocation
 };
 
 Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh)
@@ -150,8 +175,9 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
 
   const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
   const int64_t tp = mesh ? mesh->sizes().tp : 1, tp_rank = mesh ? mesh->tp_rank() : 0;
-  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r.model(), r.routing(), ep, ep_rank, tp, tp_rank));
+  s_->model = model::Transformer(model::TransformerOptions::from_recipe(r, ep, ep_rank, tp, tp_rank));
   model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
+  s_->router_frozen = apply_freezing(*s_->model, r.finetune());
   if (tp > 1) s_->model->set_tensor_parallel(std::make_shared<parallel::TensorParallel>(mesh->tp()));
   if (mesh) {
     for (auto& layer : s_->model->moe_layers()) {
@@ -164,15 +190,34 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
     }
   }
   s_->optimizer = make_optimizer(*s_->model, r.optimizer());
-  s_->checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_signature(r),
+  s_->checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_section_text(r),
                                                     config::to_text(recipe), mesh);
+  bool resumed = false;
   if (r.checkpoint().resume()) {
     if (auto latest = s_->checkpointer->latest()) {
       s_->train_state = s_->checkpointer->load(*latest, *s_->model, s_->optimizer.get());
+      resumed = true;
       if (s_->writes_logs) std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(s_->train_state.step));
     }
   }
+  if (!resumed && !r.finetune().init_from().empty()) {
+    // Weights (and expert biases) only: the optimizer, step and data position start fresh; adapters
+    // keep their initialisation (a pretrained checkpoint has none).
+    const std::string source = resolve_checkpoint(r.finetune().init_from());
+    LoadOptions weights_only;
+    weights_only.optimizer = weights_only.train_state = false;
+    weights_only.adapters_may_be_missing = true;
+    s_->checkpointer->load(source, *s_->model, nullptr, weights_only);
+    if (s_->writes_logs) std::printf("initialised from %s (finetune.init_from)\n", source.c_str());
+  }
+  for (const auto& p : s_->model->named_parameters()) {
+    if (p.key().find(".moe.router.") != std::string::npos) s_->router_at_start.push_back(p.value().detach().clone());
+  }
+  for (const auto& b : s_->model->named_buffers()) s_->router_at_start.push_back(b.value().detach().clone());
   if (s_->writes_logs) {
+    for (const char* log : {"metrics.jsonl", "expert_load.jsonl", "expert_domains.jsonl"}) {
+      drop_lines_after_step(run_dir + "/" + log, s_->train_state.step);
+    }
     s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
     s_->expert_log = std::make_unique<ExpertLoadLog>(run_dir);
   }
@@ -213,6 +258,12 @@ TrainSummary Trainer::run() {
   std::printf("data: %s training tokens, %lld tokens per step; run directory %s\n",
               human_count(s_->train_data->num_tokens()).c_str(), static_cast<long long>(tokens_per_step),
               s_->run_dir.c_str());
+  int64_t trainable = 0, frozen = 0;  // this rank's shard
+  for (const auto& p : model.parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
+  if (frozen > 0) {
+    std::printf("fine-tuning: %s trainable, %s frozen parameters on this rank%s\n", human_count(trainable).c_str(),
+                human_count(frozen).c_str(), s_->router_frozen ? "; router and expert biases frozen" : "");
+  }
   if (s_->has_eval) std::printf("unigram baseline perplexity on validation: %.2f\n", s_->unigram_ppl);
   std::fflush(stdout);
 
@@ -223,6 +274,7 @@ TrainSummary Trainer::run() {
                 s_->run_dir.c_str(), static_cast<long long>(state.step), static_cast<long long>(steps));
   }
   summary.val_loss = summary.val_ppl = NAN;
+  install_preemption_handlers();
   const double start = now();
   const int64_t first_step = state.step;
   auto moe_layers = model.moe_layers();
@@ -346,11 +398,22 @@ TrainSummary Trainer::run() {
     if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) evaluate_now(rec);
     if (s_->metrics) s_->metrics->write(rec);
 
+    // Preemption: a signal on any rank stops every rank at this step boundary, after a checkpoint.
+    bool preempted = preemption_requested();
+    if (mesh && mesh->sizes().world > 1) preempted = parallel::any_rank(mesh->world(), preempted);
     const int64_t ckpt_every = r.checkpoint().interval(), exit_every = r.train().exit_interval();
     const bool exiting = exit_every > 0 && state.step % exit_every == 0 && state.step < steps;
+    std::string saved;
     if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final()) ||
-        exiting) {
-      s_->checkpointer->save(state, model, *s_->optimizer);
+        exiting || (preempted && state.step < steps)) {
+      saved = s_->checkpointer->save(state, model, *s_->optimizer);
+    }
+    if (preempted && state.step < steps) {
+      std::printf("%spreemption signal received: stopped at step %lld, checkpoint saved in %s; run the same command to resume\n",
+                  tty ? "\n" : "", static_cast<long long>(state.step), saved.c_str());
+      std::fflush(stdout);
+      summary.preempted = true;
+      break;
     }
     if (exiting) {
       std::printf("exit_interval reached at step %lld: checkpoint saved; run again to continue\n",
@@ -359,6 +422,22 @@ TrainSummary Trainer::run() {
     }
   }
   summary.steps = state.step;
+  if (s_->router_frozen) {
+    // The fine-tuning report: did the routing move? (It must not: no gradients, no bias updates.)
+    double moved = 0;
+    size_t i = 0;
+    for (const auto& p : model.named_parameters()) {
+      if (p.key().find(".moe.router.") != std::string::npos) moved = std::max(moved, (p.value() - s_->router_at_start[i++]).abs().max().item<double>());
+    }
+    for (const auto& b : model.named_buffers()) moved = std::max(moved, (b.value() - s_->router_at_start[i++]).abs().max().item<double>());
+    summary.router_max_change = moved;
+    if (s_->writes_logs) {
+      std::printf("router frozen: router weights and expert biases moved by at most %g during this run\n", moved);
+      std::ofstream(s_->run_dir + "/finetune_report.json")
+          << "{\"router_frozen\": true, \"router_max_abs_change\": " << moved << ", \"trainable_parameters\": " << trainable
+          << ", \"frozen_parameters\": " << frozen << ", \"lora_rank\": " << r.finetune().lora().rank() << "}\n";
+    }
+  }
   return summary;
 }
 

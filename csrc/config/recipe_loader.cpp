@@ -150,7 +150,22 @@ void apply_override(Recipe& recipe, const std::string& assignment) {
                         known_fields(f->message_type()));
     }
     if (last) {
-      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || value[0] != '"')) {
+      if (f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && !value.empty() && value[0] == '[' &&
+          value.find('"') == std::string::npos) {
+        // A list of bare words, [gate,up]: quote each element.
+        std::string quoted = "[";
+        std::string item;
+        auto flush = [&] {
+          while (!item.empty() && item.back() == ' ') item.pop_back();
+          if (!item.empty()) quoted += (quoted.size() > 1 ? ",\"" : "\"") + item + "\"";
+          item.clear();
+        };
+        for (size_t c = 1; c < value.size(); ++c) {
+          if (value[c] == ',' || value[c] == ']') flush();
+          else if (!(item.empty() && value[c] == ' ')) item += value[c];
+        }
+        value = quoted + "]";
+      } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || (value[0] != '"' && !(f->is_repeated() && value[0] == '[')))) {
         std::string quoted = "\"";
         for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
         value = quoted + "\"";

@@ -190,6 +190,17 @@ void validate_recipe(const Recipe& r, const std::string& source) {
   p.at_least<int64_t>("checkpoint.interval", r.checkpoint().interval(), 0);
   p.at_least<int64_t>("checkpoint.keep_last", r.checkpoint().keep_last(), 1);
   p.at_least<int64_t>("logging.log_interval", r.logging().log_interval(), 1);
+  const auto& lora = r.finetune().lora();
+  p.at_least<int64_t>("finetune.lora.rank", lora.rank(), 0);
+  if (lora.rank() > 0 && !(lora.alpha() > 0)) p.add("finetune.lora.alpha", num(lora.alpha()), "must be > 0 (16 is common)");
+  for (const auto& t : lora.targets()) {
+    if (t != "gate" && t != "up" && t != "down") {
+      p.add("finetune.lora.targets", "\"" + t + "\"", "each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2)");
+    }
+  }
+  if (lora.targets_size() > 0 && lora.rank() == 0) {
+    p.add("finetune.lora.rank", "0", "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
+  }
   if (!p.empty()) throw RecipeError(source + ": invalid recipe:" + p.joined());
 }
 

@@ -37,6 +37,22 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   return o;
 }
 
+TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, int64_t ep_size, int64_t ep_rank,
+                                                  int64_t tp_size, int64_t tp_rank) {
+  TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), ep_size, ep_rank, tp_size, tp_rank);
+  const auto& lora = recipe.finetune().lora();
+  if (lora.rank() > 0) {
+    o.moe.lora.rank = lora.rank();
+    o.moe.lora.alpha = lora.alpha();
+    const bool all = lora.targets_size() == 0;
+    for (const auto& t : lora.targets()) {
+      o.moe.lora.gate |= t == "gate", o.moe.lora.up |= t == "up", o.moe.lora.down |= t == "down";
+    }
+    if (all) o.moe.lora.gate = o.moe.lora.up = o.moe.lora.down = true;
+  }
+  return o;
+}
+
 BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
   attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta, o.tp_size));
@@ -131,12 +147,17 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
       p.fill_(1.0);
       continue;
     }
+    if (ends_with(name, "_lora_b")) {  // adapters start as a zero update
+      p.zero_();
+      continue;
+    }
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
+    const bool is_lora_a = ends_with(name, "_lora_a");  // (E, in, rank)
     const bool is_output = ends_with(name, "attn.wo.weight") || ends_with(name, ".w2.weight") ||
                            ends_with(name, "experts.w2");
     // Draw the global tensor, keep this process's block of it (csrc/model/sharding.h).
     const ShardBox box = shard_box(model.options(), name, p.sizes().vec());
-    torch::Tensor local = at::normal(0.0, is_output ? out_std : std, box.global_view, gen, torch::TensorOptions().dtype(torch::kFloat32));
+    torch::Tensor local = at::normal(0.0, is_lora_a ? 1.0 / std::sqrt(static_cast<double>(p.size(1))) : is_output ? out_std : std, box.global_view, gen, torch::TensorOptions().dtype(torch::kFloat32));
     for (size_t d = 0; d < box.offsets.size(); ++d) local = local.narrow(static_cast<int64_t>(d), box.offsets[d], box.local_view[d]);
     local = local.reshape(p.sizes());
     p.copy_(local);

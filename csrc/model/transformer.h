@@ -23,6 +23,9 @@ struct TransformerOptions {
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
                                         int64_t ep_size = 1, int64_t ep_rank = 0, int64_t tp_size = 1,
                                         int64_t tp_rank = 0);
+  // The whole recipe: the above plus what other sections add to the model (finetune.lora adapters).
+  static TransformerOptions from_recipe(const config::Recipe& recipe, int64_t ep_size = 1, int64_t ep_rank = 0,
+                                        int64_t tp_size = 1, int64_t tp_rank = 0);
 };
 
 struct ModelOutput {
@@ -72,7 +75,8 @@ TORCH_MODULE(Transformer);
 // Seeded initialisation over the global tensors: each parameter draws from its own generator seeded by
 // (seed, parameter name), so the weights do not depend on creation order or on the parallel layout:
 // expert-parallel and tensor-parallel shards are slices of the same global tensor.
-// Matrices ~ N(0, std²); output projections (attn.wo, *.w2) ~ N(0, std²/(2·layers)); norms = 1.
+// Matrices ~ N(0, std²); output projections (attn.wo, *.w2) ~ N(0, std²/(2·layers)); norms = 1;
+// LoRA adapters A ~ N(0, 1/in), B = 0.
 void init_weights(TransformerImpl& model, uint64_t seed, double std);
 
 // Cross-entropy of logits (B, S, V) against targets (B, S), mean over tokens.

@@ -5,17 +5,33 @@
 
 namespace moetrain::moe {
 
+// LoRA on the expert projections (recipe finetune.lora): per expert, W (in, out) becomes
+// W + (alpha / rank)·A·B with A (in, rank), B (rank, out).
+struct ExpertLoraOptions {
+  int64_t rank = 0;  // 0 = no adapters
+  double alpha = 16;
+  bool gate = false, up = false, down = false;  // which projections (w1, w3, w2) carry adapters
+  double scale() const { return alpha / static_cast<double>(rank); }
+};
+
 // Weights are stored per expert as (E, in, out) so each group is a plain x·W. One grouped GEMM per
-// projection (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts.
+// projection (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts. Adapters
+// add two thin grouped GEMMs per adapted projection: x·A (N, rank), then ·B.
 class GroupedExpertsImpl : public torch::nn::Module {
  public:
-  GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden);
+  GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden, const ExpertLoraOptions& lora = {});
   // tokens_ND grouped by expert; tokens_per_expert_E int64 summing to N. Returns (N, D).
   torch::Tensor forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E);
 
   torch::Tensor w1_EDF;  // gate projection
   torch::Tensor w3_EDF;  // up projection
   torch::Tensor w2_EFD;  // down projection
+  // Adapters (undefined when absent), named "<w>_lora_a" (E, in, rank) and "<w>_lora_b" (E, rank, out).
+  torch::Tensor w1_lora_a, w1_lora_b, w3_lora_a, w3_lora_b, w2_lora_a, w2_lora_b;
+  const ExpertLoraOptions& lora() const { return lora_; }
+
+ private:
+  ExpertLoraOptions lora_;
 };
 TORCH_MODULE(GroupedExperts);
 

@@ -10,7 +10,7 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   ro.routing = options.routing;
   router = register_module("router", Router(ro));
   const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
-  experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden));
+  experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
   if (options.shared_hidden > 0) {
     shared = register_module("shared", model::SwiGLU(options.d_model, options.shared_hidden));
   }

@@ -22,6 +22,7 @@ struct MoEOptions {
   int64_t local_experts = 0;       // 0 = all experts
   int64_t first_local_expert = 0;
   config::RoutingConfig routing;   // defaults filled in
+  ExpertLoraOptions lora;          // adapters on the experts (fine-tuning)
 };
 
 // Per-layer measures of one forward (all detached).

@@ -81,7 +81,7 @@ TEST(RecipeErrors, UnknownFieldNamesFileLineColumnAndClosestField) {
 TEST(RecipeErrors, UnknownSectionIsAnError) {
   EXPECT_EQ(error_of([] { parse_recipe("modle { d_model: 8 }", "r.textproto"); }),
             "r.textproto:1:7: unknown field \"modle\" in Recipe; did you mean \"model\"? known fields: name, model, "
-            "routing, data, optimizer, schedule, train, parallel, checkpoint, logging, base");
+            "routing, data, optimizer, schedule, train, parallel, checkpoint, logging, base, finetune");
 }
 
 TEST(RecipeErrors, WrongTypeNamesPosition) {
@@ -202,6 +202,12 @@ TEST(RecipeValidation, RoutingRulesTable) {
       {{"routing.num_groups=-1"}, "  routing.num_groups = -1: must be >= 0 (0 or 1 = no group limit)"},
       {{"routing.pad_to_capacity=true"},
        "  routing.pad_to_capacity = true: padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)"},
+      {{"finetune.lora.rank=-1"}, "  finetune.lora.rank = -1: must be >= 0; set it to 0 or more"},
+      {{"finetune.lora.rank=8", "finetune.lora.alpha=0"}, "  finetune.lora.alpha = 0: must be > 0 (16 is common)"},
+      {{"finetune.lora.rank=8", "finetune.lora.targets=[\"gate\",\"q\"]"},
+       "  finetune.lora.targets = \"q\": each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2)"},
+      {{"finetune.lora.targets=[up]"},
+       "  finetune.lora.rank = 0: targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)"},
       {{"routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25"},
        "  routing.capacity_factor = 1.25: EXPERT_CHOICE sets each expert's token count itself (routing.expert_choice_factor); "
        "leave capacity_factor, eval_capacity_factor at 0 and pad_to_capacity false"},

@@ -1,0 +1,117 @@
+// moe-ckpt: inspect, verify and reshard moetrain checkpoints.
+//   moe-ckpt verify STEP_DIR
+//       checks every file against the manifest (size, SHA-256) and every tensor's coverage; prints a summary
+//   [mpirun -np N] moe-ckpt reshard --checkpoint STEP_DIR --out RUN_DIR [--set field.path=value]...
+//       loads the checkpoint (weights, expert biases, optimizer moments, train state) into the layout of
+//       the launch (--set parallel.expert=E --set parallel.tensor=T) and saves it there: the offline
+//       form of what moe-train does when it resumes in a new layout. Needs no data.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "csrc/config/recipe_loader.h"
+#include "csrc/io/sha256.h"
+#include "parallel/launch_env.h"
+#include "parallel/mesh.h"
+#include "parallel/world.h"
+#include "trainer/checkpoint.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: moe-ckpt verify STEP_DIR\n"
+    "       [mpirun -np N] moe-ckpt reshard --checkpoint STEP_DIR --out RUN_DIR [--set field.path=value]...\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "moe-ckpt: error: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+int verify(const std::string& dir) {
+  const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(dir));
+  int64_t bytes = 0;
+  for (const auto& [file, meta] : manifest["files"].items()) {
+    const std::string path = dir + "/" + file;
+    if (moetrain::io::sha256_file(path) != meta["sha256"].get<std::string>()) {
+      throw std::runtime_error(path + " does not match its SHA-256 in the manifest; the checkpoint is corrupted");
+    }
+    bytes += meta["bytes"].get<int64_t>();
+  }
+  // Loading into one process checks coverage and shapes of every model tensor.
+  auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(), dir + "/manifest.json");
+  moetrain::config::fill_defaults(recipe);
+  moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe));
+  torch::optim::AdamW optimizer(model->parameters());
+  moetrain::trainer::Checkpointer(dir + "/..", 1, moetrain::trainer::model_section_text(recipe)).load(dir, *model, &optimizer);
+  const auto& layout = manifest["layout"];
+  std::printf("{\"checkpoint\": \"%s\", \"ok\": true, \"step\": %lld, \"files\": %zu, \"bytes\": %lld, \"tensors\": %zu, "
+              "\"layout\": {\"world\": %d, \"tp\": %d, \"ep\": %d}}\n",
+              dir.c_str(), static_cast<long long>(manifest["step"].get<int64_t>()), manifest["files"].size(),
+              static_cast<long long>(bytes), manifest["tensors"].size(), layout["world"].get<int>(), layout["tp"].get<int>(),
+              layout["ep"].get<int>());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage_error("a command is required");
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h") return std::printf("%s", kUsage), 0;
+  if (command == "verify") {
+    if (argc != 3) return usage_error("verify takes one STEP_DIR");
+    try {
+      return verify(argv[2]);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "moe-ckpt: error: %s\n", e.what());
+      return 1;
+    }
+  }
+  if (command != "reshard") return usage_error("unknown command \"" + command + "\"");
+
+  std::string source, out;
+  std::vector<std::string> overrides;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (i + 1 >= argc) return usage_error(arg + " needs a value");
+    if (arg == "--checkpoint") source = argv[++i];
+    else if (arg == "--out") out = argv[++i];
+    else if (arg == "--set") overrides.emplace_back(argv[++i]);
+    else return usage_error("unknown argument \"" + arg + "\"");
+  }
+  if (source.empty() || out.empty()) return usage_error("reshard needs --checkpoint STEP_DIR and --out RUN_DIR");
+
+  moetrain::parallel::LaunchInfo launch;
+  std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
+  try {
+    launch = moetrain::parallel::detect_launch();
+    const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(source));
+    auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(), source + "/manifest.json");
+    for (const auto& o : overrides) moetrain::config::apply_override(recipe, o);
+    moetrain::config::fill_defaults(recipe);
+    moetrain::config::validate_recipe(recipe, source + "/manifest.json");
+    moetrain::parallel::MeshSizes sizes;
+    sizes.world = launch.world_size;
+    sizes.tp = static_cast<int>(recipe.parallel().tensor());
+    sizes.ep = static_cast<int>(recipe.parallel().expert());
+    moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
+    if (launch.world_size > 1) mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
+    const int ep_rank = mesh ? mesh->ep_rank() : 0, tp_rank = mesh ? mesh->tp_rank() : 0;
+    moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe, sizes.ep, ep_rank, sizes.tp, tp_rank));
+    torch::optim::AdamW optimizer(model->parameters());
+    const std::string section = moetrain::trainer::model_section_text(recipe);
+    const auto state = moetrain::trainer::Checkpointer(source + "/..", 1, section, "", mesh.get()).load(source, *model, &optimizer);
+    const std::string saved = moetrain::trainer::Checkpointer(out, recipe.checkpoint().keep_last(), section,
+                                                              moetrain::config::to_text(recipe), mesh.get())
+                                  .save(state, *model, optimizer);
+    if (launch.rank == 0) std::printf("resharded %s into %s (world %d, tp %d, ep %d)\n", source.c_str(), saved.c_str(), sizes.world, sizes.tp, sizes.ep);
+    if (mesh) mesh->world().barrier();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-ckpt: error%s: %s\n", launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
+    std::fflush(stderr);
+    if (mesh) moetrain::parallel::abort_job(launch, 1);
+    return 1;
+  }
+  return 0;
+}
