@@ -4,10 +4,15 @@
 //   moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] [--top-k K] [--hidden F]
 //                       [--warmup N] [--iters N] [--threads T]
 //     MoE layer forward + backward throughput (tokens/s) on CPU, printed as one JSON line.
+//   moe-bench finetune [same options] [--lora-rank R]
+//     One fine-tuning step of the MoE layer (forward, backward, AdamW step) with every weight trained,
+//     then with LoRA rank R on all expert projections and the base frozen: time per step and the
+//     memory that training state takes (trainable weights' gradients + AdamW moments), one JSON line each.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <vector>
 #include <string>
 
 #include "csrc/moe/moe_layer.h"
@@ -16,8 +21,8 @@ namespace {
 
 int usage(const std::string& message) {
   std::fprintf(stderr,
-               "moe-bench: error: %s\nusage: moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] "
-               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T]\n",
+               "moe-bench: error: %s\nusage: moe-bench moe-layer|finetune [--tokens N] [--d-model D] [--experts E] "
+               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R]\n",
                message.c_str());
   return 2;
 }
@@ -53,13 +58,66 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
   return 0;
 }
 
+int bench_finetune(const std::map<std::string, int64_t>& args) {
+  const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
+                F = args.at("hidden"), R = args.at("lora-rank");
+  if (R <= 0) throw std::invalid_argument("--lora-rank must be > 0 for the LoRA step");
+  if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
+  for (const bool lora : {false, true}) {
+    torch::manual_seed(0);
+    moetrain::moe::MoEOptions options;
+    options.d_model = D, options.num_experts = E, options.top_k = K, options.expert_hidden = F;
+    options.routing.set_aux_loss_coeff(0.01);
+    if (lora) options.lora.rank = R, options.lora.gate = options.lora.up = options.lora.down = true;
+    moetrain::moe::MoELayer layer(options);
+    std::vector<torch::Tensor> trainable;
+    int64_t total = 0;
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : layer->named_parameters()) {
+        const bool adapter = p.key().find("_lora_") != std::string::npos;
+        if (p.key().find("_lora_b") == std::string::npos) p.value().normal_(0.0, 0.02);  // B starts at 0
+        total += p.value().numel();
+        if (lora && !adapter) p.value().requires_grad_(false);
+        else trainable.push_back(p.value());
+      }
+    }
+    torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-4));
+    auto x = torch::randn({1, T, D});
+    auto step = [&] {
+      auto out = layer(x);
+      (out.y.square().mean() + out.aux_loss).backward();
+      optimizer.step();
+      optimizer.zero_grad();
+    };
+    for (int64_t i = 0; i < std::max<int64_t>(args.at("warmup"), 1); ++i) step();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < args.at("iters"); ++i) step();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t trainable_numel = 0;
+    for (const auto& p : trainable) trainable_numel += p.numel();
+    // fp32: one gradient and two AdamW moments per trainable element.
+    const double state_mib = 3.0 * 4.0 * static_cast<double>(trainable_numel) / (1 << 20);
+    std::printf("{\"bench\": \"finetune\", \"mode\": \"%s\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
+                "\"top_k\": %lld, \"hidden\": %lld, \"lora_rank\": %lld, \"threads\": %d, \"iters\": %lld, "
+                "\"params\": %lld, \"trainable\": %lld, \"grad_and_adam_mib\": %.2f, \"ms_per_step\": %.3f, "
+                "\"tokens_per_s\": %.1f}\n",
+                lora ? "lora" : "full", static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E),
+                static_cast<long long>(K), static_cast<long long>(F), static_cast<long long>(lora ? R : 0),
+                torch::get_num_threads(), static_cast<long long>(args.at("iters")), static_cast<long long>(total),
+                static_cast<long long>(trainable_numel), state_mib, 1e3 * seconds / args.at("iters"),
+                T * args.at("iters") / seconds);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage("name a benchmark");
   const std::string name = argv[1];
   std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
-                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}};
+                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8}};
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
     if (flag.rfind("--", 0) != 0 || !args.count(flag.substr(2))) return usage("unknown option " + flag);
@@ -71,7 +129,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (name == "moe-layer") return bench_moe_layer(args);
-    return usage("unknown benchmark \"" + name + "\" (known: moe-layer)");
+    if (name == "finetune") return bench_finetune(args);
+    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, finetune)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
     return 1;
