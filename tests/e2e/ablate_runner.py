@@ -58,3 +58,18 @@ for fig in ["val_loss.svg", "max_vio.svg", "load_a_switch.svg", "domains_b_bias.
     check(root.tag.endswith("svg"), f"{fig} is SVG")
     check(f"figures/{fig}" in report, f"{fig} embedded in the report")
 print("ok: report table matches the metrics files; resume skipped the finished variant")
+
+# --parallel 2: both variants at once (console output in each run's train.log); same numbers.
+out_par = os.path.join(work, "out_parallel")
+third = subprocess.run(ablate[:2] + ["--out", out_par, "--parallel", "2", "--set", "train.threads=1"],
+                       capture_output=True, text=True, timeout=600)
+check(third.returncode == 0, f"parallel run:\n{third.stdout}\n{third.stderr}")
+for name in ("a_switch", "b_bias"):
+    check(os.path.exists(os.path.join(out_par, "runs", name, "train.log")), f"{name}: train.log")
+    seq = [json.loads(line) for line in open(os.path.join(out, "runs", name, "metrics.jsonl"))]
+    par = [json.loads(line) for line in open(os.path.join(out_par, "runs", name, "metrics.jsonl"))]
+    check(len(seq) == len(par), f"{name}: same steps")
+    for a, b in zip(seq, par):
+        check(abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), f"{name} step {a['step']}: {a['loss']} vs {b['loss']}")
+check("--parallel 2" in open(os.path.join(out_par, "report.md")).read(), "the report names the command")
+print("ok: --parallel 2 trains both variants at once with the same losses")
