@@ -39,11 +39,6 @@ void validate_tensor_parallel_recipe(const MeshSizes& s, const config::Recipe& r
     throw std::invalid_argument("parallel.tensor = " + tp + ": model.d_model (" + std::to_string(r.model().d_model()) +
                                 ") and model.ffn_hidden (" + std::to_string(r.model().ffn_hidden()) + ") must be divisible by it");
   }
-  if (r.routing().seq_aux_loss_coeff() > 0 || r.routing().global_aux_loss_coeff() > 0) {
-    throw std::invalid_argument("parallel.tensor = " + tp + ": routing.seq_aux_loss_coeff and routing.global_aux_loss_coeff "
-                                "are not supported with tensor parallelism yet; use routing.aux_loss_coeff or "
-                                "routing.bias_update_rate, or parallel.tensor=1");
-  }
 }
 
 ProcessMesh::ProcessMesh(std::unique_ptr<Communicator> world, const MeshSizes& sizes)

@@ -24,8 +24,7 @@ struct MeshSizes {
 // std::invalid_argument naming the recipe fields and the fix. Every rank computes the same verdict.
 void validate_mesh(const MeshSizes& sizes, int64_t num_experts, int64_t num_heads);
 
-// What tensor parallelism needs of a recipe: token counts and sizes that split evenly, and balancing
-// losses defined per whole sequence or step (not yet split across the sequence-parallel MoE).
+// What tensor parallelism needs of a recipe: token counts and sizes that split evenly.
 void validate_tensor_parallel_recipe(const MeshSizes& sizes, const config::Recipe& recipe);
 
 class ProcessMesh {

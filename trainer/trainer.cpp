@@ -182,9 +182,11 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   if (mesh) {
     for (auto& layer : s_->model->moe_layers()) {
       if (ep > 1) layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(mesh->ep(), r.model().num_experts()));
+      // Global-batch counts: every data-parallel rank's, and under TP every tp rank's share of the tokens.
       layer->set_count_reducer([mesh](const torch::Tensor& counts) {
         auto c = counts.contiguous().clone();
-        parallel::sum_over_dp(c, *mesh);
+        if (mesh->sizes().tp > 1) parallel::sum_over_world(c, *mesh);
+        else parallel::sum_over_dp(c, *mesh);
         return c;
       });
     }

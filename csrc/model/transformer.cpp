@@ -71,7 +71,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& to
     const int64_t D = h.size(2), T = h.size(0) * h.size(1), Tl = T / tp_->size();
     auto x_local = tp_->scatter_tokens(ffn_norm(h).reshape({T, D})).unsqueeze(0);
     auto ids_local = tokens.reshape({-1}).narrow(0, tp_->rank() * Tl, Tl).unsqueeze(0);
-    moe::MoEOutput m = moe(x_local, ids_local);
+    moe::MoEOutput m = moe(x_local, ids_local, moe::TokenSlice{h.size(0), h.size(1), tp_->rank() * Tl});
     out.aux_loss = out.aux_loss + m.aux_loss;
     out.z_loss = out.z_loss + m.z_loss;
     out.moe_stats.push_back(m.stats);

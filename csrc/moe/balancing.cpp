@@ -16,6 +16,14 @@ torch::Tensor sequence_aux_loss(const torch::Tensor& probs_BSE, const torch::Ten
   return (f_BE.detach() * P_BE).sum(1).mean() * static_cast<double>(E);
 }
 
+torch::Tensor sequence_aux_loss_share(const torch::Tensor& probs_TE, const torch::Tensor& seq_index_T,
+                                      const torch::Tensor& counts_BE, int64_t seq_len, int64_t top_k) {
+  const int64_t B = counts_BE.size(0), E = probs_TE.size(1);
+  auto f_BE = counts_BE.to(torch::kFloat32) / static_cast<double>(seq_len * top_k);
+  auto P_BE = torch::zeros({B, E}, probs_TE.options()).index_add(0, seq_index_T, probs_TE) / static_cast<double>(seq_len);
+  return (f_BE.detach() * P_BE).sum(1).mean() * static_cast<double>(E);
+}
+
 torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k) {
   const int64_t E = probs_TE.size(1);
   auto f_E = counts_E.to(torch::kFloat32) / static_cast<double>(tokens * top_k);

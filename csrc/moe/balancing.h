@@ -13,6 +13,13 @@ torch::Tensor switch_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor
 // The same per sequence, averaged over the B sequences (DeepSeek-V3's complementary sequence loss).
 torch::Tensor sequence_aux_loss(const torch::Tensor& probs_BSE, const torch::Tensor& routed_BSE, int64_t top_k);
 
+// One rank's share of the sequence loss when a micro-batch's tokens are split over ranks (the
+// sequence-parallel MoE under tensor parallelism): probs_TE of this rank's tokens, seq_index_T the
+// sequence (0..B-1) of each, counts_BE the routed pairs per sequence summed over every rank. The shares
+// of all ranks add up to sequence_aux_loss of the whole micro-batch, in value and gradient.
+torch::Tensor sequence_aux_loss_share(const torch::Tensor& probs_TE, const torch::Tensor& seq_index_T,
+                                      const torch::Tensor& counts_BE, int64_t seq_len, int64_t top_k);
+
 // E · Σ_i f_i · P_i with f_i = counts_E / (tokens · k) from counts gathered beyond this micro-batch.
 torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k);
 

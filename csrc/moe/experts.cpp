@@ -1,5 +1,7 @@
 #include "csrc/moe/experts.h"
 
+#include <tuple>
+
 namespace moetrain::moe {
 
 GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden, const ExpertLoraOptions& lora)
@@ -28,6 +30,17 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const torc
   return y;
 }
 }  // namespace
+
+void GroupedExpertsImpl::merge_adapters() {
+  torch::NoGradGuard no_grad;
+  const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
+  for (auto [w, a, b] : {std::tie(w1_EDF, w1_lora_a, w1_lora_b), std::tie(w3_EDF, w3_lora_a, w3_lora_b),
+                         std::tie(w2_EFD, w2_lora_a, w2_lora_b)}) {
+    if (!a.defined()) continue;
+    w.add_(torch::bmm(a, b), s);  // (E, in, rank)·(E, rank, out)
+    b.zero_();
+  }
+}
 
 torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E) {
   auto offsets = tokens_per_expert_E.cumsum(0).to(torch::kInt32);

@@ -29,6 +29,9 @@ class GroupedExpertsImpl : public torch::nn::Module {
   // Adapters (undefined when absent), named "<w>_lora_a" (E, in, rank) and "<w>_lora_b" (E, rank, out).
   torch::Tensor w1_lora_a, w1_lora_b, w3_lora_a, w3_lora_b, w2_lora_a, w2_lora_b;
   const ExpertLoraOptions& lora() const { return lora_; }
+  // Folds the adapters into the base weights, W += (alpha / rank)·A·B per expert, and zeroes B, so the
+  // module computes the same function with base weights alone (export of a LoRA run).
+  void merge_adapters();
 
  private:
   ExpertLoraOptions lora_;

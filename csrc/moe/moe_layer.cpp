@@ -19,7 +19,7 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   global_step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
 }
 
-MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS) {
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS, const TokenSlice& slice) {
   const auto& r = options_.routing;
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), E = options_.num_experts, k = options_.top_k;
   auto x_TD = x_BSD.reshape({-1, options_.d_model});
@@ -45,14 +45,23 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
     aux = aux + r.aux_loss_coeff() * switch_loss;
   }
   if (r.seq_aux_loss_coeff() > 0) {
-    aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
+    if (slice.sequences > 0) {  // this rank's share: tokens first_token.. of the flattened micro-batch
+      auto seq_T = (torch::arange(B * S, torch::kInt64) + slice.first_token).div(slice.seq_len, "floor");
+      auto counts_BE = torch::zeros({slice.sequences, E}, torch::kInt64).index_add(0, seq_T, route.routed_TE.to(torch::kInt64));
+      if (tp_) counts_BE = tp_->sum_counts(counts_BE);
+      aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss_share(route.probs_TE, seq_T, counts_BE, slice.seq_len, k);
+    } else {
+      aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
+    }
   }
   if (r.global_aux_loss_coeff() > 0) {
     // f from the counts of the data-parallel group, accumulated over the step's micro-batches so far.
     auto global = count_reducer_ ? count_reducer_(counts_E.detach()) : counts_E.detach();
     if (is_training()) global = global_step_counts_E_ += global;
     const int64_t tokens = global.sum().item<int64_t>() / k;  // top-k: k routed pairs per token
-    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global, tokens, k);
+    // Under TP the reducer also sums over the tp group and each rank holds 1/tp of the tokens: its
+    // share is P over its tokens / tp (the shares add up over tp, as for the Switch loss above).
+    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global, tokens, k) / tp;
   }
   out.aux_loss = aux;
   out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE) / tp

@@ -25,6 +25,12 @@ struct MoEOptions {
   ExpertLoraOptions lora;          // adapters on the experts (fine-tuning)
 };
 
+// Where this rank's tokens (flattened, consecutive) sit in the micro-batch of `sequences` × `seq_len`
+// tokens; sequences = 0: x is the whole micro-batch.
+struct TokenSlice {
+  int64_t sequences = 0, seq_len = 0, first_token = 0;
+};
+
 // Per-layer measures of one forward (all detached).
 struct MoEStats {
   torch::Tensor tokens_per_expert_E;  // int64 routed pairs per expert, before capacity (the router's load)
@@ -45,8 +51,10 @@ struct MoEOutput {
 class MoELayerImpl : public torch::nn::Module {
  public:
   explicit MoELayerImpl(const MoEOptions& options);
-  // x_BSD; token_ids_BS (int64) are needed by HASH routing only.
-  MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {});
+  // x_BSD; token_ids_BS (int64) are needed by HASH routing only. `slice` says where x's tokens sit in
+  // the micro-batch when they are one rank's share of it (sequence-parallel MoE under tensor
+  // parallelism); the sequence loss needs it.
+  MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {}, const TokenSlice& slice = {});
 
   // Routed counts of every training forward since the last end_step() (the step's load).
   const torch::Tensor& step_counts() const { return step_counts_E_; }

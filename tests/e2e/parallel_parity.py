@@ -90,4 +90,22 @@ for extra, tag in ((["routing.capacity_factor=0"], "dropless"), (capacity, "capa
         mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}", f"parallel.tensor={tp}"])
         compare(singles[dp], run, f"{name} ({tag}) vs 1 process")
         compare_params(singles[dp], run, np_ranks, ep, tp, f"{name} ({tag})")
+
+# Sequence and global-batch aux losses under tensor parallelism: the sequence-parallel MoE splits each
+# micro-batch's tokens over the tp ranks; the sequence loss is assembled from per-rank shares with the
+# per-sequence counts summed over tp, the global counts are summed over dp and tp. Two micro-batches per
+# step so the global-batch counts differ from the micro-batch's.
+# With data parallelism the global-batch counts at a micro-batch include the other dp ranks' concurrent
+# micro-batches (as in Megatron-Core), which one process cannot reproduce micro-batch by micro-batch, so
+# the 4-rank layout (dp 2) checks the sequence loss only.
+name, ep, tp = {2: ("tp2", 1, 2), 4: ("tp2_ep2", 2, 2)}[np_ranks]
+dp = np_ranks // tp
+aux = ["routing.capacity_factor=0", "routing.seq_aux_loss_coeff=0.01"] + (["routing.global_aux_loss_coeff=0.01"] if dp == 1 else [])
+label = "seq + global aux" if dp == 1 else "seq aux"
+single = fresh_dir(f"parity_single_aux_accum{2 * dp}")
+moe_train(single, base + aux + [f"train.grad_accum_steps={2 * dp}"])
+run = fresh_dir(f"parity_{name}_aux")
+mpi_train(run, np_ranks, base + aux + ["train.grad_accum_steps=2", f"parallel.expert={ep}", f"parallel.tensor={tp}"])
+compare(single, run, f"{name} ({label}) vs 1 process")
+compare_params(single, run, np_ranks, ep, tp, f"{name} ({label})")
 print("ok")

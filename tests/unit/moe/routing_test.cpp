@@ -286,3 +286,24 @@ TEST(Measures, MaxViolationAndEntropy) {
   EXPECT_DOUBLE_EQ(max_violation(torch::tensor({10, 2, 4, 4})), 1.0);  // (10 − 5) / 5
   EXPECT_NEAR(router_entropy(torch::full({3, 4}, 0.25f)), std::log(4.0), 1e-7);
 }
+
+TEST(Balancing, SequenceLossSharesOfTokenSlicesAddUpToTheWholeLoss) {
+  // 2 sequences of 6 tokens split over 3 "ranks" of 4 consecutive tokens (slices cross sequences), as
+  // the sequence-parallel MoE splits a micro-batch under tensor parallelism.
+  torch::manual_seed(5);
+  const int64_t B = 2, S = 6, E = 4, k = 2, ranks = 3, Tl = B * S / ranks;
+  auto logits = torch::randn({B * S, E}, torch::requires_grad());
+  auto probs = torch::softmax(logits, -1);
+  auto routed = torch::zeros({B * S, E}, torch::kInt64).scatter_(1, std::get<1>(probs.topk(k, -1)), 1);
+  auto whole = sequence_aux_loss(probs.view({B, S, E}), routed.view({B, S, E}), k);
+  auto seq_T = torch::arange(B * S, torch::kInt64).div(S, "floor");
+  auto counts_BE = torch::zeros({B, E}, torch::kInt64).index_add(0, seq_T, routed);  // what the tp all-reduce gives
+  auto shares = torch::zeros({});
+  for (int64_t r = 0; r < ranks; ++r) {
+    shares = shares + sequence_aux_loss_share(probs.narrow(0, r * Tl, Tl), seq_T.narrow(0, r * Tl, Tl), counts_BE, S, k);
+  }
+  EXPECT_NEAR(shares.item<double>(), whole.item<double>(), 1e-6);
+  auto g_whole = torch::autograd::grad({whole}, {logits}, {}, true)[0];
+  auto g_shares = torch::autograd::grad({shares}, {logits})[0];
+  EXPECT_TRUE(torch::allclose(g_whole, g_shares, 1e-6, 1e-7));
+}
