@@ -6,6 +6,8 @@
 #include <stdexcept>
 
 #include "csrc/config/recipe_loader.h"
+#include "hf/export_rules.h"
+#include "hf/weights.h"
 
 namespace moetrain::hf {
 namespace {
@@ -13,35 +15,10 @@ namespace {
 using config::RoutingConfig;
 using nlohmann::json;
 
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string out = "(";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + ")";
-}
-
-std::string join(const std::vector<int64_t>& v) {
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
-  return out;
-}
-
-// "model.moe_layer_freq = 2" or "model.moe_layers = [0, 2]": the field that made some layers dense.
-std::string moe_layers_field(const config::ModelConfig& m) {
-  if (m.moe_layers_size() > 0) return "model.moe_layers = [" + join({m.moe_layers().begin(), m.moe_layers().end()}) + "]";
-  return "model.moe_layer_freq = " + std::to_string(m.moe_layer_freq());
-}
-
-torch::Tensor param(const model::TransformerImpl& model, const std::string& name) {
-  auto params = model.named_parameters();
-  const torch::Tensor* t = params.find(name);
-  if (!t) throw std::logic_error("moetrain model has no parameter " + name + " (a bug in hf/mixtral.cpp)");
-  return t->detach();
 }
 
 }  // namespace
@@ -50,10 +27,7 @@ std::vector<std::string> mixtral_export_problems(const config::Recipe& recipe, c
   const auto& m = recipe.model();
   const auto& r = recipe.routing();
   std::vector<std::string> out;
-  std::vector<int64_t> dense;
-  for (size_t l = 0; l < model.options().is_moe.size(); ++l)
-    if (!model.options().is_moe[l]) dense.push_back(static_cast<int64_t>(l));
-  if (!dense.empty()) {
+  if (const auto dense = dense_layers(model); !dense.empty()) {
     out.push_back(moe_layers_field(m) + ": layers " + join(dense) +
                   " are dense SwiGLU layers; Mixtral has a routed MoE block in every layer (model.moe_layer_freq 1, or "
                   "every layer listed in model.moe_layers)");
@@ -62,54 +36,11 @@ std::vector<std::string> mixtral_export_problems(const config::Recipe& recipe, c
     out.push_back("model.num_shared_experts = " + std::to_string(m.num_shared_experts()) +
                   ": Mixtral has no shared (always-on) experts; it supports 0");
   }
-  if (r.router_type() != RoutingConfig::TOPK) {
-    out.push_back("routing.router_type = " + RoutingConfig::RouterType_Name(r.router_type()) +
-                  ": Mixtral routes every token to its top-k experts by a learned linear router (TOPK)");
-  }
-  if (r.score_function() != RoutingConfig::SOFTMAX) {
-    out.push_back("routing.score_function = " + RoutingConfig::ScoreFunction_Name(r.score_function()) +
-                  ": Mixtral scores experts with a softmax over all experts (SOFTMAX)");
-  }
   if (r.score_function() == RoutingConfig::SOFTMAX && r.topk_order() == RoutingConfig::SOFTMAX_THEN_TOPK && !r.normalize_gates()) {
     out.push_back("routing.normalize_gates = false: Mixtral renormalises the k selected probabilities to sum to 1 "
                   "(normalize_gates true; topk_order TOPK_THEN_SOFTMAX computes the same gates)");
   }
-  if (r.gate_scale() != 1.0) {
-    out.push_back("routing.gate_scale = " + num(r.gate_scale()) + ": Mixtral applies no gate scaling factor; it supports 1");
-  }
-  if (r.num_groups() > 1) {
-    out.push_back("routing.num_groups = " + std::to_string(r.num_groups()) +
-                  ": Mixtral has no group-limited routing; every token may use any expert (num_groups 0)");
-  }
-  // Aux-loss-free balancing adds a per-expert bias to the selection scores: Mixtral's router has none.
-  std::vector<int64_t> biased;
-  double max_bias = 0;
-  const auto buffers = model.named_buffers();
-  for (size_t l = 0; l < model.options().is_moe.size(); ++l) {
-    if (!model.options().is_moe[l]) continue;
-    const torch::Tensor* b = buffers.find("layers." + std::to_string(l) + ".moe.router.expert_bias");
-    if (b && b->numel() > 0) {
-      const double m_abs = b->abs().max().item<double>();
-      if (m_abs != 0) biased.push_back(static_cast<int64_t>(l)), max_bias = std::max(max_bias, m_abs);
-    }
-  }
-  if (!biased.empty()) {
-    out.push_back("routing.bias_update_rate = " + num(r.bias_update_rate()) + ": the expert selection biases of layers " +
-                  join(biased) + " are non-zero (max |bias| " + num(max_bias) +
-                  ") and change which experts tokens select; Mixtral's router has no selection bias (export a model "
-                  "trained with bias_update_rate 0)");
-  }
-  return out;
-}
-
-std::vector<std::string> mixtral_export_notes(const config::Recipe& recipe) {
-  std::vector<std::string> out;
-  const auto& r = recipe.routing();
-  if (r.eval_capacity_factor() > 0) {
-    out.push_back("routing.eval_capacity_factor = " + num(r.eval_capacity_factor()) +
-                  ": moetrain evaluates this recipe with an expert capacity, Mixtral is dropless; its outputs equal "
-                  "moetrain's with eval_capacity_factor 0");
-  }
+  for (auto& p : routing_problems(recipe, model, "Mixtral")) out.push_back(std::move(p));
   return out;
 }
 
@@ -157,29 +88,28 @@ io::NamedTensors mixtral_tensors(const model::TransformerImpl& model) {
   }
   const int64_t D = o.d_model;
   io::NamedTensors out;
-  out.emplace_back("model.embed_tokens.weight", param(model, "embed.weight"));
+  out.emplace_back("model.embed_tokens.weight", parameter(model, "embed.weight"));
   for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
-    out.emplace_back(hf + "input_layernorm.weight", param(model, ours + "attn_norm.weight"));
-    const auto qkv = param(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
+    out.emplace_back(hf + "input_layernorm.weight", parameter(model, ours + "attn_norm.weight"));
+    const auto qkv = parameter(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
     out.emplace_back(hf + "self_attn.q_proj.weight", qkv.narrow(0, 0, D).contiguous());
     out.emplace_back(hf + "self_attn.k_proj.weight", qkv.narrow(0, D, D).contiguous());
     out.emplace_back(hf + "self_attn.v_proj.weight", qkv.narrow(0, 2 * D, D).contiguous());
-    out.emplace_back(hf + "self_attn.o_proj.weight", param(model, ours + "attn.wo.weight"));
-    out.emplace_back(hf + "post_attention_layernorm.weight", param(model, ours + "ffn_norm.weight"));
-    out.emplace_back(hf + "block_sparse_moe.gate.weight", param(model, ours + "moe.router.weight"));
+    out.emplace_back(hf + "self_attn.o_proj.weight", parameter(model, ours + "attn.wo.weight"));
+    out.emplace_back(hf + "post_attention_layernorm.weight", parameter(model, ours + "ffn_norm.weight"));
+    out.emplace_back(hf + "block_sparse_moe.gate.weight", parameter(model, ours + "moe.router.weight"));
     // Ours: x·W with W (E, in, out); Mixtral's nn.Linear: x·Wᵀ with W (out, in).
-    const auto w1 = param(model, ours + "moe.experts.w1"), w3 = param(model, ours + "moe.experts.w3"),
-               w2 = param(model, ours + "moe.experts.w2");
-    for (int64_t e = 0; e < w1.size(0); ++e) {
+    const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged
+    for (int64_t e = 0; e < w.w1_EDF.size(0); ++e) {
       const std::string ex = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
-      out.emplace_back(ex + "w1.weight", w1[e].t().contiguous());
-      out.emplace_back(ex + "w2.weight", w2[e].t().contiguous());
-      out.emplace_back(ex + "w3.weight", w3[e].t().contiguous());
+      out.emplace_back(ex + "w1.weight", w.w1_EDF[e].t().contiguous());
+      out.emplace_back(ex + "w2.weight", w.w2_EFD[e].t().contiguous());
+      out.emplace_back(ex + "w3.weight", w.w3_EDF[e].t().contiguous());
     }
   }
-  out.emplace_back("model.norm.weight", param(model, "norm.weight"));
-  if (!o.tie_embeddings) out.emplace_back("lm_head.weight", param(model, "lm_head.weight"));
+  out.emplace_back("model.norm.weight", parameter(model, "norm.weight"));
+  if (!o.tie_embeddings) out.emplace_back("lm_head.weight", parameter(model, "lm_head.weight"));
   return out;
 }
 

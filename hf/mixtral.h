@@ -40,10 +40,6 @@ struct SpecialTokens {
 // line each naming the recipe field, its value and what Mixtral supports. Empty = exportable.
 std::vector<std::string> mixtral_export_problems(const config::Recipe& recipe, const model::TransformerImpl& model);
 
-// Lines worth telling the user about an exportable recipe (differences that do not change the exported
-// model's outputs, such as an evaluation capacity).
-std::vector<std::string> mixtral_export_notes(const config::Recipe& recipe);
-
 // config.json of the recipe's model (call mixtral_export_problems first).
 nlohmann::json mixtral_config(const config::Recipe& recipe, const SpecialTokens& special);
 

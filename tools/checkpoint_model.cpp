@@ -33,12 +33,6 @@ std::string resolve_step_dir(const std::string& path, const std::string& flag) {
 
 }  // namespace
 
-std::string model_section(const config::Recipe& recipe) {
-  config::Recipe only_model;
-  *only_model.mutable_model() = recipe.model();
-  return config::to_text(only_model);
-}
-
 CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag) {
   CheckpointModel out;
   out.dir = resolve_step_dir(path, flag);
@@ -56,9 +50,9 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
   config::fill_defaults(out.recipe);
   out.step = out.manifest.value("step", int64_t{0});
 
-  out.model = model::Transformer(model::TransformerOptions::from_recipe(out.recipe.model(), out.recipe.routing()));
-  // Every model tensor of the checkpoint must land somewhere: a tensor this model lacks (an adapter, say)
-  // would otherwise be ignored silently and the results would describe another model.
+  out.model = model::Transformer(model::TransformerOptions::from_recipe(out.recipe));  // with LoRA adapters, if any
+  // Every model tensor of the checkpoint must land somewhere: a tensor this model lacks would otherwise
+  // be ignored silently and the results would describe another model.
   std::set<std::string> ours;
   for (const auto& p : out.model->named_parameters()) ours.insert("model/" + p.key());
   for (const auto& b : out.model->named_buffers()) ours.insert("model/" + b.key());
@@ -69,7 +63,7 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
     }
   }
   // Only load() is used, which reads the directory it is given (the run directory argument is unused).
-  trainer::Checkpointer checkpointer(out.dir, 1, model_section(out.recipe), recipe_text, /*mesh=*/nullptr);
+  trainer::Checkpointer checkpointer(out.dir, 1, trainer::model_section_text(out.recipe), recipe_text, /*mesh=*/nullptr);
   trainer::LoadOptions options;
   options.optimizer = false;
   options.train_state = false;

@@ -16,7 +16,8 @@ struct CheckpointModel {
   config::Recipe recipe;
   nlohmann::json manifest;
   int64_t step = 0;
-  model::Transformer model{nullptr};  // one process (no expert or tensor parallelism), evaluation mode
+  // One process (no expert or tensor parallelism), evaluation mode; LoRA adapters of finetune.lora included.
+  model::Transformer model{nullptr};
 };
 
 // `path`: a step_* directory, or a run directory (its checkpoints/latest is used). `flag` names the
@@ -24,8 +25,5 @@ struct CheckpointModel {
 // checkpoint there, when the manifest has no recipe, or when the checkpoint holds tensors the model
 // built from its recipe does not have.
 CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag);
-
-// The text the checkpoint digest is computed from: the recipe's model section (as trainer.cpp does).
-std::string model_section(const config::Recipe& recipe);
 
 }  // namespace moetrain::tools

@@ -1,10 +1,12 @@
-// moe-export --checkpoint STEP_DIR --out HF_DIR [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]
-// Writes a Hugging Face Mixtral directory (docs/huggingface.md) from a moetrain checkpoint saved in any
+// moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]
+//            [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]
+// Writes a Hugging Face model directory (docs/huggingface.md) from a moetrain checkpoint saved in any
 // parallel layout: config.json, generation_config.json, model.safetensors (or shards of at most
 // --max-shard-bytes tensor bytes + model.safetensors.index.json), and the SentencePiece tokenizer
-// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). Refuses, naming the recipe field,
-// any model Mixtral does not compute exactly. The directory appears complete or not at all (written
-// as HF_DIR.tmp-<pid>, then renamed).
+// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). The format is Mixtral when it
+// computes the model exactly, else Qwen2-MoE (dense layers, shared experts, unnormalised gates);
+// anything neither computes exactly is refused, naming the recipe field. The directory appears
+// complete or not at all (written as HF_DIR.tmp-<pid>, then renamed).
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,16 +18,21 @@
 #include <optional>
 #include <string>
 
+#include "hf/export_rules.h"
 #include "hf/mixtral.h"
+#include "hf/qwen2_moe.h"
 #include "hf/tokenizer.h"
 #include "tools/checkpoint_model.h"
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
+    "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]\n"
+    "                  [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
     "  --checkpoint DIR       RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
     "  --out HF_DIR           new directory for the Hugging Face model (must not exist, or be empty)\n"
+    "  --format F             mixtral (MixtralForCausalLM), qwen2_moe (Qwen2MoeForCausalLM: dense layers, shared\n"
+    "                         experts, unnormalised gates), or auto (default): mixtral when exact, else qwen2_moe\n"
     "  --tokenizer FILE       SentencePiece model to ship (default: the recipe's data.tokenizer)\n"
     "  --no-tokenizer         export the weights and configs only\n"
     "  --max-shard-bytes N    largest weight file; bigger models get shards + model.safetensors.index.json\n"
@@ -70,7 +77,7 @@ void write_json(const std::string& path, const nlohmann::json& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string checkpoint, out, tokenizer, shard_arg;
+  std::string checkpoint, out, tokenizer, shard_arg, format = "auto";
   bool no_tokenizer = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -86,6 +93,7 @@ int main(int argc, char** argv) {
                          : arg == "--out"             ? &out
                          : arg == "--tokenizer"       ? &tokenizer
                          : arg == "--max-shard-bytes" ? &shard_arg
+                         : arg == "--format"          ? &format
                                                       : nullptr;
     if (!slot) return usage_error("unknown argument \"" + arg + "\"");
     if (i + 1 >= argc) return usage_error(arg + " needs a value");
@@ -94,6 +102,9 @@ int main(int argc, char** argv) {
   if (checkpoint.empty()) return usage_error("--checkpoint is required (a step_* directory or a run directory)");
   if (out.empty()) return usage_error("--out is required (a new directory for the Hugging Face model)");
   if (no_tokenizer && !tokenizer.empty()) return usage_error("--tokenizer and --no-tokenizer exclude each other; pass one");
+  if (format != "auto" && format != "mixtral" && format != "qwen2_moe") {
+    return usage_error("--format " + format + ": expected auto, mixtral or qwen2_moe");
+  }
   int64_t max_shard_bytes = 5000000000LL;
   if (!shard_arg.empty()) {
     try {
@@ -113,15 +124,31 @@ int main(int argc, char** argv) {
   const std::string tmp = out + ".tmp-" + std::to_string(::getpid());
   try {
     auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint");
-    const auto problems = moetrain::hf::mixtral_export_problems(cm.recipe, *cm.model);
+    // The format: Mixtral when it is exact (and asked for, or auto), else Qwen2-MoE.
+    const auto mixtral_problems = moetrain::hf::mixtral_export_problems(cm.recipe, *cm.model);
+    const bool mixtral = format == "mixtral" || (format == "auto" && mixtral_problems.empty());
+    const auto problems = mixtral ? mixtral_problems : moetrain::hf::qwen2_moe_export_problems(cm.recipe, *cm.model);
+    const std::string target = mixtral ? "Mixtral" : "Qwen2-MoE";
     if (!problems.empty()) {
-      std::string text = "--checkpoint " + cm.dir + ": Hugging Face Mixtral cannot represent this model exactly:";
+      std::string text = "--checkpoint " + cm.dir + ": " +
+                         (format == "auto" ? std::string("neither Hugging Face Mixtral nor Qwen2-MoE can")
+                                           : "Hugging Face " + target + " cannot") +
+                         " represent this model exactly:";
       for (const auto& p : problems) text += "\n  " + p;
-      text += "\nMixtral: an MoE block in every layer, softmax over all experts, top-k, gates renormalised to sum to 1, "
-              "no shared experts, no selection bias, no gate scaling.";
+      text += mixtral ? "\nMixtral: an MoE block in every layer, softmax over all experts, top-k, gates renormalised to sum "
+                        "to 1, no shared experts, no selection bias, no gate scaling."
+                      : "\nQwen2-MoE: softmax over all experts, top-k (gates renormalised or not), dense layers and a shared "
+                        "expert allowed, no selection bias, no gate scaling." +
+                            std::string(format == "auto" ? " (--format mixtral lists Mixtral's own limits.)" : "");
       throw std::runtime_error(text);
     }
-    for (const auto& note : moetrain::hf::mixtral_export_notes(cm.recipe)) std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
+    if (!mixtral && format == "auto") {
+      std::string why;
+      for (const auto& p : mixtral_problems) why += "\n  " + p;
+      std::fprintf(stderr, "moe-export: note: exporting as Qwen2-MoE (Qwen2MoeForCausalLM); Mixtral cannot hold this model:%s\n",
+                   why.c_str());
+    }
+    for (const auto& note : moetrain::hf::export_notes(cm.recipe, target)) std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
 
     // The tokenizer: read (and checked against the model) before anything is written.
     std::optional<moetrain::hf::SentencePieceModel> sp;
@@ -148,13 +175,14 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--out " + out + ": cannot create " + tmp + " (" + std::strerror(errno) +
                                "); check that the parent directory exists and is writable");
     }
-    write_json(tmp + "/config.json", moetrain::hf::mixtral_config(cm.recipe, special));
+    write_json(tmp + "/config.json", mixtral ? moetrain::hf::mixtral_config(cm.recipe, special)
+                                             : moetrain::hf::qwen2_moe_config(cm.recipe, *cm.model, special));
     nlohmann::json generation = {{"_from_model_config", true}};
     if (special.bos >= 0) generation["bos_token_id"] = special.bos;
     if (special.eos >= 0) generation["eos_token_id"] = special.eos;
     if (special.pad >= 0) generation["pad_token_id"] = special.pad;
     write_json(tmp + "/generation_config.json", generation);
-    const auto tensors = moetrain::hf::mixtral_tensors(*cm.model);
+    const auto tensors = mixtral ? moetrain::hf::mixtral_tensors(*cm.model) : moetrain::hf::qwen2_moe_tensors(*cm.model);
     const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
     if (sp) moetrain::hf::write_tokenizer_files(tmp, *sp, cm.recipe.model().vocab_size(), tokenizer, tokenizer_flag);
     if (exists(out)) ::rmdir(out.c_str());  // empty (checked above)
@@ -162,7 +190,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--out " + out + ": cannot rename " + tmp + " into place (" + std::strerror(errno) + ")");
     }
     const nlohmann::json summary = {{"out", out},
-                                    {"format", "mixtral"},
+                                    {"format", mixtral ? "mixtral" : "qwen2_moe"},
                                     {"checkpoint", cm.dir},
                                     {"step", cm.step},
                                     {"tensors", tensors.size()},

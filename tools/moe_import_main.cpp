@@ -19,7 +19,6 @@
 #include "csrc/config/recipe_loader.h"
 #include "hf/mixtral.h"
 #include "hf/tokenizer.h"
-#include "tools/checkpoint_model.h"
 #include "trainer/checkpoint.h"
 
 namespace {
@@ -102,7 +101,7 @@ int main(int argc, char** argv) {
         "#             --set finetune.init_from=" + run_dir + "\n" + recipe_text);
 
     torch::optim::AdamW optimizer(model->parameters());  // no state: a fresh start
-    moetrain::trainer::Checkpointer checkpointer(run_dir, recipe.checkpoint().keep_last(), moetrain::tools::model_section(recipe),
+    moetrain::trainer::Checkpointer checkpointer(run_dir, recipe.checkpoint().keep_last(), moetrain::trainer::model_section_text(recipe),
                                                  recipe_text, /*mesh=*/nullptr);
     const std::string saved = checkpointer.save(moetrain::trainer::TrainState{}, *model, optimizer);
 
