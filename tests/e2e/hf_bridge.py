@@ -5,9 +5,11 @@
 (b) a random MixtralForCausalLM (save_pretrained: sharded per-expert layout, and transformers 5's fused
     layout; tied embeddings) imported with moe-import scores, under moe-eval, the loss transformers
     computes on the same windows, within 1e-4 relative; the windows are rebuilt here from the shards;
-(c) export refuses what Mixtral cannot represent, naming the recipe fields; import refuses GQA; the
-    tools' bad inputs name the flag and the fix;
-(d) export (sharded, with index) -> import gives bit-identical tensors."""
+(c) export refuses what Mixtral (--format mixtral) and Qwen2-MoE cannot represent, naming the recipe
+    fields; import refuses GQA; the tools' bad inputs name the flag and the fix;
+(d) export (sharded, with index) -> import gives bit-identical tensors;
+(e) dense layers, a shared expert and unnormalised gates export as Qwen2-MoE, whose logits match;
+(f) a LoRA fine-tuned checkpoint exports with the adapters merged, and its logits match."""
 import glob
 import json
 import os
@@ -178,9 +180,10 @@ refused = os.path.join(root, "refused")
 moe_train(refused, FAST[1:] + ["train.steps=2", "model.moe_layer_freq=2", "model.num_shared_experts=1",
                                "routing.score_function=SIGMOID", "routing.gate_scale=2.5", "routing.num_groups=2",
                                "routing.group_topk=1", "routing.bias_update_rate=0.01"])
-proc = tool("moe-export", "--checkpoint", refused, "--out", os.path.join(root, "hf_refused"), check_rc=False)
+proc = tool("moe-export", "--checkpoint", refused, "--out", os.path.join(root, "hf_refused"), "--format", "mixtral",
+            check_rc=False)
 check(proc.returncode == 1, f"refused export exits 1, got {proc.returncode}")
-for text in ["Hugging Face Mixtral cannot represent this model exactly",
+for text in ["Hugging Face Mixtral cannot represent this model exactly:",
              "model.moe_layer_freq = 2: layers 1, 3 are dense SwiGLU layers",
              "model.num_shared_experts = 1: Mixtral has no shared (always-on) experts",
              "routing.score_function = SIGMOID: Mixtral scores experts with a softmax over all experts",
@@ -188,11 +191,17 @@ for text in ["Hugging Face Mixtral cannot represent this model exactly",
              "routing.num_groups = 2: Mixtral has no group-limited routing",
              "routing.bias_update_rate = 0.01: the expert selection biases of layers 0, 2 are non-zero"]:
     check(text in proc.stderr, f"refusal message lacks {text!r}:\n{proc.stderr}")
+proc = tool("moe-export", "--checkpoint", refused, "--out", os.path.join(root, "hf_refused"), check_rc=False)
+for text in ["neither Hugging Face Mixtral nor Qwen2-MoE can represent this model exactly:",
+             "routing.score_function = SIGMOID: Qwen2-MoE scores experts with a softmax over all experts",
+             "routing.bias_update_rate = 0.01: the expert selection biases of layers 0, 2 are non-zero"]:
+    check(text in proc.stderr, f"refusal message lacks {text!r}:\n{proc.stderr}")
+check("dense SwiGLU" not in proc.stderr, "Qwen2-MoE takes dense layers")
 check(not os.path.exists(os.path.join(root, "hf_refused")), "nothing written for a refused export")
 refused2 = os.path.join(root, "refused2")
 moe_train(refused2, FAST[1:] + ["train.steps=1", "routing.router_type=HASH", "routing.aux_loss_coeff=0"])
 proc = tool("moe-export", "--checkpoint", refused2, "--out", os.path.join(root, "hf_refused2"), check_rc=False)
-check("routing.router_type = HASH: Mixtral routes every token to its top-k experts" in proc.stderr, proc.stderr)
+check("routing.router_type = HASH: Qwen2-MoE routes every token to its top-k experts" in proc.stderr, proc.stderr)
 print("(c) export refuses:\n" + proc.stderr.strip())
 
 gqa = os.path.join(root, "gqa")
@@ -249,4 +258,36 @@ for k in src_model:
     check(torch.equal(src_model[k], back_model[k]), f"round trip changed {k}")
 check(not any(k.startswith("optim/") for k in back_tensors), "imported checkpoint has no optimizer state")
 print(f"(d) export -> import: {len(src_model)} tensors bit-identical")
+
+
+def logit_difference(hf_path, run_dir, expected_class):
+    ours = moe_eval(run_dir, "--dump-logits", dump, "--dump-sequences", "4")
+    hf = AutoModelForCausalLM.from_pretrained(hf_path, dtype=torch.float32).eval()
+    check(type(hf).__name__ == expected_class, f"{hf_path} loads as {type(hf).__name__}")
+    with torch.no_grad():
+        return (hf(input_ids=reference_windows[:4, :SEQ]).logits - load_file(dump)["logits"]).abs().max().item(), ours
+
+
+# ---- (e) dense layers, shared expert, unnormalised gates -> Qwen2-MoE -------------------------------------
+qwen = os.path.join(root, "qwen")
+moe_train(qwen, FAST + ["model.moe_layer_freq=2", "model.num_shared_experts=1", "routing.normalize_gates=false"])
+proc = tool("moe-export", "--checkpoint", qwen, "--out", os.path.join(root, "hf_qwen"))
+check(json.loads(proc.stdout)["format"] == "qwen2_moe" and "exporting as Qwen2-MoE" in proc.stderr, proc.stderr)
+qwen_diff, _ = logit_difference(os.path.join(root, "hf_qwen"), qwen, "Qwen2MoeForCausalLM")
+print(f"(e) dense layers 1, 3 + shared expert + unnormalised gates as Qwen2-MoE: max logit difference {qwen_diff:.3g}")
+check(qwen_diff < 1e-4, f"Qwen2-MoE logits differ by {qwen_diff}")
+tool("moe-export", "--checkpoint", run, "--out", os.path.join(root, "hf_qwen_forced"), "--format", "qwen2_moe")
+forced_diff, _ = logit_difference(os.path.join(root, "hf_qwen_forced"), run, "Qwen2MoeForCausalLM")
+print(f"(e) the (a) model as Qwen2-MoE (all-zero shared expert): max logit difference {forced_diff:.3g}")
+check(forced_diff < 1e-4, f"Qwen2-MoE without shared experts: logits differ by {forced_diff}")
+
+# ---- (f) LoRA adapters merged at export -----------------------------------------------------------------
+lora = os.path.join(root, "lora")
+moe_train(lora, FAST[1:] + ["train.steps=3", f"finetune.init_from={run}", "finetune.lora.rank=4"])
+proc = tool("moe-export", "--checkpoint", lora, "--out", os.path.join(root, "hf_lora"))
+check("the adapters are merged into the expert weights" in proc.stderr, proc.stderr)
+lora_diff, _ = logit_difference(os.path.join(root, "hf_lora"), lora, "MixtralForCausalLM")
+base_diff, _ = logit_difference(hf_dir, lora, "MixtralForCausalLM")
+print(f"(f) LoRA merged: max logit difference {lora_diff:.3g} (the base model's export differs by {base_diff:.3g})")
+check(lora_diff < 1e-4 and base_diff > 1e-3, f"LoRA export: {lora_diff}, base {base_diff}")
 print("ok")
