@@ -100,7 +100,7 @@ io::NamedTensors mixtral_tensors(const model::TransformerImpl& model) {
     out.emplace_back(hf + "post_attention_layernorm.weight", parameter(model, ours + "ffn_norm.weight"));
     out.emplace_back(hf + "block_sparse_moe.gate.weight", parameter(model, ours + "moe.router.weight"));
     // Ours: x·W with W (E, in, out); Mixtral's nn.Linear: x·Wᵀ with W (out, in).
-    const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged
+    const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged beforehand (merge_adapters)
     for (int64_t e = 0; e < w.w1_EDF.size(0); ++e) {
       const std::string ex = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
       out.emplace_back(ex + "w1.weight", w.w1_EDF[e].t().contiguous());

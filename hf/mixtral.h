@@ -44,7 +44,8 @@ std::vector<std::string> mixtral_export_problems(const config::Recipe& recipe, c
 nlohmann::json mixtral_config(const config::Recipe& recipe, const SpecialTokens& special);
 
 // The model's weights under Mixtral's names in the layout above, in file order. `model` is a
-// one-process model (no expert or tensor parallelism): every tensor is global.
+// one-process model (no expert or tensor parallelism): every tensor is global; LoRA adapters must be
+// merged first (hf::merge_adapters).
 io::NamedTensors mixtral_tensors(const model::TransformerImpl& model);
 
 // Model and routing sections equivalent to a Mixtral config.json (every other section at its

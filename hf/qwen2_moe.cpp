@@ -95,7 +95,7 @@ io::NamedTensors qwen2_moe_tensors(const model::TransformerImpl& model) {
       continue;
     }
     out.emplace_back(hf + "mlp.gate.weight", parameter(model, ours + "moe.router.weight"));
-    const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged
+    const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged beforehand (merge_adapters)
     for (int64_t e = 0; e < w.w1_EDF.size(0); ++e) {
       const std::string ex = hf + "mlp.experts." + std::to_string(e) + ".";
       out.emplace_back(ex + "gate_proj.weight", w.w1_EDF[e].t().contiguous());

@@ -34,7 +34,8 @@ std::vector<std::string> qwen2_moe_export_problems(const config::Recipe& recipe,
 // config.json (call qwen2_moe_export_problems first).
 nlohmann::json qwen2_moe_config(const config::Recipe& recipe, const model::TransformerImpl& model, const SpecialTokens& special);
 
-// The weights under Qwen2-MoE's names, in file order; `model` is a one-process model.
+// The weights under Qwen2-MoE's names, in file order; `model` is a one-process model with any LoRA
+// adapters merged (hf::merge_adapters).
 io::NamedTensors qwen2_moe_tensors(const model::TransformerImpl& model);
 
 }  // namespace moetrain::hf

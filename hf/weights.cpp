@@ -12,24 +12,21 @@ torch::Tensor parameter(const model::TransformerImpl& model, const std::string& 
 }
 
 ExpertWeights expert_weights(const model::TransformerImpl& model, int64_t layer) {
-  torch::NoGradGuard no_grad;
   const std::string prefix = "layers." + std::to_string(layer) + ".moe.experts.";
   const auto params = model.named_parameters();
-  const double scale = model.options().moe.lora.rank > 0 ? model.options().moe.lora.scale() : 0.0;
-  auto merged = [&](const std::string& w) {
-    torch::Tensor out = parameter(model, prefix + w);
-    const torch::Tensor* a = params.find(prefix + w + "_lora_a");
+  for (const char* w : {"w1", "w3", "w2"}) {
     const torch::Tensor* b = params.find(prefix + w + "_lora_b");
-    if (a && b) out = out + torch::bmm(*a, *b) * scale;  // (E, in, rank)·(E, rank, out)
-    return out.detach();
-  };
-  return {merged("w1"), merged("w3"), merged("w2")};
+    if (b && b->abs().max().item<double>() != 0) {
+      throw std::logic_error(prefix + w + " has an unmerged LoRA adapter; call hf::merge_adapters first");
+    }
+  }
+  return {parameter(model, prefix + "w1"), parameter(model, prefix + "w3"), parameter(model, prefix + "w2")};
 }
 
-bool has_adapters(const model::TransformerImpl& model) {
-  for (const auto& p : model.named_parameters())
-    if (p.key().find("_lora_") != std::string::npos) return true;
-  return false;
+bool merge_adapters(model::TransformerImpl& model) {
+  if (model.options().moe.lora.rank <= 0) return false;
+  for (auto& layer : model.moe_layers()) layer->experts->merge_adapters();
+  return true;
 }
 
 }  // namespace moetrain::hf

@@ -10,15 +10,17 @@ namespace moetrain::hf {
 // A parameter by its moetrain name (detached); throws std::logic_error when absent (a mapping bug).
 torch::Tensor parameter(const model::TransformerImpl& model, const std::string& name);
 
-// The routed experts of one MoE layer as they compute: (E, D, F) gate, (E, D, F) up, (E, F, D) down,
-// each x·W. With LoRA adapters (finetune.lora) the update is merged: W + (alpha / rank)·A·B per expert,
-// A (E, in, rank), B (E, rank, out); equal to moetrain's x·W + scale·(x·A)·B up to rounding.
+// The routed experts of one MoE layer: (E, D, F) gate, (E, D, F) up, (E, F, D) down, each x·W.
+// LoRA adapters (finetune.lora) must have been folded in first (merge_adapters below); adapters with a
+// non-zero update are a std::logic_error, so an export can never drop them silently.
 struct ExpertWeights {
   torch::Tensor w1_EDF, w3_EDF, w2_EFD;
 };
 ExpertWeights expert_weights(const model::TransformerImpl& model, int64_t layer);
 
-// Whether the model carries LoRA adapters (they are merged by expert_weights).
-bool has_adapters(const model::TransformerImpl& model);
+// Folds every MoE layer's LoRA adapters into its expert weights, W += (alpha / rank)·A·B per expert
+// (moe::GroupedExpertsImpl::merge_adapters); the model then computes the same function (up to rounding)
+// with base weights alone. Returns whether there were adapters.
+bool merge_adapters(model::TransformerImpl& model);
 
 }  // namespace moetrain::hf

@@ -22,6 +22,7 @@
 #include "hf/mixtral.h"
 #include "hf/qwen2_moe.h"
 #include "hf/tokenizer.h"
+#include "hf/weights.h"
 #include "tools/checkpoint_model.h"
 
 namespace {
@@ -182,6 +183,7 @@ int main(int argc, char** argv) {
     if (special.eos >= 0) generation["eos_token_id"] = special.eos;
     if (special.pad >= 0) generation["pad_token_id"] = special.pad;
     write_json(tmp + "/generation_config.json", generation);
+    moetrain::hf::merge_adapters(*cm.model);  // LoRA runs: W += (alpha / rank)·A·B
     const auto tensors = mixtral ? moetrain::hf::mixtral_tensors(*cm.model) : moetrain::hf::qwen2_moe_tensors(*cm.model);
     const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
     if (sp) moetrain::hf::write_tokenizer_files(tmp, *sp, cm.recipe.model().vocab_size(), tokenizer, tokenizer_flag);
