@@ -1,7 +1,8 @@
 """An imported Hugging Face checkpoint loads into another parallel layout: a random MixtralForCausalLM,
 moe-import'ed, is resumed in place by one process (2 micro-batches per step) and by 2 MPI ranks with
 expert parallelism 2 (each rank one micro-batch): the per-step losses agree within 1e-5 relative, so the
-imported weights were resharded correctly (docs/huggingface.md)."""
+imported weights were resharded correctly; moe-eval then scores both final checkpoints (saved in their
+own layouts) alike (docs/huggingface.md)."""
 import json
 import os
 import shutil
@@ -45,4 +46,16 @@ print(f"per-step loss, 1 process: {a}\n              2 ranks EP2: {b}")
 check(len(a) == len(b) == 3, "three steps each")
 for step, (x, y) in enumerate(zip(a, b), 1):
     check(abs(x - y) <= 1e-5 * abs(x), f"step {step}: {x} vs {y}")
+
+# moe-eval reads each run's final checkpoint (saved in its own layout) into one process.
+scores = {}
+for name in layouts:
+    run = os.path.join(root, name.replace(" ", "_").replace(",", ""))
+    proc = subprocess.run([os.path.join(BIN, "moe-eval"), "--checkpoint", run, "--data", f"{CORPUS}/valid",
+                           "--seq-len", "64", "--sequences", "3"], capture_output=True, text=True)
+    check(proc.returncode == 0, f"moe-eval failed:\n{proc.stderr}")
+    scores[name] = json.loads(proc.stdout)["loss"]
+x, y = scores.values()
+print(f"moe-eval of the final checkpoints: 1 process {x}, saved by 2 ranks with EP 2 {y}")
+check(abs(x - y) <= 1e-5 * x, "moe-eval of checkpoints saved in two layouts")
 print("ok")
