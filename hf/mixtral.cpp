@@ -28,8 +28,9 @@ std::vector<std::string> mixtral_export_problems(const config::Recipe& recipe, c
   const auto& r = recipe.routing();
   std::vector<std::string> out;
   if (const auto dense = dense_layers(model); !dense.empty()) {
-    out.push_back(moe_layers_field(m) + ": layers " + join(dense) +
-                  " are dense SwiGLU layers; Mixtral has a routed MoE block in every layer (model.moe_layer_freq 1, or "
+    out.push_back(moe_layers_field(m) + (dense.size() == 1 ? ": layer " + join(dense) + " is a dense SwiGLU layer"
+                                                             : ": layers " + join(dense) + " are dense SwiGLU layers") +
+                  "; Mixtral has a routed MoE block in every layer (model.moe_layer_freq 1, or "
                   "every layer listed in model.moe_layers)");
   }
   if (m.num_shared_experts() > 0) {
