@@ -1,12 +1,14 @@
 // moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]
-//            [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]
+//            [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
 // Writes a Hugging Face model directory (docs/huggingface.md) from a moetrain checkpoint saved in any
 // parallel layout: config.json, generation_config.json, model.safetensors (or shards of at most
 // --max-shard-bytes tensor bytes + model.safetensors.index.json), and the SentencePiece tokenizer
 // (tokenizer.model, tokenizer_config.json, special_tokens_map.json). The format is Mixtral when it
 // computes the model exactly, else Qwen2-MoE (dense layers, shared experts, unnormalised gates);
 // anything neither computes exactly is refused, naming the recipe field. The directory appears
-// complete or not at all (written as HF_DIR.tmp-<pid>, then renamed).
+// complete or not at all (written as HF_DIR.tmp-<pid>, then renamed). A LoRA run exports merged
+// (W + (alpha/rank)·A·B); with --adapter-out, HF_DIR gets the base model and DIR the PEFT adapter
+// (hf/peft.h) that peft loads onto it.
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 
 #include "hf/export_rules.h"
 #include "hf/mixtral.h"
+#include "hf/peft.h"
 #include "hf/qwen2_moe.h"
 #include "hf/tokenizer.h"
 #include "hf/weights.h"
@@ -29,7 +32,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]\n"
-    "                  [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
+    "                  [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]\n"
     "  --checkpoint DIR       RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
     "  --out HF_DIR           new directory for the Hugging Face model (must not exist, or be empty)\n"
     "  --format F             mixtral (MixtralForCausalLM), qwen2_moe (Qwen2MoeForCausalLM: dense layers, shared\n"
@@ -37,7 +40,10 @@ constexpr const char* kUsage =
     "  --tokenizer FILE       SentencePiece model to ship (default: the recipe's data.tokenizer)\n"
     "  --no-tokenizer         export the weights and configs only\n"
     "  --max-shard-bytes N    largest weight file; bigger models get shards + model.safetensors.index.json\n"
-    "                         (default 5000000000)\n";
+    "                         (default 5000000000)\n"
+    "  --adapter-out DIR      LoRA runs (Mixtral format): write the base model to HF_DIR and the PEFT adapter\n"
+    "                         (adapter_config.json, adapter_model.safetensors) to DIR; without it the adapters\n"
+    "                         are merged into HF_DIR's expert weights\n";
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "moe-export: error: %s\n%s", message.c_str(), kUsage);
@@ -78,7 +84,7 @@ void write_json(const std::string& path, const nlohmann::json& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string checkpoint, out, tokenizer, shard_arg, format = "auto";
+  std::string checkpoint, out, tokenizer, shard_arg, format = "auto", adapter_out;
   bool no_tokenizer = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -95,6 +101,7 @@ int main(int argc, char** argv) {
                          : arg == "--tokenizer"       ? &tokenizer
                          : arg == "--max-shard-bytes" ? &shard_arg
                          : arg == "--format"          ? &format
+                         : arg == "--adapter-out"     ? &adapter_out
                                                       : nullptr;
     if (!slot) return usage_error("unknown argument \"" + arg + "\"");
     if (i + 1 >= argc) return usage_error(arg + " needs a value");
@@ -122,6 +129,11 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  if (!adapter_out.empty() && exists(adapter_out) && entries(adapter_out) != 0) {
+    std::fprintf(stderr, "moe-export: error: --adapter-out %s exists and is not empty; choose a new directory or remove it\n",
+                 adapter_out.c_str());
+    return 1;
+  }
   const std::string tmp = out + ".tmp-" + std::to_string(::getpid());
   try {
     auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint");
@@ -183,6 +195,15 @@ int main(int argc, char** argv) {
     if (special.eos >= 0) generation["eos_token_id"] = special.eos;
     if (special.pad >= 0) generation["pad_token_id"] = special.pad;
     write_json(tmp + "/generation_config.json", generation);
+    std::optional<moetrain::hf::PeftAdapter> adapter;
+    if (!adapter_out.empty()) {
+      if (!mixtral) throw std::runtime_error("--adapter-out: PEFT adapters are written for the Mixtral format only; this model exports as Qwen2-MoE (drop --adapter-out to export the merged model)");
+      adapter = moetrain::hf::mixtral_peft_adapter(*cm.model);  // throws when the run has no adapters
+      for (auto& p : cm.model->named_parameters()) {  // HF_DIR gets the base model: the adapters' update set to 0
+        torch::NoGradGuard no_grad;
+        if (p.key().size() > 7 && p.key().compare(p.key().size() - 7, 7, "_lora_b") == 0) p.value().zero_();
+      }
+    }
     moetrain::hf::merge_adapters(*cm.model);  // LoRA runs: W += (alpha / rank)·A·B
     const auto tensors = mixtral ? moetrain::hf::mixtral_tensors(*cm.model) : moetrain::hf::qwen2_moe_tensors(*cm.model);
     const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
@@ -191,7 +212,9 @@ int main(int argc, char** argv) {
     if (::rename(tmp.c_str(), out.c_str()) != 0) {
       throw std::runtime_error("--out " + out + ": cannot rename " + tmp + " into place (" + std::strerror(errno) + ")");
     }
+    if (adapter) moetrain::hf::write_peft_adapter(*adapter, adapter_out);
     const nlohmann::json summary = {{"out", out},
+                                    {"adapter", adapter ? nlohmann::json(adapter_out) : nlohmann::json(nullptr)},
                                     {"format", mixtral ? "mixtral" : "qwen2_moe"},
                                     {"checkpoint", cm.dir},
                                     {"step", cm.step},

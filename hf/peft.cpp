@@ -1,0 +1,74 @@
+#include "hf/peft.h"
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace moetrain::hf {
+namespace {
+
+// (E, in, ρ) adapter A, or zeros when the projection has none.
+torch::Tensor or_zeros(const torch::Tensor& t, std::vector<int64_t> shape) { return t.defined() ? t.detach() : torch::zeros(shape); }
+
+}  // namespace
+
+PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
+  PeftAdapter out;
+  const auto& o = model.options();
+  const int64_t rho = o.moe.lora.rank;
+  if (rho <= 0) throw std::invalid_argument("the checkpoint has no LoRA adapters (finetune.lora.rank = 0): export the model without an adapter");
+  const int64_t E = o.moe.num_experts, D = o.d_model, F = o.moe.expert_hidden, r = 2 * rho;
+  size_t moe_index = 0;
+  const auto moe_layers = model.moe_layers();
+  for (int64_t layer = 0; layer < o.num_layers; ++layer) {
+    if (!o.is_moe[layer]) continue;
+    const auto& x = *moe_layers.at(moe_index++)->experts;
+    if (x.w1_EDF.size(0) != E) throw std::invalid_argument("PEFT export needs the whole model in one process (all experts)");
+    auto a1 = or_zeros(x.w1_lora_a, {E, D, rho}), b1 = or_zeros(x.w1_lora_b, {E, rho, F});
+    auto a3 = or_zeros(x.w3_lora_a, {E, D, rho}), b3 = or_zeros(x.w3_lora_b, {E, rho, F});
+    auto a2 = or_zeros(x.w2_lora_a, {E, F, rho}), b2 = or_zeros(x.w2_lora_b, {E, rho, D});
+    // gate_up_proj: A (E, r, D) → (E·r, D); B (2F, r, E) → (2F, r·E).
+    auto a_gu = torch::cat({a1.transpose(1, 2), a3.transpose(1, 2)}, 1).reshape({E * r, D});
+    auto b_gu = torch::zeros({2 * F, r, E});
+    b_gu.narrow(0, 0, F).narrow(1, 0, rho).copy_(b1.permute({2, 1, 0}));
+    b_gu.narrow(0, F, F).narrow(1, rho, rho).copy_(b3.permute({2, 1, 0}));
+    // down_proj: A (E, r, F) → (E·r, F); B (D, r, E) → (D, r·E).
+    auto a_d = torch::cat({a2.transpose(1, 2), torch::zeros({E, rho, F})}, 1).reshape({E * r, F});
+    auto b_d = torch::zeros({D, r, E});
+    b_d.narrow(1, 0, rho).copy_(b2.permute({2, 1, 0}));
+    // PEFT wraps gate_up_proj first (it is registered first), so down_proj's wrapper is the outer one.
+    const std::string prefix = "base_model.model.model.layers." + std::to_string(layer) + ".mlp.experts.";
+    out.tensors.emplace_back(prefix + "base_layer.lora_A.weight", a_gu.contiguous());
+    out.tensors.emplace_back(prefix + "base_layer.lora_B.weight", b_gu.reshape({2 * F, r * E}).contiguous());
+    out.tensors.emplace_back(prefix + "lora_A.weight", a_d.contiguous());
+    out.tensors.emplace_back(prefix + "lora_B.weight", b_d.reshape({D, r * E}).contiguous());
+  }
+  out.config = {{"peft_type", "LORA"},
+                {"task_type", nullptr},
+                {"base_model_name_or_path", nullptr},
+                {"r", r},
+                {"lora_alpha", 2.0 * o.moe.lora.alpha},
+                {"lora_dropout", 0.0},
+                {"bias", "none"},
+                {"fan_in_fan_out", false},
+                {"use_rslora", false},
+                {"use_dora", false},
+                {"init_lora_weights", true},
+                {"inference_mode", true},
+                {"target_modules", nlohmann::json::array()},
+                {"target_parameters", {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}},
+                {"rank_pattern", nlohmann::json::object()},
+                {"alpha_pattern", nlohmann::json::object()},
+                {"modules_to_save", nullptr},
+                {"auto_mapping", {{"base_model_class", "MixtralForCausalLM"},
+                                  {"parent_library", "transformers.models.mixtral.modeling_mixtral"}}}};
+  return out;
+}
+
+void write_peft_adapter(const PeftAdapter& adapter, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/adapter_config.json") << adapter.config.dump(2) << "\n";
+  io::write_file_synced(dir + "/adapter_model.safetensors", io::encode_safetensors(adapter.tensors, {{"format", "pt"}}));
+}
+
+}  // namespace moetrain::hf
