@@ -270,6 +270,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
                      {"optimizer_step", 0},
                      {"layout", {{"world", ranks.world()}, {"tp", ranks.tp()}, {"ep", ranks.ep()}, {"dp", ranks.world() / ranks.tp()}}},
                      {"model_digest", io::sha256_hex(model_section_)},
+                     {"recipe_digest", io::sha256_hex(recipe_text_)},
                      {"model_section", model_section_},
                      {"recipe", recipe_text_},
                      {"files", json::object()},

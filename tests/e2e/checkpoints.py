@@ -90,6 +90,24 @@ for name, run in copies.items():
     worst = close(ep2, run, f"EP=2 -> {name}", range(7, 11), 1e-5)
     print(f"ok: saved at EP=2, resumed at {name}: steps 7-10 agree, worst relative difference {worst:.2e}")
 
+# A corrupted byte in a shard: resuming with 2 ranks fails on every rank with the same message (the
+# first rank to report it ends the job, so one or both lines reach stderr).
+bad = fresh_dir("e2e_ckpt_corrupt")
+shutil.copytree(copies["ep1"], bad)
+shard = os.path.join(step_dir(bad, 10), "rank00000.safetensors")
+with open(shard, "r+b") as f:
+    f.seek(os.path.getsize(shard) - 3)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0xFF]))
+start = time.time()
+proc = train(bad, ["train.steps=12", "parallel.expert=2"], np=2, expect_ok=False)
+check(proc.returncode != 0 and time.time() - start < 120, f"corrupted shard: non-zero exit, no hang ({proc.returncode})")
+lines = [l for l in proc.stderr.splitlines() if "does not match its SHA-256" in l]
+check(len(lines) >= 1 and all(l.split("): ", 1)[1] == lines[0].split("): ", 1)[1] for l in lines),
+      f"the ranks report the corrupted shard with the same message:\n{proc.stderr}")
+print(f"ok: a corrupted shard stops the job ({len(lines)} rank(s) printed the same error before the job ended)")
+
 # 2. Offline reshard round trips are bitwise.
 src = step_dir(ep2, 6)
 for name, there, np_there in (("ep1", ["parallel.expert=1"], 1), ("tp2", ["parallel.expert=1", "parallel.tensor=2"], 2)):
