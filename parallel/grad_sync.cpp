@@ -23,7 +23,7 @@ bool is_expert_parameter(const std::string& name) { return name.find(".experts."
 
 bool is_tensor_parallel_parameter(const std::string& name) {
   return name.find(".attn.wqkv.") != std::string::npos || name.find(".attn.wo.") != std::string::npos ||
-         name.find(".mlp.") != std::string::npos;
+         name.find(".mlp.") != std::string::npos || name == "embed.weight" || name == "lm_head.weight";
 }
 
 namespace {

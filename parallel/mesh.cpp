@@ -35,6 +35,11 @@ void validate_tensor_parallel_recipe(const MeshSizes& s, const config::Recipe& r
     throw std::invalid_argument("parallel.tensor = " + tp + ": the tokens of a micro-batch (train.micro_batch_size × data.seq_len = " +
                                 std::to_string(tokens) + ") must split evenly over the tensor-parallel ranks");
   }
+  if (r.model().vocab_size() % s.tp != 0) {
+    throw std::invalid_argument("parallel.tensor = " + tp + ": model.vocab_size (" + std::to_string(r.model().vocab_size()) +
+                                ") must be divisible by it (the embedding and LM head are split by vocabulary rows); pad "
+                                "the vocabulary to a multiple of the tensor-parallel size");
+  }
   if (r.model().d_model() % s.tp != 0 || r.model().ffn_hidden() % s.tp != 0) {
     throw std::invalid_argument("parallel.tensor = " + tp + ": model.d_model (" + std::to_string(r.model().d_model()) +
                                 ") and model.ffn_hidden (" + std::to_string(r.model().ffn_hidden()) + ") must be divisible by it");

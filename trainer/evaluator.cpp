@@ -27,10 +27,7 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
         if (domain_load.size() <= l) domain_load.push_back(torch::zeros_like(c));
         domain_load[l] += c;
       }
-      domain_loss += torch::nn::functional::cross_entropy(
-                         logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}),
-                         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                         .item<double>();
+      domain_loss += model.token_losses(logits, targets).sum().item<double>();
       domain_tokens += targets.numel();
     }
     if (domain_tokens > 0) result.domain_loss.emplace_back(data.domains[d], domain_loss / domain_tokens);

@@ -333,7 +333,7 @@ TrainSummary Trainer::run() {
       // sequences, in the same routing groups, as one process with dp× the accumulation steps.
       auto batch = s_->train_data->batch(state.samples_consumed + (micro * dp + dp_rank) * mbs, mbs);  // (mbs, seq + 1)
       auto out = model.forward(batch.narrow(1, 0, seq));
-      auto lm = model::lm_loss(out.logits, batch.narrow(1, 1, seq));
+      auto lm = model.token_losses(out.logits, batch.narrow(1, 1, seq)).mean();
       auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);
       loss.backward();
       lm_sum += lm.item<double>();

@@ -22,6 +22,10 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
     box.global_view = {3, local_shape[0] / 3 * tp, local_shape[1]};
     box.offsets = {0, tr * local_shape[0] / 3, 0};
     if (tp > 1) box.kind = ShardBox::kTensorParallel;
+  } else if (tp > 1 && (name == "embed.weight" || name == "lm_head.weight")) {  // vocab parallel: rows
+    box.kind = ShardBox::kTensorParallel;
+    box.global_view[0] *= tp;
+    box.offsets[0] = tr * local_shape[0];
   } else if (tp > 1 && name.find(".mlp.") != std::string::npos && (ends_with(name, "w1.weight") || ends_with(name, "w3.weight"))) {
     box.kind = ShardBox::kTensorParallel;
     box.global_view[0] *= tp;

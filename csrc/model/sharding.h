@@ -4,6 +4,7 @@
 //   attn.wqkv.weight (3·D/tp, D) under TP:        viewed as (3, D, D), slice [tp_rank·D/tp, +D/tp) of dim 1
 //   mlp.w1/w3.weight (F/tp, D) under TP:          column parallel, slice of dim 0
 //   attn.wo / mlp.w2 weight (D, ·/tp) under TP:   row parallel, slice of dim 1
+//   embed.weight, lm_head.weight (V/tp, D) under TP: vocab parallel, rows [tp_rank·V/tp, +V/tp)
 //   everything else:                              the whole tensor (replicated)
 // A parameter's global tensor has shape `global_view` (wqkv is stored as (3, D, D) so that each TP
 // shard is one box); the process holds the box [offsets, offsets + local_view).

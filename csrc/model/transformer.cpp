@@ -85,26 +85,54 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& to
 }
 
 TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
-  embed = register_module("embed", torch::nn::Embedding(o.vocab_size, o.d_model));
+  const int64_t local_vocab = o.vocab_size / o.tp_size;  // vocab parallel under TP
+  embed = register_module("embed", torch::nn::Embedding(local_vocab, o.d_model));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < o.num_layers; ++l) layers->push_back(Block(o, o.is_moe.at(l)));
   norm = register_module("norm", RMSNorm(o.d_model, o.norm_eps));
   if (!o.tie_embeddings) {
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model, o.vocab_size).bias(false)));
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model, local_vocab).bias(false)));
   }
 }
 
 ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
   ModelOutput out;
-  auto x = embed(tokens_BS);
+  torch::Tensor x;
+  if (tp_) {  // vocab-parallel embedding: rows of other ranks' vocabulary count 0, then sum over tp
+    const int64_t local = embed->weight.size(0), first = tp_->rank() * local;
+    auto ids = tokens_BS - first;
+    auto mine = (ids >= 0) & (ids < local);
+    x = tp_->reduce_from_tp(embed(ids.clamp(0, local - 1)) * mine.unsqueeze(-1).to(embed->weight.scalar_type()));
+  } else {
+    x = embed(tokens_BS);
+  }
   out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
   out.z_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
   for (const auto& layer : *layers) {
     x = layer->as<Block>()->forward(x, tokens_BS, out);
   }
   x = norm(x);
+  if (tp_) x = tp_->copy_to_tp(x);  // column-parallel LM head: each rank its vocabulary slice
   out.logits = lm_head ? lm_head(x) : torch::linear(x, embed->weight);
   return out;
+}
+
+torch::Tensor TransformerImpl::token_losses(const torch::Tensor& logits, const torch::Tensor& targets) {
+  auto z = logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32);  // (T, V or V/tp)
+  auto t = targets.reshape({-1});
+  if (!tp_) {
+    return torch::nn::functional::cross_entropy(z, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  }
+  // Vocab-parallel cross-entropy: loss_t = logsumexp over the whole vocabulary − z_t[target].
+  // logsumexp: each rank's over its slice, all-gathered (backward: this rank's part), combined; the
+  // target logit lives on one rank: picked there, summed over tp (backward: identity).
+  const int64_t local = z.size(1), first = tp_->rank() * local, T = z.size(0);
+  auto lse_all = tp_->gather_tokens(torch::logsumexp(z, 1).unsqueeze(1)).view({tp_->size(), T});
+  auto lse = torch::logsumexp(lse_all, 0);
+  auto ids = t - first;
+  auto mine = (ids >= 0) & (ids < local);
+  auto picked = z.gather(1, ids.clamp(0, local - 1).unsqueeze(1)).squeeze(1) * mine.to(z.scalar_type());
+  return lse - tp_->reduce_from_tp(picked);
 }
 
 void BlockImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
@@ -116,6 +144,7 @@ void BlockImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
 
 void TransformerImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
   for (const auto& layer : *layers) layer->as<Block>()->set_tensor_parallel(tp);
+  tp_ = std::move(tp);
 }
 
 std::vector<moe::MoELayer> TransformerImpl::moe_layers() const {

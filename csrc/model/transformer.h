@@ -61,7 +61,13 @@ class TransformerImpl : public torch::nn::Module {
   std::vector<moe::MoELayer> moe_layers() const;  // in layer order
   // Installs the tensor-parallel communication in every layer (options().tp_size > 1).
   void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
+  // Cross-entropy of each token, fp32, flattened (B·S): logits from forward(), targets (B, S). Under
+  // tensor parallelism the logits are this rank's vocabulary slice and the loss is computed without
+  // gathering them (vocab-parallel cross-entropy); every tp rank returns the same values.
+  torch::Tensor token_losses(const torch::Tensor& logits, const torch::Tensor& targets);
 
+  // Under tensor parallelism (vocab parallel) each rank holds rows [tp_rank·V/tp, +V/tp) of the
+  // embedding and of the LM head, and forward() returns logits (B, S, V/tp) of that slice.
   torch::nn::Embedding embed{nullptr};  // (V, D)
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
@@ -69,6 +75,7 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   TransformerOptions options_;
+  std::shared_ptr<TensorParallelOps> tp_;
 };
 TORCH_MODULE(Transformer);
 
