@@ -84,21 +84,12 @@ json mixtral_config(const config::Recipe& recipe, const SpecialTokens& special) 
 
 io::NamedTensors mixtral_tensors(const model::TransformerImpl& model) {
   const auto& o = model.options();
-  if (o.tp_size != 1 || (o.moe.local_experts != 0 && o.moe.local_experts != o.moe.num_experts)) {
-    throw std::logic_error("mixtral_tensors needs a one-process model (tp 1, all experts local)");
-  }
-  const int64_t D = o.d_model;
+  require_one_process(model, "mixtral_tensors");
   io::NamedTensors out;
   out.emplace_back("model.embed_tokens.weight", parameter(model, "embed.weight"));
   for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
-    out.emplace_back(hf + "input_layernorm.weight", parameter(model, ours + "attn_norm.weight"));
-    const auto qkv = parameter(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
-    out.emplace_back(hf + "self_attn.q_proj.weight", qkv.narrow(0, 0, D).contiguous());
-    out.emplace_back(hf + "self_attn.k_proj.weight", qkv.narrow(0, D, D).contiguous());
-    out.emplace_back(hf + "self_attn.v_proj.weight", qkv.narrow(0, 2 * D, D).contiguous());
-    out.emplace_back(hf + "self_attn.o_proj.weight", parameter(model, ours + "attn.wo.weight"));
-    out.emplace_back(hf + "post_attention_layernorm.weight", parameter(model, ours + "ffn_norm.weight"));
+    append_attention(out, model, l, /*qkv_bias=*/false);
     out.emplace_back(hf + "block_sparse_moe.gate.weight", parameter(model, ours + "moe.router.weight"));
     // Ours: x·W with W (E, in, out); Mixtral's nn.Linear: x·Wᵀ with W (out, in).
     const ExpertWeights w = expert_weights(model, l);  // LoRA adapters merged beforehand (merge_adapters)

@@ -71,23 +71,13 @@ json qwen2_moe_config(const config::Recipe& recipe, const model::TransformerImpl
 
 io::NamedTensors qwen2_moe_tensors(const model::TransformerImpl& model) {
   const auto& o = model.options();
-  if (o.tp_size != 1 || (o.moe.local_experts != 0 && o.moe.local_experts != o.moe.num_experts)) {
-    throw std::logic_error("qwen2_moe_tensors needs a one-process model (tp 1, all experts local)");
-  }
+  require_one_process(model, "qwen2_moe_tensors");
   const int64_t D = o.d_model;
   io::NamedTensors out;
   out.emplace_back("model.embed_tokens.weight", parameter(model, "embed.weight"));
   for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
-    out.emplace_back(hf + "input_layernorm.weight", parameter(model, ours + "attn_norm.weight"));
-    const auto qkv = parameter(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
-    const char* names[] = {"q_proj", "k_proj", "v_proj"};
-    for (int i = 0; i < 3; ++i) {
-      out.emplace_back(hf + "self_attn." + names[i] + ".weight", qkv.narrow(0, i * D, D).contiguous());
-      out.emplace_back(hf + "self_attn." + names[i] + ".bias", torch::zeros({D}));
-    }
-    out.emplace_back(hf + "self_attn.o_proj.weight", parameter(model, ours + "attn.wo.weight"));
-    out.emplace_back(hf + "post_attention_layernorm.weight", parameter(model, ours + "ffn_norm.weight"));
+    append_attention(out, model, l, /*qkv_bias=*/true);
     if (!o.is_moe.at(l)) {  // dense SwiGLU: nn.Linear weights map one to one
       out.emplace_back(hf + "mlp.gate_proj.weight", parameter(model, ours + "mlp.w1.weight"));
       out.emplace_back(hf + "mlp.up_proj.weight", parameter(model, ours + "mlp.w3.weight"));

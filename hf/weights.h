@@ -3,12 +3,21 @@
 
 #include <string>
 
+#include "csrc/io/safetensors.h"
 #include "csrc/model/transformer.h"
 
 namespace moetrain::hf {
 
 // A parameter by its moetrain name (detached); throws std::logic_error when absent (a mapping bug).
 torch::Tensor parameter(const model::TransformerImpl& model, const std::string& name);
+
+// Throws std::logic_error naming `who` unless `model` is a one-process model (tp 1, all experts local).
+void require_one_process(const model::TransformerImpl& model, const std::string& who);
+
+// The attention half of layer `layer` under the Llama-style names both export formats share:
+// input_layernorm, self_attn.{q,k,v}_proj from the fused wqkv (3D, D) = [q; k; v] (with zero biases
+// when `qkv_bias`, as Qwen2-MoE's attention has them), self_attn.o_proj, post_attention_layernorm.
+void append_attention(io::NamedTensors& out, const model::TransformerImpl& model, int64_t layer, bool qkv_bias);
 
 // The routed experts of one MoE layer: (E, D, F) gate, (E, D, F) up, (E, F, D) down, each x·W.
 // LoRA adapters (finetune.lora) must have been folded in first (merge_adapters below); adapters with a
