@@ -4,7 +4,7 @@
    agree with the EP=2 run within 1e-5 relative (same global batch: one process accumulates 2 micro-batches
    where 2 data-parallel ranks read one each).
 2. Round trip: moe-ckpt reshard EP=2 -> EP=1 -> EP=2 and EP=2 -> TP=2 -> EP=2 give bitwise the same
-   global tensors (weights, expert biases, AdamW moments).
+   global tensors (weights, expert biases, AdamW moments); so does the chain EP=4 -> EP=2 -> EP=1.
 3. kill -9 of a rank while it writes a checkpoint: the job fails, `latest` still names the previous
    checkpoint, and running again resumes from it and reproduces the uninterrupted run bitwise.
 4. Preemption: SIGUSR1 to one rank stops every rank at the next step boundary with a checkpoint and exit
@@ -117,6 +117,19 @@ for name, there, np_there in (("ep1", ["parallel.expert=1"], 1), ("tp2", ["paral
          "--set", "parallel.tensor=1", np=2)
     n = same_tensors(src, step_dir(back, 6), f"EP=2 -> {name} -> EP=2")
     print(f"ok: EP=2 -> {name} -> EP=2 round trip: {n} global tensors bitwise identical")
+
+# EP=4 (4 ranks) -> EP=2 (2 ranks) -> EP=1 (one process): every step of the chain holds the same global
+# tensors, optimizer moments included.
+ep4 = fresh_dir("e2e_ckpt_ep4")
+train(ep4, ["train.steps=2", "parallel.expert=4"], np=4)
+ep4_to_2, ep2_to_1 = fresh_dir("e2e_ckpt_ep4_to_2"), fresh_dir("e2e_ckpt_ep2_to_1")
+ckpt("reshard", "--checkpoint", step_dir(ep4, 2), "--out", ep4_to_2, "--set", "parallel.expert=2", np=2)
+ckpt("reshard", "--checkpoint", step_dir(ep4_to_2, 2), "--out", ep2_to_1, "--set", "parallel.expert=1")
+same_tensors(step_dir(ep4, 2), step_dir(ep4_to_2, 2), "EP=4 -> EP=2")
+n = same_tensors(step_dir(ep4, 2), step_dir(ep2_to_1, 2), "EP=4 -> EP=2 -> EP=1")
+out = train(ep2_to_1, ["train.steps=3"])
+check("resumed from" in out.stdout, "the EP=1 result trains on")
+print(f"ok: EP=4 -> EP=2 -> EP=1: {n} global tensors bitwise identical at each step; training continues")
 
 # 3. kill -9 of rank 1 halfway through writing the step-4 checkpoint.
 straight = fresh_dir("e2e_ckpt_straight")
