@@ -7,7 +7,7 @@
    global tensors (weights, expert biases, AdamW moments); so does the chain EP=4 -> EP=2 -> EP=1.
 3. kill -9 of a rank while it writes a checkpoint: the job fails, `latest` still names the previous
    checkpoint, and running again resumes from it and reproduces the uninterrupted run bitwise.
-4. Preemption: SIGUSR1 to one rank stops every rank at the next step boundary with a checkpoint and exit
+4. Preemption: SIGUSR1 to one rank (and SIGTERM to a one-process run) stops every rank at the next step boundary with a checkpoint and exit
    code 0; the same command resumes and reproduces the uninterrupted run bitwise.
 """
 import os
@@ -180,3 +180,20 @@ out = train(preempted, [f"train.steps={steps}", "parallel.expert=2"], np=2)
 check("resumed from" in out.stdout, "the same command resumes")
 close(straight, preempted, "preempted and resumed", range(1, steps + 1), 0.0)
 print(f"ok: SIGUSR1 on rank 1 stopped both ranks at step {stopped_at} with a checkpoint; resumed run is bitwise equal")
+
+# SIGTERM (Slurm's and Kubernetes' notice) to a one-process run: the same clean stop and resume.
+straight1 = fresh_dir("e2e_ckpt_sigterm_straight")
+train(straight1, [f"train.steps={steps}"])
+termed = fresh_dir("e2e_ckpt_sigterm")
+job = subprocess.Popen(train_cmd(termed, [f"train.steps={steps}"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+log = os.path.join(termed, "metrics.jsonl")
+deadline = time.time() + 120
+while time.time() < deadline and (not os.path.exists(log) or len(open(log).readlines()) < 3):
+    time.sleep(0.05)
+job.send_signal(signal.SIGTERM)
+stdout, stderr = job.communicate(timeout=300)
+check(job.returncode == 0 and "preemption signal received" in stdout, f"SIGTERM: clean stop ({job.returncode}):\n{stdout}\n{stderr}")
+stopped_at = len(metrics(termed))
+train(termed, [f"train.steps={steps}"])
+close(straight1, termed, "SIGTERM and resumed", range(1, steps + 1), 0.0)
+print(f"ok: SIGTERM stopped a one-process run at step {stopped_at} with a checkpoint; resumed run is bitwise equal")
