@@ -7,8 +7,9 @@
    global tensors (weights, expert biases, AdamW moments); so does the chain EP=4 -> EP=2 -> EP=1.
 3. kill -9 of a rank while it writes a checkpoint: the job fails, `latest` still names the previous
    checkpoint, and running again resumes from it and reproduces the uninterrupted run bitwise.
-4. Preemption: SIGUSR1 to one rank (and SIGTERM to a one-process run) stops every rank at the next step boundary with a checkpoint and exit
-   code 0; the same command resumes and reproduces the uninterrupted run bitwise.
+4. Preemption: SIGUSR1 to one rank (and SIGTERM to a one-process run) stops every rank at the next step
+   boundary with a checkpoint and exit code 0; the same command resumes and reproduces the uninterrupted
+   run bitwise. A corrupted shard stops every rank with the same error.
 """
 import os
 import shutil
