@@ -42,6 +42,8 @@ fi
 
 # 3. Configure and build (ccache keeps rebuilds of a fresh clone fast).
 export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache}
+# Paths inside the clone are hashed relative to it, so a fresh clone anywhere (CI) hits the cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
 ccache --max-size=8G >/dev/null 2>&1 || true
 if [ ! -f "$root/build/CMakeCache.txt" ]; then
   say "configuring build/"
