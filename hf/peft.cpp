@@ -15,12 +15,33 @@ torch::Tensor or_zeros(const torch::Tensor& t, std::vector<int64_t> shape) { ret
 PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
   PeftAdapter out;
   const auto& o = model.options();
-  const int64_t rho = o.moe.lora.rank;
+  const bool experts = o.moe.lora.rank > 0, attention = o.attn_lora.rank > 0;
+  const int64_t rho = experts ? o.moe.lora.rank : o.attn_lora.rank;
   if (rho <= 0) throw std::invalid_argument("the checkpoint has no LoRA adapters (finetune.lora.rank = 0): export the model without an adapter");
   const int64_t E = o.moe.num_experts, D = o.d_model, F = o.moe.expert_hidden, r = 2 * rho;
   size_t moe_index = 0;
   const auto moe_layers = model.moe_layers();
-  for (int64_t layer = 0; layer < o.num_layers; ++layer) {
+  int64_t layer_index = 0;
+  for (const auto& module : *model.layers) {
+    if (!attention) break;
+    // Attention: q, k and v share our A (rank, D); each takes its rows of B (3D, rank). Ranks padded to r.
+    const auto& at = *module->as<model::BlockImpl>()->attn;
+    const std::string prefix = "base_model.model.model.layers." + std::to_string(layer_index++) + ".self_attn.";
+    auto pad_a = [&](const torch::Tensor& a) { return torch::cat({a.detach(), torch::zeros({rho, a.size(1)})}, 0).contiguous(); };
+    auto pad_b = [&](const torch::Tensor& b) { return torch::cat({b.detach(), torch::zeros({b.size(0), rho})}, 1).contiguous(); };
+    if (at.qkv_lora_a.defined()) {
+      const char* names[] = {"q_proj", "k_proj", "v_proj"};
+      for (int i = 0; i < 3; ++i) {
+        out.tensors.emplace_back(prefix + names[i] + ".lora_A.weight", pad_a(at.qkv_lora_a));
+        out.tensors.emplace_back(prefix + names[i] + ".lora_B.weight", pad_b(at.qkv_lora_b.narrow(0, i * D, D)));
+      }
+    }
+    if (at.out_lora_a.defined()) {
+      out.tensors.emplace_back(prefix + "o_proj.lora_A.weight", pad_a(at.out_lora_a));
+      out.tensors.emplace_back(prefix + "o_proj.lora_B.weight", pad_b(at.out_lora_b));
+    }
+  }
+  for (int64_t layer = 0; layer < o.num_layers && experts; ++layer) {
     if (!o.is_moe[layer]) continue;
     const auto& x = *moe_layers.at(moe_index++)->experts;
     if (x.w1_EDF.size(0) != E) throw std::invalid_argument("PEFT export needs the whole model in one process (all experts)");
@@ -56,12 +77,15 @@ PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
                 {"init_lora_weights", true},
                 {"inference_mode", true},
                 {"target_modules", nlohmann::json::array()},
-                {"target_parameters", {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}},
+                {"target_parameters", experts ? nlohmann::json{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
+                                              : nlohmann::json::array()},
                 {"rank_pattern", nlohmann::json::object()},
                 {"alpha_pattern", nlohmann::json::object()},
                 {"modules_to_save", nullptr},
                 {"auto_mapping", {{"base_model_class", "MixtralForCausalLM"},
                                   {"parent_library", "transformers.models.mixtral.modeling_mixtral"}}}};
+  if (o.attn_lora.qkv) out.config["target_modules"] = {"q_proj", "k_proj", "v_proj"};
+  if (o.attn_lora.out) out.config["target_modules"].push_back("o_proj");
   return out;
 }
 

@@ -7,7 +7,9 @@
 // with A (E, in, ρ), B (ρ, out). Gate and up share gate_up_proj, so the adapter has rank r = 2ρ: the
 // first ρ ranks carry the gate adapter (rows [0, F) of ΔW), the last ρ the up adapter (rows [F, 2F));
 // down_proj uses the first ρ ranks and zeros. lora_alpha = 2α keeps the scale α/ρ. Targets a run did not
-// adapt are zeros. The adapter loaded with peft onto the exported base equals our merged model.
+// adapt are zeros. Attention adapters (targets attn_qkv, attn_out) go on q_proj, k_proj, v_proj (sharing
+// our A, each with its rows of B) and o_proj, as ordinary `target_modules`, padded to the same rank r.
+// The adapter loaded with peft onto the exported base equals our merged model.
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -21,6 +21,11 @@ void require_one_process(const model::TransformerImpl& model, const std::string&
 void append_attention(io::NamedTensors& out, const model::TransformerImpl& model, int64_t layer, bool qkv_bias) {
   const int64_t D = model.options().d_model;
   const std::string ours = "layers." + std::to_string(layer) + ".", hf = "model.layers." + std::to_string(layer) + ".";
+  const auto params = model.named_parameters();
+  for (const char* b : {"attn.qkv_lora_b", "attn.out_lora_b"}) {
+    const torch::Tensor* t = params.find(ours + b);
+    if (t && t->abs().max().item<double>() != 0) throw std::logic_error(ours + b + " is an unmerged LoRA adapter; call hf::merge_adapters first");
+  }
   out.emplace_back(hf + "input_layernorm.weight", parameter(model, ours + "attn_norm.weight"));
   const auto qkv = parameter(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
   const char* names[] = {"q_proj", "k_proj", "v_proj"};
@@ -45,8 +50,14 @@ ExpertWeights expert_weights(const model::TransformerImpl& model, int64_t layer)
 }
 
 bool merge_adapters(model::TransformerImpl& model) {
-  if (model.options().moe.lora.rank <= 0) return false;
-  for (auto& layer : model.moe_layers()) layer->experts->merge_adapters();
+  const auto& o = model.options();
+  if (o.moe.lora.rank <= 0 && o.attn_lora.rank <= 0) return false;
+  if (o.moe.lora.rank > 0) {
+    for (auto& layer : model.moe_layers()) layer->experts->merge_adapters();
+  }
+  if (o.attn_lora.rank > 0) {
+    for (const auto& layer : *model.layers) layer->as<model::BlockImpl>()->attn->merge_adapters();
+  }
   return true;
 }
 

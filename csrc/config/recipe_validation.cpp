@@ -194,8 +194,14 @@ void validate_recipe(const Recipe& r, const std::string& source) {
   p.at_least<int64_t>("finetune.lora.rank", lora.rank(), 0);
   if (lora.rank() > 0 && !(lora.alpha() > 0)) p.add("finetune.lora.alpha", num(lora.alpha()), "must be > 0 (16 is common)");
   for (const auto& t : lora.targets()) {
-    if (t != "gate" && t != "up" && t != "down") {
-      p.add("finetune.lora.targets", "\"" + t + "\"", "each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2)");
+    if (t != "gate" && t != "up" && t != "down" && t != "attn_qkv" && t != "attn_out") {
+      p.add("finetune.lora.targets", "\"" + t + "\"",
+            "each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2), \"attn_qkv\", \"attn_out\"");
+    }
+    if ((t == "attn_qkv" || t == "attn_out") && r.parallel().tensor() > 1) {
+      p.add("finetune.lora.targets", "\"" + t + "\"",
+            "adapters on the attention projections need parallel.tensor = 1 (not yet sharded over tensor parallelism); "
+            "keep the expert targets or set parallel.tensor=1");
     }
   }
   if (lora.targets_size() > 0 && lora.rank() == 0) {

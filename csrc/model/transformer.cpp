@@ -47,15 +47,17 @@ TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe,
     const bool all = lora.targets_size() == 0;
     for (const auto& t : lora.targets()) {
       o.moe.lora.gate |= t == "gate", o.moe.lora.up |= t == "up", o.moe.lora.down |= t == "down";
+      o.attn_lora.qkv |= t == "attn_qkv", o.attn_lora.out |= t == "attn_out";
     }
     if (all) o.moe.lora.gate = o.moe.lora.up = o.moe.lora.down = true;
+    if (o.attn_lora.qkv || o.attn_lora.out) o.attn_lora.rank = lora.rank(), o.attn_lora.alpha = lora.alpha();
   }
   return o;
 }
 
 BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
-  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta, o.tp_size));
+  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta, o.tp_size, o.attn_lora));
   ffn_norm = register_module("ffn_norm", RMSNorm(o.d_model, o.norm_eps));
   if (is_moe) {
     moe = register_module("moe", moe::MoELayer(o.moe));

@@ -18,6 +18,7 @@ struct TransformerOptions {
   int64_t tp_size = 1, tp_rank = 0;  // tensor parallelism
   std::vector<bool> is_moe;  // per layer
   moe::MoEOptions moe;
+  AttentionImpl::Lora attn_lora;  // adapters on the attention projections (fine-tuning)
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,

@@ -101,6 +101,13 @@ for x, y in zip(a, b):
 check(len(a) == len(b) == 4, "four steps each")
 print(f"ok: LoRA EP=2 matches one process over 4 steps, worst relative difference {worst:.2e}")
 
+# LoRA on the attention projections too (one process: attention adapters need parallel.tensor = 1).
+lora_attn = fresh_dir("e2e_ft_lora_attn")
+train(LORA, lora_attn, ft + ["finetune.lora.targets=[gate,up,down,attn_qkv,attn_out]"])
+check_lora(pre, lora_attn, "LoRA on experts and attention")
+names = load_checkpoint(final(lora_attn)[1])
+check(any("attn.qkv_lora_b" in n for n in names) and any("attn.out_lora_b" in n for n in names), "attention adapters saved")
+
 # 3. From an imported Hugging Face model, under mpirun.
 warnings.filterwarnings("ignore")
 from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402

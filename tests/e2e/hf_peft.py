@@ -1,4 +1,4 @@
-"""A LoRA-on-experts run exported two ways, checked with the real transformers and peft of the venv:
+"""A LoRA run (adapters on the experts and on the attention projections) exported two ways, checked with the real transformers and peft of the venv:
 merged (moe-export --out) and base + PEFT adapter (--adapter-out). peft loads the adapter onto the
 exported base model, and its logits equal the merged model's and moetrain's own (moe-eval --dump-logits)
 within 1e-4; the adapter really changes the logits (the base model alone differs)."""
@@ -37,7 +37,8 @@ pre, lora = os.path.join(root, "pretrain"), os.path.join(root, "lora")
 train(TINY, pre, ["train.steps=4"])
 # Large adapter learning rate so 6 steps move the logits visibly.
 train(os.path.join(SOURCE, "recipes/finetune/lora_experts.textproto"), lora,
-      [f"finetune.init_from={pre}", "train.steps=6", "finetune.lora.rank=4", "optimizer.lr=0.05", "schedule.warmup_steps=1"])
+      [f"finetune.init_from={pre}", "train.steps=6", "finetune.lora.rank=4", "optimizer.lr=0.05", "schedule.warmup_steps=1",
+       "finetune.lora.targets=[gate,up,down,attn_qkv,attn_out]"])
 
 merged, base, adapter = (os.path.join(root, d) for d in ("merged", "base", "adapter"))
 run(os.path.join(BIN, "moe-export"), "--checkpoint", lora, "--out", merged, "--no-tokenizer")

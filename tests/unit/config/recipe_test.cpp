@@ -205,7 +205,11 @@ TEST(RecipeValidation, RoutingRulesTable) {
       {{"finetune.lora.rank=-1"}, "  finetune.lora.rank = -1: must be >= 0; set it to 0 or more"},
       {{"finetune.lora.rank=8", "finetune.lora.alpha=0"}, "  finetune.lora.alpha = 0: must be > 0 (16 is common)"},
       {{"finetune.lora.rank=8", "finetune.lora.targets=[\"gate\",\"q\"]"},
-       "  finetune.lora.targets = \"q\": each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2)"},
+       "  finetune.lora.targets = \"q\": each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2), "
+       "\"attn_qkv\", \"attn_out\""},
+      {{"finetune.lora.rank=8", "finetune.lora.targets=[gate,attn_qkv]", "parallel.tensor=2"},
+       "  finetune.lora.targets = \"attn_qkv\": adapters on the attention projections need parallel.tensor = 1 (not yet "
+       "sharded over tensor parallelism); keep the expert targets or set parallel.tensor=1"},
       {{"finetune.lora.targets=[up]"},
        "  finetune.lora.rank = 0: targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)"},
       {{"routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25"},
