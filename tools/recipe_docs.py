@@ -81,9 +81,10 @@ def render(messages, enums):
     out.append("| section | type | meaning |\n|---|---|---|\n")
     for _, ftype, name, _, doc in top:
         out.append(f"| `{name}` | {ftype} | {doc} |\n")
-    for _, ftype, name, _, _ in top:
-        if ftype not in messages:
-            continue
+    # Sections, then the messages nested in them (finetune.lora), each as its own table.
+    sections = [(name, ftype) for _, ftype, name, _, _ in top if ftype in messages]
+    while sections:
+        name, ftype = sections.pop(0)
         msg = messages[ftype]
         out.append(f"\n## `{name}` ({ftype})\n\n")
         if msg["doc"]:
@@ -93,7 +94,11 @@ def render(messages, enums):
             shown_type = t + (f" ({', '.join(enums[t])})" if t in enums else "")
             if label == "repeated":
                 shown_type = f"list of {shown_type}"
-            dflt = default if default is not None else ("empty" if label == "repeated" or t == "string" else "0")
+            if t in messages:
+                sections.append((f"{name}.{fname}", t))
+                dflt = "see below"
+            else:
+                dflt = default if default is not None else ("empty" if label == "repeated" or t == "string" else "0")
             out.append(f"| `{name}.{fname}` | {shown_type} | `{dflt}` | {doc} |\n")
     return "".join(out)
 
