@@ -59,6 +59,9 @@ for fig in ["val_loss.svg", "max_vio.svg", "load_a_switch.svg", "domains_b_bias.
     check(f"figures/{fig}" in report, f"{fig} embedded in the report")
 print("ok: report table matches the metrics files; resume skipped the finished variant")
 
+bad = subprocess.run(ablate + ["--parallel", "0"], capture_output=True, text=True)
+check(bad.returncode == 2 and "--parallel 0: give a whole number of variants >= 1" in bad.stderr, bad.stderr)
+
 # --parallel 2: both variants at once (console output in each run's train.log); same numbers.
 out_par = os.path.join(work, "out_parallel")
 third = subprocess.run(ablate[:2] + ["--out", out_par, "--parallel", "2", "--set", "train.threads=1"],

@@ -10,6 +10,9 @@ cases = [
                                "parallel.tensor 1); launch a multiple of parallel.tensor × parallel.expert = 2 processes"),
     (["data.train_prefix=/nonexistent/train"], 1, "moe-train: error: /nonexistent/train.idx: cannot open; check data prefixes"),
     (["model.vocab_size=100"], 1, "token id 511 does not fit model.vocab_size = 100; set model.vocab_size to at least 512"),
+    (["finetune.init_from=/nonexistent/run"], 1, "finetune.init_from = \"/nonexistent/run\" is neither a checkpoint (no "
+                                                  "manifest.json) nor a run directory with checkpoints/latest"),
+    (["finetune.lora.targets=[gate,query]", "finetune.lora.rank=4"], 2, "  finetune.lora.targets = \"query\": each target is one of"),
 ]
 for overrides, code, message in cases:
     run = fresh_dir("e2e_cli_errors")

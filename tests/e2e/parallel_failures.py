@@ -34,6 +34,15 @@ for rank in range(3):
 check(proc.stderr.count(message) == 3, f"the same message from all 3 ranks:\n{proc.stderr}")
 print("bad sizes: every rank reports", repr(message))
 
+# 1b. A vocabulary that the tensor-parallel ranks cannot split by rows (vocab-parallel embedding).
+run = fresh_dir("failure_vocab")
+proc = subprocess.run(command(run, 2, ["model.vocab_size=513", "parallel.tensor=2"]), capture_output=True, text=True,
+                      timeout=120)
+message = ("parallel.tensor = 2: model.vocab_size (513) must be divisible by it (the embedding and LM head are split "
+           "by vocabulary rows); pad the vocabulary to a multiple of the tensor-parallel size")
+check(proc.returncode != 0 and proc.stderr.count(message) == 2, f"the same vocab message from both ranks:\n{proc.stderr}")
+print("bad vocabulary for TP: every rank reports", repr(message))
+
 # 2. SIGKILL of rank 1 mid-training.
 run = fresh_dir("failure_kill")
 mark = uuid.uuid4().hex
