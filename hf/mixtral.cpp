@@ -221,10 +221,10 @@ config::Recipe recipe_from_mixtral_config(const json& c, const std::string& sour
   r->set_eval_capacity_factor(0);
   config::fill_defaults(recipe);
 
-  // moetrain's own rules (sizes divisible by 8, heads divide d_model, ...). The data section is the
-  // user's to fill in, so a placeholder stands in for it here.
+  // moetrain's own rules (sizes divisible by 8, heads divide d_model, ...), checked on a copy whose
+  // required data.train_prefix is filled in: the returned recipe leaves the data section to the user.
   config::Recipe probe = recipe;
-  probe.mutable_data()->set_train_prefix("<set by the user>");
+  probe.mutable_data()->set_train_prefix("<data of the fine-tuning run>");
   try {
     config::validate_recipe(probe, source);
   } catch (const config::RecipeError& e) {
