@@ -2,12 +2,13 @@
 # Idempotent setup: Debian packages, a Python venv outside the clone with the pinned torch, and a build
 # into build/ (binaries in build/bin/). Safe to run every time; seconds when nothing changed.
 #   MOETRAIN_CACHE   cache root for the venv (default: ~/.cache/moetrain)
-#   MOETRAIN_VENV    venv directory (default: $MOETRAIN_CACHE/venv)
+#   MOETRAIN_VENV    venv directory (default: $MOETRAIN_CACHE/venv); build/ is reconfigured when it changes
 #   MOETRAIN_JOBS    build parallelism (default: 2)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${MOETRAIN_CACHE:-$HOME/.cache/moetrain}
 venv=${MOETRAIN_VENV:-$cache/venv}
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac  # absolute: it is compared with the CMake cache
 jobs=${MOETRAIN_JOBS:-2}
 mkdir -p "$cache"
 
@@ -45,9 +46,19 @@ export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache}
 # Paths inside the clone are hashed relative to it, so a fresh clone anywhere (CI) hits the cache.
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
 ccache --max-size=8G >/dev/null 2>&1 || true
-if [ ! -f "$root/build/CMakeCache.txt" ]; then
+# Configure when there is no cache, or when it names another venv's python (MOETRAIN_VENV or
+# MOETRAIN_CACHE changed): then the cache is dropped, since Torch's paths in it point into the old venv.
+python="$venv/bin/python"
+cache_file="$root/build/CMakeCache.txt"
+cached_python=$(sed -n 's/^MOETRAIN_PYTHON:[A-Z]*=//p' "$cache_file" 2>/dev/null || true)
+if [ ! -f "$cache_file" ] || [ "$cached_python" != "$python" ]; then
+  if [ -f "$cache_file" ]; then
+    say "build/ was configured with MOETRAIN_PYTHON=${cached_python:-(unset)}; reconfiguring for $python"
+  fi
   say "configuring build/"
-  cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DMOETRAIN_PYTHON="$venv/bin/python" >/dev/null
+  # Under the build lock: never reconfigure under a build that is running.
+  flock "$cache/build.lock" bash -c 'rm -f "$1" && cmake -S "$2" -B "$2/build" -DCMAKE_BUILD_TYPE=Release -DMOETRAIN_PYTHON="$3" >/dev/null' \
+    _ "$cache_file" "$root" "$python"
 fi
 say "building (-j$jobs)"
 flock "$cache/build.lock" cmake --build "$root/build" -j "$jobs"
