@@ -124,6 +124,10 @@ void check_routing(const Recipe& recipe, Problems& p) {
   if (r.score_function() == RoutingConfig::SIGMOID && r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
     p.add("routing.topk_order", "TOPK_THEN_SOFTMAX", "applies to SOFTMAX scores only; with score_function SIGMOID use "
                                                      "SOFTMAX_THEN_TOPK and normalize_gates: true");
+  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX && !r.normalize_gates() && learned && !choice) {
+    p.add("routing.normalize_gates", "false", "routing.topk_order TOPK_THEN_SOFTMAX makes the k gates a softmax, which "
+                                              "always sums to 1, so false would be ignored; set normalize_gates: true, or "
+                                              "topk_order: SOFTMAX_THEN_TOPK for unnormalised probabilities");
   }
   if (r.num_groups() < 0) p.add("routing.num_groups", r.num_groups(), "must be >= 0 (0 or 1 = no group limit)");
   if (r.num_groups() > 1) {
@@ -154,6 +158,26 @@ void check_routing(const Recipe& recipe, Problems& p) {
   }
   if (r.pad_to_capacity() && !(r.capacity_factor() > 0)) {
     p.add("routing.pad_to_capacity", "true", "padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)");
+  }
+  const bool has_capacity = r.capacity_factor() > 0 || r.eval_capacity_factor() > 0;
+  if (r.min_capacity() > 0 && !has_capacity) {
+    p.add("routing.min_capacity", r.min_capacity(),
+          choice ? "EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token count); leave "
+                   "min_capacity at 0"
+                 : "applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, or leave "
+                   "min_capacity at 0");
+  }
+  // The PROBS policy drops the pairs with the lowest final gate; it needs gates that differ between tokens.
+  if (has_capacity && r.drop_policy() == RoutingConfig::PROBS) {
+    if (!learned) {
+      p.add("routing.drop_policy", "PROBS", "routing.router_type " + type + " gives every pair the same gate (gate_scale/k), so "
+                                            "there is no lowest gate to drop; set drop_policy: POSITION, or leave "
+                                            "capacity_factor and eval_capacity_factor at 0");
+    } else if (!choice && m.top_k() == 1 && (r.normalize_gates() || r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX)) {
+      p.add("routing.drop_policy", "PROBS", "with model.top_k 1 and normalised gates every gate equals gate_scale, so "
+                                            "there is no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with "
+                                            "normalize_gates: false (Switch's top-1 gate), or drop_policy: POSITION");
+    }
   }
 }
 

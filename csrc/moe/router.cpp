@@ -118,9 +118,11 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
   const double factor = is_training() ? r.capacity_factor() : r.eval_capacity_factor();
   out.capacity = expert_capacity(factor, T, k, E, r.min_capacity());
   if (out.capacity > 0) {
+    // PROBS ranks each expert's pairs by their final gate (after normalisation and scaling), as
+    // Megatron-Core does; not by the raw score, whose order can differ once the gates are normalised.
     auto priority = r.drop_policy() == RoutingConfig::POSITION
                         ? -torch::arange(T, scores_TE.options()).unsqueeze(1).expand({T, E})
-                        : scores_TE.detach();
+                        : out.gates_TE.detach();
     out.kept_TE = apply_capacity(out.routed_TE, priority, out.capacity);
     out.gates_TE = out.gates_TE * out.kept_TE;
   } else {

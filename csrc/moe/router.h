@@ -26,7 +26,7 @@ struct Routing {
 int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity);
 
 // Keeps at most `capacity` routed pairs per expert: those with the highest `priority_TE` (for the
-// probs policy the router probability, for the position policy minus the token index).
+// probs policy the pair's final gate, for the position policy minus the token index).
 torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE, int64_t capacity);
 
 class RouterImpl : public torch::nn::Module {

@@ -240,6 +240,31 @@ TEST(RecipeValidation, RoutingRulesTable) {
       {{"routing.capacity_factor=-1"}, "  routing.capacity_factor = -1: must be >= 0 (0 = dropless)"},
       {{"routing.eval_capacity_factor=-2"}, "  routing.eval_capacity_factor = -2: must be >= 0 (0 = dropless at evaluation)"},
       {{"routing.min_capacity=-4"}, "  routing.min_capacity = -4: must be >= 0"},
+      {{"routing.aux_loss_coeff=-0.01"}, "  routing.aux_loss_coeff = -0.01: must be >= 0 (0 turns it off)"},
+      {{"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.normalize_gates=false"},
+       "  routing.normalize_gates = false: routing.topk_order TOPK_THEN_SOFTMAX makes the k gates a softmax, which always "
+       "sums to 1, so false would be ignored; set normalize_gates: true, or topk_order: SOFTMAX_THEN_TOPK for "
+       "unnormalised probabilities"},
+      {{"routing.min_capacity=4"},
+       "  routing.min_capacity = 4: applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, "
+       "or leave min_capacity at 0"},
+      {{"routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0", "routing.min_capacity=4"},
+       "  routing.min_capacity = 4: EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token "
+       "count); leave min_capacity at 0"},
+      {{"routing.router_type=HASH", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25"},
+       "  routing.drop_policy = PROBS: routing.router_type HASH gives every pair the same gate (gate_scale/k), so there is "
+       "no lowest gate to drop; set drop_policy: POSITION, or leave capacity_factor and eval_capacity_factor at 0"},
+      {{"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.eval_capacity_factor=1"},
+       "  routing.drop_policy = PROBS: routing.router_type RANDOM gives every pair the same gate (gate_scale/k), so there "
+       "is no lowest gate to drop; set drop_policy: POSITION, or leave capacity_factor and eval_capacity_factor at 0"},
+      {{"model.top_k=1", "routing.capacity_factor=1.25"},
+       "  routing.drop_policy = PROBS: with model.top_k 1 and normalised gates every gate equals gate_scale, so there is "
+       "no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with normalize_gates: false (Switch's top-1 gate), or "
+       "drop_policy: POSITION"},
+      {{"model.top_k=1", "routing.topk_order=TOPK_THEN_SOFTMAX", "routing.capacity_factor=1.25"},
+       "  routing.drop_policy = PROBS: with model.top_k 1 and normalised gates every gate equals gate_scale, so there is "
+       "no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with normalize_gates: false (Switch's top-1 gate), or "
+       "drop_policy: POSITION"},
   };
   for (const auto& c : cases) {
     Recipe r = valid_recipe();
@@ -254,6 +279,21 @@ TEST(RecipeValidation, RoutingRulesTable) {
     apply_override(ok, o);
   }
   EXPECT_NO_THROW(validate_recipe(ok, "r"));
+  // Capacity the policy can honour: hash/random routing dropping by position; top-1 with Switch's
+  // unnormalised gate dropping by probability; bias balancing with capacity.
+  const std::vector<std::vector<std::string>> allowed = {
+      {"routing.router_type=HASH", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25", "routing.drop_policy=POSITION"},
+      {"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.eval_capacity_factor=1", "routing.drop_policy=POSITION"},
+      {"model.top_k=1", "routing.normalize_gates=false", "routing.capacity_factor=1.25"},
+      {"model.top_k=1", "routing.capacity_factor=1.25", "routing.drop_policy=POSITION"},
+      {"routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.capacity_factor=1.0", "routing.min_capacity=4"},
+      {"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.capacity_factor=1.0"},
+  };
+  for (const auto& set : allowed) {
+    Recipe r = valid_recipe();
+    for (const auto& o : set) apply_override(r, o);
+    EXPECT_NO_THROW(validate_recipe(r, "r")) << set.front() << " " << set.back();
+  }
 }
 
 // Debian's libprotobuf and LibTorch in one process: parse, print and use a recipe beside torch ops.

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <set>
 
+#include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
+#include "csrc/moe/moe_layer.h"
 #include "csrc/moe/router.h"
 
 using namespace moetrain::moe;
@@ -234,14 +236,15 @@ TEST(Capacity, FormulaWithMinimum) {
   EXPECT_EQ(expert_capacity(0.1, 100, 2, 8, 4), 4);    // max(ceil(2.5), 4)
 }
 
-TEST(Capacity, ProbsPolicyKeepsTheHighestProbabilities) {
+TEST(Capacity, ProbsPolicyKeepsTheHighestGates) {
   RoutingConfig cfg;
-  cfg.set_capacity_factor(0.5);  // T = 8, k = 1, E = 2: capacity 2
+  cfg.set_capacity_factor(0.5);      // T = 8, k = 1, E = 2: capacity 2
+  cfg.set_normalize_gates(false);    // Switch's top-1 gate: the probability itself
   auto router = make_router(8, 2, 1, cfg, 5);
   auto x = torch::randn({8, 8});
   auto r = router(x);
   ASSERT_EQ(r.capacity, 2);
-  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
+  auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);  // = the gates of the routed pairs
   for (int64_t e = 0; e < 2; ++e) {
     auto routed = r.routed_TE.select(1, e), kept = r.kept_TE.select(1, e);
     EXPECT_EQ(kept.sum().item<int64_t>(), std::min<int64_t>(2, routed.sum().item<int64_t>()));
@@ -252,6 +255,52 @@ TEST(Capacity, ProbsPolicyKeepsTheHighestProbabilities) {
     }
   }
   EXPECT_TRUE(torch::equal(r.gates_TE > 0, r.kept_TE)) << "dropped pairs have gate 0";
+}
+
+// The probs policy ranks by the final gate (after normalisation and scaling), as Megatron-Core does,
+// not by the raw score. Two tokens, E = 3, k = 2, both routed to expert 0; capacity 1 = ⌈0.5·2·2/3⌉.
+// Raw scores prefer token A on expert 0, the normalised gates prefer token B:
+//   softmax  A: p = (0.50, 0.45, 0.05) → experts {0, 1}, gates 0.50/0.95 = 0.5263, 0.45/0.95 = 0.4737
+//            B: p = (0.45, 0.25, 0.30) → experts {0, 2}, gates 0.45/0.75 = 0.6,    0.30/0.75 = 0.4
+//   sigmoid  A: s = (0.9, 0.85, 0.1)   → experts {0, 1}, gates 0.9/1.75 = 0.5143,  0.85/1.75 = 0.4857
+//            B: s = (0.8, 0.2, 0.3)    → experts {0, 2}, gates 0.8/1.1 = 0.7273,   0.3/1.1 = 0.2727
+// Expert 0 keeps B (the higher gate) and drops A; experts 1 and 2 have one pair each and keep it.
+TEST(Capacity, ProbsPolicyRanksByTheFinalGateNotTheRawScore) {
+  struct Case {
+    const char* name;
+    RoutingConfig::ScoreFunction score;
+    RoutingConfig::TopKOrder order;
+    std::vector<float> a, b;  // scores of tokens A and B
+    std::vector<float> gates;  // expected gates (A then B) before scaling
+  };
+  const std::vector<Case> cases = {
+      {"softmax, normalised", RoutingConfig::SOFTMAX, RoutingConfig::SOFTMAX_THEN_TOPK, {0.5f, 0.45f, 0.05f},
+       {0.45f, 0.25f, 0.3f}, {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
+      {"softmax over the selected", RoutingConfig::SOFTMAX, RoutingConfig::TOPK_THEN_SOFTMAX, {0.5f, 0.45f, 0.05f},
+       {0.45f, 0.25f, 0.3f}, {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
+      {"sigmoid, normalised", RoutingConfig::SIGMOID, RoutingConfig::SOFTMAX_THEN_TOPK, {0.9f, 0.85f, 0.1f},
+       {0.8f, 0.2f, 0.3f}, {0, 0.85f / 1.75f, 0, 0.8f / 1.1f, 0, 0.3f / 1.1f}},
+  };
+  for (const auto& c : cases) {
+    RoutingConfig cfg;
+    cfg.set_score_function(c.score);
+    cfg.set_topk_order(c.order);
+    cfg.set_capacity_factor(0.5);
+    cfg.set_gate_scale(2.0);  // scaling keeps the order; the kept gates are scaled
+    auto router = make_router(3, 3, 2, cfg);
+    router->weight.data().copy_(torch::eye(3));  // logits = x
+    auto s = torch::stack({torch::tensor(c.a), torch::tensor(c.b)});
+    auto x = c.score == RoutingConfig::SIGMOID ? torch::log(s / (1 - s)) : torch::log(s);  // scores = s
+    auto r = router(x);
+    ASSERT_EQ(r.capacity, 1) << c.name;
+    ASSERT_GT(s[0][0].item<float>(), s[1][0].item<float>()) << "the raw score prefers token A on expert 0";
+    auto routed = torch::tensor({true, true, false, true, false, true}).view({2, 3});
+    auto kept = torch::tensor({false, true, false, true, false, true}).view({2, 3});
+    EXPECT_TRUE(torch::equal(r.routed_TE, routed)) << c.name;
+    EXPECT_TRUE(torch::equal(r.kept_TE, kept)) << c.name << ": expert 0 keeps token B, whose gate is higher";
+    auto gates = torch::tensor(c.gates).view({2, 3}) * 2.0;
+    EXPECT_TRUE(torch::allclose(r.gates_TE, gates, 1e-5, 1e-6)) << c.name << "\n" << r.gates_TE;
+  }
 }
 
 TEST(Capacity, PositionPolicyKeepsTheEarliestTokens) {
@@ -306,4 +355,143 @@ TEST(Balancing, SequenceLossSharesOfTokenSlicesAddUpToTheWholeLoss) {
   auto g_whole = torch::autograd::grad({whole}, {logits}, {}, true)[0];
   auto g_shares = torch::autograd::grad({shares}, {logits})[0];
   EXPECT_TRUE(torch::allclose(g_whole, g_shares, 1e-6, 1e-7));
+}
+
+namespace {
+
+MoEOptions layer_options(int64_t experts, int64_t top_k, const RoutingConfig& cfg) {
+  MoEOptions o;
+  o.d_model = 8, o.num_experts = experts, o.top_k = top_k, o.expert_hidden = 16;
+  o.routing = cfg;
+  return o;
+}
+
+}  // namespace
+
+// The coefficient as the MoE layer applies it: a uniform router (zero router weights: every p = 1/E)
+// gives each balancing loss exactly 1, so the layer's aux loss is exactly α, compared with == against
+// α rounded once to fp32 (0 ulp). T = 2·4 tokens, k = 2, E = 8: every f_i, P_i and sum is a dyadic
+// fraction, so nothing else is rounded.
+TEST(AuxLoss, UniformRouterMoELayerGivesExactlyTheCoefficient) {
+  torch::manual_seed(0);
+  auto x = torch::randn({2, 4, 8});
+  for (double alpha : {0.01, 0.001, 1e-4, 0.3}) {
+    for (int which = 0; which < 3; ++which) {  // micro-batch, sequence, global batch
+      RoutingConfig cfg;
+      cfg.set_aux_loss_coeff(which == 0 ? alpha : 0.0);
+      cfg.set_seq_aux_loss_coeff(which == 1 ? alpha : 0.0);
+      cfg.set_global_aux_loss_coeff(which == 2 ? alpha : 0.0);
+      MoELayer layer(layer_options(8, 2, cfg));
+      layer->router->weight.data().zero_();
+      auto out = layer(x);
+      EXPECT_EQ(out.aux_loss.item<float>(), static_cast<float>(alpha)) << "alpha " << alpha << ", loss " << which;
+      EXPECT_EQ(out.stats.aux_loss, static_cast<double>(static_cast<float>(alpha)));
+      EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
+    }
+  }
+}
+
+// The trainer's bias update path: MoELayer::end_step with the step's counts, after the optimizer step.
+// u = 2^-10 and biases that are multiples of 2^-3 make b ± u exact in fp32, so each move is exactly ±u.
+TEST(BiasBalancing, EndStepMovesEachBiasByExactlyUAndLeavesRouterAndGatesAlone) {
+  const double u = 1.0 / 1024;
+  RoutingConfig cfg;
+  cfg.set_aux_loss_coeff(0);
+  cfg.set_bias_update_rate(u);
+  cfg.set_normalize_gates(false);  // each gate is its pair's probability: comparable pair by pair
+  torch::manual_seed(2);
+  MoELayer layer(layer_options(4, 2, cfg));
+  for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
+  layer->router->expert_bias.copy_(torch::tensor({0.5f, 0.0f, -0.25f, 0.125f}));
+  auto x1 = torch::randn({2, 6, 8}), x2 = torch::randn({2, 6, 8});
+  auto c1 = layer(x1).stats.tokens_per_expert_E, c2 = layer(x2).stats.tokens_per_expert_E;  // two micro-batches
+  const auto counts = layer->step_counts().clone();
+  ASSERT_TRUE(torch::equal(counts, c1 + c2)) << "the step's load: every micro-batch's routed pairs";
+
+  const auto x_TD = x1.reshape({-1, 8});
+  const auto before = layer->router(x_TD);
+  const auto bias_before = layer->router->expert_bias.clone();
+  const auto weight_before = layer->router->weight.clone();
+  layer->end_step(counts);
+  const auto after = layer->router(x_TD);
+
+  const double mean = counts.to(torch::kFloat64).mean().item<double>();
+  int64_t up = 0, down = 0;
+  for (int64_t e = 0; e < 4; ++e) {
+    const double c = counts[e].item<int64_t>();
+    const float moved = layer->router->expert_bias[e].item<float>() - bias_before[e].item<float>();
+    const float expected = c < mean ? static_cast<float>(u) : c > mean ? -static_cast<float>(u) : 0.0f;
+    EXPECT_EQ(moved, expected) << "expert " << e << ": count " << c << ", mean " << mean;
+    up += c < mean, down += c > mean;
+  }
+  EXPECT_GT(up, 0);
+  EXPECT_GT(down, 0);
+  EXPECT_TRUE(torch::equal(layer->step_counts(), torch::zeros({4}, torch::kInt64))) << "the step's counts reset";
+
+  EXPECT_TRUE(torch::equal(layer->router->weight, weight_before)) << "router weights untouched";
+  EXPECT_FALSE(layer->router->weight.grad().defined());
+  EXPECT_TRUE(torch::equal(after.probs_TE, before.probs_TE));
+  auto both = before.routed_TE.logical_and(after.routed_TE);  // pairs selected before and after the update
+  ASSERT_GT(both.sum().item<int64_t>(), 0);
+  EXPECT_TRUE(torch::equal(after.gates_TE.masked_select(both), before.gates_TE.masked_select(both)))
+      << "the gate of a selected pair does not depend on the bias";
+  EXPECT_TRUE(torch::equal(after.gates_TE, before.probs_TE * after.routed_TE)) << "gates from the unbiased scores";
+
+  // A frozen router freezes the bias too.
+  const auto bias_mid = layer->router->expert_bias.clone();
+  layer->set_router_frozen(true);
+  layer->end_step(torch::tensor({10, 2, 4, 4}));
+  EXPECT_TRUE(torch::equal(layer->router->expert_bias, bias_mid));
+}
+
+// The trainer builds its AdamW groups from model.parameters() (weight decay on the matrices, none on
+// 1-D tensors). The expert bias must be in neither: a buffer, saved with the model, never optimised
+// nor decayed. Checked on a whole model, with the same grouping and a real AdamW step.
+TEST(BiasBalancing, ExpertBiasIsABufferTheOptimizerNeverSees) {
+  moetrain::config::ModelConfig m;
+  m.set_vocab_size(64), m.set_d_model(16), m.set_num_layers(2), m.set_num_heads(2), m.set_ffn_hidden(32);
+  m.set_num_experts(4), m.set_top_k(2), m.set_moe_ffn_hidden(16), m.set_moe_layer_freq(1);
+  RoutingConfig cfg;
+  cfg.set_bias_update_rate(1e-3);
+  torch::manual_seed(4);
+  moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(m, cfg));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) p.normal_(0, 0.1);
+  }
+  const auto layers = model->moe_layers();
+  ASSERT_EQ(layers.size(), 2u);
+  auto buffers = model->named_buffers();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    auto& bias = layers[l]->router->expert_bias;
+    bias.copy_(torch::tensor({0.01f, -0.02f, 0.03f, -0.04f}));
+    EXPECT_FALSE(bias.requires_grad());
+    for (const auto& p : model->parameters()) EXPECT_FALSE(p.is_same(bias)) << "layer " << l;
+    const std::string key = "layers." + std::to_string(l) + ".moe.router.expert_bias";
+    ASSERT_TRUE(buffers.contains(key)) << key;
+    EXPECT_TRUE(buffers[key].is_same(bias)) << key;
+  }
+  std::vector<torch::Tensor> decay, no_decay;  // the trainer's grouping
+  for (auto& p : model->parameters()) {
+    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(0.1).weight_decay(0.1)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(0.1).weight_decay(0.0)));
+  torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(0.1));
+  std::vector<torch::Tensor> bias_before, weight_before;
+  for (const auto& layer : layers) {
+    bias_before.push_back(layer->router->expert_bias.clone());
+    weight_before.push_back(layer->router->weight.detach().clone());
+  }
+  auto tokens = torch::randint(0, 64, {2, 9}, torch::kInt64);
+  auto out = model->forward(tokens.narrow(1, 0, 8));
+  auto loss = model->token_losses(out.logits, tokens.narrow(1, 1, 8)).mean() + out.aux_loss;
+  loss.backward();
+  optimizer.step();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    EXPECT_FALSE(layers[l]->router->expert_bias.grad().defined());
+    EXPECT_TRUE(torch::equal(layers[l]->router->expert_bias, bias_before[l])) << "no optimizer step, no weight decay";
+    EXPECT_FALSE(torch::equal(layers[l]->router->weight, weight_before[l])) << "the router weight itself is trained";
+  }
 }
