@@ -8,6 +8,7 @@
 //
 // Inputs: .jsonl files hold one document per line, {"text": "...", "domain": "..."} ("domain" optional,
 // default --domain or "all"); any other file is plain text holding one document.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -217,10 +218,25 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   try {
+    // Every flag must belong to the command: a misspelt one is an error, never silently ignored.
+    static const std::map<std::string, std::vector<std::string>> kFlags = {
+        {"train-tokenizer", {"input", "vocab-size", "model-prefix"}},
+        {"encode", {"tokenizer", "input", "output-prefix", "domain"}},
+        {"stats", {"prefix", "vocab-size"}},
+        {"unigram", {"train", "valid", "vocab-size"}},
+        {"decode", {"tokenizer", "prefix", "document"}}};
+    const auto known = kFlags.find(command);
+    if (known == kFlags.end()) throw UsageError("unknown command \"" + command + "\"");
+    const std::vector<std::string>& flags = known->second;
     Args args;
     for (int i = 2; i < argc; i += 2) {
       const std::string flag = argv[i];
       if (flag.rfind("--", 0) != 0) throw UsageError("unexpected argument \"" + flag + "\"");
+      if (std::find(flags.begin(), flags.end(), flag.substr(2)) == flags.end()) {
+        std::string valid;
+        for (const auto& f : flags) valid += (valid.empty() ? "--" : ", --") + f;
+        throw UsageError("unknown flag " + flag + " for " + command + "; valid flags: " + valid);
+      }
       if (i + 1 >= argc) throw UsageError(flag + " needs a value");
       args.values[flag.substr(2)].push_back(argv[i + 1]);
     }

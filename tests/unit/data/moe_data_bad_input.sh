@@ -2,7 +2,8 @@
 # moe-data on real files (needs the corpus_small fixture's tokenizer):
 #   encode of a JSONL file with a bad line: exit 1, file:line in the message, no shards left behind;
 #   a multi-line document encodes and decodes back to the same text (newlines survive);
-#   stats --vocab-size below the largest id: exit 1; usage errors: exit 2.
+#   stats --vocab-size below the largest id: exit 1; usage errors (an unknown flag names it and the
+#   command's flags): exit 2.
 set -u
 moe_data=$1 corpus=$2
 dir=$(mktemp -d)
@@ -40,6 +41,17 @@ err=$("$moe_data" stats --prefix "$dir/ok" --vocab-size 3 2>&1 >/dev/null); rc=$
 
 "$moe_data" encode --tokenizer "$corpus/tokenizer.model" >/dev/null 2>&1; rc=$?
 [ "$rc" -eq 2 ] || fail "missing --input: exit $rc, expected 2"
+# A misspelt flag is a usage error naming it and the command's flags, before any work is done.
+err=$("$moe_data" encode --tokenizer "$corpus/tokenizer.model" --input "$dir/plain.txt" --output-prefix "$dir/typo" \
+  --domian d 2>&1 >/dev/null); rc=$?
+[ "$rc" -eq 2 ] || fail "unknown flag: exit $rc, expected 2: $err"
+first=$(printf '%s\n' "$err" | head -n 1)
+[ "$first" = "moe-data: error: unknown flag --domian for encode; valid flags: --tokenizer, --input, --output-prefix, --domain" ] \
+  || fail "unknown flag: $first"
+[ ! -e "$dir/typo.bin" ] || fail "unknown flag: shards written anyway"
+err=$("$moe_data" stats --prefix "$dir/ok" --vocab 3 2>&1 >/dev/null); rc=$?
+[ "$rc" -eq 2 ] && case "$err" in *"unknown flag --vocab for stats; valid flags: --prefix, --vocab-size"*) true ;; *) false ;; esac \
+  || fail "unknown flag (stats): $rc $err"
 "$moe_data" frobnicate >/dev/null 2>&1; rc=$?
 [ "$rc" -eq 2 ] || fail "unknown command: exit $rc, expected 2"
 echo ok
