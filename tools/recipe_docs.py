@@ -31,7 +31,9 @@ moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]
   the base's — lists whole, sections field by field. `recipes/ablations/routing/` uses it so each
   variant is a few lines. Errors in a base name the base's file, line and column.
 - After overrides every field gets its default and the whole recipe is validated; all problems are
-  reported at once, each naming the field, its value and the fix. Nothing is written for a rejected recipe.
+  reported at once, each naming where the field was set (`file:line:column` in the recipe or its
+  base, or the `--set` override), the field, its value and the fix. Nothing is written for a rejected
+  recipe, nor for a run whose data is rejected.
 - The resolved recipe (every field explicit) is written to `RUN_DIR/recipe.textproto`; it is itself a
   valid recipe that reproduces the run.
 - Field names that scripts outside the code rely on stay stable: `train.steps`, `train.seed`,

@@ -104,15 +104,43 @@ void fill_message_defaults(pb::Message& msg) {
 
 }  // namespace
 
-Recipe parse_recipe(const std::string& text, const std::string& source) {
+namespace {
+
+// Parses like parse_recipe and records where each field set in the text was set.
+Recipe parse_with_locations(const std::string& text, const std::string& source, pb::TextFormat::ParseInfoTree* tree) {
   Recipe recipe;
   pb::TextFormat::Parser parser;
   CollectErrors errors;
   parser.RecordErrorsTo(&errors);
+  if (tree) parser.WriteLocationsTo(tree);
   if (!parser.ParseFromString(text, &recipe)) {
     throw RecipeError(source + ":" + errors.position() + ": " + errors.message());
   }
   return recipe;
+}
+
+// origins[path] = "source:line:col" for every field set in `msg` (sections are walked into).
+void record_origins(const pb::Message& msg, const pb::TextFormat::ParseInfoTree* tree, const std::string& prefix,
+                    const std::string& source, FieldOrigins& origins) {
+  std::vector<const pb::FieldDescriptor*> fields;
+  msg.GetReflection()->ListFields(msg, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()) {
+      record_origins(msg.GetReflection()->GetMessage(msg, f), tree ? tree->GetTreeForNested(f, -1) : nullptr, path, source,
+                     origins);
+      continue;
+    }
+    // ParseInfoTree indexes a singular field as -1 and a list by element (the first one marks the list).
+    const pb::TextFormat::ParseLocation at = tree ? tree->GetLocation(f, f->is_repeated() ? 0 : -1) : pb::TextFormat::ParseLocation();
+    origins[path] = at.line >= 0 ? source + ":" + std::to_string(at.line + 1) + ":" + std::to_string(at.column + 1) : source;
+  }
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& source) {
+  return parse_with_locations(text, source, nullptr);
 }
 
 void apply_override(Recipe& recipe, const std::string& assignment) {
@@ -218,7 +246,8 @@ void overlay(pb::Message& base, const pb::Message& top) {
 namespace {
 
 // Parses `path` and the chain of bases under it; `chain` holds the files being loaded (cycle check).
-Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain, const std::string& named_by) {
+Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain, const std::string& named_by,
+                       FieldOrigins& origins) {
   std::ifstream in(path);
   if (!in) {
     throw RecipeError(named_by.empty() ? path + ": cannot open recipe file; check the path given to --recipe"
@@ -239,15 +268,19 @@ Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain,
   chain.push_back(canonical);
   std::stringstream text;
   text << in.rdbuf();
-  Recipe recipe = parse_recipe(text.str(), path);
+  pb::TextFormat::ParseInfoTree locations;
+  Recipe recipe = parse_with_locations(text.str(), path, &locations);
   if (recipe.has_base()) {
     const size_t slash = path.rfind('/');
     const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
     const std::string base_path = !recipe.base().empty() && recipe.base()[0] == '/' ? recipe.base() : dir + recipe.base();
-    Recipe merged = load_with_bases(base_path, chain, path);
+    Recipe merged = load_with_bases(base_path, chain, path, origins);  // the base's origins first...
     recipe.clear_base();
     overlay(merged, recipe);
+    record_origins(recipe, &locations, "", path, origins);  // ...then this file's, which win
     recipe = merged;
+  } else {
+    record_origins(recipe, &locations, "", path, origins);
   }
   chain.pop_back();
   return recipe;
@@ -257,11 +290,15 @@ Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain,
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   std::vector<std::string> chain;
-  Recipe recipe = load_with_bases(path, chain, "");
-  for (const std::string& o : overrides) apply_override(recipe, o);
+  FieldOrigins origins;
+  Recipe recipe = load_with_bases(path, chain, "", origins);
+  for (const std::string& o : overrides) {
+    apply_override(recipe, o);
+    origins[o.substr(0, o.find('='))] = "--set " + o;
+  }
   fill_defaults(recipe);
   recipe.clear_base();  // resolved: the bases are folded in
-  validate_recipe(recipe, path);
+  validate_recipe(recipe, path, &origins);
   return recipe;
 }
 

@@ -4,6 +4,7 @@
 // the --set override), the field, the value and the fix. Nothing else in moetrain parses recipe text.
 #pragma once
 
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -24,8 +25,13 @@ Recipe parse_recipe(const std::string& text, const std::string& source);
 // list (`model.moe_layers=[0,2]`) and replace the whole list.
 void apply_override(Recipe& recipe, const std::string& assignment);
 
-// Checks value ranges and combinations; throws one RecipeError listing every problem found.
-void validate_recipe(const Recipe& recipe, const std::string& source);
+// Where each field of a loaded recipe was last set, by dotted path ("model.top_k"): "FILE:LINE:COL"
+// for a recipe file (or one of its bases), "--set PATH=VALUE" for an override.
+using FieldOrigins = std::map<std::string, std::string>;
+
+// Checks value ranges and combinations; throws one RecipeError listing every problem found, each
+// line starting with where its field was set when `origins` knows it.
+void validate_recipe(const Recipe& recipe, const std::string& source, const FieldOrigins* origins = nullptr);
 
 // Reads the file and, recursively, the recipes it names as `base` (paths relative to the naming file;
 // a cycle is an error), lays each file's fields over its base's, applies the overrides in order, fills

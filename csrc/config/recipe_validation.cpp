@@ -10,10 +10,17 @@ namespace {
 
 class Problems {
  public:
+  explicit Problems(const FieldOrigins* origins) : origins_(origins) {}
+  // One line: "  [where it was set: ]field = value: why and fix".
   template <typename T>
   void add(const std::string& field, const T& value, const std::string& why_and_fix) {
     std::ostringstream line;
-    line << "  " << field << " = " << value << ": " << why_and_fix;
+    line << "  ";
+    if (origins_) {
+      auto it = origins_->find(field);
+      if (it != origins_->end()) line << it->second << ": ";
+    }
+    line << field << " = " << value << ": " << why_and_fix;
     lines_.push_back(line.str());
   }
   template <typename T>
@@ -28,6 +35,7 @@ class Problems {
   }
 
  private:
+  const FieldOrigins* origins_;
   std::vector<std::string> lines_;
 };
 
@@ -183,8 +191,8 @@ void check_routing(const Recipe& recipe, Problems& p) {
 
 }  // namespace
 
-void validate_recipe(const Recipe& r, const std::string& source) {
-  Problems p;
+void validate_recipe(const Recipe& r, const std::string& source, const FieldOrigins* origins) {
+  Problems p(origins);
   check_model(r.model(), p);
   check_routing(r, p);
   if (r.data().train_prefix().empty()) {

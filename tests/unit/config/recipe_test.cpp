@@ -359,3 +359,16 @@ TEST(RecipeBase, MissingBaseAndCyclesAreClearErrors) {
   EXPECT_EQ(error_of([&] { load_recipe(child, {}); }).rfind(bad + ":1:14: unknown field \"stepz\"", 0), 0u)
       << "errors in a base name the base file, line and column";
 }
+
+TEST(RecipeValidation, EachProblemSaysWhereItsFieldWasSet) {
+  const std::string dir = temp_dir("origins");
+  write_file(dir, "base.textproto", "model {\n  num_experts: 4\n  top_k: 6\n}\ndata { train_prefix: \"t\" }\n");
+  const std::string leaf = write_file(dir, "leaf.textproto", "base: \"base.textproto\"\ntrain {\n  steps: 0\n}\n");
+  // A field set in a base names the base's line and column; one set in the file, the file's; an
+  // override names the override; a field left at its default names nothing.
+  EXPECT_EQ(error_of([&] { load_recipe(leaf, {}); }),
+            leaf + ": invalid recipe:\n  " + dir + "/base.textproto:3:3: model.top_k = 6: must be between 1 and model.num_experts (4)\n  " +
+                leaf + ":3:3: train.steps = 0: must be >= 1; set it to 1 or more");
+  EXPECT_EQ(error_of([&] { load_recipe(leaf, {"train.steps=10", "model.top_k=5"}); }),
+            leaf + ": invalid recipe:\n  --set model.top_k=5: model.top_k = 5: must be between 1 and model.num_experts (4)");
+}
