@@ -61,7 +61,10 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
 int bench_finetune(const std::map<std::string, int64_t>& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
                 F = args.at("hidden"), R = args.at("lora-rank");
-  if (R <= 0) throw std::invalid_argument("--lora-rank must be > 0 for the LoRA step");
+  if (R <= 0 || R % 4 != 0) {
+    throw std::invalid_argument("--lora-rank " + std::to_string(R) + ": must be a positive multiple of 4 (the expert "
+                                "adapters' fp32 grouped GEMM needs 16-byte aligned strides), for example 8");
+  }
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
   for (const bool lora : {false, true}) {
     torch::manual_seed(0);

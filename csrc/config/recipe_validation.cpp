@@ -236,6 +236,13 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
             "keep the expert targets or set parallel.tensor=1");
     }
   }
+  bool expert_adapters = lora.targets_size() == 0;  // empty = the three expert projections
+  for (const auto& t : lora.targets()) expert_adapters |= t == "gate" || t == "up" || t == "down";
+  if (lora.rank() > 0 && expert_adapters && lora.rank() % 4 != 0) {
+    p.add("finetune.lora.rank", lora.rank(), "must be a multiple of 4 for the expert adapters (the rank is a stride of "
+                                             "their fp32 grouped GEMM, which needs 16-byte alignment); use " +
+                                                 std::to_string((lora.rank() + 3) / 4 * 4));
+  }
   if (lora.targets_size() > 0 && lora.rank() == 0) {
     p.add("finetune.lora.rank", "0", "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
   }

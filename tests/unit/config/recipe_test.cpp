@@ -360,6 +360,20 @@ TEST(RecipeBase, MissingBaseAndCyclesAreClearErrors) {
       << "errors in a base name the base file, line and column";
 }
 
+TEST(RecipeValidation, LoraRankOfExpertAdaptersFitsGroupedGemmAlignment) {
+  Recipe r = valid_recipe();
+  apply_override(r, "finetune.lora.rank=6");
+  EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }),
+            "r: invalid recipe:\n  finetune.lora.rank = 6: must be a multiple of 4 for the expert adapters (the rank is a "
+            "stride of their fp32 grouped GEMM, which needs 16-byte alignment); use 8");
+  apply_override(r, "finetune.lora.targets=[attn_qkv]");  // attention adapters use plain matmuls
+  EXPECT_NO_THROW(validate_recipe(r, "r"));
+  apply_override(r, "finetune.lora.targets=[attn_qkv,down]");
+  EXPECT_NE(error_of([&] { validate_recipe(r, "r"); }).find("finetune.lora.rank = 6: must be a multiple of 4"), std::string::npos);
+  apply_override(r, "finetune.lora.rank=4");
+  EXPECT_NO_THROW(validate_recipe(r, "r"));
+}
+
 TEST(RecipeValidation, EachProblemSaysWhereItsFieldWasSet) {
   const std::string dir = temp_dir("origins");
   write_file(dir, "base.textproto", "model {\n  num_experts: 4\n  top_k: 6\n}\ndata { train_prefix: \"t\" }\n");
