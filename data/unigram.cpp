@@ -26,16 +26,25 @@ std::vector<int64_t> counts(const IndexedDataset& ds, int64_t vocab_size) {
 
 }  // namespace
 
+std::vector<double> unigram_log_probs(const IndexedDataset& train, int64_t vocab_size) {
+  if (vocab_size < 1) throw std::runtime_error("vocabulary size " + std::to_string(vocab_size) + " must be at least 1");
+  const std::vector<int64_t> c = counts(train, vocab_size);
+  const double denom = static_cast<double>(train.num_tokens() + vocab_size);
+  std::vector<double> log_p(vocab_size);
+  for (int64_t t = 0; t < vocab_size; ++t) log_p[t] = std::log((c[t] + 1) / denom);
+  return log_p;
+}
+
 double unigram_perplexity(const IndexedDataset& train, const IndexedDataset& valid, int64_t vocab_size) {
   if (vocab_size < 1) throw std::runtime_error("vocabulary size " + std::to_string(vocab_size) + " must be at least 1");
   if (valid.num_tokens() == 0) {
     throw std::runtime_error(valid.prefix() + ": no tokens to evaluate the unigram baseline on; encode a non-empty validation split");
   }
-  const std::vector<int64_t> train_counts = counts(train, vocab_size), valid_counts = counts(valid, vocab_size);
-  const double denom = static_cast<double>(train.num_tokens() + vocab_size);
+  const std::vector<int64_t> valid_counts = counts(valid, vocab_size);
+  const std::vector<double> log_p = unigram_log_probs(train, vocab_size);
   double nll = 0;
   for (int64_t t = 0; t < vocab_size; ++t) {
-    if (valid_counts[t]) nll -= valid_counts[t] * std::log((train_counts[t] + 1) / denom);
+    if (valid_counts[t]) nll -= valid_counts[t] * log_p[t];
   }
   return std::exp(nll / static_cast<double>(valid.num_tokens()));
 }

@@ -49,9 +49,18 @@ EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_
   return out;
 }
 
-double unigram_baseline(const std::string& train_prefix, const std::string& valid_prefix, int64_t vocab_size) {
-  return data::unigram_perplexity(data::IndexedDataset::open(train_prefix), data::IndexedDataset::open(valid_prefix),
-                                  vocab_size);
+double unigram_baseline(const std::string& train_prefix, const EvalWindows& eval, int64_t vocab_size) {
+  const std::vector<double> log_p = data::unigram_log_probs(data::IndexedDataset::open(train_prefix), vocab_size);
+  double nll = 0;
+  int64_t tokens = 0;
+  for (const auto& w : eval.windows) {
+    auto targets = w.narrow(1, 1, w.size(1) - 1).contiguous();  // the tokens val_loss predicts
+    const int64_t* t = targets.data_ptr<int64_t>();
+    for (int64_t i = 0; i < targets.numel(); ++i) nll -= log_p.at(t[i]);
+    tokens += targets.numel();
+  }
+  if (tokens == 0) throw std::runtime_error("no validation windows to evaluate the unigram baseline on");
+  return std::exp(nll / static_cast<double>(tokens));
 }
 
 }  // namespace moetrain::trainer

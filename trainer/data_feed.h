@@ -30,7 +30,8 @@ class TrainingData {
 
 EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_t max_per_domain, int64_t vocab_size);
 
-// Perplexity of the validation tokens under a unigram model of the training tokens (add-one smoothed).
-double unigram_baseline(const std::string& train_prefix, const std::string& valid_prefix, int64_t vocab_size);
+// Perplexity, under the add-one-smoothed unigram model of the training tokens, of exactly the tokens
+// val_ppl is measured on (the targets of every evaluation window): the two numbers compare like with like.
+double unigram_baseline(const std::string& train_prefix, const EvalWindows& eval, int64_t vocab_size);
 
 }  // namespace moetrain::trainer

@@ -43,11 +43,17 @@ void drop_lines_after_step(const std::string& jsonl_path, int64_t step) {
   if (std::rename(tmp.c_str(), jsonl_path.c_str()) != 0) throw std::runtime_error(jsonl_path + ": cannot replace");
 }
 
-MetricsSink::MetricsSink(const std::string& run_dir, bool tensorboard) {
+MetricsSink::MetricsSink(const std::string& run_dir, bool tensorboard, int64_t resumed_step) {
   const std::string path = run_dir + "/metrics.jsonl";
   jsonl_.open(path, std::ios::app);
   if (!jsonl_) throw std::runtime_error(path + ": cannot open for writing; check the run directory is writable");
-  if (tensorboard) events_ = std::make_unique<EventWriter>(run_dir);
+  if (tensorboard) {
+    events_ = std::make_unique<EventWriter>(run_dir);
+    if (resumed_step >= 0) {
+      events_->session_start(resumed_step + 1);
+      events_->flush();
+    }
+  }
 }
 
 void MetricsSink::write(const StepRecord& record) {
@@ -57,6 +63,7 @@ void MetricsSink::write(const StepRecord& record) {
   jsonl_.flush();
   if (events_) {
     events_->scalars(record.step, record.scalars);
+    if (!record.tensorboard_only.empty()) events_->scalars(record.step, record.tensorboard_only);
     events_->flush();
   }
 }

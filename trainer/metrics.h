@@ -15,18 +15,23 @@
 
 namespace moetrain::trainer {
 
-// An ordered list of named scalars for one step; "step" is always the first key.
+// An ordered list of named scalars for one step; "step" is always the first key. `tensorboard_only`
+// holds detail too wide for metrics.jsonl (one scalar per expert), written to TensorBoard alone.
 struct StepRecord {
   int64_t step = 0;
   std::vector<std::pair<std::string, double>> scalars;
+  std::vector<std::pair<std::string, double>> tensorboard_only;
   void add(const std::string& name, double value) { scalars.emplace_back(name, value); }
+  void add_tensorboard_only(const std::string& name, double value) { tensorboard_only.emplace_back(name, value); }
   double get(const std::string& name) const;  // throws if absent
 };
 
 class MetricsSink {
  public:
   // Appends to RUN_DIR/metrics.jsonl (a resumed run continues the file); TensorBoard is optional.
-  MetricsSink(const std::string& run_dir, bool tensorboard);
+  // A run resumed from the checkpoint of step `resumed_step` (>= 0) tells TensorBoard to forget
+  // what an earlier process logged after that step.
+  MetricsSink(const std::string& run_dir, bool tensorboard, int64_t resumed_step = -1);
   void write(const StepRecord& record);
 
  private:

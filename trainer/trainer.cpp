@@ -21,30 +21,13 @@
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
 #include "trainer/metrics.h"
+#include "trainer/optimizer.h"
 #include "trainer/preemption.h"
 #include "trainer/schedule.h"
 
 namespace moetrain::trainer {
 namespace fs = std::filesystem;
 namespace {
-
-std::unique_ptr<torch::optim::AdamW> make_optimizer(model::TransformerImpl& model, const config::OptimizerConfig& o) {
-  // Weight decay on matrices only; norms (1-D) are not decayed.
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model.parameters()) {
-    if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);  // frozen weights have no state
-  }
-  auto options = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr())
-                                                            .betas({o.beta1(), o.beta2()})
-                                                            .eps(o.eps())
-                                                            .weight_decay(wd));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, options(o.weight_decay()));
-  groups.emplace_back(no_decay, options(0.0));
-  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o.lr()));
-}
 
 std::string human_count(double v) {
   char buf[32];
@@ -66,35 +49,16 @@ std::string human_duration(double seconds) {
 // One MoE layer's measures summed over the micro-batches of a step.
 struct LayerAccumulator {
   int64_t routed = 0, dropped = 0, passes = 0;
-  double entropy = 0;
-  void add(const moe::MoEStats& s) { routed += s.routed_pairs, dropped += s.dropped_pairs, entropy += s.entropy, ++passes; }
+  double entropy = 0, aux = 0, z = 0;  // aux and z with their coefficients, as added to the loss
+  void add(const moe::MoEStats& s) {
+    routed += s.routed_pairs, dropped += s.dropped_pairs, entropy += s.entropy, aux += s.aux_loss, z += s.z_loss, ++passes;
+  }
   double dropped_fraction() const { return routed ? static_cast<double>(dropped) / static_cast<double>(routed) : 0.0; }
 };
 
 double now() {
   using namespace std::chrono;
   return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
-}
-
-// L2 norm of all gradients (double accumulation), then scale them to max_norm when above it
-// (coefficient max_norm / (norm + 1e-6), as torch::nn::utils::clip_grad_norm_).
-double clip_gradients(model::TransformerImpl& model, double max_norm, parallel::ProcessMesh* mesh) {
-  double norm;
-  if (mesh) {
-    norm = parallel::global_grad_norm(model, *mesh);
-  } else {
-    auto sq = torch::zeros({}, torch::kFloat64);
-    for (auto& p : model.parameters())
-      if (p.grad().defined()) sq += p.grad().to(torch::kFloat64).square().sum();
-    norm = std::sqrt(sq.item<double>());
-  }
-  if (norm > max_norm) {
-    torch::NoGradGuard no_grad;
-    const double coef = max_norm / (norm + 1e-6);
-    for (auto& p : model.parameters())
-      if (p.grad().defined()) p.mutable_grad().mul_(coef);
-  }
-  return norm;
 }
 
 // Fine-tuning: LoRA freezes every base weight; freeze_router freezes router weights. Either way the
@@ -138,6 +102,7 @@ struct Trainer::State {
   std::unique_ptr<MetricsSink> metrics;
   std::unique_ptr<ExpertLoadLog> expert_log;
   std::unique_ptr<Checkpointer> checkpointer;
+  std::shared_ptr<parallel::TensorParallel> tensor_parallel;  // tp > 1 only
   TrainState train_state;
   double unigram_ppl = NAN;
   bool router_frozen = false;
@@ -158,19 +123,20 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   if (r.train().threads() > 0) torch::set_num_threads(static_cast<int>(r.train().threads()));
   torch::manual_seed(r.train().seed());
 
-  fs::create_directories(run_dir);
-  if (s_->writes_logs) {
-    std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
-                                                 << config::to_text(recipe);
-  }
-
   s_->train_data = std::make_unique<TrainingData>(r.data().train_prefix(), r.data().seq_len(), r.train().seed(),
                                                   r.model().vocab_size());
   if (!r.data().valid_prefix().empty()) {
     s_->eval_data = load_eval_windows(r.data().valid_prefix(), r.data().seq_len(), r.train().eval_sequences(),
                                       r.model().vocab_size());
     s_->has_eval = true;
-    s_->unigram_ppl = unigram_baseline(r.data().train_prefix(), r.data().valid_prefix(), r.model().vocab_size());
+    s_->unigram_ppl = unigram_baseline(r.data().train_prefix(), s_->eval_data, r.model().vocab_size());
+  }
+
+  // The data is good: only now does the run directory come to exist (a rejected run leaves nothing).
+  fs::create_directories(run_dir);
+  if (s_->writes_logs) {
+    std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
+                                                 << config::to_text(recipe);
   }
 
   const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
@@ -178,7 +144,10 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   s_->model = model::Transformer(model::TransformerOptions::from_recipe(r, ep, ep_rank, tp, tp_rank));
   model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
   s_->router_frozen = apply_freezing(*s_->model, r.finetune());
-  if (tp > 1) s_->model->set_tensor_parallel(std::make_shared<parallel::TensorParallel>(mesh->tp()));
+  if (tp > 1) {
+    s_->tensor_parallel = std::make_shared<parallel::TensorParallel>(mesh->tp());
+    s_->model->set_tensor_parallel(s_->tensor_parallel);
+  }
   if (mesh) {
     for (auto& layer : s_->model->moe_layers()) {
       if (ep > 1) layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(mesh->ep(), r.model().num_experts()));
@@ -220,7 +189,7 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
     for (const char* log : {"metrics.jsonl", "expert_load.jsonl", "expert_domains.jsonl"}) {
       drop_lines_after_step(run_dir + "/" + log, s_->train_state.step);
     }
-    s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard());
+    s_->metrics = std::make_unique<MetricsSink>(run_dir, r.logging().tensorboard(), resumed ? s_->train_state.step : -1);
     s_->expert_log = std::make_unique<ExpertLoadLog>(run_dir);
   }
 }
@@ -266,7 +235,12 @@ TrainSummary Trainer::run() {
     std::printf("fine-tuning: %s trainable, %s frozen parameters on this rank%s\n", human_count(trainable).c_str(),
                 human_count(frozen).c_str(), s_->router_frozen ? "; router and expert biases frozen" : "");
   }
-  if (s_->has_eval) std::printf("unigram baseline perplexity on validation: %.2f\n", s_->unigram_ppl);
+  if (s_->has_eval) {
+    int64_t eval_tokens = 0;
+    for (const auto& w : s_->eval_data.windows) eval_tokens += w.size(0) * (w.size(1) - 1);
+    std::printf("unigram baseline perplexity on validation: %.2f (the %s tokens val_ppl is measured on)\n", s_->unigram_ppl,
+                human_count(static_cast<double>(eval_tokens)).c_str());
+  }
   std::fflush(stdout);
 
   TrainSummary summary;
@@ -284,7 +258,8 @@ TrainSummary Trainer::run() {
   for (size_t l = 0; l < model.options().is_moe.size(); ++l) {
     if (model.options().is_moe[l]) layer_names.push_back("layer" + std::to_string(l));
   }
-  auto add_moe_measures = [&](StepRecord& rec, const std::vector<torch::Tensor>& load, const std::vector<LayerAccumulator>& acc) {
+  auto add_moe_measures = [&](StepRecord& rec, const std::vector<torch::Tensor>& load, const std::vector<LayerAccumulator>& acc,
+                              int64_t micro_batches) {
     if (load.empty()) return;
     double vio = 0, dropped = 0, entropy = 0;
     for (size_t l = 0; l < load.size(); ++l) {
@@ -292,7 +267,18 @@ TrainSummary Trainer::run() {
       rec.add("max_vio/" + layer_names[l], v);
       rec.add("dropped_frac/" + layer_names[l], d);
       rec.add("router_entropy/" + layer_names[l], h);
+      rec.add("aux_loss/" + layer_names[l], acc[l].aux / static_cast<double>(micro_batches));
+      rec.add("z_loss/" + layer_names[l], acc[l].z / static_cast<double>(micro_batches));
       vio += v, dropped += d, entropy += h;
+      // Tokens per expert (the step's global batch, before capacity) as TensorBoard scalars, one
+      // chart per expert under tokens_per_expert/<layer>/; metrics.jsonl keeps its summary and
+      // expert_load.jsonl the full vectors.
+      auto counts = load[l].to(torch::kCPU).to(torch::kInt64).contiguous();
+      for (int64_t e = 0; e < counts.numel(); ++e) {
+        char tag[64];
+        std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer_names[l].c_str(), static_cast<long long>(e));
+        rec.add_tensorboard_only(tag, static_cast<double>(counts.data_ptr<int64_t>()[e]));
+      }
     }
     const double n = static_cast<double>(load.size());
     rec.add("max_vio", vio / n);
@@ -302,9 +288,16 @@ TrainSummary Trainer::run() {
   };
   auto evaluate_now = [&](StepRecord& rec) {
     EvalResult ev = evaluate(model, s_->eval_data, mbs);
+    if (s_->tensor_parallel) {
+      // Each tp rank routed its slice of every window's tokens: the validation load is their sum.
+      for (auto& c : ev.expert_load) c = s_->tensor_parallel->sum_counts(c);
+      for (auto& domain : ev.domain_expert_load)
+        for (auto& c : domain) c = s_->tensor_parallel->sum_counts(c);
+    }
     rec.add("val_loss", ev.loss);
     rec.add("val_ppl", ev.ppl);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
+    for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_ppl/" + domain, std::exp(loss));
     if (!ev.expert_load.empty()) {
       double vio = 0;
       for (size_t l = 0; l < ev.expert_load.size(); ++l) {
@@ -358,14 +351,17 @@ TrainSummary Trainer::run() {
       // dropped pairs add up over every rank; entropy is a mean.
       const double world = mesh->sizes().world;
       std::vector<double> v{lm_sum, aux_sum, z_sum};
-      for (auto& a : layer_acc) v.insert(v.end(), {static_cast<double>(a.routed), static_cast<double>(a.dropped), a.entropy});
+      for (auto& a : layer_acc) v.insert(v.end(), {static_cast<double>(a.routed), static_cast<double>(a.dropped), a.entropy, a.aux, a.z});
       auto t = torch::tensor(v, torch::kFloat64);
       parallel::sum_over_world(t, *mesh);
       lm_sum = t[0].item<double>() / world, aux_sum = t[1].item<double>() / dp, z_sum = t[2].item<double>() / dp;
       for (size_t l = 0; l < layer_acc.size(); ++l) {
-        layer_acc[l].routed = static_cast<int64_t>(t[3 + 3 * l].item<double>());
-        layer_acc[l].dropped = static_cast<int64_t>(t[4 + 3 * l].item<double>());
-        layer_acc[l].entropy = t[5 + 3 * l].item<double>() / world;
+        const int64_t at = 3 + 5 * static_cast<int64_t>(l);
+        layer_acc[l].routed = static_cast<int64_t>(t[at].item<double>());
+        layer_acc[l].dropped = static_cast<int64_t>(t[at + 1].item<double>());
+        layer_acc[l].entropy = t[at + 2].item<double>() / world;
+        layer_acc[l].aux = t[at + 3].item<double>() / dp;
+        layer_acc[l].z = t[at + 4].item<double>() / dp;
       }
     }
     state.step += 1;
@@ -376,9 +372,9 @@ TrainSummary Trainer::run() {
     rec.step = state.step;
     rec.add("loss", (lm_sum + aux_sum + z_sum) / accum);
     rec.add("lm_loss", lm_sum / accum);
-    rec.add("aux_loss", aux_sum / accum);
-    rec.add("z_loss", z_sum / accum);
-    add_moe_measures(rec, step_load, layer_acc);
+    rec.add("aux_loss", aux_sum / accum);  // all balancing terms of all MoE layers, as added to the loss
+    rec.add("z_loss", moe_layers.empty() ? 0.0 : z_sum / accum / static_cast<double>(moe_layers.size()));  // mean over MoE layers
+    add_moe_measures(rec, step_load, layer_acc, accum);
     rec.add("lr", lr);
     rec.add("grad_norm", grad_norm);
     rec.add("tokens", static_cast<double>(state.tokens));

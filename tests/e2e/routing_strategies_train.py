@@ -32,6 +32,14 @@ for name, overrides in variants.items():
     for key in ("z_loss", "max_vio", "dropped_frac", "router_entropy", "max_vio/layer0", "dropped_frac/layer1"):
         check(key in rows[-1], f"{name}: {key} in metrics.jsonl")
     check("val_max_vio" in rows[-1], f"{name}: val_max_vio at the eval step")
+    for row in rows:
+        # fp32 totals against per-layer fp32 values summed in fp64: 1e-6 relative.
+        check(abs(row["aux_loss"] - row["aux_loss/layer0"] - row["aux_loss/layer1"]) <= 1e-6 * row["aux_loss"],
+              f"{name}: aux_loss = sum over layers")
+        check(abs(row["z_loss"] - (row["z_loss/layer0"] + row["z_loss/layer1"]) / 2) <= 1e-6 * row["z_loss"],
+              f"{name}: z_loss = mean over layers")
+    if name == "z_loss":
+        check(all(row["z_loss/layer0"] > 0 and row["z_loss/layer1"] > 0 for row in rows), "z-loss logged per layer")
     check(rows[-1]["lm_loss"] < rows[0]["lm_loss"] - 0.5, f"{name}: loss fell ({rows[0]['lm_loss']:.3f} -> {rows[-1]['lm_loss']:.3f})")
     with open(os.path.join(run, "expert_load.jsonl")) as f:
         load = [json.loads(line) for line in f]

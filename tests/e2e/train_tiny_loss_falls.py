@@ -15,12 +15,24 @@ required = ["step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", 
 for row in rows:
     missing = [k for k in required if k not in row]
     check(not missing, f"step {row.get('step')}: missing {missing}")
-    check(abs(row["loss"] - (row["lm_loss"] + row["aux_loss"] + row["z_loss"])) < 1e-9, "loss = lm_loss + aux_loss + z_loss")
+    layers = sorted(k.split("/")[1] for k in row if k.startswith("aux_loss/"))
+    check(layers == [f"layer{i}" for i in range(4)], f"per-layer aux_loss for each of the 4 MoE layers, got {layers}")
+    check(all(f"z_loss/{l}" in row for l in layers), "per-layer z_loss")
+    # The totals are sums of fp32 scalars, the per-layer values fp32 scalars summed in fp64: 1e-6 relative.
+    check(abs(row["aux_loss"] - sum(row[f"aux_loss/{l}"] for l in layers)) <= 1e-6 * row["aux_loss"],
+          "aux_loss = sum of the layers' aux losses")
+    z_total = sum(row[f"z_loss/{l}"] for l in layers)
+    check(abs(row["z_loss"] - z_total / len(layers)) <= 1e-6 * row["z_loss"], "z_loss = mean of the layers' z-losses")
+    check(abs(row["loss"] - (row["lm_loss"] + row["aux_loss"] + row["z_loss"] * len(layers))) < 1e-9,
+          "loss = lm_loss + aux_loss + (number of MoE layers) * z_loss")
 evals = [r for r in rows if "val_loss" in r]
 check([r["step"] for r in evals] == [40, 80], f"eval steps {[r['step'] for r in evals]}")
 for r in evals:
     check(abs(r["val_ppl"] - math.exp(r["val_loss"])) < 1e-6 * r["val_ppl"], "val_ppl = exp(val_loss)")
-    check(any(k.startswith("val_loss/") for k in r), "per-domain validation losses")
+    domains = [k.split("/")[1] for k in r if k.startswith("val_loss/")]
+    check({"en", "de", "ru", "c", "python"} <= set(domains), f"per-domain validation losses, got {domains}")
+    for d in domains:
+        check(abs(r[f"val_ppl/{d}"] - math.exp(r[f"val_loss/{d}"])) < 1e-6 * r[f"val_ppl/{d}"], f"val_ppl/{d} = exp(val_loss/{d})")
 
 first, last = rows[0]["lm_loss"], sum(r["lm_loss"] for r in rows[-10:]) / 10
 print(f"lm_loss first step {first:.4f}, mean of last 10 steps {last:.4f}")

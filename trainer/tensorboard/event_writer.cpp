@@ -62,6 +62,14 @@ void EventWriter::scalars(int64_t step, const std::vector<std::pair<std::string,
   write_record(event.SerializeAsString());
 }
 
+void EventWriter::session_start(int64_t step) {
+  tensorboard::Event event;
+  event.set_wall_time(now_seconds());
+  event.set_step(step);
+  event.mutable_session_log()->set_status(tensorboard::SessionLog::START);
+  write_record(event.SerializeAsString());
+}
+
 void EventWriter::write_record(const std::string& payload) {
   const uint64_t length = payload.size();  // little-endian on every platform we build for
   const uint32_t length_crc = masked_crc32c(&length, sizeof(length));

@@ -15,6 +15,8 @@ class EventWriter {
   // Creates DIR/events.out.tfevents.<unix seconds>.<host> and writes the file_version record.
   explicit EventWriter(const std::string& dir);
   void scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values);
+  // Marks a restart at `step`: TensorBoard forgets the events of steps >= step read before it.
+  void session_start(int64_t step);
   void flush() { out_.flush(); }
   const std::string& path() const { return path_; }
 
