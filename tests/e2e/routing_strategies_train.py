@@ -1,7 +1,10 @@
 """Every routing strategy trains from a recipe on the tiny corpus: the loss falls and the routing
-measures appear in metrics.jsonl (z_loss, max_vio, dropped_frac, per layer) and expert_load.jsonl."""
+measures appear in metrics.jsonl (z_loss, max_vio, dropped_frac, per layer), in TensorBoard (read by
+the real tensorboard package) and in expert_load.jsonl."""
 import json
 import os
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import check, fresh_dir, metrics, moe_train
 
@@ -18,6 +21,8 @@ variants = {
                     "routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.seq_aux_loss_coeff=0.0001"],
     "mixtral_order": ["routing.topk_order=TOPK_THEN_SOFTMAX"],
     "capacity_drop": ["routing.capacity_factor=1.0", "routing.drop_policy=POSITION"],
+    "capacity_drop_probs": ["routing.capacity_factor=1.0", "routing.drop_policy=PROBS", "routing.min_capacity=4"],
+    "sigmoid_scaled": ["routing.score_function=SIGMOID", "routing.normalize_gates=false", "routing.gate_scale=2.5"],
     "capacity_pad": ["routing.capacity_factor=1.25", "routing.pad_to_capacity=true", "routing.eval_capacity_factor=2"],
     "top1_jitter": ["model.top_k=1", "routing.jitter_eps=0.01"],
     "expert_choice": ["routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0"],
@@ -44,11 +49,18 @@ for name, overrides in variants.items():
     with open(os.path.join(run, "expert_load.jsonl")) as f:
         load = [json.loads(line) for line in f]
     check(len(load) == 30 and sorted(load[0]["tokens_per_expert"]) == ["layer0", "layer1"], f"{name}: expert_load.jsonl")
+    acc = EventAccumulator(run, size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    missing = [k for k in rows[-1] if k != "step" and k not in tags]
+    check(not missing, f"{name}: every measure in TensorBoard, missing {missing}")
+    check(all(f"tokens_per_expert/layer{l}/expert{e:03d}" in tags for l in (0, 1) for e in range(8)),
+          f"{name}: tokens per expert in TensorBoard")
     with open(os.path.join(run, "expert_domains.jsonl")) as f:
         domains = {json.loads(line)["domain"] for line in f}
     check({"en", "de", "ru", "c", "python"} <= domains, f"{name}: expert load per validation domain")
     dropped = sum(r["dropped_frac"] for r in rows)
-    if name == "capacity_drop":
+    if name in ("capacity_drop", "capacity_drop_probs"):
         check(dropped > 0, "capacity 1.0 drops some pairs")
     elif name not in ("capacity_pad",):
         check(dropped == 0, f"{name}: dropless")
