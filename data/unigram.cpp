@@ -36,12 +36,11 @@ std::vector<double> unigram_log_probs(const IndexedDataset& train, int64_t vocab
 }
 
 double unigram_perplexity(const IndexedDataset& train, const IndexedDataset& valid, int64_t vocab_size) {
-  if (vocab_size < 1) throw std::runtime_error("vocabulary size " + std::to_string(vocab_size) + " must be at least 1");
+  const std::vector<double> log_p = unigram_log_probs(train, vocab_size);
   if (valid.num_tokens() == 0) {
     throw std::runtime_error(valid.prefix() + ": no tokens to evaluate the unigram baseline on; encode a non-empty validation split");
   }
   const std::vector<int64_t> valid_counts = counts(valid, vocab_size);
-  const std::vector<double> log_p = unigram_log_probs(train, vocab_size);
   double nll = 0;
   for (int64_t t = 0; t < vocab_size; ++t) {
     if (valid_counts[t]) nll -= valid_counts[t] * log_p[t];

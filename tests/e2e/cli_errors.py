@@ -19,6 +19,6 @@ for overrides, code, message in cases:
     proc = moe_train(run, overrides, check=False)
     check(proc.returncode == code, f"{overrides}: exit {proc.returncode}, expected {code}\n{proc.stderr}")
     check(message in proc.stderr, f"{overrides}: message {message!r} not in:\n{proc.stderr}")
-    if code == 2:
-        check(not os.path.exists(run), f"{overrides}: nothing written for a rejected recipe")
+    if code == 2 or overrides[0].startswith(("data.", "model.")):
+        check(not os.path.exists(run), f"{overrides}: nothing written for a rejected recipe or rejected data")
 print("ok")
