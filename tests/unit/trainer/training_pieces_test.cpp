@@ -95,6 +95,37 @@ TEST(Optimizer, MatricesAreDecayedVectorsAreNotFrozenAndBuffersAreAbsent) {
   EXPECT_EQ(biases, 1);  // the one MoE layer's bias
 }
 
+TEST(Optimizer, ARealStepLeavesTheExpertBiasesBitwiseAlone) {
+  config::ModelConfig m;
+  m.set_vocab_size(64), m.set_d_model(16), m.set_num_layers(2), m.set_num_heads(2), m.set_ffn_hidden(32);
+  m.set_num_experts(4), m.set_top_k(2), m.set_moe_ffn_hidden(16), m.set_moe_layer_freq(1);
+  config::RoutingConfig routing;
+  routing.set_bias_update_rate(1e-3);
+  model::Transformer t(model::TransformerOptions::from_recipe(m, routing));
+  model::init_weights(*t, 4, 0.1);
+  config::OptimizerConfig o;
+  o.set_lr(0.1), o.set_weight_decay(0.1);  // large, so any contact would show
+  auto opt = trainer::make_optimizer(*t, o);
+  const auto layers = t->moe_layers();
+  std::vector<torch::Tensor> bias_before, weight_before;
+  for (const auto& layer : layers) {
+    torch::NoGradGuard no_grad;
+    layer->router->expert_bias.copy_(torch::tensor({0.01f, -0.02f, 0.03f, -0.04f}));
+    bias_before.push_back(layer->router->expert_bias.clone());
+    weight_before.push_back(layer->router->weight.detach().clone());
+  }
+  torch::manual_seed(4);
+  auto tokens = torch::randint(0, 64, {2, 9}, torch::kInt64);
+  auto out = t->forward(tokens.narrow(1, 0, 8));
+  (t->token_losses(out.logits, tokens.narrow(1, 1, 8)).mean() + out.aux_loss).backward();
+  opt->step();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    EXPECT_FALSE(layers[l]->router->expert_bias.grad().defined());
+    EXPECT_TRUE(torch::equal(layers[l]->router->expert_bias, bias_before[l])) << "no optimizer step, no weight decay";
+    EXPECT_FALSE(torch::equal(layers[l]->router->weight, weight_before[l])) << "the router weight itself is trained";
+  }
+}
+
 TEST(Optimizer, ClippingScalesToMaxNormAndReportsTheNormBefore) {
   torch::nn::Linear lin(torch::nn::LinearOptions(2, 1).bias(false));
   lin->weight.mutable_grad() = torch::tensor({{3.0f, 4.0f}});  // norm 5
