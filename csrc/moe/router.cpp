@@ -49,9 +49,11 @@ RouterImpl::RouterImpl(const RouterOptions& options) : options_(options) {
 torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torch::Tensor& scores_TE) const {
   const auto& r = options_.routing;
   const int64_t E = options_.num_experts, k = options_.top_k;
-  // Selection space: logits for softmax-over-the-selected, scores otherwise; plus the balancing bias.
+  // Selection space: logits for softmax-over-the-selected, scores otherwise; plus the balancing bias,
+  // always: a bias learned earlier (pretraining) must still select when the update rate is 0 (fine-tuning).
+  // It is zero in a model that never balanced, and x + 0 selects exactly as x.
   auto select_TE = r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX ? logits_TE : scores_TE;
-  if (r.bias_update_rate() > 0) select_TE = select_TE + expert_bias;
+  select_TE = select_TE + expert_bias;
   if (r.num_groups() > 1) {
     const int64_t G = r.num_groups(), per_group = E / G, top_in_group = std::max<int64_t>(1, k / r.group_topk());
     auto grouped = select_TE.detach().view({-1, G, per_group});

@@ -229,6 +229,20 @@ TEST(BiasBalancing, BiasChangesSelectionButNotTheGateOfASelectedExpert) {
   EXPECT_FALSE(router->weight.grad().defined());
 }
 
+// A bias learned while pretraining takes part in selection whatever the current update rate: fine-tuning
+// recipes set the rate to 0 (no further updates), and must route as the pretrained model did.
+TEST(BiasBalancing, ALearnedBiasSelectsEvenWhenTheUpdateRateIsZero) {
+  RoutingConfig cfg;
+  cfg.set_bias_update_rate(0);
+  auto router = make_router(8, 4, 1, cfg);
+  auto x = torch::randn({6, 8});
+  const int64_t e0 = selected(router(x), 0)[0];
+  router->expert_bias.fill_(0);
+  router->expert_bias[(e0 + 1) % 4] = 10.0f;
+  auto after = router(x);
+  for (int64_t t = 0; t < 6; ++t) EXPECT_EQ(selected(after, t)[0], (e0 + 1) % 4) << "token " << t;
+}
+
 TEST(Capacity, FormulaWithMinimum) {
   EXPECT_EQ(expert_capacity(0.0, 100, 2, 8, 4), 0) << "0 = dropless";
   EXPECT_EQ(expert_capacity(1.0, 100, 2, 8, 0), 25);
