@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Assemble a multi-domain text corpus from Debian packages, as JSONL with a "domain" field.
+"""Assemble a multi-domain text corpus, as JSONL with a "domain" field, from files that launch/setup.sh
+installs and whose content is the same on every machine.
 
-Domains: en (fortunes, fortunes-min), de / it / es / ru (fortunes-de/-it/-es/-ru), c (C and C++ headers
-under /usr/include), python (the Python standard library). Fortunes are split into one document per
-entry (entries end at a line holding only '%'); source files are one document each (directories named
-test, tests, idlelib, site-packages, dist-packages and __pycache__ are skipped). Documents whose SHA-256
-(of the text) is 0 mod 20 go to the validation split; in a domain where none does, the document with the
-smallest hash is held out, so every domain has at least one validation and one training document (a
-domain with fewer than 2 documents is an error).
+Domains: en (fortunes, fortunes-min), de / it / es / ru (fortunes-de/-it/-es/-ru), c (the C and C++ headers
+of the pinned torch wheel, TORCH/include), python (the Python source of the same wheel, TORCH/**/*.py).
+Nothing is read from the rest of the system: /usr/include and the system Python's standard library depend
+on which -dev packages and which Python happen to be installed, and on Debian point releases, so a corpus
+made from them differs between machines. The fortune packages are unchanged since Debian 12's release, and
+the torch wheel is pinned in launch/requirements.txt (its headers and .py files are the same for every
+Python version and platform of one release).
 
-usage: assemble_corpus.py OUT_DIR [--small]
+Fortunes are split into one document per entry (entries end at a line holding only '%'); source files are
+one document each, in sorted path order (directories named test, tests, testing, _vendor and __pycache__
+are skipped). Documents whose SHA-256 (of the text) is 0 mod 20 go to the validation split; in a domain
+where none does, the document with the smallest hash is held out, so every domain has at least one
+validation and one training document (a domain with fewer than 2 documents is an error).
+
+Also writes OUT_DIR/sources.json: the version of every package the text came from.
+
+usage: assemble_corpus.py OUT_DIR --torch TORCH_PACKAGE_DIR [--small]
 """
 import glob
 import hashlib
@@ -18,7 +27,7 @@ import os
 import subprocess
 import sys
 
-SKIPPED_DIRS = ("test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__")
+SKIPPED_DIRS = ("test", "tests", "testing", "_vendor", "__pycache__")
 
 FORTUNE_PACKAGES = {"en": ["fortunes", "fortunes-min"], "de": ["fortunes-de"], "it": ["fortunes-it"],
                     "es": ["fortunes-es"], "ru": ["fortunes-ru"]}
@@ -28,18 +37,9 @@ class CorpusError(Exception):
     pass
 
 
-def python_stdlib():
-    """The standard library of the system Python (/usr/bin/python3), whichever version it is."""
-    try:
-        out = subprocess.run(["/usr/bin/python3", "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        if os.path.isfile(os.path.join(out, "os.py")):
-            return out
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    found = sorted((p for p in glob.glob("/usr/lib/python3.*") if os.path.isfile(os.path.join(p, "os.py"))),
-                   key=lambda p: [int(x) if x.isdigit() else 0 for x in p.rsplit("python", 1)[1].split(".")])
-    return found[-1] if found else None
+def package_version(package):
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def package_files(package):
@@ -79,11 +79,11 @@ def fortunes(domain, cap_bytes):
                 yield entry
 
 
-def source_files(root, suffixes, cap_bytes, max_file_bytes=60_000, recursive=True):
+def source_files(root, suffixes, cap_bytes, max_file_bytes=60_000, skip_top=()):
     total = 0
     # Top-down walk, pruned and sorted in place: the exclusions take effect and the order is deterministic.
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if recursive and d not in SKIPPED_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not (dirpath == root and d in skip_top))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             if not name.endswith(suffixes) or os.path.islink(path):
@@ -112,21 +112,35 @@ def split(domain, docs):
     return ([t for t, v in zip(docs, held_out) if not v], [t for t, v in zip(docs, held_out) if v])
 
 
+def torch_version(torch_dir):
+    """The wheel's version, read from torch/version.py without importing torch."""
+    try:
+        for line in open(os.path.join(torch_dir, "version.py")):
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("'\"")
+    except OSError:
+        pass
+    return None
+
+
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    if not args or "--torch" not in args or args.index("--torch") + 1 >= len(args):
         sys.exit(__doc__)
-    out_dir, small = sys.argv[1], "--small" in sys.argv[2:]
+    torch_dir = args[args.index("--torch") + 1]
+    out_dir, small = args[0], "--small" in args
+    if not os.path.isfile(os.path.join(torch_dir, "__init__.py")) or not os.path.isdir(os.path.join(torch_dir, "include")):
+        sys.exit(f"assemble_corpus: --torch {torch_dir} is not the torch package of a wheel (no __init__.py and "
+                 "include/ there); pass the directory of the venv's torch that launch/setup.sh made")
     cap = 250_000 if small else 4_000_000
-    stdlib = python_stdlib()
+    include = os.path.join(torch_dir, "include")
     # domain -> (documents, what to check when a domain comes out empty)
     sources = {d: (lambda d=d: fortunes(d, cap), f"the fortune files of Debian package(s) {', '.join(FORTUNE_PACKAGES[d])}")
                for d in FORTUNE_PACKAGES}
-    sources["c"] = (lambda: source_files("/usr/include", (".h", ".hpp"), cap),
-                    "C/C++ headers of 200 bytes to 60 kB under /usr/include (Debian package libc6-dev)")
-    sources["python"] = (lambda: source_files(stdlib, (".py",), cap) if stdlib else iter(()),
-                         f"Python files of 200 bytes to 60 kB in the standard library {stdlib}" if stdlib else
-                         "the system Python's standard library, which was not found (/usr/bin/python3 does not "
-                         "run and there is no /usr/lib/python3.*/os.py; install Debian package python3)")
+    sources["c"] = (lambda: source_files(include, (".h", ".hpp", ".cuh"), cap),
+                    f"C/C++ headers of 200 bytes to 60 kB under {include}")
+    sources["python"] = (lambda: source_files(torch_dir, (".py",), cap, skip_top=("include",)),
+                         f"Python files of 200 bytes to 60 kB under {torch_dir}")
     os.makedirs(out_dir, exist_ok=True)
     stats = {}
     try:
@@ -143,6 +157,11 @@ def main():
                 stats[domain] = {"train_documents": len(train_docs), "valid_documents": len(valid_docs)}
     except CorpusError as e:
         sys.exit(f"assemble_corpus: {e}")
+    versions = {p: package_version(p) for ps in FORTUNE_PACKAGES.values() for p in ps}
+    versions["torch (PyPI wheel)"] = torch_version(torch_dir)
+    with open(os.path.join(out_dir, "sources.json"), "w") as f:
+        json.dump({"packages": versions, "domains": stats}, f, indent=1, sort_keys=True)
+        f.write("\n")
     print(json.dumps({"corpus": out_dir, "domains": stats}))
 
 

@@ -17,6 +17,9 @@ void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_s
        << " --normalization_rule_name=identity --add_dummy_prefix=false --remove_extra_whitespaces=false --allow_whitespace_only_pieces=true"
        << " --input_sentence_size=300000 --shuffle_input_sentence=true --max_sentence_length=8192"
        << " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --num_threads=2 --minloglevel=2";
+  // SentencePiece samples input_sentence_size sentences with a generator seeded from std::random_device
+  // unless a seed is set: a fixed seed makes the same text give the same tokenizer on every run and machine.
+  sentencepiece::SetRandomGeneratorSeed(20240613);
   const auto status = sentencepiece::SentencePieceTrainer::Train(args.str());
   if (!status.ok()) {
     throw std::runtime_error("training the tokenizer failed: " + status.ToString() +

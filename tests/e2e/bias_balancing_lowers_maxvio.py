@@ -8,16 +8,11 @@ import os
 import numpy as np
 from safetensors.numpy import load_file
 
-from common import check, fresh_dir, metrics, moe_train
+from common import check, fresh_dir, moe_train
+from empirical import BALANCE_U, BALANCE_UNBALANCED, mean_max_vio
 
-U = 0.001
-unbalanced = ["train.steps=200", "routing.aux_loss_coeff=0", "train.eval_interval=0", "checkpoint.interval=0"]
-
-
-def mean_max_vio(run, last=50):
-    rows = metrics(run)[-last:]
-    return sum(r["max_vio"] for r in rows) / len(rows)
-
+U = BALANCE_U
+unbalanced = BALANCE_UNBALANCED
 
 none = fresh_dir("e2e_balance_none")
 moe_train(none, unbalanced)

@@ -7,31 +7,11 @@ import os
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import check, fresh_dir, metrics, moe_train
+from empirical import ROUTING_BASE, ROUTING_VARIANTS
 
-base = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model.moe_ffn_hidden=64",
-        "train.micro_batch_size=4", "data.seq_len=64", "train.eval_interval=15", "schedule.warmup_steps=5",
-        "train.steps=30"]
-variants = {
-    "switch": [],
-    "sequence_aux": ["routing.aux_loss_coeff=0", "routing.seq_aux_loss_coeff=0.01"],
-    "global_aux": ["routing.aux_loss_coeff=0", "routing.global_aux_loss_coeff=0.01", "train.grad_accum_steps=2"],
-    "z_loss": ["routing.z_loss_coeff=0.001"],
-    "bias": ["routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001"],
-    "deepseek_v3": ["routing.score_function=SIGMOID", "routing.num_groups=4", "routing.group_topk=2",
-                    "routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.seq_aux_loss_coeff=0.0001"],
-    "mixtral_order": ["routing.topk_order=TOPK_THEN_SOFTMAX"],
-    "capacity_drop": ["routing.capacity_factor=1.0", "routing.drop_policy=POSITION"],
-    "capacity_drop_probs": ["routing.capacity_factor=1.0", "routing.drop_policy=PROBS", "routing.min_capacity=4"],
-    "sigmoid_scaled": ["routing.score_function=SIGMOID", "routing.normalize_gates=false", "routing.gate_scale=2.5"],
-    "capacity_pad": ["routing.capacity_factor=1.25", "routing.pad_to_capacity=true", "routing.eval_capacity_factor=2"],
-    "top1_jitter": ["model.top_k=1", "routing.jitter_eps=0.01"],
-    "expert_choice": ["routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0"],
-    "hash": ["routing.router_type=HASH", "routing.aux_loss_coeff=0"],
-    "random": ["routing.router_type=RANDOM", "routing.aux_loss_coeff=0"],
-}
-for name, overrides in variants.items():
+for name, overrides in ROUTING_VARIANTS.items():
     run = fresh_dir(f"e2e_routing_{name}")
-    moe_train(run, base + overrides)
+    moe_train(run, ROUTING_BASE + overrides)
     rows = metrics(run)
     check(len(rows) == 30, f"{name}: 30 steps")
     for key in ("z_loss", "max_vio", "dropped_frac", "router_entropy", "max_vio/layer0", "dropped_frac/layer1"):

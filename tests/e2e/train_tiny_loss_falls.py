@@ -5,9 +5,10 @@ import os
 import re
 
 from common import check, fresh_dir, metrics, moe_train
+from empirical import TINY_RUN
 
 run = fresh_dir("e2e_train_tiny")
-proc = moe_train(run, ["train.steps=80", "train.eval_interval=40", "schedule.warmup_steps=10"])
+proc = moe_train(run, TINY_RUN)
 rows = metrics(run)
 check(len(rows) == 80, f"expected 80 metric rows, got {len(rows)}")
 required = ["step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens", "tokens_per_s",

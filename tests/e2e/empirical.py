@@ -1,0 +1,39 @@
+"""Run settings shared by the end-to-end tests whose checks are empirical thresholds (properties of training
+on the real corpus) and by measure_margins.py, which measures those quantities over several seeds."""
+from common import metrics
+
+# bias_balancing_lowers_maxvio: the tiny recipe as shipped, no auxiliary loss, 200 steps; bias rate U.
+BALANCE_U = 0.001
+BALANCE_UNBALANCED = ["train.steps=200", "routing.aux_loss_coeff=0", "train.eval_interval=0", "checkpoint.interval=0"]
+
+
+def mean_max_vio(run, last=50):
+    rows = metrics(run)[-last:]
+    return sum(r["max_vio"] for r in rows) / len(rows)
+
+
+# train_tiny_loss_falls: the tiny recipe, 80 steps.
+TINY_RUN = ["train.steps=80", "train.eval_interval=40", "schedule.warmup_steps=10"]
+
+# routing_strategies_train: every routing strategy on a smaller model, 30 steps.
+ROUTING_BASE = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model.moe_ffn_hidden=64",
+                "train.micro_batch_size=4", "data.seq_len=64", "train.eval_interval=15", "schedule.warmup_steps=5",
+                "train.steps=30"]
+ROUTING_VARIANTS = {
+    "switch": [],
+    "sequence_aux": ["routing.aux_loss_coeff=0", "routing.seq_aux_loss_coeff=0.01"],
+    "global_aux": ["routing.aux_loss_coeff=0", "routing.global_aux_loss_coeff=0.01", "train.grad_accum_steps=2"],
+    "z_loss": ["routing.z_loss_coeff=0.001"],
+    "bias": ["routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001"],
+    "deepseek_v3": ["routing.score_function=SIGMOID", "routing.num_groups=4", "routing.group_topk=2",
+                    "routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.seq_aux_loss_coeff=0.0001"],
+    "mixtral_order": ["routing.topk_order=TOPK_THEN_SOFTMAX"],
+    "capacity_drop": ["routing.capacity_factor=1.0", "routing.drop_policy=POSITION"],
+    "capacity_drop_probs": ["routing.capacity_factor=1.0", "routing.drop_policy=PROBS", "routing.min_capacity=4"],
+    "sigmoid_scaled": ["routing.score_function=SIGMOID", "routing.normalize_gates=false", "routing.gate_scale=2.5"],
+    "capacity_pad": ["routing.capacity_factor=1.25", "routing.pad_to_capacity=true", "routing.eval_capacity_factor=2"],
+    "top1_jitter": ["model.top_k=1", "routing.jitter_eps=0.01"],
+    "expert_choice": ["routing.router_type=EXPERT_CHOICE", "routing.aux_loss_coeff=0"],
+    "hash": ["routing.router_type=HASH", "routing.aux_loss_coeff=0"],
+    "random": ["routing.router_type=RANDOM", "routing.aux_loss_coeff=0"],
+}
