@@ -57,6 +57,7 @@ apt_uris() {  # prints "URI SUITE" for every Debian source line
   for f in /etc/apt/sources.list.d/*.list; do
     [ -f "$f" ] && awk '$1 == "deb" { u = ($2 ~ /^\[/) ? $3 : $2; s = ($2 ~ /^\[/) ? $4 : $3; print u, s }' "$f"
   done
+  return 0
 }
 mirror=$(apt_uris | awk '$2 == "bookworm" { print $1; exit }')
 security=$(apt_uris | awk '$2 == "bookworm-security" { print $1; exit }')
