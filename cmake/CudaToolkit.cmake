@@ -28,12 +28,19 @@ endfunction()
 # (its nvidia-* packages, found through the libraries' RUNPATH). When no nvcc is found where FindCUDA
 # would look, we define the one imported target the wheel's targets refer to, torch::cudart, as an empty
 # interface; cuda.cmake sees it (its include guard) and returns, and the wheel's libraries still link.
-# MOETRAIN_HAVE_CUDA_TOOLKIT tells the rest of the build whether CUDA sources can be compiled.
+# MOETRAIN_HAVE_CUDA_TOOLKIT tells the rest of the build whether CUDA sources can be compiled. When nvcc is
+# found off PATH (/usr/local/cuda/bin on a stock system), CMAKE_CUDA_COMPILER is set to it.
 function(moetrain_allow_torch_without_cuda_toolkit)
   find_program(MOETRAIN_NVCC nvcc HINTS ENV CUDA_HOME ENV CUDA_PATH ENV CUDA_TOOLKIT_ROOT_DIR
                PATHS /usr/local/cuda PATH_SUFFIXES bin)
   if(MOETRAIN_NVCC)
     set(MOETRAIN_HAVE_CUDA_TOOLKIT ON PARENT_SCOPE)
+    # The wheel's cuda.cmake enables the CUDA language, and CMake looks for nvcc only in $CUDACXX and on
+    # PATH; the toolkit's installer puts it in /usr/local/cuda/bin, which is not on a stock PATH
+    # ("Failed to detect a default CUDA architecture"). Name the compiler we found.
+    if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+      set(CMAKE_CUDA_COMPILER "${MOETRAIN_NVCC}" CACHE FILEPATH "CUDA compiler (found by moetrain)")
+    endif()
   else()
     message(STATUS "moetrain: no CUDA toolkit (nvcc) found; building without CUDA and NCCL sources "
                    "(the torch wheel's own CUDA libraries are still linked, and work at run time)")
