@@ -24,6 +24,7 @@ for arg in "$@"; do
   esac
 done
 bin=${MOETRAIN_BIN:-$root/build/bin}
+bin=$(cd "$bin" 2>/dev/null && pwd || echo "$bin")
 [ -x "$bin/moe-data" ] || { echo "prepare_corpus: $bin/moe-data not found; build it (cmake --build build --target moe-data) or set MOETRAIN_BIN" >&2; exit 1; }
 python=${MOETRAIN_PYTHON:-${MOETRAIN_VENV:-${MOETRAIN_CACHE:-$HOME/.cache/moetrain}/venv}/bin/python}
 torch_dir=$("$python" -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torch').origin))" 2>/dev/null) ||
@@ -40,7 +41,9 @@ rm -f "$out/.done"
 echo "[corpus] assembling text into $out"
 python3 "$root/data/assemble_corpus.py" "$out" --torch "$torch_dir" $small
 echo "[corpus] training tokenizer (vocab $vocab)"
-"$bin/moe-data" train-tokenizer --input "$out/train.jsonl" --vocab-size "$vocab" --model-prefix "$out/tokenizer" >/dev/null
+# From inside OUT_DIR with relative names: the model records its input and prefix paths, and must not
+# depend on where the corpus is made.
+(cd "$out" && "$bin/moe-data" train-tokenizer --input train.jsonl --vocab-size "$vocab" --model-prefix tokenizer >/dev/null)
 echo "[corpus] encoding"
 "$bin/moe-data" encode --tokenizer "$out/tokenizer.model" --input "$out/train.jsonl" --output-prefix "$out/train"
 "$bin/moe-data" encode --tokenizer "$out/tokenizer.model" --input "$out/valid.jsonl" --output-prefix "$out/valid"
