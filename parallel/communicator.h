@@ -1,7 +1,8 @@
-// One communication group: the operations moetrain needs, over one backend (MPI on CPU; NCCL on GPU
-// belongs here too). Contract: every rank of the group calls the same operations in the same order
+// One communication group: the operations moetrain needs, over one backend (MPI or the TCP store on
+// CPU, NCCL on GPU). Contract: every rank of the group calls the same operations in the same order
 // with matching shapes. Every call is checked; a failure throws CommError naming the rank, the group
-// and the operation. Tensors are contiguous CPU tensors for the MPI backend.
+// and the operation. The MPI backend takes tensors on any device (CUDA tensors are staged through host
+// memory); the store backend takes CPU tensors; NCCL takes CUDA tensors on its device.
 #pragma once
 
 #include <torch/torch.h>
@@ -30,14 +31,34 @@ class Communicator {
   // in rank order. Rows are send.size(0) entries of send[0].numel() elements.
   virtual torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                                      const std::vector<int64_t>& recv_counts) = 0;
+  // All-gather: every rank passes rows (n, ...) of the same shape and dtype; returns (size()·n, ...),
+  // rank r's rows at [r·n, (r+1)·n). Each rank sends its n rows to the size()−1 others.
+  virtual torch::Tensor all_gather_rows(const torch::Tensor& rows) = 0;
+  // Reduce-scatter: every rank passes t (size()·n, ...) of the same shape and dtype; returns (n, ...),
+  // the sum over ranks of their row block rank(), t[rank()·n, (rank()+1)·n). Each rank sends the
+  // size()−1 blocks of the others: (size()−1)/size() of t.
+  virtual torch::Tensor reduce_scatter_rows_sum(const torch::Tensor& t) = 0;
   virtual void barrier() = 0;
   // Ranks with the same color form a group, ordered by key. Called by every rank of this group.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
-  // Bytes this communicator sent to other ranks through all_to_all_v since construction.
+
+  // Bytes of this rank's data addressed to other ranks since construction, per operation: what the
+  // other ranks receive from it (the send buffer's own block excluded), in the dtype they travel in.
+  // All backends count the same.
   int64_t all_to_all_bytes_sent() const { return a2a_bytes_; }
+  int64_t all_gather_bytes_sent() const { return all_gather_bytes_; }          // (size()−1)·bytes(rows)
+  int64_t reduce_scatter_bytes_sent() const { return reduce_scatter_bytes_; }  // (size()−1)/size()·bytes(t)
 
  protected:
-  int64_t a2a_bytes_ = 0;
+  // "rank R of group G: op: what", thrown as CommError.
+  [[noreturn]] void fail(const std::string& op, const std::string& what) const;
+  // For all_gather_rows and reduce_scatter_rows_sum: the ranks exchange dtype and shape (one small
+  // all_reduce_sum of host int64) and every rank throws the same CommError if they differ, or if t
+  // has no dim 0 (or, with divisible_rows, a dim 0 that size() does not divide). No rank is left
+  // waiting in the collective. Backends whose all_reduce_sum takes host tensors call it.
+  void agree_on_rows(const std::string& op, const torch::Tensor& t, bool divisible_rows);
+
+  int64_t a2a_bytes_ = 0, all_gather_bytes_ = 0, reduce_scatter_bytes_ = 0;
 };
 
 }  // namespace moetrain::parallel

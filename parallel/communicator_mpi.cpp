@@ -12,8 +12,26 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
     case torch::kInt64: return MPI_INT64_T;
     case torch::kInt32: return MPI_INT32_T;
     case torch::kUInt8: case torch::kBool: return MPI_UINT8_T;
+    case torch::kBFloat16: case torch::kHalf: return MPI_UINT16_T;  // moved bit for bit; summed as fp32 (staged)
     default: throw CommError("MPI communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
   }
+}
+
+// Host staging, written once for every operation. MPI reads and writes host memory and sums only the
+// types it knows, so each operation runs on staged(t): t itself when it is a contiguous CPU tensor
+// (the CPU path copies nothing), else a contiguous host copy: CUDA tensors go through host memory,
+// and 16-bit floats that are summed are widened to fp32. unstaged() takes a result back to the
+// caller's device and dtype (no copy when they are the host tensor's).
+torch::Tensor staged(const torch::Tensor& t, bool summed) {
+  const bool half = t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf;
+  return t.to(torch::kCPU, summed && half ? torch::kFloat32 : t.scalar_type()).contiguous();
+}
+torch::Tensor unstaged(const torch::Tensor& host, const torch::Tensor& like) {
+  return host.to(like.device(), like.scalar_type());
+}
+// In-place operations: the staged result back into t (nothing to do when the operation ran on t).
+void write_back(torch::Tensor& t, const torch::Tensor& host) {
+  if (!host.is_same(t)) t.copy_(host);
 }
 
 void finalize_at_exit() {
@@ -55,21 +73,29 @@ void MpiCommunicator::check(int rc, const char* op) const {
   throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": MPI " + op + " failed: " + std::string(text, len));
 }
 
+int MpiCommunicator::count(int64_t elements, const char* op) const {
+  if (elements >= INT32_MAX) fail(op, "message of " + std::to_string(elements) + " elements, over MPI's 2^31 - 1");
+  return static_cast<int>(elements);
+}
+
 void MpiCommunicator::all_reduce_sum(torch::Tensor& t) {
-  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "all_reduce_sum needs a contiguous CPU tensor");
-  check(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()), mpi_type(t), MPI_SUM, comm_), "Allreduce");
+  auto host = staged(t, /*summed=*/true);
+  check(MPI_Allreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host), MPI_SUM, comm_),
+        "Allreduce");
+  write_back(t, host);
 }
 
 void MpiCommunicator::broadcast(torch::Tensor& t, int root) {
-  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "broadcast needs a contiguous CPU tensor");
-  check(MPI_Bcast(t.data_ptr(), static_cast<int>(t.numel()), mpi_type(t), root, comm_), "Bcast");
+  auto host = staged(t, /*summed=*/false);
+  check(MPI_Bcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_), "Bcast");
+  write_back(t, host);
 }
 
 torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                                             const std::vector<int64_t>& recv_counts) {
   TORCH_CHECK(static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
               "all_to_all_v: one count per rank of group ", name_);
-  auto in = send.contiguous();
+  auto in = staged(send, /*summed=*/false);
   int64_t row = 1;  // elements per row (the tensor may have no rows at all)
   for (int64_t d = 1; d < in.dim(); ++d) row *= in.size(d);
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
@@ -88,7 +114,34 @@ torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std
   check(MPI_Alltoallv(in.data_ptr(), sc.data(), sd.data(), mpi_type(in), out.data_ptr(), rc.data(), rd.data(),
                       mpi_type(in), comm_),
         "Alltoallv");
-  return out;
+  return unstaged(out, send);
+}
+
+torch::Tensor MpiCommunicator::all_gather_rows(const torch::Tensor& rows) {
+  agree_on_rows("all_gather_rows", rows, /*divisible_rows=*/false);
+  auto in = staged(rows, /*summed=*/false);
+  auto shape = in.sizes().vec();
+  shape[0] *= size_;
+  auto out = torch::empty(shape, in.options());  // (size·n, ...)
+  const int n = count(in.numel(), "all_gather_rows");
+  count(out.numel(), "all_gather_rows");
+  check(MPI_Allgather(in.data_ptr(), n, mpi_type(in), out.data_ptr(), n, mpi_type(in), comm_), "Allgather");
+  all_gather_bytes_ += (size_ - 1) * static_cast<int64_t>(in.nbytes());
+  return unstaged(out, rows);
+}
+
+torch::Tensor MpiCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
+  agree_on_rows("reduce_scatter_rows_sum", t, /*divisible_rows=*/true);
+  auto in = staged(t, /*summed=*/true);
+  auto shape = in.sizes().vec();
+  shape[0] /= size_;
+  auto out = torch::empty(shape, in.options());  // (n, ...)
+  count(in.numel(), "reduce_scatter_rows_sum");
+  check(MPI_Reduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"), mpi_type(in),
+                                 MPI_SUM, comm_),
+        "Reduce_scatter_block");
+  reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());
+  return unstaged(out, t);
 }
 
 void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "Barrier"); }

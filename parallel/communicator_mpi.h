@@ -1,5 +1,9 @@
-// Communicator over an MPI communicator (Open MPI on CPU). Owns the MPI_Comm (freed on destruction,
-// except MPI_COMM_WORLD). Errors return to us (MPI_ERRORS_RETURN) and become CommError.
+// Communicator over an MPI communicator (Open MPI). Owns the MPI_Comm (freed on destruction, except
+// MPI_COMM_WORLD). Errors return to us (MPI_ERRORS_RETURN) and become CommError.
+// Tensors may live on any device: every operation runs on host memory, and a CUDA tensor is copied to
+// the host, communicated, and its result copied back to its device (this is how several ranks that
+// share one GPU communicate: NCCL refuses two ranks on one GPU). bf16 and fp16 are moved bit for bit
+// and summed in fp32. Contiguous CPU tensors are used in place, without a copy.
 #pragma once
 
 #include <mpi.h>
@@ -24,11 +28,14 @@ class MpiCommunicator : public Communicator {
   void broadcast(torch::Tensor& t, int root) override;
   torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;
+  torch::Tensor all_gather_rows(const torch::Tensor& rows) override;
+  torch::Tensor reduce_scatter_rows_sum(const torch::Tensor& t) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
 
  private:
   void check(int rc, const char* op) const;
+  int count(int64_t elements, const char* op) const;  // MPI's int count, or CommError
   MPI_Comm comm_;
   std::string name_;
   bool owned_;

@@ -131,6 +131,45 @@ torch::Tensor NcclCommunicator::all_to_all_v(const torch::Tensor& send, const st
   return out;
 }
 
+// NCCL sees only this rank's tensor: dim 0 and divisibility are checked here; shapes are not exchanged
+// between ranks (that would cost a host round trip per call), so a rank passing another shape shows
+// as a timeout or wrong rows, not as this error.
+void NcclCommunicator::check_rows(const char* op, const torch::Tensor& t, bool divisible_rows) const {
+  if (!t.is_cuda()) fail(op, "needs a CUDA tensor, got one on " + t.device().str());
+  if (t.dim() == 0) fail(op, "needs rows along dim 0, got a 0-dim tensor");
+  if (divisible_rows && t.size(0) % size_ != 0) {
+    fail(op, "dim 0 (" + std::to_string(t.size(0)) + " rows) of shape " + c10::str(t.sizes()) +
+                 " is not divisible by the group size " + std::to_string(size_));
+  }
+}
+
+torch::Tensor NcclCommunicator::all_gather_rows(const torch::Tensor& rows) {
+  check_rows("all_gather_rows", rows, /*divisible_rows=*/false);
+  auto in = rows.contiguous();
+  auto shape = in.sizes().vec();
+  shape[0] *= size_;
+  auto out = torch::empty(shape, in.options());  // (size·n, ...)
+  auto stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
+  check(ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in), comm_, stream), "AllGather");
+  wait("AllGather");
+  all_gather_bytes_ += (size_ - 1) * static_cast<int64_t>(in.nbytes());
+  return out;
+}
+
+torch::Tensor NcclCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
+  check_rows("reduce_scatter_rows_sum", t, /*divisible_rows=*/true);
+  auto in = t.contiguous();
+  auto shape = in.sizes().vec();
+  shape[0] /= size_;
+  auto out = torch::empty(shape, in.options());  // (n, ...)
+  auto stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
+  check(ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in), ncclSum, comm_, stream),
+        "ReduceScatter");
+  wait("ReduceScatter");
+  reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());
+  return out;
+}
+
 void NcclCommunicator::barrier() {
   auto one = torch::ones({1}, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA, device_));
   all_reduce_sum(one);

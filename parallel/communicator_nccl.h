@@ -30,12 +30,15 @@ class NcclCommunicator : public Communicator {
   void broadcast(torch::Tensor& t, int root) override;
   torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;
+  torch::Tensor all_gather_rows(const torch::Tensor& rows) override;
+  torch::Tensor reduce_scatter_rows_sum(const torch::Tensor& t) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
 
  private:
   void check(ncclResult_t rc, const char* op);
   void wait(const char* op);  // stream done, or async error / deadline → abort + CommError
+  void check_rows(const char* op, const torch::Tensor& t, bool divisible_rows) const;  // local checks only
   ncclComm_t comm_;
   std::string name_;
   int device_, rank_ = 0, size_ = 1;

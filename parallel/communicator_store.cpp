@@ -87,7 +87,9 @@ void StoreCommunicator::broadcast(torch::Tensor& t, int root) {
   guarded("broadcast", [&] {
     const std::string key = next_op("broadcast");
     if (rank_ == root) store_->set(key, bytes_of(t));
-    copy_into(t, store_->get(key));
+    auto buffer = t.contiguous();  // t itself when contiguous
+    copy_into(buffer, store_->get(key));
+    if (!buffer.is_same(t)) t.copy_(buffer);
     release(key, {key});
   });
 }
@@ -128,6 +130,60 @@ torch::Tensor StoreCommunicator::all_to_all_v(const torch::Tensor& send, const s
     // Each key is read by exactly one rank: delete our own inbox after reading.
     for (const auto& k : keys) store_->deleteKey(k);
     return torch::cat(received);
+  });
+}
+
+torch::Tensor StoreCommunicator::all_gather_rows(const torch::Tensor& rows) {
+  agree_on_rows("all_gather_rows", rows, /*divisible_rows=*/false);
+  return guarded("all_gather_rows", [&] {
+    // One key per rank, read by every other rank: the rows go to the store once.
+    const std::string op = next_op("all_gather");
+    auto in = rows.contiguous();
+    store_->set(op + "/" + std::to_string(rank_), bytes_of(in));
+    std::vector<std::string> keys;
+    std::vector<torch::Tensor> parts;
+    for (int r = 0; r < size(); ++r) {
+      if (r == rank_) {
+        parts.push_back(in);
+        continue;
+      }
+      auto part = torch::empty_like(in);
+      keys.push_back(op + "/" + std::to_string(r));
+      copy_into(part, store_->get(keys.back()));
+      parts.push_back(part);
+    }
+    keys.push_back(op + "/" + std::to_string(rank_));
+    release(op, keys);
+    all_gather_bytes_ += (size() - 1) * static_cast<int64_t>(in.nbytes());
+    return torch::cat(parts);
+  });
+}
+
+torch::Tensor StoreCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
+  agree_on_rows("reduce_scatter_rows_sum", t, /*divisible_rows=*/true);
+  return guarded("reduce_scatter_rows_sum", [&] {
+    // Block q of this rank goes to rank q under its own key; rank q sums the blocks in rank order.
+    const std::string op = next_op("reduce_scatter");
+    auto in = t.contiguous();
+    const int64_t n = in.size(0) / size();
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      auto block = in.narrow(0, q * n, n);
+      store_->set(op + "/" + std::to_string(rank_) + ">" + std::to_string(q), bytes_of(block));
+      reduce_scatter_bytes_ += static_cast<int64_t>(block.nbytes());
+    }
+    auto sum = torch::zeros_like(in.narrow(0, 0, n)), part = torch::empty_like(sum);
+    for (int r = 0; r < size(); ++r) {
+      if (r == rank_) {
+        sum += in.narrow(0, rank_ * n, n);
+        continue;
+      }
+      const std::string key = op + "/" + std::to_string(r) + ">" + std::to_string(rank_);
+      copy_into(part, store_->get(key));
+      store_->deleteKey(key);  // read by this rank only
+      sum += part;
+    }
+    return sum;
   });
 }
 

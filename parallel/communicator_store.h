@@ -2,7 +2,9 @@
 // MPI, such as torchrun. Every rank puts its bytes under a key and reads the others'; reductions add
 // the ranks' contributions in rank order, so every rank gets bitwise the same result. Traffic goes
 // through the store's server, which suits tests and small CPU runs; GPU runs use NCCL (bootstrapped
-// through the same store). Keys of an operation are deleted by the last rank to read them.
+// through the same store). Keys of an operation are deleted by the last rank to read them. An
+// all-gather puts each rank's rows into the store once (the server hands them to the size()−1
+// others); a reduce-scatter puts each of the size()−1 foreign row blocks under its reader's key.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -26,6 +28,8 @@ class StoreCommunicator : public Communicator {
   void broadcast(torch::Tensor& t, int root) override;
   torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;
+  torch::Tensor all_gather_rows(const torch::Tensor& rows) override;
+  torch::Tensor reduce_scatter_rows_sum(const torch::Tensor& t) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
 

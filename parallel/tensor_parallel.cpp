@@ -37,20 +37,25 @@ struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
   static variable_list backward(AutogradContext*, variable_list g) { return {g[0], torch::Tensor()}; }
 };
 
+// The tensors around the sequence-parallel region are replicated over tp (every rank holds the same
+// values and computes the same function of them), so a rank's gradient of a replicated tensor is
+// already the whole gradient. Hence: scatter's backward all-gathers the ranks' slices of it, and
+// gather's backward keeps this rank's slice. A reduce-scatter there would count the gradient tp times;
+// it is the backward of an all-gather whose consumers differ per rank, which tp does not have here.
 struct ScatterTokens : torch::autograd::Function<ScatterTokens> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm) {
     ctx->saved_data["comm"] = comm;
     return own_rows(*reinterpret_cast<Communicator*>(comm), x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
-    return {all_gather_rows(*comm_of(ctx), g[0].contiguous()), torch::Tensor()};
+    return {comm_of(ctx)->all_gather_rows(g[0]), torch::Tensor()};
   }
 };
 
 struct GatherTokens : torch::autograd::Function<GatherTokens> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm) {
-    ctx->saved_data["comm"] = comm;
-    return all_gather_rows(*reinterpret_cast<Communicator*>(comm), x.contiguous());
+    ctx->saved_data["comm"] = comm;  // one all-gather: each rank sends its rows once to each other rank
+    return reinterpret_cast<Communicator*>(comm)->all_gather_rows(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     return {own_rows(*comm_of(ctx), g[0]), torch::Tensor()};
@@ -58,14 +63,6 @@ struct GatherTokens : torch::autograd::Function<GatherTokens> {
 };
 
 }  // namespace
-
-torch::Tensor all_gather_rows(Communicator& group, const torch::Tensor& rows) {
-  const int p = group.size();
-  std::vector<int64_t> counts(p, rows.size(0));
-  std::vector<int64_t> dims(rows.dim(), 1);
-  dims[0] = p;
-  return group.all_to_all_v(rows.repeat(dims), counts, counts);  // every rank sends its rows to everyone
-}
 
 torch::Tensor TensorParallel::copy_to_tp(const torch::Tensor& x) {
   return CopyToTp::apply(x, reinterpret_cast<int64_t>(&tp_));

@@ -22,7 +22,4 @@ class TensorParallel : public model::TensorParallelOps {
   Communicator& tp_;
 };
 
-// Rows of every rank of `group`, concatenated in rank order (no autograd).
-torch::Tensor all_gather_rows(Communicator& group, const torch::Tensor& rows);
-
 }  // namespace moetrain::parallel

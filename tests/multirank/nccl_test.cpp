@@ -1,5 +1,6 @@
-// The NCCL backend on a GPU machine: collectives of the Communicator interface on CUDA tensors,
-// bootstrapped over MPI. Skips with a message where there is no GPU (CPU CI builds it only).
+// On a GPU machine: the NCCL backend's collectives on CUDA tensors, bootstrapped over MPI, against the
+// MPI backend; and the MPI backend on CUDA tensors (host staging). Skips with a message where there is
+// no GPU (CPU CI builds it only).
 #include <gtest/gtest.h>
 
 #include "parallel/communicator_mpi.h"
@@ -30,5 +31,39 @@ TEST(NcclCommunicator, CollectivesMatchTheMpiBackend) {
   auto rows = torch::full({p * (world->rank() + 1), 3}, static_cast<float>(world->rank()));
   auto got = nccl->all_to_all_v(rows.to(on_gpu), send, recv).cpu();
   EXPECT_TRUE(torch::equal(got, world->all_to_all_v(rows, send, recv)));
+  // All-gather and reduce-scatter of rows (small integers: exact in float, any summation order).
+  auto mine = torch::full({2, 3}, static_cast<float>(world->rank()));
+  EXPECT_TRUE(torch::equal(nccl->all_gather_rows(mine.to(on_gpu)).cpu(), world->all_gather_rows(mine)));
+  auto blocks = torch::arange(p * 2 * 3, torch::kFloat32).view({p * 2, 3}) * (world->rank() + 1);
+  EXPECT_TRUE(torch::equal(nccl->reduce_scatter_rows_sum(blocks.to(on_gpu)).cpu(), world->reduce_scatter_rows_sum(blocks)));
 #endif
+}
+
+// The MPI backend on CUDA tensors: staged through host memory, results back on the tensor's device.
+// This is how ranks that share one GPU communicate (NCCL refuses two ranks on one GPU).
+TEST(MpiStaging, CudaTensorsGoThroughHostMemoryAndComeBackOnTheirDevice) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU on this machine: CUDA staging compiled, not run";
+  auto world = parallel::MpiCommunicator::world();
+  const int p = world->size(), me = world->rank();
+  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA, me % static_cast<int>(torch::cuda::device_count()));
+  auto x = torch::arange(6, torch::kFloat32) * (me + 1);
+  auto x_gpu = x.to(on_gpu);
+  world->all_reduce_sum(x_gpu);
+  world->all_reduce_sum(x);
+  EXPECT_TRUE(x_gpu.is_cuda());
+  EXPECT_TRUE(torch::equal(x_gpu.cpu(), x));
+  auto b = torch::full({3}, static_cast<float>(me), on_gpu);
+  world->broadcast(b, 0);
+  EXPECT_TRUE(torch::equal(b.cpu(), torch::zeros({3})));
+  std::vector<int64_t> counts(p, 1);
+  auto rows = torch::full({p, 2}, static_cast<float>(me));
+  auto a2a = world->all_to_all_v(rows.to(on_gpu), counts, counts);
+  EXPECT_TRUE(a2a.is_cuda());
+  EXPECT_TRUE(torch::equal(a2a.cpu(), world->all_to_all_v(rows, counts, counts)));
+  auto gathered = world->all_gather_rows(rows.to(on_gpu));
+  EXPECT_TRUE(gathered.is_cuda());
+  EXPECT_TRUE(torch::equal(gathered.cpu(), world->all_gather_rows(rows)));
+  auto scattered = world->reduce_scatter_rows_sum(rows.to(on_gpu));
+  EXPECT_TRUE(scattered.is_cuda());
+  EXPECT_TRUE(torch::equal(scattered.cpu(), world->reduce_scatter_rows_sum(rows)));
 }
