@@ -3,7 +3,7 @@ on the real corpus) and by measure_margins.py, which measures those quantities o
 from common import metrics
 
 # bias_balancing_lowers_maxvio: the tiny recipe as shipped, no auxiliary loss, 200 steps; bias rate U.
-BALANCE_U = 0.001
+BALANCE_U = 0.01
 BALANCE_UNBALANCED = ["train.steps=200", "routing.aux_loss_coeff=0", "train.eval_interval=0", "checkpoint.interval=0"]
 
 

@@ -63,6 +63,8 @@ d_peft_ours = (peft_logits - ours["logits"]).abs().max().item()
 d_base = (base_logits - merged_logits).abs().max().item()
 print(f"max |logit| difference: peft vs merged {d_peft_merged:.2e}, peft vs moetrain {d_peft_ours:.2e}, "
       f"base vs merged {d_base:.2e}")
+# Margins: measured 6e-7 and 2.4e-7 against the tolerance 1e-4 (160x and 400x); the adapter moves logits by
+# far more than 1e-3 (its B matrices are trained away from 0), printed above as "base vs merged".
 check(d_peft_merged <= 1e-4, "peft adapter on the base equals the merged export")
 check(d_peft_ours <= 1e-4, "peft adapter on the base equals moetrain's logits")
 check(d_base > 1e-3, "the adapter changes the logits")

@@ -37,6 +37,9 @@ for r in evals:
 
 first, last = rows[0]["lm_loss"], sum(r["lm_loss"] for r in rows[-10:]) / 10
 print(f"lm_loss first step {first:.4f}, mean of last 10 steps {last:.4f}")
+# Margins (tests/e2e/measure_margins.py, seeds 1234, 1, 2, 3, 4 on the small test corpus 4d1f9b3a…): the loss
+# fell by 1.92-2.45 (threshold 1.5: 0.42 nats below the worst seed, about 2 standard deviations of the seeds
+# below it), and validation perplexity / unigram was 0.34-0.53 (threshold 0.8: 1.5x the worst).
 check(first - last > 1.5, f"loss fell by {first - last:.3f}, expected more than 1.5")
 
 unigram = float(re.search(r"unigram baseline perplexity on validation: ([0-9.]+)", proc.stdout).group(1))
