@@ -1,44 +1,61 @@
 #include "parallel/alltoall_dispatcher.h"
 
+#include "csrc/util/host_sync.h"
 #include "parallel/collectives.h"
 
 namespace moetrain::parallel {
+namespace {
+
+// Received rows come in blocks (source s, local expert e), source-major, block_rows_PEl rows each
+// (int64 (P, El), on the device); `rows` = their sum, known on the host. Returns, for each position in
+// expert-major order ([e][s] blocks, each block's rows in order), the received row that goes there.
+// Built on the device: no host read.
+torch::Tensor expert_major_order(const torch::Tensor& block_rows_PEl, int64_t rows) {
+  const int64_t P = block_rows_PEl.size(0), El = block_rows_PEl.size(1);
+  auto block_N = torch::repeat_interleave(torch::arange(P * El, block_rows_PEl.options()), block_rows_PEl.reshape({-1}),
+                                          /*dim=*/0, /*output_size=*/rows);  // source-major block of each row
+  auto expert_major_block_N = block_N.remainder(El) * P + block_N.div(El, "floor");
+  return std::get<1>(expert_major_block_N.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+}
+
+std::vector<int64_t> row_sums(const torch::Tensor& counts_PEl) {  // host (P, El) → rows per rank
+  auto sums = counts_PEl.sum(1).contiguous();
+  return {sums.data_ptr<int64_t>(), sums.data_ptr<int64_t>() + sums.numel()};
+}
+
+}  // namespace
 
 AllToAllDispatcher::AllToAllDispatcher(Communicator& ep_group, int64_t num_experts)
     : ep_(ep_group), num_experts_(num_experts), local_experts_(num_experts / ep_group.size()) {}
 
-moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, int64_t pad_capacity) {
+moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const moe::RowLayout& layout) {
   const int64_t P = ep_.size(), El = local_experts_;
   // preprocess: rows grouped by global expert (so by destination rank), tokens in order within each.
-  rows_ = moe::dispatch_rows(kept_TE, pad_capacity);
-  const auto& counts_E = rows_.tokens_per_expert_E;
-  torch::Tensor recv_counts_PEl;  // rows arriving from each source rank for each local expert
-  if (pad_capacity > 0) {
-    recv_counts_PEl = torch::full({P, El}, pad_capacity, torch::kInt64);
+  rows_ = moe::dispatch_rows(kept_TE, layout);
+  torch::Tensor recv_counts_PEl;  // rows arriving from each source rank for each local expert (device)
+  if (layout.kind == moe::RowLayout::PADDED) {
+    recv_counts_PEl = torch::full({P, El}, layout.capacity, rows_.tokens_per_expert_E.options());
+    send_rows_.assign(P, El * layout.capacity);
+    recv_rows_ = send_rows_;
   } else {
+    const auto send_counts_PEl = rows_.tokens_per_expert_E.view({P, El});
     // exchange_counts: rank r receives, from every source, the counts for r's local experts.
-    recv_counts_PEl = ep_.all_to_all_v(counts_E.view({P, El}).contiguous(), std::vector<int64_t>(P, 1),
-                                       std::vector<int64_t>(P, 1)).view({P, El});
+    recv_counts_PEl = ep_.all_to_all_v(send_counts_PEl.contiguous(), std::vector<int64_t>(P, 1), std::vector<int64_t>(P, 1))
+                          .view({P, El});
+    // read_counts: all-to-all-v takes its row counts on the host; one read brings both matrices.
+    const auto counts_2PEl = util::read_to_host(torch::stack({send_counts_PEl, recv_counts_PEl}), "all-to-all count matrix");
+    send_rows_ = row_sums(counts_2PEl[0]);
+    recv_rows_ = row_sums(counts_2PEl[1]);
+    int64_t sent = 0;
+    for (int64_t n : send_rows_) sent += n;
+    rows_ = moe::first_rows(rows_, sent);  // capped: the unused tail stays home
   }
-  auto send_rows = counts_E.view({P, El}).sum(1), recv_rows = recv_counts_PEl.sum(1);
-  send_rows_.assign(send_rows.data_ptr<int64_t>(), send_rows.data_ptr<int64_t>() + P);
-  recv_rows_.assign(recv_rows.data_ptr<int64_t>(), recv_rows.data_ptr<int64_t>() + P);
 
   // dispatch_all_to_all
   auto received = all_to_all_v_autograd(ep_, x_TD.index_select(0, rows_.token_N), send_rows_, recv_rows_);
 
-  // sort_by_local_expert: block (source s, expert e) starts at offset[s][e] in the received rows.
-  auto block_sizes = recv_counts_PEl.reshape({-1});
-  auto block_start = block_sizes.cumsum(0) - block_sizes;  // source-major
-  std::vector<torch::Tensor> order;
-  auto starts = block_start.view({P, El});
-  for (int64_t e = 0; e < El; ++e) {
-    for (int64_t s = 0; s < P; ++s) {
-      const int64_t n = recv_counts_PEl[s][e].item<int64_t>();
-      if (n > 0) order.push_back(torch::arange(starts[s][e].item<int64_t>(), starts[s][e].item<int64_t>() + n, torch::kInt64));
-    }
-  }
-  sort_order_ = order.empty() ? torch::zeros({0}, torch::kInt64) : torch::cat(order);
+  // sort_by_local_expert
+  sort_order_ = expert_major_order(recv_counts_PEl, received.size(0));
   return {received.index_select(0, sort_order_), recv_counts_PEl.sum(0)};
 }
 

@@ -21,6 +21,7 @@
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
 #include "trainer/metrics.h"
+#include "trainer/moe_measures.h"
 #include "trainer/optimizer.h"
 #include "trainer/preemption.h"
 #include "trainer/schedule.h"
@@ -45,16 +46,6 @@ std::string human_duration(double seconds) {
   else std::snprintf(buf, sizeof(buf), "%lldm%02llds", s / 60, s % 60);
   return buf;
 }
-
-// One MoE layer's measures summed over the micro-batches of a step.
-struct LayerAccumulator {
-  int64_t routed = 0, dropped = 0, passes = 0;
-  double entropy = 0, aux = 0, z = 0;  // aux and z with their coefficients, as added to the loss
-  void add(const moe::MoEStats& s) {
-    routed += s.routed_pairs, dropped += s.dropped_pairs, entropy += s.entropy, aux += s.aux_loss, z += s.z_loss, ++passes;
-  }
-  double dropped_fraction() const { return routed ? static_cast<double>(dropped) / static_cast<double>(routed) : 0.0; }
-};
 
 double now() {
   using namespace std::chrono;
@@ -258,29 +249,30 @@ TrainSummary Trainer::run() {
   for (size_t l = 0; l < model.options().is_moe.size(); ++l) {
     if (model.options().is_moe[l]) layer_names.push_back("layer" + std::to_string(l));
   }
-  auto add_moe_measures = [&](StepRecord& rec, const std::vector<torch::Tensor>& load, const std::vector<LayerAccumulator>& acc,
-                              int64_t micro_batches) {
-    if (load.empty()) return;
+  auto add_moe_measures = [&](StepRecord& rec, const std::vector<LayerStepMeasures>& m, int64_t micro_batches) {
+    if (m.empty()) return;
     double vio = 0, dropped = 0, entropy = 0;
-    for (size_t l = 0; l < load.size(); ++l) {
-      const double v = moe::max_violation(load[l]), d = acc[l].dropped_fraction(), h = acc[l].entropy / acc[l].passes;
+    std::vector<torch::Tensor> load;  // host
+    for (size_t l = 0; l < m.size(); ++l) {
+      const double v = moe::max_violation(m[l].host_load_E), d = m[l].dropped_fraction(), h = m[l].entropy;
       rec.add("max_vio/" + layer_names[l], v);
       rec.add("dropped_frac/" + layer_names[l], d);
       rec.add("router_entropy/" + layer_names[l], h);
-      rec.add("aux_loss/" + layer_names[l], acc[l].aux / static_cast<double>(micro_batches));
-      rec.add("z_loss/" + layer_names[l], acc[l].z / static_cast<double>(micro_batches));
+      rec.add("aux_loss/" + layer_names[l], m[l].aux / static_cast<double>(micro_batches));
+      rec.add("z_loss/" + layer_names[l], m[l].z / static_cast<double>(micro_batches));
       vio += v, dropped += d, entropy += h;
       // Tokens per expert (the step's global batch, before capacity) as TensorBoard scalars, one
       // chart per expert under tokens_per_expert/<layer>/; metrics.jsonl keeps its summary and
       // expert_load.jsonl the full vectors.
-      auto counts = load[l].to(torch::kCPU).to(torch::kInt64).contiguous();
+      const auto& counts = m[l].host_load_E;
+      load.push_back(counts);
       for (int64_t e = 0; e < counts.numel(); ++e) {
         char tag[64];
         std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer_names[l].c_str(), static_cast<long long>(e));
         rec.add_tensorboard_only(tag, static_cast<double>(counts.data_ptr<int64_t>()[e]));
       }
     }
-    const double n = static_cast<double>(load.size());
+    const double n = static_cast<double>(m.size());
     rec.add("max_vio", vio / n);
     rec.add("dropped_frac", dropped / n);
     rec.add("router_entropy", entropy / n);
@@ -320,7 +312,6 @@ TrainSummary Trainer::run() {
     for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 
     double lm_sum = 0, aux_sum = 0, z_sum = 0;
-    std::vector<LayerAccumulator> layer_acc(moe_layers.size());
     for (int64_t micro = 0; micro < accum; ++micro) {
       // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
       // sequences, in the same routing groups, as one process with dp× the accumulation steps.
@@ -330,39 +321,23 @@ TrainSummary Trainer::run() {
       auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);
       loss.backward();
       lm_sum += lm.item<double>();
-      aux_sum += out.aux_loss.item<double>();
-      z_sum += out.z_loss.item<double>();
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) layer_acc[l].add(out.moe_stats[l]);
     }
     state.samples_consumed += mbs * accum * dp;
     if (mesh) parallel::sync_gradients(model, *mesh);
     const double grad_norm = clip_gradients(model, clip, mesh);
     s_->optimizer->step();
     s_->optimizer->zero_grad();
-    std::vector<torch::Tensor> step_load;
-    for (auto& layer : moe_layers) {
-      step_load.push_back(layer->step_counts().clone());
-      if (mesh) parallel::sum_over_world(step_load.back(), *mesh);  // every rank's tokens (dp, and tp slices)
-      layer->end_step(step_load.back());  // aux-loss-free bias update from the step's global-batch load
+    // The step's routing measures and global-batch load, summed over the world, in one host read.
+    const auto moe_step = read_step_measures(moe_layers, mesh);
+    for (size_t l = 0; l < moe_layers.size(); ++l) {
+      moe_layers[l]->end_step(moe_step[l].load_E);  // aux-loss-free bias update from the step's global-batch load
+      aux_sum += moe_step[l].aux, z_sum += moe_step[l].z;  // all layers' terms, as the loss carries them
     }
     if (mesh && mesh->sizes().world > 1) {
-      // Logged values: lm loss is replicated over tp (mean over the world = mean over dp); aux and z
-      // are split over tp (each rank holds its 1/tp share: sum over tp, mean over dp); routed and
-      // dropped pairs add up over every rank; entropy is a mean.
-      const double world = mesh->sizes().world;
-      std::vector<double> v{lm_sum, aux_sum, z_sum};
-      for (auto& a : layer_acc) v.insert(v.end(), {static_cast<double>(a.routed), static_cast<double>(a.dropped), a.entropy, a.aux, a.z});
-      auto t = torch::tensor(v, torch::kFloat64);
+      // lm loss is replicated over tp: mean over the world = mean over dp.
+      auto t = torch::tensor({lm_sum}, torch::kFloat64);
       parallel::sum_over_world(t, *mesh);
-      lm_sum = t[0].item<double>() / world, aux_sum = t[1].item<double>() / dp, z_sum = t[2].item<double>() / dp;
-      for (size_t l = 0; l < layer_acc.size(); ++l) {
-        const int64_t at = 3 + 5 * static_cast<int64_t>(l);
-        layer_acc[l].routed = static_cast<int64_t>(t[at].item<double>());
-        layer_acc[l].dropped = static_cast<int64_t>(t[at + 1].item<double>());
-        layer_acc[l].entropy = t[at + 2].item<double>() / world;
-        layer_acc[l].aux = t[at + 3].item<double>() / dp;
-        layer_acc[l].z = t[at + 4].item<double>() / dp;
-      }
+      lm_sum = t[0].item<double>() / mesh->sizes().world;
     }
     state.step += 1;
     state.tokens += tokens_per_step;
@@ -374,7 +349,7 @@ TrainSummary Trainer::run() {
     rec.add("lm_loss", lm_sum / accum);
     rec.add("aux_loss", aux_sum / accum);  // all balancing terms of all MoE layers, as added to the loss
     rec.add("z_loss", moe_layers.empty() ? 0.0 : z_sum / accum / static_cast<double>(moe_layers.size()));  // mean over MoE layers
-    add_moe_measures(rec, step_load, layer_acc, accum);
+    add_moe_measures(rec, moe_step, accum);
     rec.add("lr", lr);
     rec.add("grad_norm", grad_norm);
     rec.add("tokens", static_cast<double>(state.tokens));

@@ -30,6 +30,12 @@ torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor
   return (f_E.detach() * probs_TE.mean(0)).sum() * static_cast<double>(E);
 }
 
+torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E) {
+  const int64_t E = probs_TE.size(1);
+  auto f_E = counts_E.to(torch::kFloat32) / counts_E.sum().to(torch::kFloat32);
+  return (f_E.detach() * probs_TE.mean(0)).sum() * static_cast<double>(E);
+}
+
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE) {
   return torch::logsumexp(logits_TE.to(torch::kFloat32), -1).square().mean();
 }
@@ -46,10 +52,10 @@ double max_violation(const torch::Tensor& counts_E) {
   return mean > 0 ? (c.max().item<double>() - mean) / mean : 0.0;
 }
 
-double router_entropy(const torch::Tensor& probs_TE) {
+torch::Tensor router_entropy(const torch::Tensor& probs_TE) {
   torch::NoGradGuard no_grad;
   auto p = probs_TE.to(torch::kFloat64);
-  return (-(p * torch::log(p.clamp_min(1e-30))).sum(-1)).mean().item<double>();
+  return (-(p * torch::log(p.clamp_min(1e-30))).sum(-1)).mean();
 }
 
 }  // namespace moetrain::moe

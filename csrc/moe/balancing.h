@@ -22,6 +22,9 @@ torch::Tensor sequence_aux_loss_share(const torch::Tensor& probs_TE, const torch
 
 // E · Σ_i f_i · P_i with f_i = counts_E / (tokens · k) from counts gathered beyond this micro-batch.
 torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k);
+// The same when the token count is only on the device: every token routes exactly k pairs (top-k
+// routing), so tokens · k = Σ counts_E, and f_i = counts_i / Σ counts.
+torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E);
 
 // ST-MoE router z-loss: mean over tokens of logsumexp(logits)².
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE);
@@ -29,10 +32,12 @@ torch::Tensor router_z_loss(const torch::Tensor& logits_TE);
 // Aux-loss-free balancing step: bias_E += rate · sign(mean(counts) − counts), in place, no autograd.
 void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate);
 
-// MaxVio = (max_i load_i − mean load) / mean load; 0 for an empty load.
+// MaxVio = (max_i load_i − mean load) / mean load; 0 for an empty load. Reads counts_E on the host:
+// for logging, with counts already there.
 double max_violation(const torch::Tensor& counts_E);
 
-// Mean over tokens of the router distribution's entropy, −Σ_i p_ti · log p_ti (nats).
-double router_entropy(const torch::Tensor& probs_TE);
+// Mean over tokens of the router distribution's entropy, −Σ_i p_ti · log p_ti (nats): fp64 scalar on
+// probs_TE's device, detached.
+torch::Tensor router_entropy(const torch::Tensor& probs_TE);
 
 }  // namespace moetrain::moe

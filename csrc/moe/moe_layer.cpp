@@ -17,7 +17,21 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   dispatcher_ = std::make_shared<LocalDispatcher>(options.num_experts);
   step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
   global_step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
+  step_measures_ = torch::zeros({kNumStepMeasures}, torch::kFloat64);
 }
+
+namespace {
+// The accumulator on `device` (moved once, when the layer's device changes).
+void keep_on(torch::Tensor& accumulator, const torch::Device& device) {
+  if (accumulator.device() != device) accumulator = accumulator.to(device);
+}
+
+// See Note [Static dispatch sizes] in dispatch.h.
+RowLayout row_layout(const Routing& route, bool pad, int64_t num_experts) {
+  if (route.capacity == 0) return RowLayout::dropless(route.max_kept);
+  return pad ? RowLayout::padded(num_experts, route.capacity) : RowLayout::capped(route.max_kept);
+}
+}  // namespace
 
 MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS, const TokenSlice& slice) {
   const auto& r = options_.routing;
@@ -25,8 +39,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   auto x_TD = x_BSD.reshape({-1, options_.d_model});
   Routing route = router(x_TD, token_ids_BS.defined() ? token_ids_BS.reshape({-1}) : token_ids_BS);
 
-  const bool pad = r.pad_to_capacity() && route.capacity > 0;
-  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE, pad ? route.capacity : 0);
+  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE, row_layout(route, r.pad_to_capacity(), E));
   auto expert_out_ND = experts(dispatched.tokens_ND, dispatched.tokens_per_expert_El);
   auto y_TD = dispatcher_->combine(expert_out_ND, route.gates_TE);
   if (shared) y_TD = y_TD + shared(x_TD);
@@ -34,7 +47,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   MoEOutput out;
   out.y = y_TD.view(x_BSD.sizes());
   auto counts_E = route.routed_TE.sum(0);  // int64
-  if (is_training()) step_counts_E_ += counts_E.to(step_counts_E_.device());
+  const auto i64 = counts_E.options();
 
   // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs.
   auto aux = torch::zeros({}, route.probs_TE.options());
@@ -46,8 +59,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   }
   if (r.seq_aux_loss_coeff() > 0) {
     if (slice.sequences > 0) {  // this rank's share: tokens first_token.. of the flattened micro-batch
-      auto seq_T = (torch::arange(B * S, torch::kInt64) + slice.first_token).div(slice.seq_len, "floor");
-      auto counts_BE = torch::zeros({slice.sequences, E}, torch::kInt64).index_add(0, seq_T, route.routed_TE.to(torch::kInt64));
+      auto seq_T = (torch::arange(B * S, i64) + slice.first_token).div(slice.seq_len, "floor");
+      auto counts_BE = torch::zeros({slice.sequences, E}, i64).index_add(0, seq_T, route.routed_TE.to(torch::kInt64));
       if (tp_) counts_BE = tp_->sum_counts(counts_BE);
       aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss_share(route.probs_TE, seq_T, counts_BE, slice.seq_len, k);
     } else {
@@ -57,23 +70,38 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   if (r.global_aux_loss_coeff() > 0) {
     // f from the counts of the data-parallel group, accumulated over the step's micro-batches so far.
     auto global = count_reducer_ ? count_reducer_(counts_E.detach()) : counts_E.detach();
-    if (is_training()) global = global_step_counts_E_ += global;
-    const int64_t tokens = global.sum().item<int64_t>() / k;  // top-k: k routed pairs per token
+    if (is_training()) {
+      keep_on(global_step_counts_E_, global.device());
+      global = global_step_counts_E_ += global;
+    }
     // Under TP the reducer also sums over the tp group and each rank holds 1/tp of the tokens: its
-    // share is P over its tokens / tp (the shares add up over tp, as for the Switch loss above).
-    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global, tokens, k) / tp;
+    // share is P over its tokens / tp (the shares add up over tp, as for the Switch loss above). The
+    // token count stays on the device: top-k routes k pairs per token, so tokens · k = Σ global.
+    aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global) / tp;
   }
   out.aux_loss = aux;
   out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE) / tp
                                     : torch::zeros({}, route.probs_TE.options());
 
   out.stats.tokens_per_expert_E = counts_E.detach();
-  out.stats.routed_pairs = counts_E.sum().item<int64_t>();
-  out.stats.dropped_pairs = out.stats.routed_pairs - route.kept_TE.sum().item<int64_t>();
+  out.stats.routed_pairs = counts_E.sum();
+  out.stats.dropped_pairs = out.stats.routed_pairs - route.kept_TE.sum();
   out.stats.entropy = router_entropy(route.probs_TE);
-  out.stats.aux_loss = out.aux_loss.item<double>();
-  out.stats.z_loss = out.z_loss.item<double>();
+  out.stats.aux_loss = out.aux_loss.detach();
+  out.stats.z_loss = out.z_loss.detach();
+  if (is_training()) accumulate_step(counts_E, out.stats);
   return out;
+}
+
+void MoELayerImpl::accumulate_step(const torch::Tensor& counts_E, const MoEStats& stats) {
+  torch::NoGradGuard no_grad;
+  keep_on(step_counts_E_, counts_E.device());
+  keep_on(step_measures_, counts_E.device());
+  step_counts_E_ += counts_E;
+  auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
+  step_measures_ += torch::stack({f64(stats.routed_pairs), f64(stats.dropped_pairs), stats.entropy, f64(stats.aux_loss),
+                                  f64(stats.z_loss)});
+  ++step_forwards_;
 }
 
 void MoELayerImpl::end_step(const torch::Tensor& counts_E) {
@@ -81,6 +109,8 @@ void MoELayerImpl::end_step(const torch::Tensor& counts_E) {
   if (rate > 0 && !router_frozen_) update_expert_bias(router->expert_bias, counts_E, rate);
   step_counts_E_.zero_();
   global_step_counts_E_.zero_();
+  step_measures_.zero_();
+  step_forwards_ = 0;
 }
 
 }  // namespace moetrain::moe

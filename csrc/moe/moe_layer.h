@@ -31,15 +31,20 @@ struct TokenSlice {
   int64_t sequences = 0, seq_len = 0, first_token = 0;
 };
 
-// Per-layer measures of one forward (all detached).
+// Per-layer measures of one forward: detached tensors on the layer's device, never read on the host in
+// the forward (docs/routing.md, "Host reads"). Training forwards also add them to the step's sums
+// (MoELayerImpl::step_measures), which the trainer reads once per step.
 struct MoEStats {
-  torch::Tensor tokens_per_expert_E;  // int64 routed pairs per expert, before capacity (the router's load)
-  int64_t routed_pairs = 0;           // Σ routed
-  int64_t dropped_pairs = 0;          // routed but over capacity
-  double entropy = 0;                 // mean router entropy (nats)
-  double aux_loss = 0;                // coefficient-weighted balancing losses of this layer
-  double z_loss = 0;                  // coefficient-weighted z-loss of this layer
+  torch::Tensor tokens_per_expert_E;  // int64 (E) routed pairs per expert, before capacity (the router's load)
+  torch::Tensor routed_pairs;         // int64 scalar: Σ routed
+  torch::Tensor dropped_pairs;        // int64 scalar: routed but over capacity
+  torch::Tensor entropy;              // fp64 scalar: mean router entropy (nats)
+  torch::Tensor aux_loss;             // fp32 scalar: coefficient-weighted balancing losses of this layer
+  torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer
 };
+
+// Layout of MoELayerImpl::step_measures.
+enum StepMeasure : int64_t { kRoutedPairs, kDroppedPairs, kEntropySum, kAuxLossSum, kZLossSum, kNumStepMeasures };
 
 struct MoEOutput {
   torch::Tensor y;         // (B, S, D)
@@ -56,8 +61,12 @@ class MoELayerImpl : public torch::nn::Module {
   // parallelism); the sequence loss needs it.
   MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {}, const TokenSlice& slice = {});
 
-  // Routed counts of every training forward since the last end_step() (the step's load).
+  // Routed counts of every training forward since the last end_step() (the step's load): int64 (E).
   const torch::Tensor& step_counts() const { return step_counts_E_; }
+  // Sums of every training forward's MoEStats since the last end_step(): fp64 (kNumStepMeasures),
+  // indexed by StepMeasure, on the layer's device; step_forwards() training forwards.
+  const torch::Tensor& step_measures() const { return step_measures_; }
+  int64_t step_forwards() const { return step_forwards_; }
   // After the optimizer step: applies the aux-loss-free bias update from `counts_E` (the step's counts
   // over the whole global batch) unless the router is frozen, and resets the step's accumulators.
   void end_step(const torch::Tensor& counts_E);
@@ -79,8 +88,12 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   MoEOptions options_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
+  // The step's accumulators, on the device of the latest forward (accumulate_step moves them there).
+  void accumulate_step(const torch::Tensor& counts_E, const MoEStats& stats);
   torch::Tensor step_counts_E_;         // int64, this process
   torch::Tensor global_step_counts_E_;  // int64, summed over the data-parallel group (global aux loss)
+  torch::Tensor step_measures_;         // fp64 (kNumStepMeasures)
+  int64_t step_forwards_ = 0;
   std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
   std::shared_ptr<model::TensorParallelOps> tp_;
   bool router_frozen_ = false;

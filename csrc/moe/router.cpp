@@ -7,21 +7,22 @@ namespace {
 
 using config::RoutingConfig;
 
-// Fixed pseudo-random expert of a token id (splitmix64 finaliser): the hash-routing baseline.
+// Fixed pseudo-random expert of a token id (splitmix64 finaliser): the hash-routing baseline. Computed
+// on the ids' device in int64, whose wrapping additions and multiplications are uint64's; the right shifts
+// and the remainder are written out for unsigned values. Returns int64 (T, k).
 torch::Tensor hash_experts(const torch::Tensor& token_ids_T, int64_t num_experts, int64_t top_k) {
-  auto ids = token_ids_T.to(torch::kCPU).to(torch::kInt64).contiguous();
-  auto out = torch::empty({ids.size(0), top_k}, torch::kInt64);
-  const int64_t* in = ids.data_ptr<int64_t>();
-  int64_t* o = out.data_ptr<int64_t>();
-  for (int64_t t = 0; t < ids.size(0); ++t) {
-    uint64_t z = static_cast<uint64_t>(in[t]) + 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    const int64_t first = static_cast<int64_t>(z % static_cast<uint64_t>(num_experts));
-    for (int64_t j = 0; j < top_k; ++j) o[t * top_k + j] = (first + j) % num_experts;  // k distinct experts
-  }
-  return out.to(token_ids_T.device());
+  auto shift_right = [](const torch::Tensor& z, int64_t s) {  // logical shift of the uint64 bits
+    return z.bitwise_right_shift(s).bitwise_and(static_cast<int64_t>((~0ULL) >> s));
+  };
+  auto z = token_ids_T.to(torch::kInt64) + static_cast<int64_t>(0x9E3779B97F4A7C15ULL);
+  z = z.bitwise_xor(shift_right(z, 30)) * static_cast<int64_t>(0xBF58476D1CE4E5B9ULL);
+  z = z.bitwise_xor(shift_right(z, 27)) * static_cast<int64_t>(0x94D049BB133111EBULL);
+  z = z.bitwise_xor(shift_right(z, 31));
+  // z mod E for z = hi·2^32 + lo read as unsigned: (hi mod E)·(2^32 mod E) + lo mod E, all below 2^62.
+  const int64_t two32_mod = static_cast<int64_t>((1ULL << 32) % static_cast<uint64_t>(num_experts));
+  auto hi = shift_right(z, 32), lo = z.bitwise_and(static_cast<int64_t>(0xFFFFFFFFULL));
+  auto first = (hi.remainder(num_experts) * two32_mod + lo.remainder(num_experts)).remainder(num_experts);
+  return (first.unsqueeze(1) + torch::arange(top_k, first.options())).remainder(num_experts);  // k distinct experts
 }
 
 }  // namespace
@@ -92,6 +93,7 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
     out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(0, chosen, true);
     out.kept_TE = out.routed_TE;
     out.gates_TE = scores_TE * out.kept_TE * r.gate_scale();
+    out.max_kept = E * c;
     return out;
   }
 
@@ -127,8 +129,10 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
                         : out.gates_TE.detach();
     out.kept_TE = apply_capacity(out.routed_TE, priority, out.capacity);
     out.gates_TE = out.gates_TE * out.kept_TE;
+    out.max_kept = std::min(T * k, E * out.capacity);
   } else {
     out.kept_TE = out.routed_TE;
+    out.max_kept = T * k;
   }
   return out;
 }

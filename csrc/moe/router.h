@@ -20,6 +20,9 @@ struct Routing {
   torch::Tensor kept_TE;    // bool: the pairs that are computed (after capacity)
   torch::Tensor gates_TE;   // fp32 gate of each kept pair, 0 elsewhere (differentiable)
   int64_t capacity = 0;     // per expert, 0 = dropless
+  // Kept pairs, known on the host without reading the routing: exact when dropless (T·k for top-k, E·c
+  // for expert choice), an upper bound with a capacity (min(T·k, E·capacity)). Sizes the dispatch.
+  int64_t max_kept = 0;
 };
 
 // capacity = max(ceil(factor · T · k / E), min_capacity); 0 when factor is 0 (dropless).

@@ -4,6 +4,8 @@
 
 #include "csrc/moe/dispatch.h"
 #include "csrc/moe/experts.h"
+#include "csrc/moe/moe_layer.h"
+#include "csrc/util/host_sync.h"
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/communicator_mpi.h"
 #include "parallel/mesh.h"
@@ -44,8 +46,8 @@ moe::GroupedExperts local_shard(moe::GroupedExperts& all, int rank, int size) {
 }
 
 torch::Tensor run_moe(moe::TokenDispatcher& d, moe::GroupedExperts& ex, const torch::Tensor& x, const torch::Tensor& kept,
-                      const torch::Tensor& gates, int64_t pad) {
-  auto dispatched = d.dispatch(x, kept, pad);
+                      const torch::Tensor& gates, const moe::RowLayout& layout) {
+  auto dispatched = d.dispatch(x, kept, layout);
   return d.combine(ex(dispatched.tokens_ND, dispatched.tokens_per_expert_El), gates);
 }
 
@@ -54,14 +56,15 @@ torch::Tensor run_moe(moe::TokenDispatcher& d, moe::GroupedExperts& ex, const to
 TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
   RankData s;
   for (int64_t pad : {int64_t{0}, int64_t{kT}}) {
+    const auto layout = pad ? moe::RowLayout::padded(kE, pad) : moe::RowLayout::dropless(kT * kK);
     auto local = local_shard(s.all_experts, s.rank, s.size);
     auto x = s.x[s.rank].clone().requires_grad_();
     parallel::AllToAllDispatcher ep(*s.world, kE);
-    auto y = run_moe(ep, local, x, s.kept[s.rank], s.gates[s.rank], pad);
+    auto y = run_moe(ep, local, x, s.kept[s.rank], s.gates[s.rank], layout);
 
     moe::LocalDispatcher ref_dispatch(kE);
     auto x_ref = s.x[s.rank].clone().requires_grad_();
-    auto y_ref = run_moe(ref_dispatch, s.all_experts, x_ref, s.kept[s.rank], s.gates[s.rank], 0);
+    auto y_ref = run_moe(ref_dispatch, s.all_experts, x_ref, s.kept[s.rank], s.gates[s.rank], moe::RowLayout::dropless(kT * kK));
     EXPECT_TRUE(torch::allclose(y, y_ref, 1e-5, 1e-6)) << "pad " << pad;
 
     // Gradients: loss = Σ over ranks of Σ y·g_r. The input gradient is local; an expert shard's
@@ -74,7 +77,7 @@ TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
     for (int r = 0; r < s.size; ++r) {
       auto xr = s.x[r].clone();
       moe::LocalDispatcher d(kE);
-      auto yr = run_moe(d, s.all_experts, xr, s.kept[r], s.gates[r], 0);
+      auto yr = run_moe(d, s.all_experts, xr, s.kept[r], s.gates[r], moe::RowLayout::dropless(kT * kK));
       ref_w1 += torch::autograd::grad({(yr * (r + 1)).sum()}, {s.all_experts->w1_EDF}).at(0);
     }
     const int64_t El = kE / s.size;
@@ -88,7 +91,7 @@ TEST(AllToAllDispatcher, DroplessBytesOnTheWireEqualTheRoutedRowsLeavingThisRank
   auto local = local_shard(s.all_experts, s.rank, s.size);
   parallel::AllToAllDispatcher ep(*s.world, kE);
   const int64_t before = s.world->all_to_all_bytes_sent();
-  run_moe(ep, local, s.x[s.rank], s.kept[s.rank], s.gates[s.rank], 0);
+  run_moe(ep, local, s.x[s.rank], s.kept[s.rank], s.gates[s.rank], moe::RowLayout::dropless(kT * kK));
   const int64_t sent = s.world->all_to_all_bytes_sent() - before;
   // Expected: counts exchange (E_l int64 per other rank) + routed rows to other ranks, there and back
   // (the rows coming back from other ranks count on their side: the same number, by symmetry of the
@@ -104,6 +107,56 @@ TEST(AllToAllDispatcher, DroplessBytesOnTheWireEqualTheRoutedRowsLeavingThisRank
   }
   const int64_t expected = (s.size - 1) * El * 8 + (rows_out + rows_back) * kD * 4;
   EXPECT_EQ(sent, expected);
+}
+
+// Capacity without padding: the unused tail of the rows stays on this rank, and the result equals the
+// local dispatcher's on the same kept pairs.
+TEST(AllToAllDispatcher, CappedLayoutSendsOnlyTheKeptRows) {
+  RankData s;
+  auto local = local_shard(s.all_experts, s.rank, s.size);
+  auto kept = s.kept[s.rank].clone();
+  kept.select(0, 0).fill_(false);  // fewer kept pairs than the bound
+  auto x = s.x[s.rank].clone().requires_grad_();
+  auto x_ref = s.x[s.rank].clone().requires_grad_();
+  parallel::AllToAllDispatcher ep(*s.world, kE);
+  moe::LocalDispatcher ref(kE);
+  auto y = run_moe(ep, local, x, kept, s.gates[s.rank], moe::RowLayout::capped(kT * kK));
+  auto y_ref = run_moe(ref, s.all_experts, x_ref, kept, s.gates[s.rank], moe::RowLayout::capped(kT * kK));
+  EXPECT_TRUE(torch::allclose(y, y_ref, 1e-5, 1e-6));
+  y.sum().backward();
+  y_ref.sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), x_ref.grad(), 1e-5, 1e-6));
+}
+
+// docs/routing.md, "Host reads": an expert-parallel MoE layer's forward and backward read the device on
+// the host once when dropless or capped (the all-to-all count matrix), never when padded.
+TEST(AllToAllDispatcher, HostReadsPerLayerForwardAndBackward) {
+  auto world = parallel::MpiCommunicator::world();
+  const int P = world->size(), rank = world->rank();
+  struct Case {
+    const char* name;
+    double capacity_factor;
+    bool pad;
+    int64_t reads;
+  };
+  for (const Case& c : {Case{"dropless", 0.0, false, 1}, Case{"capacity", 1.0, false, 1}, Case{"padded", 1.0, true, 0}}) {
+    moe::MoEOptions o;
+    o.d_model = kD, o.num_experts = kE, o.top_k = kK, o.expert_hidden = kF;
+    o.local_experts = kE / P, o.first_local_expert = rank * (kE / P);
+    o.routing.set_capacity_factor(c.capacity_factor), o.routing.set_pad_to_capacity(c.pad);
+    o.routing.set_z_loss_coeff(1e-3);
+    torch::manual_seed(3 + rank);
+    moe::MoELayer layer(o);
+    for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
+    layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(*world, kE));
+    auto x = torch::randn({2, kT / 2, kD}, torch::requires_grad());
+    util::HostReadCount count;
+    auto out = layer(x);
+    (out.y.square().sum() + out.aux_loss + out.z_loss).backward();
+    std::string names;
+    for (const auto& n : count.names()) names += n + "; ";
+    EXPECT_EQ(count.reads(), c.reads) << c.name << " on rank " << rank << ": " << names;
+  }
 }
 
 TEST(ProcessMesh, GroupsFollowTheDocumentedLayout) {

@@ -67,7 +67,7 @@ TEST(Transformer, ShapesAuxLossAndExpertCounts) {
   EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{3, 10, 64}));
   ASSERT_EQ(out.moe_stats.size(), 1u) << "moe_layer_freq 2 over 2 layers: layer 0 only";
   EXPECT_EQ(out.moe_stats[0].tokens_per_expert_E.sum().item<int64_t>(), 3 * 10 * 2);
-  EXPECT_EQ(out.moe_stats[0].dropped_pairs, 0) << "dropless by default";
+  EXPECT_EQ(out.moe_stats[0].dropped_pairs.item<int64_t>(), 0) << "dropless by default";
   EXPECT_GT(out.aux_loss.item<float>(), 0.0f);
   auto loss = lm_loss(out.logits, tokens);
   EXPECT_NEAR(loss.item<float>(), std::log(64.0f), 0.1f) << "small init predicts close to uniform";

@@ -144,6 +144,29 @@ TEST(Baselines, HashRoutingIsAFixedFunctionOfTheTokenId) {
   EXPECT_TRUE(torch::allclose(a.gates_TE.sum(-1), torch::ones({5})));
 }
 
+// The hash is computed on the ids' device with int64 arithmetic standing in for uint64 (no host read):
+// it must be splitmix64's finaliser exactly, as written here with unsigned integers on the host.
+TEST(Baselines, HashRoutingIsSplitmix64OfTheTokenId) {
+  auto splitmix_expert = [](uint64_t id, uint64_t E) {
+    uint64_t z = id + 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return static_cast<int64_t>(z % E);
+  };
+  auto ids = torch::cat({torch::arange(0, 2000, torch::kInt64), torch::tensor({int64_t{1} << 31, int64_t{1} << 40, int64_t{151935}})});
+  for (int64_t E : {4, 7, 64}) {
+    RoutingConfig cfg;
+    cfg.set_router_type(RoutingConfig::HASH);
+    auto r = make_router(8, E, 2, cfg)(torch::randn({ids.size(0), 8}), ids);
+    for (int64_t t = 0; t < ids.size(0); ++t) {
+      const int64_t first = splitmix_expert(static_cast<uint64_t>(ids[t].item<int64_t>()), static_cast<uint64_t>(E));
+      std::vector<int64_t> expected{std::min(first, (first + 1) % E), std::max(first, (first + 1) % E)};
+      ASSERT_EQ(selected(r, t), expected) << "E " << E << ", id " << ids[t].item<int64_t>();
+    }
+  }
+}
+
 TEST(Baselines, RandomRoutingPicksKDistinctExperts) {
   RoutingConfig cfg;
   cfg.set_router_type(RoutingConfig::RANDOM);
@@ -347,7 +370,7 @@ TEST(Capacity, EvaluationUsesItsOwnFactor) {
 TEST(Measures, MaxViolationAndEntropy) {
   EXPECT_DOUBLE_EQ(max_violation(torch::tensor({4, 4, 4, 4})), 0.0);
   EXPECT_DOUBLE_EQ(max_violation(torch::tensor({10, 2, 4, 4})), 1.0);  // (10 − 5) / 5
-  EXPECT_NEAR(router_entropy(torch::full({3, 4}, 0.25f)), std::log(4.0), 1e-7);
+  EXPECT_NEAR(router_entropy(torch::full({3, 4}, 0.25f)).item<double>(), std::log(4.0), 1e-7);
 }
 
 TEST(Balancing, SequenceLossSharesOfTokenSlicesAddUpToTheWholeLoss) {
@@ -399,7 +422,7 @@ TEST(AuxLoss, UniformRouterMoELayerGivesExactlyTheCoefficient) {
       layer->router->weight.data().zero_();
       auto out = layer(x);
       EXPECT_EQ(out.aux_loss.item<float>(), static_cast<float>(alpha)) << "alpha " << alpha << ", loss " << which;
-      EXPECT_EQ(out.stats.aux_loss, static_cast<double>(static_cast<float>(alpha)));
+      EXPECT_EQ(out.stats.aux_loss.item<float>(), static_cast<float>(alpha));
       EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
     }
   }

@@ -1,0 +1,27 @@
+// The routing measures of one training step, brought to the host in one read (docs/routing.md, "Host
+// reads"): every MoE layer's step counts and sums (MoELayerImpl::step_counts, step_measures) travel in one
+// tensor, summed over the world when there is one (one all-reduce), and come to the host together.
+#pragma once
+
+#include <vector>
+
+#include "csrc/moe/moe_layer.h"
+#include "parallel/mesh.h"
+
+namespace moetrain::trainer {
+
+struct LayerStepMeasures {
+  torch::Tensor load_E;        // int64 (E): routed pairs per expert over the step's global batch, before capacity,
+                               // on the layer's device (the bias update takes it)
+  torch::Tensor host_load_E;   // the same on the host (logs)
+  double routed = 0, dropped = 0;  // pairs over every rank
+  double entropy = 0;              // mean router entropy over the step's forwards and ranks (nats)
+  double aux = 0, z = 0;           // Σ over the step's micro-batches, coefficient applied: summed over tp, mean over dp
+  double dropped_fraction() const { return routed > 0 ? dropped / routed : 0.0; }
+};
+
+// Call after the step's forwards and before the layers' end_step(); every rank calls it (mesh: null for
+// one process). One entry per layer, in layer order.
+std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELayer>& layers, parallel::ProcessMesh* mesh);
+
+}  // namespace moetrain::trainer
