@@ -9,7 +9,8 @@
 # with empty caches. Prints the corpus checksums made inside the root next to this machine's, and a summary
 # with the times. Everything else the root needs is what the machine itself needs to reach the package
 # servers: its apt mirror (read from /etc/apt/sources.list{,.d}), its CA certificates and pip settings
-# (/etc/pip.conf, PIP_* variables) and /etc/hosts (torchrun's rendezvous resolves the host name).
+# (/etc/pip.conf, PIP_* variables except PIP_FIND_LINKS, a local wheel folder of this machine) and
+# /etc/hosts (torchrun's rendezvous resolves the host name).
 #
 # usage: sudo launch/fresh-system-check.sh [--root DIR] [--share-ccache] [--skip-quickstart] [--keep]
 #   --root DIR          where to build the root (default: /var/tmp/moetrain-fresh-root; emptied first)
@@ -120,7 +121,7 @@ if [ "$share_ccache" -eq 1 ]; then
 fi
 
 in_root() { chroot "$root_dir" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  LANG=C.UTF-8 TERM=dumb $(env | grep -E '^PIP_[A-Z_]+=' | tr '\n' ' ') bash -c "$1"; }
+  LANG=C.UTF-8 TERM=dumb $(env | grep -E '^PIP_[A-Z_]+=' | grep -v '^PIP_FIND_LINKS=' | tr '\n' ' ') bash -c "$1"; }
 
 t1=$SECONDS
 say "adding the toolchain, CMake and Python (what a user has before the README)"
