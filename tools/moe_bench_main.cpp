@@ -2,8 +2,12 @@
 // command and machine that produced them.
 //
 //   moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] [--top-k K] [--hidden F]
-//                       [--warmup N] [--iters N] [--threads T]
-//     MoE layer forward + backward throughput (tokens/s) on CPU, printed as one JSON line.
+//                       [--warmup N] [--iters N] [--threads T] [--bf16 0|1]
+//     MoE layer forward + backward throughput (tokens/s) on CPU, printed as one JSON line. --bf16 1: mixed
+//     precision as train.precision=BF16 runs it (fp32 weights and router, bf16 expert GEMMs).
+//   moe-bench dense-swiglu [same options]
+//     The reference for the MoE layer: a dense SwiGLU with hidden size top_k·hidden, which has the same
+//     matmul FLOPs per token as the MoE layer's experts (the router's D·E is not counted).
 //   moe-bench finetune [same options] [--lora-rank R]
 //     One fine-tuning step of the MoE layer (forward, backward, AdamW step) with every weight trained,
 //     then with LoRA rank R on all expert projections and the base frozen: time per step and the
@@ -15,6 +19,8 @@
 #include <vector>
 #include <string>
 
+#include "csrc/model/layers.h"
+#include "csrc/model/precision.h"
 #include "csrc/moe/moe_layer.h"
 
 namespace {
@@ -22,9 +28,31 @@ namespace {
 int usage(const std::string& message) {
   std::fprintf(stderr,
                "moe-bench: error: %s\nusage: moe-bench moe-layer|finetune [--tokens N] [--d-model D] [--experts E] "
-               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R]\n",
+               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1]\n",
                message.c_str());
   return 2;
+}
+
+// Runs `step` (forward + backward) warmup + iters times, under bf16 autocast when --bf16 1, and prints
+// one JSON line with the time per iteration and tokens/s.
+template <typename Step>
+int time_steps(const char* bench, const std::map<std::string, int64_t>& args, Step step) {
+  const bool bf16 = args.at("bf16") != 0;
+  moetrain::model::AutocastScope autocast(torch::kCPU, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  for (int64_t i = 0; i < args.at("warmup"); ++i) step();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < args.at("iters"); ++i) step();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t T = args.at("tokens"), K = args.at("top-k"), F = args.at("hidden"), D = args.at("d-model");
+  const double flops = 3.0 * 3.0 * 2.0 * static_cast<double>(T * K * F * D);  // 3 GEMMs, forward + 2 backward
+  std::printf("{\"bench\": \"%s\", \"precision\": \"%s\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
+              "\"top_k\": %lld, \"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, "
+              "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f}\n",
+              bench, bf16 ? "bf16" : "fp32", static_cast<long long>(T), static_cast<long long>(D),
+              static_cast<long long>(args.at("experts")), static_cast<long long>(K), static_cast<long long>(F),
+              torch::get_num_threads(), static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
+              T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9);
+  return 0;
 }
 
 int bench_moe_layer(const std::map<std::string, int64_t>& args) {
@@ -41,21 +69,24 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
     for (auto& p : layer->parameters()) p.normal_(0.0, 0.02);
   }
   auto x = torch::randn({1, T, D}, torch::requires_grad());
-  auto step = [&] {
+  return time_steps("moe-layer", args, [&] {
     auto out = layer(x);
     (out.y.square().mean() + out.aux_loss).backward();
-  };
-  for (int64_t i = 0; i < args.at("warmup"); ++i) step();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < args.at("iters"); ++i) step();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("{\"bench\": \"moe-layer\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, \"top_k\": %lld, "
-              "\"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, \"tokens_per_s\": %.1f}\n",
-              static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E),
-              static_cast<long long>(K), static_cast<long long>(F), torch::get_num_threads(),
-              static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
-              T * args.at("iters") / seconds);
-  return 0;
+  });
+}
+
+// A dense SwiGLU with hidden top_k·F: the same matmul FLOPs per token as the MoE layer's experts.
+int bench_dense_swiglu(const std::map<std::string, int64_t>& args) {
+  const int64_t T = args.at("tokens"), D = args.at("d-model"), K = args.at("top-k"), F = args.at("hidden");
+  if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
+  torch::manual_seed(0);
+  moetrain::model::SwiGLU mlp(D, K * F);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : mlp->parameters()) p.normal_(0.0, 0.02);
+  }
+  auto x = torch::randn({1, T, D}, torch::requires_grad());
+  return time_steps("dense-swiglu", args, [&] { mlp(x).square().mean().backward(); });
 }
 
 int bench_finetune(const std::map<std::string, int64_t>& args) {
@@ -120,7 +151,8 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage("name a benchmark");
   const std::string name = argv[1];
   std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
-                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8}};
+                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8},
+                                      {"bf16", 0}};
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
     if (flag.rfind("--", 0) != 0 || !args.count(flag.substr(2))) return usage("unknown option " + flag);
@@ -133,7 +165,8 @@ int main(int argc, char** argv) {
   try {
     if (name == "moe-layer") return bench_moe_layer(args);
     if (name == "finetune") return bench_finetune(args);
-    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, finetune)");
+    if (name == "dense-swiglu") return bench_dense_swiglu(args);
+    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, finetune)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
     return 1;

@@ -65,7 +65,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
   auto v = qkv[2];
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                               /*is_causal=*/true);  // (B, H/tp, S, Dh)
-  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Dl}), out_lora_a, out_lora_b, s);
+  // Back to the residual stream's dtype (fp32 under mixed precision) before the tensor-parallel sum.
+  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Dl}), out_lora_a, out_lora_b, s).to(input.scalar_type());
   return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 
@@ -78,7 +79,7 @@ SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& input) {
   auto x = tp_ ? tp_->copy_to_tp(input) : input;
-  auto y = w2(torch::silu(w1(x)) * w3(x));
+  auto y = w2(torch::silu(w1(x)) * w3(x)).to(input.scalar_type());  // residual dtype, as in attention
   return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 

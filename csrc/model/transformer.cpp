@@ -1,5 +1,7 @@
 #include "csrc/model/transformer.h"
 
+#include "csrc/model/precision.h"
+
 #include "csrc/model/sharding.h"
 
 #include <cmath>
@@ -40,6 +42,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
 TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, int64_t ep_size, int64_t ep_rank,
                                                   int64_t tp_size, int64_t tp_rank) {
   TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), ep_size, ep_rank, tp_size, tp_rank);
+  o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16 : torch::kFloat32;
   const auto& lora = recipe.finetune().lora();
   if (lora.rank() > 0) {
     o.moe.lora.rank = lora.rank();
@@ -98,6 +101,8 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
 }
 
 ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
+  // Mixed precision: matmuls in the compute dtype, everything else fp32 (a no-op for fp32).
+  AutocastScope autocast(tokens_BS.device().type(), options_.compute_dtype);
   ModelOutput out;
   torch::Tensor x;
   if (tp_) {  // vocab-parallel embedding: rows of other ranks' vocabulary count 0, then sum over tp

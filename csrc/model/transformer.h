@@ -19,6 +19,9 @@ struct TransformerOptions {
   std::vector<bool> is_moe;  // per layer
   moe::MoEOptions moe;
   AttentionImpl::Lora attn_lora;  // adapters on the attention projections (fine-tuning)
+  // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
+  // (csrc/model/precision.h). Parameters stay fp32 either way.
+  torch::ScalarType compute_dtype = torch::kFloat32;
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,

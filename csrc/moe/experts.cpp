@@ -1,5 +1,7 @@
 #include "csrc/moe/experts.h"
 
+#include "csrc/model/precision.h"
+
 #include <tuple>
 
 namespace moetrain::moe {
@@ -45,10 +47,17 @@ void GroupedExpertsImpl::merge_adapters() {
 torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E) {
   auto offsets = tokens_per_expert_E.cumsum(0).to(torch::kInt32);
   const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
-  auto gate_NF = project(tokens_ND, w1_EDF, w1_lora_a, w1_lora_b, offsets, s);
-  auto up_NF = project(tokens_ND, w3_EDF, w3_lora_a, w3_lora_b, offsets, s);
+  // _grouped_mm is not an autocast operation: under mixed precision cast every operand to the compute
+  // dtype here (the cast's backward returns fp32 gradients to the fp32 master weights), and return the
+  // result in the input's dtype, so the gate-weighted combine accumulates in fp32.
+  const auto dtype = model::compute_dtype_for(tokens_ND.device().type());
+  auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? t.to(*dtype) : t; };
+  auto x = c(tokens_ND);
+  auto gate_NF = project(x, c(w1_EDF), c(w1_lora_a), c(w1_lora_b), offsets, s);
+  auto up_NF = project(x, c(w3_EDF), c(w3_lora_a), c(w3_lora_b), offsets, s);
   // _grouped_mm's backward needs a dense incoming gradient: the product below always provides one.
-  return project(torch::silu(gate_NF) * up_NF, w2_EFD, w2_lora_a, w2_lora_b, offsets, s);
+  auto y = project(torch::silu(gate_NF) * up_NF, c(w2_EFD), c(w2_lora_a), c(w2_lora_b), offsets, s);
+  return y.to(tokens_ND.scalar_type());
 }
 
 }  // namespace moetrain::moe

@@ -1,5 +1,7 @@
 #include "csrc/moe/router.h"
 
+#include "csrc/model/precision.h"
+
 #include <cmath>
 
 namespace moetrain::moe {
@@ -70,6 +72,7 @@ torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torc
 Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& token_ids_T) {
   const auto& r = options_.routing;
   const int64_t E = options_.num_experts, k = options_.top_k;
+  model::AutocastScope fp32_router(x_TD.device().type(), std::nullopt);  // logits, scores, top-k, losses: fp32
   auto x = x_TD.to(torch::kFloat32);
   if (is_training() && r.jitter_eps() > 0) {
     x = x * torch::empty_like(x).uniform_(1.0 - r.jitter_eps(), 1.0 + r.jitter_eps());
