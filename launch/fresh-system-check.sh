@@ -140,23 +140,26 @@ say "copying the committed tree of $src (HEAD $(git -C "$src" rev-parse --short 
 mkdir -p "$root_dir/work/moetrain"
 git -C "$src" archive HEAD | tar -x -C "$root_dir/work/moetrain"
 
-t2=$SECONDS
+# run_readme_command SCRIPT LOG: runs `bash launch/SCRIPT` in the root, shows and logs its output; sets
+# rc (its exit status) and took (seconds).
+run_readme_command() {
+  local start=$SECONDS
+  set +e
+  in_root "cd /work/moetrain && bash launch/$1" 2>&1 | tee "$2"
+  rc=${PIPESTATUS[0]}
+  set -e
+  took=$((SECONDS - start))
+}
+
 say "README command 2: bash launch/test.sh"
-set +e
-in_root "cd /work/moetrain && bash launch/test.sh" 2>&1 | tee "$root_dir.test.log"
-test_rc=${PIPESTATUS[0]}
-set -e
-t_test=$((SECONDS - t2))
+run_readme_command test.sh "$root_dir.test.log"
+test_rc=$rc t_test=$took
 
 qs_rc=skipped; t_qs=0
 if [ "$quickstart" -eq 1 ] && [ "$test_rc" -eq 0 ]; then
-  t3=$SECONDS
   say "README command 1: bash launch/quickstart.sh"
-  set +e
-  in_root "cd /work/moetrain && bash launch/quickstart.sh" 2>&1 | tee "$root_dir.quickstart.log"
-  qs_rc=${PIPESTATUS[0]}
-  set -e
-  t_qs=$((SECONDS - t3))
+  run_readme_command quickstart.sh "$root_dir.quickstart.log"
+  qs_rc=$rc t_qs=$took
 fi
 
 checksum() { [ -f "$1/corpus.sha256" ] && sha256sum "$1/corpus.sha256" | cut -c1-64 || echo "(none)"; }
