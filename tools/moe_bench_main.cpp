@@ -27,7 +27,7 @@ namespace {
 
 int usage(const std::string& message) {
   std::fprintf(stderr,
-               "moe-bench: error: %s\nusage: moe-bench moe-layer|finetune [--tokens N] [--d-model D] [--experts E] "
+               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|finetune [--tokens N] [--d-model D] [--experts E] "
                "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1]\n",
                message.c_str());
   return 2;
@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
     char* end = nullptr;
     const long long v = std::strtoll(argv[i + 1], &end, 10);
     if (*end != '\0' || v < 0) return usage(flag + "=" + argv[i + 1] + " is not a non-negative integer");
+    if (flag == "--bf16" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (fp32) or 1 (bf16 mixed precision)");
     args[flag.substr(2)] = v;
   }
   try {
