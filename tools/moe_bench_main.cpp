@@ -2,12 +2,19 @@
 // command and machine that produced them.
 //
 //   moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] [--top-k K] [--hidden F]
-//                       [--warmup N] [--iters N] [--threads T] [--bf16 0|1]
-//     MoE layer forward + backward throughput (tokens/s) on CPU, printed as one JSON line. --bf16 1: mixed
+//                       [--warmup N] [--iters N] [--threads T] [--bf16 0|1] [--device cpu|cuda]
+//     MoE layer forward + backward throughput (tokens/s), printed as one JSON line. --bf16 1: mixed
 //     precision as train.precision=BF16 runs it (fp32 weights and router, bf16 expert GEMMs).
+//     --device cuda: on GPU 0 (the clock is read after torch::cuda::synchronize()). With
+//     MOETRAIN_CUDA_SYNC_DEBUG=warn|error the timed iterations (not the warm-up) run under CUDA's sync
+//     debug mode (csrc/util/cuda_sync_debug.h), and the JSON line says so ("sync_debug").
 //   moe-bench dense-swiglu [same options]
 //     The reference for the MoE layer: a dense SwiGLU with hidden size top_k·hidden, which has the same
 //     matmul FLOPs per token as the MoE layer's experts (the router's D·E is not counted).
+//   moe-bench gemm [same options]
+//     One dense GEMM with exactly the matmul FLOPs of the MoE layer's forward + backward: (T, D) × (D, 9·K·F),
+//     in bf16 with --bf16 1 (torch::mm on bf16 tensors), else fp32. The GPU target compares the MoE layer's
+//     matmul_gflop_per_s with this one's (docs/gpu.md).
 //   moe-bench finetune [same options] [--lora-rank R]
 //     One fine-tuning step of the MoE layer (forward, backward, AdamW step) with every weight trained,
 //     then with LoRA rank R on all expert projections and the base frozen: time per step and the
@@ -22,13 +29,26 @@
 #include "csrc/model/layers.h"
 #include "csrc/model/precision.h"
 #include "csrc/moe/moe_layer.h"
+#include "csrc/util/cuda_sync_debug.h"
+
+#include <torch/cuda.h>
 
 namespace {
 
+using Args = std::map<std::string, int64_t>;
+
+// --device: the one string option; every other option is a non-negative integer.
+torch::Device bench_device = torch::kCPU;
+
+void synchronize() {
+  if (bench_device.is_cuda()) torch::cuda::synchronize();
+}
+
 int usage(const std::string& message) {
   std::fprintf(stderr,
-               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|finetune [--tokens N] [--d-model D] [--experts E] "
-               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1]\n",
+               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|gemm|finetune [--tokens N] [--d-model D] [--experts E] "
+               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1] "
+               "[--device cpu|cuda]\n",
                message.c_str());
   return 2;
 }
@@ -36,26 +56,41 @@ int usage(const std::string& message) {
 // Runs `step` (forward + backward) warmup + iters times, under bf16 autocast when --bf16 1, and prints
 // one JSON line with the time per iteration and tokens/s.
 template <typename Step>
-int time_steps(const char* bench, const std::map<std::string, int64_t>& args, Step step) {
+int time_steps(const char* bench, const Args& args, Step step) {
   const bool bf16 = args.at("bf16") != 0;
-  moetrain::model::AutocastScope autocast(torch::kCPU, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  moetrain::model::AutocastScope autocast(bench_device.type(), bf16 ? torch::kBFloat16 : torch::kFloat32);
   for (int64_t i = 0; i < args.at("warmup"); ++i) step();
+  synchronize();
+  // Steady state: the timed iterations run under CUDA's sync debug mode when MOETRAIN_CUDA_SYNC_DEBUG asks.
+  const auto sync_debug = bench_device.is_cuda() ? moetrain::util::sync_debug_from_env().mode
+                                                 : moetrain::util::SyncDebugMode::kOff;
+  moetrain::util::set_cuda_sync_debug(sync_debug);
   const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < args.at("iters"); ++i) step();
+  try {
+    for (int64_t i = 0; i < args.at("iters"); ++i) step();
+  } catch (...) {
+    moetrain::util::set_cuda_sync_debug(moetrain::util::SyncDebugMode::kOff);
+    throw;
+  }
+  moetrain::util::set_cuda_sync_debug(moetrain::util::SyncDebugMode::kOff);
+  synchronize();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t T = args.at("tokens"), K = args.at("top-k"), F = args.at("hidden"), D = args.at("d-model");
   const double flops = 3.0 * 3.0 * 2.0 * static_cast<double>(T * K * F * D);  // 3 GEMMs, forward + 2 backward
-  std::printf("{\"bench\": \"%s\", \"precision\": \"%s\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
+  std::printf("{\"bench\": \"%s\", \"precision\": \"%s\", \"device\": \"%s\", \"sync_debug\": \"%s\", "
+              "\"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
               "\"top_k\": %lld, \"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, "
               "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f}\n",
-              bench, bf16 ? "bf16" : "fp32", static_cast<long long>(T), static_cast<long long>(D),
+              bench, bf16 ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu",
+              moetrain::util::to_string(sync_debug), static_cast<long long>(T), static_cast<long long>(D),
               static_cast<long long>(args.at("experts")), static_cast<long long>(K), static_cast<long long>(F),
               torch::get_num_threads(), static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
               T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9);
+  std::fflush(stdout);
   return 0;
 }
 
-int bench_moe_layer(const std::map<std::string, int64_t>& args) {
+int bench_moe_layer(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
                 F = args.at("hidden");
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
@@ -68,7 +103,8 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
     torch::NoGradGuard no_grad;
     for (auto& p : layer->parameters()) p.normal_(0.0, 0.02);
   }
-  auto x = torch::randn({1, T, D}, torch::requires_grad());
+  layer->to(bench_device);
+  auto x = torch::randn({1, T, D}, torch::TensorOptions().device(bench_device).requires_grad(true));
   return time_steps("moe-layer", args, [&] {
     auto out = layer(x);
     (out.y.square().mean() + out.aux_loss).backward();
@@ -76,7 +112,7 @@ int bench_moe_layer(const std::map<std::string, int64_t>& args) {
 }
 
 // A dense SwiGLU with hidden top_k·F: the same matmul FLOPs per token as the MoE layer's experts.
-int bench_dense_swiglu(const std::map<std::string, int64_t>& args) {
+int bench_dense_swiglu(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), K = args.at("top-k"), F = args.at("hidden");
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
   torch::manual_seed(0);
@@ -85,11 +121,23 @@ int bench_dense_swiglu(const std::map<std::string, int64_t>& args) {
     torch::NoGradGuard no_grad;
     for (auto& p : mlp->parameters()) p.normal_(0.0, 0.02);
   }
-  auto x = torch::randn({1, T, D}, torch::requires_grad());
+  mlp->to(bench_device);
+  auto x = torch::randn({1, T, D}, torch::TensorOptions().device(bench_device).requires_grad(true));
   return time_steps("dense-swiglu", args, [&] { mlp(x).square().mean().backward(); });
 }
 
-int bench_finetune(const std::map<std::string, int64_t>& args) {
+// One GEMM of the MoE layer's forward + backward matmul FLOPs, in the compute dtype (no autocast needed).
+int bench_gemm(const Args& args) {
+  const int64_t T = args.at("tokens"), D = args.at("d-model"), K = args.at("top-k"), F = args.at("hidden");
+  if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
+  torch::manual_seed(0);
+  const auto options = torch::TensorOptions().device(bench_device).dtype(args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
+  auto a = torch::randn({T, D}, options), b = torch::randn({D, 9 * K * F}, options);
+  torch::Tensor c;
+  return time_steps("gemm", args, [&] { c = torch::mm(a, b); });
+}
+
+int bench_finetune(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
                 F = args.at("hidden"), R = args.at("lora-rank");
   if (R <= 0 || R % 4 != 0) {
@@ -97,6 +145,7 @@ int bench_finetune(const std::map<std::string, int64_t>& args) {
                                 "adapters' fp32 grouped GEMM needs 16-byte aligned strides), for example 8");
   }
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
+  if (bench_device.is_cuda()) throw std::invalid_argument("finetune runs on the CPU only (--device cpu)");
   for (const bool lora : {false, true}) {
     torch::manual_seed(0);
     moetrain::moe::MoEOptions options;
@@ -155,6 +204,14 @@ int main(int argc, char** argv) {
                                       {"bf16", 0}};
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
+    if (flag == "--device") {
+      if (i + 1 >= argc) return usage("--device needs a value");
+      const std::string d = argv[i + 1];
+      if (d == "cpu") bench_device = torch::kCPU;
+      else if (d == "cuda") bench_device = torch::Device(torch::kCUDA, 0);
+      else return usage("--device " + d + ": must be cpu or cuda");
+      continue;
+    }
     if (flag.rfind("--", 0) != 0 || !args.count(flag.substr(2))) return usage("unknown option " + flag);
     if (i + 1 >= argc) return usage(flag + " needs a value");
     char* end = nullptr;
@@ -164,10 +221,14 @@ int main(int argc, char** argv) {
     args[flag.substr(2)] = v;
   }
   try {
+    if (bench_device.is_cuda() && !torch::cuda::is_available()) {
+      throw std::invalid_argument("--device cuda: no GPU is visible (torch::cuda::is_available() is false)");
+    }
     if (name == "moe-layer") return bench_moe_layer(args);
     if (name == "finetune") return bench_finetune(args);
     if (name == "dense-swiglu") return bench_dense_swiglu(args);
-    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, finetune)");
+    if (name == "gemm") return bench_gemm(args);
+    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, gemm, finetune)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
     return 1;
