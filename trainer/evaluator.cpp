@@ -11,6 +11,7 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
   EvalResult result;
   double total_loss = 0;
   int64_t total_tokens = 0;
+  int64_t windows_before = 0;  // windows of the earlier domains: each window's index keys RANDOM routing
   for (size_t d = 0; d < data.domains.size(); ++d) {
     const torch::Tensor& w = data.windows[d];
     double domain_loss = 0;
@@ -20,6 +21,7 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
       auto batch = w.narrow(0, begin, std::min(micro_batch_size, w.size(0) - begin));
       auto inputs = batch.narrow(1, 0, batch.size(1) - 1);
       auto targets = batch.narrow(1, 1, batch.size(1) - 1);
+      model.set_first_sample(windows_before + begin);
       auto out = model.forward(inputs);
       auto& logits = out.logits;
       for (size_t l = 0; l < out.moe_stats.size(); ++l) {
@@ -38,6 +40,7 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
     result.domain_expert_load.push_back(std::move(domain_load));
     total_loss += domain_loss;
     total_tokens += domain_tokens;
+    windows_before += w.size(0);
   }
   model.train(was_training);
   result.loss = total_tokens ? total_loss / total_tokens : NAN;

@@ -316,6 +316,7 @@ TrainSummary Trainer::run() {
       // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
       // sequences, in the same routing groups, as one process with dp× the accumulation steps.
       auto batch = s_->train_data->batch(state.samples_consumed + (micro * dp + dp_rank) * mbs, mbs);  // (mbs, seq + 1)
+      model.set_first_sample(state.samples_consumed + (micro * dp + dp_rank) * mbs);  // router noise keyed by global token
       auto out = model.forward(batch.narrow(1, 0, seq));
       auto lm = model.token_losses(out.logits, batch.narrow(1, 1, seq)).mean();
       auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);

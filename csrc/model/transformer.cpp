@@ -43,6 +43,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe,
                                                   int64_t tp_size, int64_t tp_rank) {
   TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), ep_size, ep_rank, tp_size, tp_rank);
   o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16 : torch::kFloat32;
+  o.seed = recipe.train().seed();
   const auto& lora = recipe.finetune().lora();
   if (lora.rank() > 0) {
     o.moe.lora.rank = lora.rank();
@@ -69,19 +70,63 @@ BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   }
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out) {
+namespace {
+// Sequence-parallel split of T tokens over p ranks when p does not divide T (evaluation batches; a
+// training micro-batch is checked to divide): rank q holds c_q = ⌊T/p⌋ (+1 for q < T mod p) consecutive
+// tokens from f_q = q·⌊T/p⌋ + min(q, T mod p). The collectives need equal row counts, so each rank's
+// block is padded to L = ⌈T/p⌉ rows. Index tensors on `device`, built there (no host values read).
+struct UnevenSplit {
+  int64_t first = 0, count = 0, rows = 0;  // this rank's f, c and L
+  torch::Tensor padded_rows;  // int64 (p·L): source token of each padded row (fillers repeat the block's last token)
+  torch::Tensor token_rows;   // int64 (T): the padded row that holds each token
+};
+
+UnevenSplit uneven_split(int64_t T, int64_t p, int64_t rank, const torch::Device& device) {
+  TORCH_CHECK(T >= p, "tensor parallelism: a forward of ", T, " tokens cannot give each of the parallel.tensor = ", p,
+              " ranks a token; use batches of at least ", p, " tokens");
+  const int64_t base = T / p, rem = T % p, L = base + 1;
+  const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  UnevenSplit s;
+  s.first = rank * base + std::min(rank, rem), s.count = base + (rank < rem ? 1 : 0), s.rows = L;
+  auto q = torch::arange(p, opts).unsqueeze(1), j = torch::arange(L, opts).unsqueeze(0);  // (p, 1), (1, L)
+  auto first_q = q * base + q.clamp_max(rem), count_q = base + (q < rem).to(torch::kInt64);
+  s.padded_rows = (first_q + torch::minimum(j, count_q - 1)).reshape({-1});
+  auto t = torch::arange(T, opts);
+  const int64_t long_tokens = rem * (base + 1);  // tokens of the ranks holding base + 1
+  auto q_t = torch::where(t < long_tokens, torch::div(t, base + 1, "floor"), rem + torch::div(t - long_tokens, base, "floor"));
+  s.token_rows = q_t * L + t - (q_t * base + q_t.clamp_max(rem));
+  return s;
+}
+}  // namespace
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out, int64_t first_token) {
   auto h = x + attn(attn_norm(x));
   if (!moe) return h + mlp(ffn_norm(h));
   if (tp_) {  // sequence-parallel MoE: this rank routes and computes its 1/tp of the tokens
-    const int64_t D = h.size(2), T = h.size(0) * h.size(1), Tl = T / tp_->size();
-    auto x_local = tp_->scatter_tokens(ffn_norm(h).reshape({T, D})).unsqueeze(0);
-    auto ids_local = tokens.reshape({-1}).narrow(0, tp_->rank() * Tl, Tl).unsqueeze(0);
-    moe::MoEOutput m = moe(x_local, ids_local, moe::TokenSlice{h.size(0), h.size(1), tp_->rank() * Tl});
+    const int64_t D = h.size(2), T = h.size(0) * h.size(1), p = tp_->size();
+    auto x_TD = ffn_norm(h).reshape({T, D});
+    auto ids_T = tokens.reshape({-1});
+    int64_t first = tp_->rank() * (T / p), count = T / p;
+    UnevenSplit split;
+    if (T % p == 0) {
+      x_TD = tp_->scatter_tokens(x_TD);
+    } else {
+      split = uneven_split(T, p, tp_->rank(), h.device());
+      first = split.first, count = split.count;
+      x_TD = tp_->scatter_tokens(x_TD.index_select(0, split.padded_rows)).narrow(0, 0, count);
+    }
+    moe->router->set_noise_position(first_token + first);
+    moe::MoEOutput m = moe(x_TD.unsqueeze(0), ids_T.narrow(0, first, count).unsqueeze(0),
+                           moe::TokenSlice{h.size(0), h.size(1), first});
     out.aux_loss = out.aux_loss + m.aux_loss;
     out.z_loss = out.z_loss + m.z_loss;
     out.moe_stats.push_back(m.stats);
-    return h + tp_->gather_tokens(m.y.reshape({Tl, D})).view(h.sizes());
+    auto y_TD = m.y.reshape({count, D});
+    if (T % p == 0) return h + tp_->gather_tokens(y_TD).view(h.sizes());
+    y_TD = torch::constant_pad_nd(y_TD, {0, 0, 0, split.rows - count});  // zero rows up to L
+    return h + tp_->gather_tokens(y_TD).index_select(0, split.token_rows).view(h.sizes());
   }
+  moe->router->set_noise_position(first_token);
   moe::MoEOutput m = moe(ffn_norm(h), tokens);
   out.aux_loss = out.aux_loss + m.aux_loss;
   out.z_loss = out.z_loss + m.z_loss;
@@ -93,7 +138,11 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
   const int64_t local_vocab = o.vocab_size / o.tp_size;  // vocab parallel under TP
   embed = register_module("embed", torch::nn::Embedding(local_vocab, o.d_model));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t l = 0; l < o.num_layers; ++l) layers->push_back(Block(o, o.is_moe.at(l)));
+  for (int64_t l = 0; l < o.num_layers; ++l) {
+    Block block(o, o.is_moe.at(l));
+    if (block->moe) block->moe->router->set_noise_stream(o.seed, l);
+    layers->push_back(block);
+  }
   norm = register_module("norm", RMSNorm(o.d_model, o.norm_eps));
   if (!o.tie_embeddings) {
     lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model, local_vocab).bias(false)));
@@ -115,8 +164,10 @@ ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
   }
   out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
   out.z_loss = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const int64_t first_token = first_sample_ * tokens_BS.size(1);
+  if (is_training()) first_sample_ += tokens_BS.size(0);
   for (const auto& layer : *layers) {
-    x = layer->as<Block>()->forward(x, tokens_BS, out);
+    x = layer->as<Block>()->forward(x, tokens_BS, out, first_token);
   }
   x = norm(x);
   if (tp_) x = tp_->copy_to_tp(x);  // column-parallel LM head: each rank its vocabulary slice

@@ -22,6 +22,7 @@ struct TransformerOptions {
   // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
   // (csrc/model/precision.h). Parameters stay fp32 either way.
   torch::ScalarType compute_dtype = torch::kFloat32;
+  uint64_t seed = 0;  // train.seed: keys the routers' noise streams (jitter, RANDOM routing) with the layer index
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
   static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
@@ -42,8 +43,10 @@ struct ModelOutput {
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const TransformerOptions& options, bool is_moe);
-  // x: (B, S, D), tokens (B, S). An MoE block adds its losses and measures to `out`.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out);
+  // x: (B, S, D), tokens (B, S). An MoE block adds its losses and measures to `out`. first_token: global
+  // index of tokens[0][0] (global sample · S), which keys the router's noise.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out,
+                        int64_t first_token = 0);
 
   void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
 
@@ -61,6 +64,11 @@ class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(const TransformerOptions& options);
   ModelOutput forward(const torch::Tensor& tokens_BS);
+  // Global sample index (sampler position) of row 0 of the next forward's tokens. The routers key their
+  // noise (jitter, RANDOM routing) by global token index = sample · S + position, so a token draws the
+  // same noise in every parallel layout (docs/routing.md, "Router noise"). Each training forward then
+  // advances it by its B rows; the trainer sets it for every micro-batch, the evaluator for every batch.
+  void set_first_sample(int64_t sample) { first_sample_ = sample; }
   const TransformerOptions& options() const { return options_; }
   std::vector<moe::MoELayer> moe_layers() const;  // in layer order
   // Installs the tensor-parallel communication in every layer (options().tp_size > 1).
@@ -80,6 +88,7 @@ class TransformerImpl : public torch::nn::Module {
  private:
   TransformerOptions options_;
   std::shared_ptr<TensorParallelOps> tp_;
+  int64_t first_sample_ = 0;
 };
 TORCH_MODULE(Transformer);
 

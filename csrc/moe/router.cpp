@@ -27,7 +27,51 @@ torch::Tensor hash_experts(const torch::Tensor& token_ids_T, int64_t num_experts
   return (first.unsqueeze(1) + torch::arange(top_k, first.options())).remainder(num_experts);  // k distinct experts
 }
 
+uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+constexpr int64_t kLow32 = 0xFFFFFFFFLL;
+
+// x · c mod 2^32 for x, c in [0, 2^32), in int64 without overflow: c split into 16-bit halves, so each
+// product is below 2^48 and only the low 16 bits of the high product are shifted up.
+torch::Tensor mul32(const torch::Tensor& x, uint32_t c) {
+  const int64_t lo = c & 0xFFFF, hi = c >> 16;
+  return (x * lo + (x * hi).bitwise_and(0xFFFF) * 65536).bitwise_and(kLow32);
+}
+
+// lowbias32 (C. Wellons): a bijection of [0, 2^32) with good avalanche; shifts of non-negative values.
+torch::Tensor mix32(torch::Tensor x) {
+  x = x.bitwise_xor(x.bitwise_right_shift(16));
+  x = mul32(x, 0x7feb352dU);
+  x = x.bitwise_xor(x.bitwise_right_shift(15));
+  x = mul32(x, 0x846ca68bU);
+  return x.bitwise_xor(x.bitwise_right_shift(16));
+}
+
 }  // namespace
+
+uint64_t noise_stream_key(uint64_t seed, int64_t layer, NoisePurpose purpose) {
+  return splitmix64(seed ^ splitmix64((static_cast<uint64_t>(layer) << 8) | static_cast<uint64_t>(purpose)));
+}
+
+torch::Tensor noise_bits(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device) {
+  TORCH_CHECK(first_token >= 0, "noise_bits: first_token must be >= 0, got ", first_token);
+  const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  const int64_t key_lo = static_cast<int64_t>(key & 0xFFFFFFFFULL), key_hi = static_cast<int64_t>(key >> 32);
+  auto t = torch::arange(first_token, first_token + T, opts);                  // global token index, < 2^63
+  auto h = mix32(t.bitwise_and(kLow32).bitwise_xor(key_lo));                  // low word of the index
+  h = mix32(h.bitwise_xor(t.bitwise_right_shift(32)));                        // high word (t >= 0)
+  auto hc = h.unsqueeze(1).bitwise_xor(torch::arange(C, opts).unsqueeze(0));  // (T, C): the column
+  return mix32(mix32(hc).bitwise_xor(key_hi));
+}
+
+torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device) {
+  return noise_bits(key, first_token, T, C, device).bitwise_right_shift(8).to(torch::kFloat32) * (1.0 / 16777216.0);
+}
 
 int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity) {
   if (factor <= 0) return 0;
@@ -74,8 +118,13 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
   const int64_t E = options_.num_experts, k = options_.top_k;
   model::AutocastScope fp32_router(x_TD.device().type(), std::nullopt);  // logits, scores, top-k, losses: fp32
   auto x = x_TD.to(torch::kFloat32);
+  const int64_t first_token = noise_position_;  // global index of row 0 (keys the noise)
+  if (is_training()) noise_position_ += x.size(0);
   if (is_training() && r.jitter_eps() > 0) {
-    x = x * torch::empty_like(x).uniform_(1.0 - r.jitter_eps(), 1.0 + r.jitter_eps());
+    const double eps = r.jitter_eps();
+    auto u = uniform_noise(noise_stream_key(noise_seed_, noise_layer_, NoisePurpose::kJitter), first_token,
+                           x.size(0), x.size(1), x.device());
+    x = x * ((1.0 - eps) + (2.0 * eps) * u);  // U(1 − ε, 1 + ε)
   }
   Routing out;
   out.logits_TE = torch::matmul(x, weight.t());
@@ -104,7 +153,13 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
   if (r.router_type() == RoutingConfig::HASH) {
     idx_TK = hash_experts(token_ids_T, E, k);
   } else if (r.router_type() == RoutingConfig::RANDOM) {
-    idx_TK = std::get<1>(torch::rand({T, E}, scores_TE.options()).topk(k, -1));
+    // k distinct experts uniformly at random: the k largest of E independent keys per token. The keys
+    // are hash · E + e (below 2^32 · E), so they never tie. Evaluation routes at random too (the
+    // baseline has no other routing), from its own stream keyed by the evaluation batch's position.
+    const auto purpose = is_training() ? NoisePurpose::kRandomRouting : NoisePurpose::kRandomRoutingEval;
+    auto keys = noise_bits(noise_stream_key(noise_seed_, noise_layer_, purpose), first_token, T, E, x.device()) * E +
+                torch::arange(E, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
+    idx_TK = std::get<1>(keys.topk(k, -1));
   } else {
     idx_TK = select_topk(out.logits_TE, scores_TE);
   }

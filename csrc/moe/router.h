@@ -25,6 +25,20 @@ struct Routing {
   int64_t max_kept = 0;
 };
 
+// Router noise (jitter, RANDOM routing), counter-based: a pure function of (stream key, global token
+// index, column), computed with int64 tensor ops on the device of the tensor it is for. No generator
+// and no RNG state: the same token draws the same noise in every parallel layout and after a resume.
+// A 32-bit hash (lowbias32 rounds) is carried in int64 tensors; every intermediate stays below 2^49.
+//
+// noise_stream_key: the stream of one (seed, layer, purpose), mixed on the host (splitmix64).
+enum class NoisePurpose : uint64_t { kJitter = 1, kRandomRouting = 2, kRandomRoutingEval = 3 };
+uint64_t noise_stream_key(uint64_t seed, int64_t layer, NoisePurpose purpose);
+// int64 (T, C) hash values in [0, 2^32) of tokens first_token .. first_token + T − 1 and columns 0 .. C − 1,
+// on `device`.
+torch::Tensor noise_bits(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device);
+// fp32 (T, C) uniform on [0, 1) in steps of 2^-24: the top 24 bits of noise_bits.
+torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device);
+
 // capacity = max(ceil(factor · T · k / E), min_capacity); 0 when factor is 0 (dropless).
 int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity);
 
@@ -42,9 +56,19 @@ class RouterImpl : public torch::nn::Module {
   torch::Tensor expert_bias;  // (E) fp32 buffer: selection bias of aux-loss-free balancing (not trained)
   const RouterOptions& options() const { return options_; }
 
+  // Noise (jitter, RANDOM routing) of this router: stream (train.seed, transformer layer index); and the
+  // global index of the first row of the next training forward (global sample · seq_len + offset of
+  // this rank's tokens in the micro-batch). Every training forward then advances the position by its
+  // T rows, so a caller that never sets it still draws fresh noise each forward.
+  void set_noise_stream(uint64_t seed, int64_t layer) { noise_seed_ = seed, noise_layer_ = layer; }
+  void set_noise_position(int64_t first_token) { noise_position_ = first_token; }
+  int64_t noise_position() const { return noise_position_; }
+
  private:
   torch::Tensor select_topk(const torch::Tensor& logits_TE, const torch::Tensor& scores_TE) const;
   RouterOptions options_;
+  uint64_t noise_seed_ = 0;
+  int64_t noise_layer_ = 0, noise_position_ = 0;
 };
 TORCH_MODULE(Router);
 

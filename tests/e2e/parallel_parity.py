@@ -125,6 +125,28 @@ mpi_train(run, np_ranks, base + aux + ["train.grad_accum_steps=2", f"parallel.ex
 compare(single, run, f"{name} ({label}) vs 1 process")
 compare_params(single, run, np_ranks, ep, tp, f"{name} ({label})")
 
+# Router noise (np 2): jitter and RANDOM routing draw counter-based noise keyed by (seed, layer, global
+# token index), so each rank draws its own tokens' noise (it used to draw the same as every other rank)
+# and a token draws the same noise in every layout: EP 2, DP 2 and TP 2 match one process like dropless.
+# RANDOM compares the per-step metrics (MaxVio included: the same experts per token) without the final
+# parameters: its router weights get no gradient, and AdamW decays a parameter only where a gradient
+# exists, which one process (none) and the data-parallel gradient sync (zeros) do not agree on.
+if np_ranks == 2:
+    layouts_against_one_process(["routing.capacity_factor=0", "routing.jitter_eps=0.1"], "jitter")
+    layouts_against_one_process(["routing.capacity_factor=0", "routing.router_type=RANDOM", "routing.aux_loss_coeff=0",
+                                 "routing.bias_update_rate=0", "routing.drop_policy=POSITION"], "random", params=False)
+
+# Tensor parallelism with a token count tp does not divide (np 2): sequence length 31 and 3 evaluation
+# windows per domain give evaluation batches of 93 tokens (training micro-batches of 4 × 31 are checked to
+# divide), which the sequence-parallel MoE splits 47 + 46. Validation loss and MaxVio equal one process's.
+if np_ranks == 2:
+    saved, layouts = layouts, [("tp2", 1, 2)]
+    layouts_against_one_process(["routing.capacity_factor=0", "data.seq_len=31", "train.eval_sequences=3"], "odd_eval",
+                                {**FP32_TOL, "val_max_vio": 1e-5})
+    layouts = saved
+    tp_run = os.path.join(os.environ.get("MOETRAIN_TEST_TMP", "/tmp"), "parity_tp2_odd_eval")
+    check("val_loss" in metrics(tp_run)[-1], "odd_eval: the TP 2 run evaluated at step 10")
+
 # Mixed precision (np 2): EP 2, DP 2 and TP 2 with train.precision=BF16 against one bf16 process. A layout
 # changes which rows one bf16 GEMM call sums (the expert weight gradients are bf16 GEMM outputs over the
 # rows a rank holds) and the fp32 summation order, and each bf16 rounding is 2^-8 relative, so bf16 runs

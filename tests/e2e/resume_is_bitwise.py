@@ -1,6 +1,6 @@
 """A run stopped (exit_interval, with a checkpoint) and resumed gives bitwise the same per-step
 losses and gradient norms as one that never stopped (CPU, same layout). Bias balancing is on, so the
-expert biases must be restored too, and router jitter draws from the restored RNG."""
+expert biases must be restored too; router jitter is keyed by the restored sampler position."""
 from common import check, fresh_dir, metrics, moe_train
 
 common = ["train.steps=12", "train.eval_interval=6", "train.grad_accum_steps=2", "schedule.warmup_steps=4",
