@@ -81,6 +81,8 @@ btl = self,vader,tcp
 pml = ob1
 mca_base_component_show_load_errors = 0
 btl_tcp_if_include = lo
+# Containers often forbid the cross-memory attach (ptrace) vader uses for single copies.
+btl_vader_single_copy_mechanism = none
 oob_tcp_if_include = lo
 EOF
 pmix="$out/pmix"

@@ -55,6 +55,9 @@ fi
 bundle=$(cd "$bundle" && pwd)
 case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 [ -n "$python" ] && "$python" -c 'import torch' 2>/dev/null || die "no Python with torch (${python:-none found}); set PYTHON=/path/to/python"
+if ((!dry)) && ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  say "warning: torch sees no GPU here (torch.cuda.is_available() is false): the checks will fail; --dry-run is the check without one"
+fi
 say "bundle $bundle; python $python (torch $("$python" -c 'import torch; print(torch.__version__)'))"
 
 # The bundle needs this glibc or newer (its libraries come from Debian 12).

@@ -56,6 +56,8 @@ HOST_LD = os.environ.get("MOETRAIN_HOST_LD_LIBRARY_PATH", "")
 def run(cmd, env=None, timeout=300):
     t0 = time.time()
     ld = HOST_LD if cmd[0] == sys.executable else BUNDLE_LD
+    # Nothing runs past the budget: a hang (an NCCL call waiting forever) costs that check, not the report.
+    timeout = max(10, min(timeout, opts.budget_s - (time.time() - START)))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, "LD_LIBRARY_PATH": ld, **(env or {})})
@@ -63,6 +65,8 @@ def run(cmd, env=None, timeout=300):
     except subprocess.TimeoutExpired as e:
         rc, out, err = 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
             f"timed out after {timeout} s"
+    except OSError as e:  # a program that is not there (nvidia-smi on a machine without the driver's tools)
+        rc, out, err = 127, "", str(e)
     return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.time() - t0, 2), "stdout": out, "stderr": err}
 
 
@@ -313,7 +317,7 @@ def main():
             result["dry_run"] = True
         report["checks"][name] = result
         print(f"[gpu-check] {name}: {'pass' if result['pass'] else 'FAIL'} ({result['seconds_total']} s)"
-              + ("" if result["pass"] else f": {str(result.get('error', ''))[:300]}"), flush=True)
+              + ("" if result["pass"] else ": " + str(result.get("error") or json.dumps(result))[:400]), flush=True)
         with open(opts.out, "w") as f:  # written after every check: a killed run keeps what it did
             json.dump(report, f, indent=1)
     report["seconds"] = round(time.time() - START, 1)
