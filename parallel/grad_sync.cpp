@@ -19,24 +19,13 @@ void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& gro
 
 }  // namespace
 
-bool is_expert_parameter(const std::string& name) { return name.find(".experts.") != std::string::npos; }
-
-bool is_tensor_parallel_parameter(const std::string& name) {
-  return name.find(".attn.wqkv.") != std::string::npos || name.find(".attn.wo.") != std::string::npos ||
-         name.find(".mlp.") != std::string::npos || name == "embed.weight" || name == "lm_head.weight";
-}
-
-namespace {
-bool is_moe_parameter(const std::string& name) { return name.find(".moe.") != std::string::npos; }
-}  // namespace
-
-void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh) {
+void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh) {
   std::vector<torch::Tensor> dense, expert, moe;
-  for (auto& p : model.named_parameters()) {
-    if (!p.value().requires_grad()) continue;  // frozen (fine-tuning)
-    if (!p.value().grad().defined()) p.value().mutable_grad() = torch::zeros_like(p.value());
-    (is_expert_parameter(p.key()) ? expert : dense).push_back(p.value().mutable_grad());
-    if (is_moe_parameter(p.key())) moe.push_back(p.value().mutable_grad());
+  for (auto& p : model::roled_parameters(model)) {
+    if (!p.tensor.requires_grad()) continue;  // frozen (fine-tuning)
+    if (!p.tensor.grad().defined()) p.tensor.mutable_grad() = torch::zeros_like(p.tensor);
+    (p.role.expert ? expert : dense).push_back(p.tensor.mutable_grad());
+    if (p.role.sequence_parallel) moe.push_back(p.tensor.mutable_grad());
   }
   if (mesh.tp().size() > 1) all_reduce_mean_bucket(moe, mesh.tp(), 1.0);  // sequence-parallel MoE: sum
   const double dp = mesh.sizes().dp();
@@ -44,17 +33,22 @@ void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh) {
   if (mesh.expert_dp().size() > 1 || dp > 1) all_reduce_mean_bucket(expert, mesh.expert_dp(), dp);
 }
 
-double global_grad_norm(torch::nn::Module& model, ProcessMesh& mesh) {
-  auto replicated_sq = torch::zeros({1}, torch::kFloat64), tp_sq = torch::zeros({1}, torch::kFloat64),
-       expert_sq = torch::zeros({1}, torch::kFloat64);
-  for (auto& p : model.named_parameters()) {
-    if (!p.value().grad().defined()) continue;
-    auto sq = p.value().grad().to(torch::kFloat64).square().sum();
-    (is_expert_parameter(p.key()) ? expert_sq : is_tensor_parallel_parameter(p.key()) ? tp_sq : replicated_sq) += sq;
+torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh) {
+  const auto params = model::roled_parameters(model);
+  torch::Device device(torch::kCPU);
+  for (const auto& p : params) {
+    if (p.tensor.grad().defined()) device = p.tensor.grad().device();
+  }
+  const auto f64 = torch::TensorOptions(device).dtype(torch::kFloat64);
+  auto replicated_sq = torch::zeros({1}, f64), tp_sq = torch::zeros({1}, f64), expert_sq = torch::zeros({1}, f64);
+  for (const auto& p : params) {
+    if (!p.tensor.grad().defined()) continue;
+    auto sq = p.tensor.grad().to(torch::kFloat64).square().sum();
+    (p.role.expert ? expert_sq : p.role.tensor_parallel ? tp_sq : replicated_sq) += sq;
   }
   if (mesh.tp().size() > 1) mesh.tp().all_reduce_sum(tp_sq);
   if (mesh.ep().size() > 1) mesh.ep().all_reduce_sum(expert_sq);
-  return std::sqrt((replicated_sq + tp_sq + expert_sq).item<double>());
+  return (replicated_sq + tp_sq + expert_sq).sqrt().squeeze(0);
 }
 
 void sum_over_dp(torch::Tensor& t, ProcessMesh& mesh) {

@@ -14,20 +14,19 @@
 
 #include <torch/torch.h>
 
+#include "csrc/model/sharding.h"
 #include "parallel/mesh.h"
 
 namespace moetrain::parallel {
 
-// True for parameters sharded over the expert-parallel group.
-bool is_expert_parameter(const std::string& name);
-// True for parameters sharded over the tensor-parallel group.
-bool is_tensor_parallel_parameter(const std::string& name);
+// Which parameter is which comes from model::parameter_role (csrc/model/sharding.h).
 
-void sync_gradients(torch::nn::Module& model, ProcessMesh& mesh);
+void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh);
 
 // L2 norm of the whole model's gradient, every parameter counted once: replicated parameters from this
-// rank, expert shards summed over the ep group. Identical on every rank.
-double global_grad_norm(torch::nn::Module& model, ProcessMesh& mesh);
+// rank, expert shards summed over the ep group. Identical on every rank. An fp64 scalar on the
+// gradients' device (no host read).
+torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh);
 
 // Sums a tensor over the data-parallel group, in place (routing counts of the global-batch aux loss).
 void sum_over_dp(torch::Tensor& t, ProcessMesh& mesh);

@@ -6,9 +6,11 @@
 #include <vector>
 
 #include "csrc/config/recipe_loader.h"
+#include "parallel/data_plane.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
 #include "parallel/world.h"
+#include "trainer/placement.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -52,6 +54,8 @@ int main(int argc, char** argv) {
   moetrain::config::Recipe recipe;
   moetrain::parallel::LaunchInfo launch;
   moetrain::parallel::MeshSizes sizes;
+  moetrain::trainer::Placement placement;
+  moetrain::parallel::DataPlane data_plane = moetrain::parallel::DataPlane::HOST;
   try {
     launch = moetrain::parallel::detect_launch();
     recipe = moetrain::config::load_recipe(recipe_path, overrides);
@@ -61,6 +65,10 @@ int main(int argc, char** argv) {
     // Same verdict on every rank, before any allocation or collective.
     moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
     moetrain::parallel::validate_tensor_parallel_recipe(sizes, recipe);
+    placement = moetrain::trainer::resolve_placement(recipe.train().device(), launch.local_rank, launch.local_world_size,
+                                                     moetrain::trainer::visible_gpu_count());
+    data_plane = moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(), placement.device.is_cuda(),
+                                                        placement.shares_gpu, moetrain::parallel::nccl_built());
     if (launch.world_size > 1 && launch.launcher == "torchrun" && (launch.master_addr.empty() || launch.master_port == 0)) {
       throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
                                   "options (--standalone, or --rdzv-endpoint HOST:PORT)");
@@ -73,11 +81,19 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
-    if (launch.world_size > 1) {
-      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
+    moetrain::trainer::bind_device(placement);
+    // An explicit NCCL data plane builds the mesh even for one process, so that a one-rank run checks it.
+    const bool nccl = data_plane == moetrain::parallel::DataPlane::NCCL;
+    if (launch.world_size > 1 || nccl) {
+      auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(launch), data_plane,
+                                                       placement.device);
+      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), sizes);
       if (launch.rank != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // progress from rank 0 only
     }
-    moetrain::trainer::Trainer trainer(recipe, run_dir, mesh.get());
+    if (launch.rank == 0 && (placement.device.is_cuda() || nccl)) {
+      std::printf("device: %s; data plane: %s\n", placement.describe().c_str(), moetrain::parallel::data_plane_name(data_plane));
+    }
+    moetrain::trainer::Trainer trainer(recipe, run_dir, mesh.get(), placement);
     const auto summary = trainer.run();
     if (summary.val_ppl == summary.val_ppl) {
       std::printf("final: step %lld | train loss %.4f | validation loss %.4f | validation perplexity %.2f "

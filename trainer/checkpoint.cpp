@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
@@ -163,6 +164,18 @@ bool fault_kill_during_save(int rank, int64_t step) {
   return std::sscanf(spec, "kill_during_save:%d:%lld", &r, &s) == 2 && r == rank && s == step;
 }
 
+// Checkpoint shards hold host tensors: a run saved on a GPU resumes on the CPU and the other way round.
+torch::Tensor host(const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); }
+
+// The random-number generator of the GPU the model is on; none when it is on the CPU.
+std::optional<at::Generator> cuda_generator(model::TransformerImpl& model) {
+  for (const auto& p : model.parameters()) {
+    if (p.is_cuda()) return at::globalContext().defaultGenerator(p.device());
+    break;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::string model_section_text(const config::Recipe& recipe) {
@@ -222,24 +235,29 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
     for (const auto& p : model.named_parameters()) {
       const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
       if (!ranks.writes(box)) continue;
-      blocks.push_back({"model/" + p.key(), p.value().detach().reshape(box.local_view), box});
+      blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box});
       if (auto* s = adam_state(optimizer, p.value())) {
-        blocks.push_back({"optim/exp_avg/" + p.key(), s->exp_avg().reshape(box.local_view), box});
-        blocks.push_back({"optim/exp_avg_sq/" + p.key(), s->exp_avg_sq().reshape(box.local_view), box});
+        blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box});
+        blocks.push_back({"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box});
       }
     }
     for (const auto& p : model.parameters())
       if (auto* s = adam_state(optimizer, p)) optimizer_step = std::max(optimizer_step, s->step());
     std::string replicas;  // bytes of the replicated buffers: every rank must hold the same
     for (const auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
-      if (ranks.rank() == 0) blocks.push_back({"model/" + b.key(), b.value().detach(), whole(b.value())});
-      auto c = b.value().contiguous();
+      auto c = host(b.value().detach());
+      if (ranks.rank() == 0) blocks.push_back({"model/" + b.key(), c, whole(b.value())});
       replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
     }
     char rng_name[32];
     std::snprintf(rng_name, sizeof(rng_name), "rng/cpu/rank%05d", ranks.rank());
     auto rng = at::detail::getDefaultCPUGenerator().get_state();
     blocks.push_back({rng_name, rng, whole(rng)});
+    if (auto gpu = cuda_generator(model)) {  // the GPU's stream too, when training on one
+      std::snprintf(rng_name, sizeof(rng_name), "rng/cuda/rank%05d", ranks.rank());
+      auto gpu_rng = gpu->get_state();
+      blocks.push_back({rng_name, gpu_rng, whole(gpu_rng)});
+    }
 
     io::NamedTensors tensors;
     json entries = json::array();
@@ -441,8 +459,8 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
         const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
         auto s = std::make_unique<torch::optim::AdamWParamState>();
         s->step(optimizer_step);
-        s->exp_avg(assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()));
-        s->exp_avg_sq(assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()));
+        s->exp_avg(assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
+        s->exp_avg_sq(assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
         optimizer->state()[p.value().unsafeGetTensorImpl()] = std::move(s);
       }
     }
@@ -459,6 +477,11 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
       const std::string file = same_layout ? rank_file(ranks.rank()) : rank_file(0);
       at::Generator generator = at::detail::getDefaultCPUGenerator();
       generator.set_state(open(file).get(rng_name));
+      // A run saved on the CPU has no GPU stream: the GPU keeps its seeded one (and a run saved on a GPU
+      // that resumes on the CPU leaves its GPU stream unused).
+      std::snprintf(rng_name, sizeof(rng_name), "rng/cuda/rank%05d", same_layout ? ranks.rank() : 0);
+      auto gpu = cuda_generator(model);
+      if (gpu && manifest["tensors"].contains(rng_name)) gpu->set_state(open(file).get(rng_name));
     }
   }));
   return state;

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "parallel/grad_sync.h"
 
 namespace moetrain::trainer {
 
@@ -23,23 +22,22 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, co
   return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(o.lr()));
 }
 
-double clip_gradients(torch::nn::Module& model, double max_norm, parallel::ProcessMesh* mesh) {
-  double norm;
-  if (mesh) {
-    norm = parallel::global_grad_norm(model, *mesh);
-  } else {
-    auto sq = torch::zeros({}, torch::kFloat64);
-    for (auto& p : model.parameters())
-      if (p.grad().defined()) sq += p.grad().to(torch::kFloat64).square().sum();
-    norm = std::sqrt(sq.item<double>());
+torch::Tensor local_grad_norm(torch::nn::Module& model) {
+  torch::Tensor sq;
+  for (auto& p : model.parameters()) {
+    if (!p.grad().defined()) continue;
+    auto s = p.grad().to(torch::kFloat64).square().sum();
+    sq = sq.defined() ? sq + s : s;
   }
-  if (norm > max_norm) {
-    torch::NoGradGuard no_grad;
-    const double coef = max_norm / (norm + 1e-6);
-    for (auto& p : model.parameters())
-      if (p.grad().defined()) p.mutable_grad().mul_(coef);
-  }
-  return norm;
+  return sq.defined() ? sq.sqrt() : torch::zeros({}, torch::kFloat64);
+}
+
+void clip_gradients(torch::nn::Module& model, double max_norm, const torch::Tensor& norm) {
+  if (!std::isfinite(max_norm)) return;
+  torch::NoGradGuard no_grad;
+  const auto coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);  // 1 (exactly) when the norm is below max_norm
+  for (auto& p : model.parameters())
+    if (p.grad().defined()) p.mutable_grad().mul_(coef.to(p.grad().scalar_type()));
 }
 
 }  // namespace moetrain::trainer

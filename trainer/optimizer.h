@@ -19,9 +19,13 @@ namespace moetrain::trainer {
 // biases of aux-loss-free balancing) are not parameters and so are never seen by the optimizer.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const config::OptimizerConfig& o);
 
-// Global L2 norm of all gradients (accumulated in fp64; over every rank of `mesh` when given), then,
-// when it exceeds max_norm, every gradient is scaled by max_norm / (norm + 1e-6) as
-// torch::nn::utils::clip_grad_norm_ does. Returns the norm before clipping.
-double clip_gradients(torch::nn::Module& model, double max_norm, parallel::ProcessMesh* mesh);
+// L2 norm of the gradients of `model`'s parameters, accumulated in fp64: an fp64 scalar on the gradients'
+// device (no host read). One process; a distributed run takes parallel::global_grad_norm.
+torch::Tensor local_grad_norm(torch::nn::Module& model);
+
+// Scales every gradient by min(1, max_norm / (norm + 1e-6)), as torch::nn::utils::clip_grad_norm_ does,
+// with `norm` the global norm before clipping (on the device: the host does not decide). An infinite
+// max_norm scales nothing.
+void clip_gradients(torch::nn::Module& model, double max_norm, const torch::Tensor& norm);
 
 }  // namespace moetrain::trainer

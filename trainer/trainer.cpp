@@ -10,8 +10,10 @@
 #include <limits>
 
 #include "csrc/config/recipe_loader.h"
+#include "csrc/model/sharding.h"
 #include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
+#include "csrc/util/host_sync.h"
 #include "parallel/agreement.h"
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/grad_sync.h"
@@ -57,10 +59,8 @@ double now() {
 bool apply_freezing(model::TransformerImpl& model, const config::FinetuneConfig& f) {
   const bool lora = f.lora().rank() > 0;
   if (!lora && !f.freeze_router()) return false;
-  for (auto& p : model.named_parameters()) {
-    const bool adapter = p.key().find("_lora_") != std::string::npos;
-    const bool router = p.key().find(".moe.router.") != std::string::npos;
-    if ((lora && !adapter) || router) p.value().requires_grad_(false);
+  for (auto& p : model::roled_parameters(model)) {
+    if ((lora && !p.role.adapter) || p.role.router) p.tensor.requires_grad_(false);
   }
   for (auto& layer : model.moe_layers()) layer->set_router_frozen(true);
   return true;
@@ -81,6 +81,7 @@ std::string resolve_checkpoint(const std::string& path) {
 
 struct Trainer::State {
   parallel::ProcessMesh* mesh = nullptr;
+  Placement placement;
   bool writes_logs = true;  // rank 0
   int64_t dp = 1, dp_rank = 0;
   config::Recipe recipe;
@@ -100,8 +101,10 @@ struct Trainer::State {
   std::vector<torch::Tensor> router_at_start;  // router weights, then expert biases, at the start of this invocation
 };
 
-Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh)
+Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh,
+                 const Placement& placement)
     : s_(std::make_unique<State>()) {
+  s_->placement = placement;
   s_->recipe = recipe;
   s_->run_dir = run_dir;
   s_->mesh = mesh;
@@ -112,7 +115,9 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   }
   const auto& r = recipe;
   if (r.train().threads() > 0) torch::set_num_threads(static_cast<int>(r.train().threads()));
-  torch::manual_seed(r.train().seed());
+  set_deterministic(r.train().deterministic());
+  torch::manual_seed(r.train().seed());  // the CPU's and every GPU's generator
+  const torch::Device device = placement.device;
 
   s_->train_data = std::make_unique<TrainingData>(r.data().train_prefix(), r.data().seq_len(), r.train().seed(),
                                                   r.model().vocab_size());
@@ -121,6 +126,7 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
                                       r.model().vocab_size());
     s_->has_eval = true;
     s_->unigram_ppl = unigram_baseline(r.data().train_prefix(), s_->eval_data, r.model().vocab_size());
+    for (auto& w : s_->eval_data.windows) w = w.to(device);
   }
 
   // The data is good: only now does the run directory come to exist (a rejected run leaves nothing).
@@ -135,6 +141,7 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   s_->model = model::Transformer(model::TransformerOptions::from_recipe(r, ep, ep_rank, tp, tp_rank));
   model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
   s_->router_frozen = apply_freezing(*s_->model, r.finetune());
+  s_->model->to(device);
   if (tp > 1) {
     s_->tensor_parallel = std::make_shared<parallel::TensorParallel>(mesh->tp());
     s_->model->set_tensor_parallel(s_->tensor_parallel);
@@ -172,8 +179,8 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
     s_->checkpointer->load(source, *s_->model, nullptr, weights_only);
     if (s_->writes_logs) std::printf("initialised from %s (finetune.init_from)\n", source.c_str());
   }
-  for (const auto& p : s_->model->named_parameters()) {
-    if (p.key().find(".moe.router.") != std::string::npos) s_->router_at_start.push_back(p.value().detach().clone());
+  for (const auto& p : model::roled_parameters(*s_->model)) {
+    if (p.role.router) s_->router_at_start.push_back(p.tensor.detach().clone());
   }
   for (const auto& b : s_->model->named_buffers()) s_->router_at_start.push_back(b.value().detach().clone());
   if (s_->writes_logs) {
@@ -198,20 +205,17 @@ TrainSummary Trainer::run() {
   const double clip = r.optimizer().grad_clip() > 0 ? r.optimizer().grad_clip() : std::numeric_limits<double>::infinity();
   parallel::ProcessMesh* mesh = s_->mesh;
   const bool tty = isatty(fileno(stdout));
+  const torch::Device device = s_->placement.device;
 
+  // Counts of the whole model: the global size of every parameter (this process holds 1/ep of the
+  // experts and 1/tp of the attention and dense-MLP weights).
   int64_t total_params = 0, expert_params = 0;
-  for (const auto& p : model.named_parameters()) {
-    total_params += p.value().numel();
-    if (p.key().find(".experts.") != std::string::npos) expert_params += p.value().numel();
+  for (const auto& p : model::roled_parameters(model)) {
+    int64_t global = 1;
+    for (const int64_t d : p.role.box.global_view) global *= d;
+    total_params += global;
+    if (p.role.expert) expert_params += global;
   }
-  // Counts of the whole model: this process holds 1/ep of the experts and 1/tp of the attention and
-  // dense-MLP weights.
-  const int64_t ep = mesh ? mesh->sizes().ep : 1, tp = mesh ? mesh->sizes().tp : 1;
-  for (const auto& p : model.named_parameters()) {
-    if (parallel::is_tensor_parallel_parameter(p.key())) total_params += p.value().numel() * (tp - 1);
-  }
-  total_params += expert_params * (ep - 1);
-  expert_params *= ep;
   const double active = total_params - expert_params * (1.0 - static_cast<double>(r.model().top_k()) / r.model().num_experts());
   std::printf("model: %s parameters (%s active per token), %lld layers, %lld experts top-%lld\n",
               human_count(total_params).c_str(), human_count(active).c_str(),
@@ -311,21 +315,29 @@ TrainSummary Trainer::run() {
     const double lr = learning_rate(r, state.step);
     for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 
-    double lm_sum = 0, aux_sum = 0, z_sum = 0;
+    double aux_sum = 0, z_sum = 0;
+    torch::Tensor lm_sum_t = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kFloat64));  // Σ micro-batch LM losses
     for (int64_t micro = 0; micro < accum; ++micro) {
       // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
       // sequences, in the same routing groups, as one process with dp× the accumulation steps.
-      auto batch = s_->train_data->batch(state.samples_consumed + (micro * dp + dp_rank) * mbs, mbs);  // (mbs, seq + 1)
+      auto batch = s_->train_data->batch(state.samples_consumed + (micro * dp + dp_rank) * mbs, mbs)  // (mbs, seq + 1)
+                       .to(device, /*non_blocking=*/device.is_cuda());
       model.set_first_sample(state.samples_consumed + (micro * dp + dp_rank) * mbs);  // router noise keyed by global token
       auto out = model.forward(batch.narrow(1, 0, seq));
       auto lm = model.token_losses(out.logits, batch.narrow(1, 1, seq)).mean();
       auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accum);
       loss.backward();
-      lm_sum += lm.item<double>();
+      lm_sum_t += lm.detach().to(torch::kFloat64);
     }
     state.samples_consumed += mbs * accum * dp;
+    // Every trainable parameter has a gradient, zero where the step did not use it (a router under RANDOM
+    // routing): AdamW then decays it alike in one process and in every layout's gradient buckets.
+    for (auto& p : model.parameters()) {
+      if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    }
     if (mesh) parallel::sync_gradients(model, *mesh);
-    const double grad_norm = clip_gradients(model, clip, mesh);
+    const torch::Tensor grad_norm_t = mesh ? parallel::global_grad_norm(model, *mesh) : local_grad_norm(model);
+    clip_gradients(model, clip, grad_norm_t);
     s_->optimizer->step();
     s_->optimizer->zero_grad();
     // The step's routing measures and global-batch load, summed over the world, in one host read.
@@ -334,12 +346,11 @@ TrainSummary Trainer::run() {
       moe_layers[l]->end_step(moe_step[l].load_E);  // aux-loss-free bias update from the step's global-batch load
       aux_sum += moe_step[l].aux, z_sum += moe_step[l].z;  // all layers' terms, as the loss carries them
     }
-    if (mesh && mesh->sizes().world > 1) {
-      // lm loss is replicated over tp: mean over the world = mean over dp.
-      auto t = torch::tensor({lm_sum}, torch::kFloat64);
-      parallel::sum_over_world(t, *mesh);
-      lm_sum = t[0].item<double>() / mesh->sizes().world;
-    }
+    // lm loss is replicated over tp: mean over the world = mean over dp. One host read for both scalars.
+    if (mesh && mesh->sizes().world > 1) parallel::sum_over_world(lm_sum_t, *mesh);
+    const auto step_scalars = util::read_to_host(torch::stack({lm_sum_t, grad_norm_t}), "step loss and gradient norm");
+    const double lm_sum = step_scalars.data_ptr<double>()[0] / (mesh ? mesh->sizes().world : 1);
+    const double grad_norm = step_scalars.data_ptr<double>()[1];
     state.step += 1;
     state.tokens += tokens_per_step;
 
@@ -400,8 +411,8 @@ TrainSummary Trainer::run() {
     // The fine-tuning report: did the routing move? (It must not: no gradients, no bias updates.)
     double moved = 0;
     size_t i = 0;
-    for (const auto& p : model.named_parameters()) {
-      if (p.key().find(".moe.router.") != std::string::npos) moved = std::max(moved, (p.value() - s_->router_at_start[i++]).abs().max().item<double>());
+    for (const auto& p : model::roled_parameters(model)) {
+      if (p.role.router) moved = std::max(moved, (p.tensor - s_->router_at_start[i++]).abs().max().item<double>());
     }
     for (const auto& b : model.named_buffers()) moved = std::max(moved, (b.value() - s_->router_at_start[i++]).abs().max().item<double>());
     summary.router_max_change = moved;

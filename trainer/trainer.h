@@ -6,6 +6,7 @@
 #include <string>
 
 #include "csrc/config/recipe.pb.h"
+#include "trainer/placement.h"
 
 namespace moetrain::parallel {
 class ProcessMesh;
@@ -28,7 +29,10 @@ class Trainer {
   // `recipe` must be validated and have its defaults filled (config::load_recipe does both).
   // `mesh`: the process mesh of a distributed run (null: one process). Every rank constructs a Trainer
   // and calls run(); rank 0 writes the run directory's logs, every rank its own checkpoint shard.
-  Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh = nullptr);
+  // `placement`: this process's device (resolve_placement), bound already (bind_device). The model is
+  // initialised on the CPU, the same in every layout and on every device, then moved there.
+  Trainer(const config::Recipe& recipe, const std::string& run_dir, parallel::ProcessMesh* mesh = nullptr,
+          const Placement& placement = {});
   ~Trainer();
   TrainSummary run();
 

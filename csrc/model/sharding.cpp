@@ -38,4 +38,26 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
   return box;
 }
 
+ParamRole parameter_role(const TransformerOptions& o, const std::string& name, const std::vector<int64_t>& local_shape) {
+  ParamRole role;
+  role.box = shard_box(o, name, local_shape);
+  const auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+  role.expert = has(".experts.");
+  role.tensor_parallel = has(".attn.wqkv.") || has(".attn.wo.") || has(".mlp.") || name == "embed.weight" ||
+                         name == "lm_head.weight";
+  role.sequence_parallel = has(".moe.");
+  role.router = has(".moe.router.");
+  role.adapter = has("_lora_");
+  role.tied = name == "embed.weight" && o.tie_embeddings;
+  return role;
+}
+
+std::vector<RoledParameter> roled_parameters(const TransformerImpl& model) {
+  std::vector<RoledParameter> out;
+  for (const auto& p : model.named_parameters()) {
+    out.push_back({p.key(), p.value(), parameter_role(model.options(), p.key(), p.value().sizes().vec())});
+  }
+  return out;
+}
+
 }  // namespace moetrain::model

@@ -26,4 +26,29 @@ struct ShardBox {
 
 ShardBox shard_box(const TransformerOptions& options, const std::string& name, const std::vector<int64_t>& local_shape);
 
+// What a parameter is: decided here, from the model's structure, and nowhere else. Gradient
+// synchronisation, the gradient norm, parameter counts, freezing and checkpoints ask it, instead of
+// each matching names of its own.
+struct ParamRole {
+  ShardBox box;                    // where this rank's tensor sits in the global model
+  bool expert = false;             // an expert weight (or its adapter): sharded over ep, replicated over expert_dp
+  bool tensor_parallel = false;    // split over tp when tp > 1 (attention q/k/v and output, dense MLP, vocab rows)
+  bool sequence_parallel = false;  // in an MoE layer: under TP each rank computes on its 1/tp of the tokens,
+                                   // so the gradient is a sum over tp (experts, router, shared expert)
+  bool router = false;             // router weight (finetune.freeze_router freezes it)
+  bool adapter = false;            // LoRA A or B (the only trainable tensors under finetune.lora)
+  bool tied = false;               // embed.weight doubling as the LM head (model.tie_embeddings)
+};
+
+ParamRole parameter_role(const TransformerOptions& options, const std::string& name, const std::vector<int64_t>& local_shape);
+
+struct RoledParameter {
+  std::string name;
+  torch::Tensor tensor;  // the parameter itself (not a copy)
+  ParamRole role;
+};
+
+// Every parameter of `model`, in named_parameters() order, with its role.
+std::vector<RoledParameter> roled_parameters(const TransformerImpl& model);
+
 }  // namespace moetrain::model

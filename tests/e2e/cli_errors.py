@@ -12,6 +12,9 @@ cases = [
     (["model.vocab_size=100"], 1, "token id 511 does not fit model.vocab_size = 100; set model.vocab_size to at least 512"),
     (["finetune.init_from=/nonexistent/run"], 1, "finetune.init_from = \"/nonexistent/run\" is neither a checkpoint (no "
                                                   "manifest.json) nor a run directory with checkpoints/latest"),
+    (["train.device=CUDA"], 2, "moe-train: error: train.device = CUDA, but this process sees no GPU"),
+    (["parallel.data_plane=NCCL"], 2, "moe-train: error: parallel.data_plane = NCCL needs the model on GPUs, but "
+                                      "train.device resolved to the CPU; set parallel.data_plane = AUTO or HOST"),
     (["finetune.lora.targets=[gate,query]", "finetune.lora.rank=4"], 2, "  --set finetune.lora.targets=[gate,query]: finetune.lora.targets = \"query\": each target is one of"),
 ]
 for overrides, code, message in cases:

@@ -2,6 +2,8 @@
 // weight-decay groups, gradient clipping, the unigram baseline on the evaluation windows.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "csrc/model/transformer.h"
 #include "data/indexed_dataset.h"
 #include "trainer/data_feed.h"
@@ -129,9 +131,13 @@ TEST(Optimizer, ARealStepLeavesTheExpertBiasesBitwiseAlone) {
 TEST(Optimizer, ClippingScalesToMaxNormAndReportsTheNormBefore) {
   torch::nn::Linear lin(torch::nn::LinearOptions(2, 1).bias(false));
   lin->weight.mutable_grad() = torch::tensor({{3.0f, 4.0f}});  // norm 5
-  EXPECT_DOUBLE_EQ(trainer::clip_gradients(*lin, 10.0, nullptr), 5.0);  // below max: untouched
+  const auto norm = trainer::local_grad_norm(*lin);
+  EXPECT_DOUBLE_EQ(norm.item<double>(), 5.0);
+  trainer::clip_gradients(*lin, 10.0, norm);  // below max: untouched
   EXPECT_TRUE(torch::equal(lin->weight.grad(), torch::tensor({{3.0f, 4.0f}})));
-  EXPECT_DOUBLE_EQ(trainer::clip_gradients(*lin, 1.0, nullptr), 5.0);
+  trainer::clip_gradients(*lin, std::numeric_limits<double>::infinity(), norm);  // no clipping
+  EXPECT_TRUE(torch::equal(lin->weight.grad(), torch::tensor({{3.0f, 4.0f}})));
+  trainer::clip_gradients(*lin, 1.0, norm);
   const float coef = static_cast<float>(1.0 / (5.0 + 1e-6));
   EXPECT_TRUE(torch::allclose(lin->weight.grad(), torch::tensor({{3.0f * coef, 4.0f * coef}}), 0, 1e-7));
   EXPECT_NEAR(lin->weight.grad().norm().item<double>(), 1.0, 1e-6);

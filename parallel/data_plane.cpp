@@ -1,0 +1,100 @@
+#include "parallel/data_plane.h"
+
+#include <stdexcept>
+
+#ifdef MOETRAIN_WITH_NCCL
+#include "parallel/communicator_nccl.h"
+#endif
+
+namespace moetrain::parallel {
+
+bool nccl_built() {
+#ifdef MOETRAIN_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+DataPlane resolve_data_plane(config::ParallelConfig::DataPlane setting, bool on_cuda, bool shares_gpu, bool with_nccl) {
+  if (setting == config::ParallelConfig::HOST) return DataPlane::HOST;
+  if (setting == config::ParallelConfig::AUTO) return on_cuda && !shares_gpu && with_nccl ? DataPlane::NCCL : DataPlane::HOST;
+  if (!on_cuda) {
+    throw std::invalid_argument("parallel.data_plane = NCCL needs the model on GPUs, but train.device resolved to the CPU; "
+                                "set parallel.data_plane = AUTO or HOST, or train on GPUs");
+  }
+  if (shares_gpu) {
+    throw std::invalid_argument("parallel.data_plane = NCCL: this node runs more processes than it has visible GPUs, and "
+                                "NCCL refuses two ranks on one GPU; launch one process per GPU, or set "
+                                "parallel.data_plane = HOST (tensors staged through host memory) to share GPUs");
+  }
+  if (!with_nccl) {
+    throw std::invalid_argument("parallel.data_plane = NCCL, but this build has no NCCL (CMake found no CUDA toolkit or "
+                                "NCCL); rebuild on a machine with both, or set parallel.data_plane = AUTO or HOST");
+  }
+  return DataPlane::NCCL;
+}
+
+const char* data_plane_name(DataPlane plane) { return plane == DataPlane::NCCL ? "nccl" : "host"; }
+
+PlanedCommunicator::PlanedCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data,
+                                       torch::Device data_device)
+    : host_(std::move(host)), data_(std::move(data)), data_device_(data_device) {
+  if (host_->size() != data_->size() || host_->rank() != data_->rank()) {
+    throw CommError("group " + host_->name() + ": the data plane (rank " + std::to_string(data_->rank()) + " of " +
+                    std::to_string(data_->size()) + ") does not match the host plane (rank " + std::to_string(host_->rank()) +
+                    " of " + std::to_string(host_->size()) + ")");
+  }
+}
+
+// The byte counters of this communicator are the sums over its two planes.
+void PlanedCommunicator::count(const Communicator& p, int64_t a2a, int64_t gather, int64_t scatter) {
+  a2a_bytes_ += p.all_to_all_bytes_sent() - a2a;
+  all_gather_bytes_ += p.all_gather_bytes_sent() - gather;
+  reduce_scatter_bytes_ += p.reduce_scatter_bytes_sent() - scatter;
+}
+
+torch::Tensor PlanedCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+                                               const std::vector<int64_t>& recv_counts) {
+  Communicator& p = plane(send);
+  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
+  auto out = p.all_to_all_v(send, send_counts, recv_counts);
+  count(p, a, g, s);
+  return out;
+}
+
+torch::Tensor PlanedCommunicator::all_gather_rows(const torch::Tensor& rows) {
+  Communicator& p = plane(rows);
+  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
+  auto out = p.all_gather_rows(rows);
+  count(p, a, g, s);
+  return out;
+}
+
+torch::Tensor PlanedCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
+  Communicator& p = plane(t);
+  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
+  auto out = p.reduce_scatter_rows_sum(t);
+  count(p, a, g, s);
+  return out;
+}
+
+std::unique_ptr<Communicator> PlanedCommunicator::split(int color, int key, const std::string& name) {
+  auto host = host_->split(color, key, name);
+  auto data = data_->split(color, key, name);
+  return std::make_unique<PlanedCommunicator>(std::move(host), std::move(data), data_device_);
+}
+
+std::unique_ptr<Communicator> with_data_plane(std::unique_ptr<Communicator> host_world, DataPlane plane,
+                                              const torch::Device& cuda_device) {
+  if (plane == DataPlane::HOST) return host_world;
+#ifdef MOETRAIN_WITH_NCCL
+  std::unique_ptr<Communicator> nccl = NcclCommunicator::create(*host_world, cuda_device.index());
+  return std::make_unique<PlanedCommunicator>(std::move(host_world), std::move(nccl), cuda_device);
+#else
+  (void)cuda_device;
+  throw std::invalid_argument("parallel.data_plane = NCCL, but this build has no NCCL");
+#endif
+}
+
+}  // namespace moetrain::parallel
