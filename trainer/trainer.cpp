@@ -13,6 +13,7 @@
 #include "csrc/model/sharding.h"
 #include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
+#include "csrc/util/cuda_sync_debug.h"
 #include "csrc/util/host_sync.h"
 #include "parallel/agreement.h"
 #include "parallel/alltoall_dispatcher.h"
@@ -310,7 +311,11 @@ TrainSummary Trainer::run() {
     std::printf("\n");
   };
 
+  // MOETRAIN_CUDA_SYNC_DEBUG=error (launch/gpu-check.sh): steady-state steps on a GPU fail on any host
+  // wait other than the counted reads; evaluation and checkpoints read on purpose (paused below).
+  util::SteadyStateSyncDebug sync_debug(device.is_cuda() ? util::sync_debug_from_env() : util::SyncDebugSettings{});
   while (state.step < steps) {
+    sync_debug.step_begins(state.step - first_step);
     const double t0 = now();
     const double lr = learning_rate(r, state.step);
     for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -380,7 +385,10 @@ TrainSummary Trainer::run() {
     }
 
     const int64_t eval_every = r.train().eval_interval();
-    if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) evaluate_now(rec);
+    if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) {
+      util::SyncDebugPause pause;
+      evaluate_now(rec);
+    }
     if (s_->metrics) s_->metrics->write(rec);
 
     // Preemption: a signal on any rank stops every rank at this step boundary, after a checkpoint.
@@ -391,6 +399,7 @@ TrainSummary Trainer::run() {
     std::string saved;
     if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final()) ||
         exiting || (preempted && state.step < steps)) {
+      util::SyncDebugPause pause;
       saved = s_->checkpointer->save(state, model, *s_->optimizer);
     }
     if (preempted && state.step < steps) {
@@ -408,6 +417,7 @@ TrainSummary Trainer::run() {
   }
   summary.steps = state.step;
   if (s_->router_frozen) {
+    util::SyncDebugPause pause;
     // The fine-tuning report: did the routing move? (It must not: no gradients, no bias updates.)
     double moved = 0;
     size_t i = 0;
