@@ -30,11 +30,14 @@ std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELaye
     at += E;
     const double* v = host.data_ptr<double>() + at;
     at += moe::kNumStepMeasures;
-    // Logged values: routed and dropped pairs add up over every rank; entropy is a mean; aux and z are
-    // split over tp (each rank holds its 1/tp share: sum over tp, mean over dp).
+    // Logged values: routed and dropped pairs, tokens and unchosen tokens add up over every rank;
+    // entropy is a mean; aux and z are split over tp (each rank holds its 1/tp share: sum over tp, mean
+    // over dp).
     const double forwards = static_cast<double>(std::max<int64_t>(1, layers[l]->step_forwards()));
     out[l].routed = v[moe::kRoutedPairs];
     out[l].dropped = v[moe::kDroppedPairs];
+    out[l].tokens = v[moe::kTokens];
+    out[l].unchosen = v[moe::kUnchosenTokens];
     out[l].entropy = v[moe::kEntropySum] / world / forwards;
     out[l].aux = v[moe::kAuxLossSum] / dp;
     out[l].z = v[moe::kZLossSum] / dp;

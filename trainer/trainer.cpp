@@ -256,7 +256,7 @@ TrainSummary Trainer::run() {
   }
   auto add_moe_measures = [&](StepRecord& rec, const std::vector<LayerStepMeasures>& m, int64_t micro_batches) {
     if (m.empty()) return;
-    double vio = 0, dropped = 0, entropy = 0;
+    double vio = 0, dropped = 0, unchosen = 0, entropy = 0;
     std::vector<torch::Tensor> load;  // host
     for (size_t l = 0; l < m.size(); ++l) {
       const double v = moe::max_violation(m[l].host_load_E), d = m[l].dropped_fraction(), h = m[l].entropy;
@@ -265,7 +265,7 @@ TrainSummary Trainer::run() {
       rec.add("router_entropy/" + layer_names[l], h);
       rec.add("aux_loss/" + layer_names[l], m[l].aux / static_cast<double>(micro_batches));
       rec.add("z_loss/" + layer_names[l], m[l].z / static_cast<double>(micro_batches));
-      vio += v, dropped += d, entropy += h;
+      vio += v, dropped += d, unchosen += u, entropy += h;
       // Tokens per expert (the step's global batch, before capacity) as TensorBoard scalars, one
       // chart per expert under tokens_per_expert/<layer>/; metrics.jsonl keeps its summary and
       // expert_load.jsonl the full vectors.
@@ -273,8 +273,10 @@ TrainSummary Trainer::run() {
       load.push_back(counts);
       for (int64_t e = 0; e < counts.numel(); ++e) {
         char tag[64];
+      const double u = m[l].unchosen_fraction();
         std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer_names[l].c_str(), static_cast<long long>(e));
         rec.add_tensorboard_only(tag, static_cast<double>(counts.data_ptr<int64_t>()[e]));
+      rec.add("unchosen_frac/" + layer_names[l], u);
       }
     }
     const double n = static_cast<double>(m.size());
@@ -293,6 +295,7 @@ TrainSummary Trainer::run() {
     }
     rec.add("val_loss", ev.loss);
     rec.add("val_ppl", ev.ppl);
+    rec.add("unchosen_frac", unchosen / n);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_ppl/" + domain, std::exp(loss));
     if (!ev.expert_load.empty()) {
@@ -364,8 +367,8 @@ TrainSummary Trainer::run() {
     rec.step = state.step;
     rec.add("loss", (lm_sum + aux_sum + z_sum) / accum);
     rec.add("lm_loss", lm_sum / accum);
-    rec.add("aux_loss", aux_sum / accum);  // all balancing terms of all MoE layers, as added to the loss
-    rec.add("z_loss", moe_layers.empty() ? 0.0 : z_sum / accum / static_cast<double>(moe_layers.size()));  // mean over MoE layers
+    rec.add("aux_loss", aux_sum / accum);  // Σ over MoE layers of all balancing terms, as added to the loss
+    rec.add("z_loss", z_sum / accum);      // Σ over MoE layers of the z-losses, as added to the loss
     add_moe_measures(rec, moe_step, accum);
     rec.add("lr", lr);
     rec.add("grad_norm", grad_norm);

@@ -49,15 +49,18 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   auto counts_E = route.routed_TE.sum(0);  // int64
   const auto i64 = counts_E.options();
 
-  // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs.
+  // Balancing losses use the router's choice before capacity (routed_TE), never the kept pairs. They
+  // are training losses: evaluation computes none of them, nor their count all-reduces (tp, dp). Every
+  // rank of a group evaluates together (is_training() alike), so all skip the same collectives.
   auto aux = torch::zeros({}, route.probs_TE.options());
   const double tp = tp_ ? tp_->size() : 1;
-  if (r.aux_loss_coeff() > 0) {
+  const bool training = is_training();
+  if (training && r.aux_loss_coeff() > 0) {
     auto switch_loss = tp_ ? global_aux_loss(route.probs_TE, tp_->sum_counts(counts_E.detach()), B * S * tp_->size(), k) / tp
                            : switch_aux_loss(route.probs_TE, route.routed_TE, k);
     aux = aux + r.aux_loss_coeff() * switch_loss;
   }
-  if (r.seq_aux_loss_coeff() > 0) {
+  if (training && r.seq_aux_loss_coeff() > 0) {
     if (slice.sequences > 0) {  // this rank's share: tokens first_token.. of the flattened micro-batch
       auto seq_T = (torch::arange(B * S, i64) + slice.first_token).div(slice.seq_len, "floor");
       auto counts_BE = torch::zeros({slice.sequences, E}, i64).index_add(0, seq_T, route.routed_TE.to(torch::kInt64));
@@ -67,21 +70,19 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
       aux = aux + r.seq_aux_loss_coeff() * sequence_aux_loss(route.probs_TE.view({B, S, E}), route.routed_TE.view({B, S, E}), k);
     }
   }
-  if (r.global_aux_loss_coeff() > 0) {
+  if (training && r.global_aux_loss_coeff() > 0) {
     // f from the counts of the data-parallel group, accumulated over the step's micro-batches so far.
     auto global = count_reducer_ ? count_reducer_(counts_E.detach()) : counts_E.detach();
-    if (is_training()) {
-      keep_on(global_step_counts_E_, global.device());
-      global = global_step_counts_E_ += global;
-    }
+    keep_on(global_step_counts_E_, global.device());
+    global = global_step_counts_E_ += global;
     // Under TP the reducer also sums over the tp group and each rank holds 1/tp of the tokens: its
     // share is P over its tokens / tp (the shares add up over tp, as for the Switch loss above). The
     // token count stays on the device: top-k routes k pairs per token, so tokens · k = Σ global.
     aux = aux + r.global_aux_loss_coeff() * global_aux_loss(route.probs_TE, global) / tp;
   }
   out.aux_loss = aux;
-  out.z_loss = r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE) / tp
-                                    : torch::zeros({}, route.probs_TE.options());
+  out.z_loss = training && r.z_loss_coeff() > 0 ? r.z_loss_coeff() * router_z_loss(route.logits_TE) / tp
+                                                : torch::zeros({}, route.probs_TE.options());
 
   out.stats.tokens_per_expert_E = counts_E.detach();
   out.stats.routed_pairs = counts_E.sum();
@@ -93,6 +94,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   return out;
 }
 
+  out.stats.tokens = torch::full({}, route.kept_TE.size(0), i64);
+  out.stats.unchosen_tokens = route.kept_TE.any(-1).logical_not().sum();
 void MoELayerImpl::accumulate_step(const torch::Tensor& counts_E, const MoEStats& stats) {
   torch::NoGradGuard no_grad;
   keep_on(step_counts_E_, counts_E.device());
@@ -100,7 +103,7 @@ void MoELayerImpl::accumulate_step(const torch::Tensor& counts_E, const MoEStats
   step_counts_E_ += counts_E;
   auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
   step_measures_ += torch::stack({f64(stats.routed_pairs), f64(stats.dropped_pairs), stats.entropy, f64(stats.aux_loss),
-                                  f64(stats.z_loss)});
+                                  f64(stats.z_loss), f64(stats.tokens), f64(stats.unchosen_tokens)});
   ++step_forwards_;
 }
 

@@ -39,16 +39,23 @@ struct MoEStats {
   torch::Tensor routed_pairs;         // int64 scalar: Σ routed
   torch::Tensor dropped_pairs;        // int64 scalar: routed but over capacity
   torch::Tensor entropy;              // fp64 scalar: mean router entropy (nats)
-  torch::Tensor aux_loss;             // fp32 scalar: coefficient-weighted balancing losses of this layer
-  torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer
+  torch::Tensor tokens;               // int64 scalar: T, the tokens this forward routed
+  // int64 scalar: tokens no expert computes (no kept pair): under expert choice the tokens no expert
+  // chose; under token choice the tokens whose every pair was dropped by the capacity.
+  torch::Tensor unchosen_tokens;
+  torch::Tensor aux_loss;             // fp32 scalar: coefficient-weighted balancing losses of this layer (0 in evaluation)
+  torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer (0 in evaluation)
 };
 
 // Layout of MoELayerImpl::step_measures.
-enum StepMeasure : int64_t { kRoutedPairs, kDroppedPairs, kEntropySum, kAuxLossSum, kZLossSum, kNumStepMeasures };
+enum StepMeasure : int64_t {
+  kRoutedPairs, kDroppedPairs, kEntropySum, kAuxLossSum, kZLossSum, kTokens, kUnchosenTokens, kNumStepMeasures
+};
 
 struct MoEOutput {
   torch::Tensor y;         // (B, S, D)
   torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
+  // Training only: in evaluation (is_training() false) both are 0 and no balancing collective runs.
   torch::Tensor z_loss;    // scalar: z-loss, coefficient applied
   MoEStats stats;
 };

@@ -1,6 +1,8 @@
 // Model pieces: RMSNorm, rotary embedding, causal attention, the transformer and its seeded init.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "csrc/model/transformer.h"
 
 using namespace moetrain::model;
@@ -68,13 +70,32 @@ TEST(Transformer, ShapesAuxLossAndExpertCounts) {
   ASSERT_EQ(out.moe_stats.size(), 1u) << "moe_layer_freq 2 over 2 layers: layer 0 only";
   EXPECT_EQ(out.moe_stats[0].tokens_per_expert_E.sum().item<int64_t>(), 3 * 10 * 2);
   EXPECT_EQ(out.moe_stats[0].dropped_pairs.item<int64_t>(), 0) << "dropless by default";
-  EXPECT_GT(out.aux_loss.item<float>(), 0.0f);
   auto loss = lm_loss(out.logits, tokens);
   EXPECT_NEAR(loss.item<float>(), std::log(64.0f), 0.1f) << "small init predicts close to uniform";
 }
 
 TEST(Transformer, InitDependsOnSeedAndNameOnly) {
   Transformer a(tiny_options()), b(tiny_options()), c(tiny_options());
+// The model's aux loss is the sum over its MoE layers of each layer's loss, coefficient applied, in
+// training only. Zero router weights make every p = 1/E, so each layer's Switch loss is exactly 1 and
+// its aux loss exactly α (T·k = 32 pairs, E = 4: every f_i, P_i and sum is a dyadic fraction).
+TEST(Transformer, AuxLossIsTheSumOfTheLayersCoefficientTimesLossInTrainingOnly) {
+  auto options = tiny_options();
+  std::fill(options.is_moe.begin(), options.is_moe.end(), true);  // both layers MoE
+  Transformer model(options);
+  init_weights(*model, 7, 0.02);
+  for (auto& layer : model->moe_layers()) layer->router->weight.data().zero_();
+  auto tokens = torch::randint(0, 64, {2, 8});
+  auto out = model(tokens);
+  ASSERT_EQ(out.moe_stats.size(), 2u);
+  const float alpha = 0.01f;
+  for (const auto& stats : out.moe_stats) EXPECT_EQ(stats.aux_loss.item<float>(), alpha);
+  EXPECT_EQ(out.aux_loss.item<float>(), alpha + alpha) << "Σ over the two MoE layers";
+  EXPECT_EQ(out.z_loss.item<float>(), 0.0f) << "z_loss_coeff 0";
+  model->eval();
+  EXPECT_EQ(model(tokens).aux_loss.item<float>(), 0.0f) << "no balancing loss in evaluation";
+}
+
   init_weights(*a, 7, 0.02);
   init_weights(*b, 7, 0.02);
   init_weights(*c, 8, 0.02);

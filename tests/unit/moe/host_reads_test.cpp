@@ -132,6 +132,8 @@ TEST(MoELayer, StepMeasuresSumTheTrainingForwardsAndResetAtEndStep) {
   EXPECT_TRUE(torch::allclose(m[kEntropySum], a.entropy + b.entropy));
   EXPECT_TRUE(torch::allclose(m[kAuxLossSum], f64(a.aux_loss) + f64(b.aux_loss)));
   EXPECT_TRUE(torch::allclose(m[kZLossSum], f64(a.z_loss) + f64(b.z_loss)));
+  EXPECT_EQ(m[kTokens].item<double>(), 2 * 12) << "two training forwards of 2 × 6 tokens";
+  EXPECT_TRUE(torch::equal(m[kUnchosenTokens], f64(a.unchosen_tokens + b.unchosen_tokens)));
   EXPECT_TRUE(torch::equal(layer->step_counts(), a.tokens_per_expert_E + b.tokens_per_expert_E));
   layer->end_step(layer->step_counts().clone());
   EXPECT_EQ(layer->step_forwards(), 0);

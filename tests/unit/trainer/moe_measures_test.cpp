@@ -37,6 +37,9 @@ TEST(MoEMeasures, OneHostReadPerStepForEveryLayerWithThePerForwardValues) {
     EXPECT_EQ(measures[l].routed, (a.routed_pairs + b.routed_pairs).item<double>()) << l;
     EXPECT_EQ(measures[l].dropped, (a.dropped_pairs + b.dropped_pairs).item<double>()) << l;
     EXPECT_GT(measures[l].dropped, 0) << "capacity 0.5 drops";
+    EXPECT_EQ(measures[l].tokens, 2 * 16) << "two micro-batches of 2 × 8 tokens";
+    EXPECT_EQ(measures[l].unchosen, (a.unchosen_tokens + b.unchosen_tokens).item<double>()) << l;
+    EXPECT_EQ(measures[l].unchosen_fraction(), measures[l].unchosen / 32) << l;
     EXPECT_NEAR(measures[l].entropy, (a.entropy + b.entropy).item<double>() / 2, 1e-12) << "mean over forwards";
     EXPECT_NEAR(measures[l].aux, a.aux_loss.item<double>() + b.aux_loss.item<double>(), 1e-9) << l;
     EXPECT_NEAR(measures[l].z, a.z_loss.item<double>() + b.z_loss.item<double>(), 1e-9) << l;
