@@ -1,5 +1,6 @@
 #include "parallel/alltoall_dispatcher.h"
 
+#include "csrc/util/fault_injection.h"
 #include "csrc/util/host_sync.h"
 #include "parallel/collectives.h"
 
@@ -51,7 +52,8 @@ moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const to
     rows_ = moe::first_rows(rows_, sent);  // capped: the unused tail stays home
   }
 
-  // dispatch_all_to_all
+  // dispatch_all_to_all (after the count exchange: the peers are inside the all-to-all)
+  util::inject_fault(util::FaultPoint::kAllToAll);
   auto received = all_to_all_v_autograd(ep_, x_TD.index_select(0, rows_.token_N), send_rows_, recv_rows_);
 
   // sort_by_local_expert

@@ -1,6 +1,10 @@
 #include "parallel/communicator_mpi.h"
 
+#include <sched.h>
+
 #include <cstdlib>
+#include <deque>
+#include <thread>
 
 namespace moetrain::parallel {
 namespace {
@@ -34,6 +38,47 @@ void write_back(torch::Tensor& t, const torch::Tensor& host) {
   if (!host.is_same(t)) t.copy_(host);
 }
 
+// The watchdog's alarm channel: reports travel as MPI_CHAR messages with their own tag on a duplicate of
+// MPI_COMM_WORLD, so they never match a collective's traffic. Sends are buffered by MPI (the buffers live
+// until the process exits); receiving only takes what has already arrived.
+class MpiAlarmChannel : public AlarmChannel {
+ public:
+  MpiAlarmChannel() {
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  void raise(const std::string& report) override {
+    sent_.push_back(report);
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Request request;
+      MPI_Isend(sent_.back().data(), static_cast<int>(sent_.back().size()), MPI_CHAR, r, kTag, comm_, &request);
+      MPI_Request_free(&request);
+    }
+  }
+  std::vector<std::string> receive() override {
+    std::vector<std::string> out;
+    while (true) {
+      int arrived = 0, length = 0;
+      MPI_Status status;
+      if (MPI_Iprobe(MPI_ANY_SOURCE, kTag, comm_, &arrived, &status) != MPI_SUCCESS || !arrived) break;
+      MPI_Get_count(&status, MPI_CHAR, &length);
+      std::string text(static_cast<size_t>(length), '\0');
+      MPI_Recv(text.data(), length, MPI_CHAR, status.MPI_SOURCE, kTag, comm_, MPI_STATUS_IGNORE);
+      out.push_back(std::move(text));
+    }
+    return out;
+  }
+
+ private:
+  static constexpr int kTag = 7401;
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+  std::deque<std::string> sent_;  // stable addresses for MPI_Isend
+};
+
 void finalize_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -49,6 +94,7 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
     MPI_Init(nullptr, nullptr);
     std::atexit(finalize_at_exit);
   }
+  watchdog().set_alarm_channel(std::make_shared<MpiAlarmChannel>());
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world", /*owned=*/false);
 }
 
@@ -57,6 +103,16 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, bool owned)
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  // The members' world ranks, for the watchdog's reports.
+  MPI_Group group, world;
+  MPI_Comm_group(comm_, &group);
+  MPI_Comm_group(MPI_COMM_WORLD, &world);
+  std::vector<int> mine(size_);
+  identity_ = {name_, "mpi", std::vector<int>(size_)};
+  for (int r = 0; r < size_; ++r) mine[r] = r;
+  MPI_Group_translate_ranks(group, size_, mine.data(), world, identity_.world_ranks.data());
+  MPI_Group_free(&group);
+  MPI_Group_free(&world);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -78,16 +134,43 @@ int MpiCommunicator::count(int64_t elements, const char* op) const {
   return static_cast<int>(elements);
 }
 
+Watchdog::Wait MpiCommunicator::watched(const char* op, int64_t bytes) {
+  return watchdog().enter(identity_, sequence_++, op, bytes);
+}
+
+// Polls MPI_Test (which also progresses the operation) and ticks the watchdog; the longer the wait, the
+// more of the core it gives back to the peers (CI runs more ranks than cores).
+void MpiCommunicator::complete(MPI_Request& request, Watchdog::Wait& wait, const char* op) const {
+  for (int64_t polls = 0;; ++polls) {
+    int done = 0;
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op);
+    if (done) return;
+    wait.tick();
+    if (polls < 100) continue;
+    const double waited = wait.waited_s();
+    if (waited < 1e-3) sched_yield();
+    else if (waited < 0.1) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    else std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 void MpiCommunicator::all_reduce_sum(torch::Tensor& t) {
   auto host = staged(t, /*summed=*/true);
-  check(MPI_Allreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host), MPI_SUM, comm_),
-        "Allreduce");
+  auto wait = watched("all_reduce_sum", static_cast<int64_t>(host.nbytes()));
+  MPI_Request request;
+  check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host), MPI_SUM, comm_,
+                       &request),
+        "Iallreduce");
+  complete(request, wait, "Iallreduce");
   write_back(t, host);
 }
 
 void MpiCommunicator::broadcast(torch::Tensor& t, int root) {
   auto host = staged(t, /*summed=*/false);
-  check(MPI_Bcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_), "Bcast");
+  auto wait = watched("broadcast", static_cast<int64_t>(host.nbytes()));
+  MPI_Request request;
+  check(MPI_Ibcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_, &request), "Ibcast");
+  complete(request, wait, "Ibcast");
   write_back(t, host);
 }
 
@@ -111,9 +194,12 @@ torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std
   auto shape = in.sizes().vec();
   shape[0] = r_rows;
   auto out = torch::empty(shape, in.options());
-  check(MPI_Alltoallv(in.data_ptr(), sc.data(), sd.data(), mpi_type(in), out.data_ptr(), rc.data(), rd.data(),
-                      mpi_type(in), comm_),
-        "Alltoallv");
+  auto wait = watched("all_to_all_v", static_cast<int64_t>(in.nbytes()));
+  MPI_Request request;
+  check(MPI_Ialltoallv(in.data_ptr(), sc.data(), sd.data(), mpi_type(in), out.data_ptr(), rc.data(), rd.data(),
+                       mpi_type(in), comm_, &request),
+        "Ialltoallv");
+  complete(request, wait, "Ialltoallv");
   return unstaged(out, send);
 }
 
@@ -125,7 +211,10 @@ torch::Tensor MpiCommunicator::all_gather_rows(const torch::Tensor& rows) {
   auto out = torch::empty(shape, in.options());  // (size·n, ...)
   const int n = count(in.numel(), "all_gather_rows");
   count(out.numel(), "all_gather_rows");
-  check(MPI_Allgather(in.data_ptr(), n, mpi_type(in), out.data_ptr(), n, mpi_type(in), comm_), "Allgather");
+  auto wait = watched("all_gather_rows", static_cast<int64_t>(in.nbytes()));
+  MPI_Request request;
+  check(MPI_Iallgather(in.data_ptr(), n, mpi_type(in), out.data_ptr(), n, mpi_type(in), comm_, &request), "Iallgather");
+  complete(request, wait, "Iallgather");
   all_gather_bytes_ += (size_ - 1) * static_cast<int64_t>(in.nbytes());
   return unstaged(out, rows);
 }
@@ -137,14 +226,22 @@ torch::Tensor MpiCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
   shape[0] /= size_;
   auto out = torch::empty(shape, in.options());  // (n, ...)
   count(in.numel(), "reduce_scatter_rows_sum");
-  check(MPI_Reduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"), mpi_type(in),
-                                 MPI_SUM, comm_),
-        "Reduce_scatter_block");
+  auto wait = watched("reduce_scatter_rows_sum", static_cast<int64_t>(in.nbytes()));
+  MPI_Request request;
+  check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"), mpi_type(in),
+                                  MPI_SUM, comm_, &request),
+        "Ireduce_scatter_block");
+  complete(request, wait, "Ireduce_scatter_block");
   reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());
   return unstaged(out, t);
 }
 
-void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "Barrier"); }
+void MpiCommunicator::barrier() {
+  auto wait = watched("barrier", 0);
+  MPI_Request request;
+  check(MPI_Ibarrier(comm_, &request), "Ibarrier");
+  complete(request, wait, "Ibarrier");
+}
 
 void abort_job(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
@@ -152,6 +249,9 @@ void abort_job(int code) {
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) {
+  // MPI_Comm_split blocks and cannot be watched: a watched barrier first proves every rank is alive
+  // and splitting, so the split itself cannot wait for a missing peer.
+  barrier();
   MPI_Comm sub;
   check(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
   return std::make_unique<MpiCommunicator>(sub, name, /*owned=*/true);

@@ -1,5 +1,9 @@
 // Communicator over an MPI communicator (Open MPI). Owns the MPI_Comm (freed on destruction, except
 // MPI_COMM_WORLD). Errors return to us (MPI_ERRORS_RETURN) and become CommError.
+// Collectives are non-blocking MPI operations (MPI_Iallreduce, MPI_Ialltoallv, ...) completed by polling
+// MPI_Test under the collective watchdog (parallel/watchdog.h): a blocking MPI call cannot time out, a
+// polled one can. The world communicator also gives the watchdog its alarm channel (a duplicate of
+// MPI_COMM_WORLD carrying the ranks' reports).
 // Tensors may live on any device: every operation runs on host memory, and a CUDA tensor is copied to
 // the host, communicated, and its result copied back to its device (this is how several ranks that
 // share one GPU communicate: NCCL refuses two ranks on one GPU). bf16 and fp16 are moved bit for bit
@@ -9,6 +13,7 @@
 #include <mpi.h>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace moetrain::parallel {
 
@@ -36,8 +41,12 @@ class MpiCommunicator : public Communicator {
  private:
   void check(int rc, const char* op) const;
   int count(int64_t elements, const char* op) const;  // MPI's int count, or CommError
+  Watchdog::Wait watched(const char* op, int64_t bytes);  // announces the next collective of this group
+  void complete(MPI_Request& request, Watchdog::Wait& wait, const char* op) const;  // polls it to completion
   MPI_Comm comm_;
   std::string name_;
+  GroupIdentity identity_;
+  int64_t sequence_ = 0;  // collectives of this group so far
   bool owned_;
   int rank_ = 0, size_ = 1;
 };

@@ -41,13 +41,21 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstr
     throw CommError("rank " + std::to_string(bootstrap.rank()) + " of group world: ncclCommInitRank failed: " +
                     ncclGetErrorString(rc));
   }
-  return std::make_unique<NcclCommunicator>(comm, "world", device, timeout);
+  std::vector<int> world_ranks(bootstrap.size());
+  for (int r = 0; r < bootstrap.size(); ++r) world_ranks[r] = r;
+  return std::make_unique<NcclCommunicator>(comm, "world", device, timeout, world_ranks);
 }
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, std::string name, int device, std::chrono::seconds timeout)
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, std::string name, int device, std::chrono::seconds timeout,
+                                   std::vector<int> world_ranks)
     : comm_(comm), name_(std::move(name)), device_(device), timeout_(timeout) {
   ncclCommUserRank(comm_, &rank_);
   ncclCommCount(comm_, &size_);
+  identity_ = {name_, "nccl", std::move(world_ranks)};
+}
+
+Watchdog::Wait NcclCommunicator::watched(const char* op, int64_t bytes) {
+  return watchdog().enter(identity_, sequence_++, op, bytes);
 }
 
 NcclCommunicator::~NcclCommunicator() {
@@ -63,10 +71,11 @@ void NcclCommunicator::check(ncclResult_t rc, const char* op) {
                   ncclGetErrorString(rc) + " (" + ncclGetLastError(comm_) + ")");
 }
 
-void NcclCommunicator::wait(const char* op) {
+void NcclCommunicator::wait(const char* op, Watchdog::Wait& watch) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   while (true) {
+    watch.tick();
     const cudaError_t done = cudaStreamQuery(stream);
     if (done == cudaSuccess) return;
     if (done != cudaErrorNotReady) {
@@ -89,15 +98,17 @@ void NcclCommunicator::wait(const char* op) {
 void NcclCommunicator::all_reduce_sum(torch::Tensor& t) {
   TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "NCCL all_reduce_sum needs a contiguous CUDA tensor");
   auto stream = c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+  auto watch = watched("all_reduce_sum", static_cast<int64_t>(t.nbytes()));
   check(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), ncclSum, comm_, stream), "AllReduce");
-  wait("AllReduce");
+  wait("AllReduce", watch);
 }
 
 void NcclCommunicator::broadcast(torch::Tensor& t, int root) {
   TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "NCCL broadcast needs a contiguous CUDA tensor");
   auto stream = c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+  auto watch = watched("broadcast", static_cast<int64_t>(t.nbytes()));
   check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), root, comm_, stream), "Broadcast");
-  wait("Broadcast");
+  wait("Broadcast", watch);
 }
 
 torch::Tensor NcclCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
@@ -117,6 +128,7 @@ torch::Tensor NcclCommunicator::all_to_all_v(const torch::Tensor& send, const st
   auto* src = static_cast<char*>(in.data_ptr());
   auto* dst = static_cast<char*>(out.data_ptr());
   // Grouped point-to-point sends and receives: one all-to-all-v (Note: NCCL has no alltoallv).
+  auto watch = watched("all_to_all_v", static_cast<int64_t>(in.nbytes()));
   check(ncclGroupStart(), "GroupStart");
   int64_t s_off = 0, r_off = 0;
   for (int r = 0; r < size_; ++r) {
@@ -127,7 +139,7 @@ torch::Tensor NcclCommunicator::all_to_all_v(const torch::Tensor& send, const st
     s_off += sn, r_off += rn;
   }
   check(ncclGroupEnd(), "GroupEnd");
-  wait("AllToAllV");
+  wait("AllToAllV", watch);
   return out;
 }
 
@@ -150,8 +162,9 @@ torch::Tensor NcclCommunicator::all_gather_rows(const torch::Tensor& rows) {
   shape[0] *= size_;
   auto out = torch::empty(shape, in.options());  // (size·n, ...)
   auto stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
+  auto watch = watched("all_gather_rows", static_cast<int64_t>(in.nbytes()));
   check(ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in), comm_, stream), "AllGather");
-  wait("AllGather");
+  wait("AllGather", watch);
   all_gather_bytes_ += (size_ - 1) * static_cast<int64_t>(in.nbytes());
   return out;
 }
@@ -163,9 +176,10 @@ torch::Tensor NcclCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) 
   shape[0] /= size_;
   auto out = torch::empty(shape, in.options());  // (n, ...)
   auto stream = c10::cuda::getCurrentCUDAStream(in.device().index()).stream();
+  auto watch = watched("reduce_scatter_rows_sum", static_cast<int64_t>(in.nbytes()));
   check(ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in), ncclSum, comm_, stream),
         "ReduceScatter");
-  wait("ReduceScatter");
+  wait("ReduceScatter", watch);
   reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());
   return out;
 }
@@ -178,7 +192,13 @@ void NcclCommunicator::barrier() {
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key, const std::string& name) {
   ncclComm_t sub;
   check(ncclCommSplit(comm_, color, key, &sub, nullptr), "CommSplit");
-  return std::make_unique<NcclCommunicator>(sub, name, device_, timeout_);
+  // The new group's members by their world ranks (for the watchdog): an all-gather over the new group of
+  // each member's world rank, which this group knows.
+  auto mine = torch::full({1}, identity_.world_ranks[rank_], torch::TensorOptions().dtype(torch::kInt32).device(torch::kCUDA, device_));
+  auto group = std::make_unique<NcclCommunicator>(sub, name, device_, timeout_, std::vector<int>{});
+  auto all = group->all_gather_rows(mine).to(torch::kCPU);
+  group->identity_.world_ranks.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());
+  return group;
 }
 
 }  // namespace moetrain::parallel

@@ -4,6 +4,7 @@
 
 #ifdef MOETRAIN_WITH_NCCL
 #include "parallel/communicator_nccl.h"
+#include "parallel/watchdog.h"
 #endif
 
 namespace moetrain::parallel {
@@ -89,7 +90,10 @@ std::unique_ptr<Communicator> with_data_plane(std::unique_ptr<Communicator> host
                                               const torch::Device& cuda_device) {
   if (plane == DataPlane::HOST) return host_world;
 #ifdef MOETRAIN_WITH_NCCL
-  std::unique_ptr<Communicator> nccl = NcclCommunicator::create(*host_world, cuda_device.index());
+  // NCCL's own last deadline lies a minute past the watchdog's (parallel.timeout_s), which reports first.
+  const double watched = watchdog().settings().timeout_s;
+  const auto last_deadline = std::chrono::seconds(watched > 0 ? static_cast<int64_t>(watched) + 60 : 600);
+  std::unique_ptr<Communicator> nccl = NcclCommunicator::create(*host_world, cuda_device.index(), last_deadline);
   return std::make_unique<PlanedCommunicator>(std::move(host_world), std::move(nccl), cuda_device);
 #else
   (void)cuda_device;

@@ -1,5 +1,7 @@
 #include "parallel/grad_sync.h"
 
+#include "csrc/util/fault_injection.h"
+
 namespace moetrain::parallel {
 namespace {
 
@@ -28,6 +30,7 @@ void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh) {
     if (p.role.sequence_parallel) moe.push_back(p.tensor.mutable_grad());
   }
   if (mesh.tp().size() > 1) all_reduce_mean_bucket(moe, mesh.tp(), 1.0);  // sequence-parallel MoE: sum
+  util::inject_fault(util::FaultPoint::kGradSync);  // after the tensor-parallel sums, before the data-parallel means
   const double dp = mesh.sizes().dp();
   if (mesh.dp().size() > 1) all_reduce_mean_bucket(dense, mesh.dp(), dp);
   if (mesh.expert_dp().size() > 1 || dp > 1) all_reduce_mean_bucket(expert, mesh.expert_dp(), dp);

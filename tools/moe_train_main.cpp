@@ -6,9 +6,12 @@
 #include <vector>
 
 #include "csrc/config/recipe_loader.h"
+#include "csrc/util/fault_injection.h"
+#include "csrc/util/run_position.h"
 #include "parallel/data_plane.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
+#include "parallel/watchdog.h"
 #include "parallel/world.h"
 #include "trainer/placement.h"
 #include "trainer/trainer.h"
@@ -73,6 +76,14 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
                                   "options (--standalone, or --rdzv-endpoint HOST:PORT)");
     }
+    moetrain::util::set_run_rank(launch.rank);
+    moetrain::util::armed_fault();  // a malformed MOETRAIN_FAULT is refused here, on every rank
+    // Every collective from here on is watched (docs/reliability.md).
+    moetrain::parallel::WatchdogSettings watch;
+    watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
+    watch.run_dir = run_dir;
+    watch.world_rank = launch.rank;
+    moetrain::parallel::watchdog().configure(watch);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-train: error%s: %s\n",
                  launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include "csrc/io/safetensors.h"
 #include "csrc/io/sha256.h"
 #include "csrc/model/sharding.h"
+#include "csrc/util/fault_injection.h"
 #include "parallel/agreement.h"
 #include "parallel/mesh.h"
 
@@ -154,14 +154,11 @@ std::string coverage_error(const std::string& name, const json& tensor) {
   return {};
 }
 
-// Test hook (docs/checkpoints.md): MOETRAIN_FAULT_INJECT=kill_during_save:RANK:STEP makes that rank
+// Fault injection (docs/reliability.md): MOETRAIN_FAULT=checkpoint_write:RANK:STEP makes that rank
 // SIGKILL itself halfway through writing its file of that step's checkpoint.
-bool fault_kill_during_save(int rank, int64_t step) {
-  const char* spec = std::getenv("MOETRAIN_FAULT_INJECT");
-  if (!spec) return false;
-  int r = -1;
-  long long s = -1;
-  return std::sscanf(spec, "kill_during_save:%d:%lld", &r, &s) == 2 && r == rank && s == step;
+bool fault_during_save(int rank, int64_t step) {
+  const auto fault = util::armed_fault();
+  return fault && fault->point == util::FaultPoint::kCheckpointWrite && fault->rank == rank && fault->step == step;
 }
 
 // Checkpoint shards hold host tensors: a run saved on a GPU resumes on the CPU and the other way round.
@@ -267,9 +264,9 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
     }
     const std::string bytes = io::encode_safetensors(tensors, {{"format", "moetrain-checkpoint-shard"}});
     const std::string file = rank_file(ranks.rank());
-    if (fault_kill_during_save(ranks.rank(), state.step)) {
+    if (fault_during_save(ranks.rank(), state.step)) {
       io::write_file_synced((tmp_dir / file).string(), bytes.substr(0, bytes.size() / 2));
-      std::raise(SIGKILL);
+      util::kill_for_fault(util::FaultPoint::kCheckpointWrite);
     }
     io::write_file_synced((tmp_dir / file).string(), bytes);
     report = {{"file", file}, {"bytes", bytes.size()}, {"sha256", io::sha256_hex(bytes)}, {"blocks", entries},

@@ -1,5 +1,6 @@
 #include "trainer/data_feed.h"
 
+#include "csrc/util/fault_injection.h"
 #include "data/domains.h"
 #include "data/indexed_dataset.h"
 #include "data/sampler.h"
@@ -29,7 +30,10 @@ TrainingData::~TrainingData() = default;
 
 torch::Tensor TrainingData::batch(int64_t first, int64_t count) const {
   auto out = torch::empty({count, seq_len_ + 1}, torch::kInt64);
-  for (int64_t i = 0; i < count; ++i) sampler_->sample(first + i, out[i].data_ptr<int64_t>());
+  for (int64_t i = 0; i < count; ++i) {
+    if (i == count / 2) util::inject_fault(util::FaultPoint::kDataRead);
+    sampler_->sample(first + i, out[i].data_ptr<int64_t>());
+  }
   return out;
 }
 

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "csrc/util/fault_injection.h"
+
 namespace moetrain::trainer {
 
 EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int64_t micro_batch_size) {
@@ -31,6 +33,7 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
       }
       domain_loss += model.token_losses(logits, targets).sum().item<double>();
       domain_tokens += targets.numel();
+      util::inject_fault(util::FaultPoint::kEvaluation);  // after the first batch: partway through
     }
     if (domain_tokens > 0) result.domain_loss.emplace_back(data.domains[d], domain_loss / domain_tokens);
     for (size_t l = 0; l < domain_load.size(); ++l) {

@@ -14,7 +14,9 @@
 #include "csrc/model/transformer.h"
 #include "csrc/moe/balancing.h"
 #include "csrc/util/cuda_sync_debug.h"
+#include "csrc/util/fault_injection.h"
 #include "csrc/util/host_sync.h"
+#include "csrc/util/run_position.h"
 #include "parallel/agreement.h"
 #include "parallel/alltoall_dispatcher.h"
 #include "parallel/grad_sync.h"
@@ -319,6 +321,7 @@ TrainSummary Trainer::run() {
   util::SteadyStateSyncDebug sync_debug(device.is_cuda() ? util::sync_debug_from_env() : util::SyncDebugSettings{});
   while (state.step < steps) {
     sync_debug.step_begins(state.step - first_step);
+    util::set_run_step(state.step + 1, "training");
     const double t0 = now();
     const double lr = learning_rate(r, state.step);
     for (auto& group : s_->optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -346,6 +349,7 @@ TrainSummary Trainer::run() {
     if (mesh) parallel::sync_gradients(model, *mesh);
     const torch::Tensor grad_norm_t = mesh ? parallel::global_grad_norm(model, *mesh) : local_grad_norm(model);
     clip_gradients(model, clip, grad_norm_t);
+    util::inject_fault(util::FaultPoint::kOptimizerStep);
     s_->optimizer->step();
     s_->optimizer->zero_grad();
     // The step's routing measures and global-batch load, summed over the world, in one host read.
@@ -390,6 +394,7 @@ TrainSummary Trainer::run() {
     const int64_t eval_every = r.train().eval_interval();
     if (s_->has_eval && ((eval_every > 0 && state.step % eval_every == 0) || state.step == steps)) {
       util::SyncDebugPause pause;
+      util::set_run_step(state.step, "evaluation");
       evaluate_now(rec);
     }
     if (s_->metrics) s_->metrics->write(rec);
@@ -403,6 +408,7 @@ TrainSummary Trainer::run() {
     if ((ckpt_every > 0 && state.step % ckpt_every == 0) || (state.step == steps && r.checkpoint().save_final()) ||
         exiting || (preempted && state.step < steps)) {
       util::SyncDebugPause pause;
+      util::set_run_step(state.step, "checkpoint");
       saved = s_->checkpointer->save(state, model, *s_->optimizer);
     }
     if (preempted && state.step < steps) {
@@ -419,6 +425,7 @@ TrainSummary Trainer::run() {
     }
   }
   summary.steps = state.step;
+  util::set_run_step(state.step, "finish");
   if (s_->router_frozen) {
     util::SyncDebugPause pause;
     // The fine-tuning report: did the routing move? (It must not: no gradients, no bias updates.)

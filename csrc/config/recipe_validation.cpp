@@ -211,6 +211,11 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
   p.at_least<int64_t>("train.exit_interval", r.train().exit_interval(), 0);
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
+  if (r.parallel().timeout_s() <= 0) {
+    p.add("parallel.timeout_s", r.parallel().timeout_s(),
+          "must be > 0: the seconds a rank waits for its peers in a collective before the job is stopped with a report "
+          "(docs/reliability.md); the default is 600");
+  }
   if (r.parallel().expert() >= 1 && r.model().num_experts() % r.parallel().expert() != 0) {
     p.add("parallel.expert", r.parallel().expert(),
           "model.num_experts (" + std::to_string(r.model().num_experts()) + ") must be divisible by the expert-parallel size");

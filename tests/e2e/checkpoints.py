@@ -138,7 +138,7 @@ train(straight, ["train.steps=6", "parallel.expert=2", "checkpoint.interval=2"],
 killed = fresh_dir("e2e_ckpt_killed")
 start = time.time()
 proc = train(killed, ["train.steps=6", "parallel.expert=2", "checkpoint.interval=2"], np=2,
-             env={"MOETRAIN_FAULT_INJECT": "kill_during_save:1:4"}, expect_ok=False)
+             env={"MOETRAIN_FAULT": "checkpoint_write:1:4"}, expect_ok=False)
 check(proc.returncode != 0, "the job fails when a rank is killed")
 check(time.time() - start < 120, "no hang after the kill")
 with open(os.path.join(killed, "checkpoints", "latest")) as f:

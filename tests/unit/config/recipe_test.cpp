@@ -168,6 +168,8 @@ TEST(RecipeValidation, TableOfSingleRules) {
       {"optimizer.beta2=1", "  optimizer.beta2 = 1: must be in [0, 1); 0.95 is usual"},
       {"parallel.expert=3", "  parallel.expert = 3: model.num_experts (8) must be divisible by the expert-parallel size"},
       {"checkpoint.keep_last=0", "  checkpoint.keep_last = 0: must be >= 1; set it to 1 or more"},
+      {"parallel.timeout_s=0", "  parallel.timeout_s = 0: must be > 0: the seconds a rank waits for its peers in a collective "
+                               "before the job is stopped with a report (docs/reliability.md); the default is 600"},
   };
   for (const auto& c : cases) {
     Recipe r = valid_recipe();

@@ -1,0 +1,227 @@
+#include "parallel/watchdog.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "csrc/util/run_position.h"
+
+namespace moetrain::parallel {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double wall_clock_s() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string fixed(double v) {  // seconds, to a tenth
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f", v);
+  return buf;
+}
+
+std::string general(double v) {  // a setting, as written
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+// "all_to_all_v in group ep (mpi, world ranks 0 1), collective #41 of the group, at step 3 (training)"
+std::string where(const json& waiting, const json& report) {
+  std::string ranks;
+  for (const auto& r : waiting.at("ranks")) ranks += " " + std::to_string(r.get<int>());
+  return waiting.at("op").get<std::string>() + " in group " + waiting.at("group").get<std::string>() + " (" +
+         waiting.at("backend").get<std::string>() + ", world ranks" + ranks + "), collective #" +
+         std::to_string(waiting.at("sequence").get<int64_t>()) + " of the group, at step " +
+         std::to_string(report.at("step").get<int64_t>()) + " (" + report.at("phase").get<std::string>() + ")";
+}
+
+}  // namespace
+
+std::string GroupIdentity::describe() const {
+  std::string ranks;
+  for (int r : world_ranks) ranks += " " + std::to_string(r);
+  return name + " (" + backend + ", world ranks" + ranks + ")";
+}
+
+Watchdog& watchdog() {
+  static Watchdog instance;
+  return instance;
+}
+
+void Watchdog::configure(const WatchdogSettings& settings) { settings_ = settings; }
+
+Watchdog::Wait Watchdog::enter(const GroupIdentity& group, int64_t sequence, const char* op, int64_t bytes) {
+  const util::RunPosition& at = util::run_position();
+  CollectiveRecord record;
+  record.sequence = sequence;
+  record.group = group.name;
+  record.backend = group.backend;
+  record.op = op;
+  record.bytes = bytes;
+  record.step = at.step;
+  record.phase = at.phase;
+  record.start_s = wall_clock_s();
+  Wait::InFlight in_flight;
+  in_flight.group = &group;
+  in_flight.op = op;
+  in_flight.sequence = sequence;
+  in_flight.record = recorder_.begin(std::move(record));
+  in_flight.step = at.step;
+  in_flight.phase = at.phase;
+  in_flight.start = Clock::now();
+  entered_[group.key()] = sequence;
+  return Wait(this, in_flight);
+}
+
+Watchdog::Wait::Wait(Watchdog* owner, InFlight in_flight) : owner_(owner), in_flight_(in_flight) {}
+
+Watchdog::Wait::Wait(Wait&& other) noexcept : owner_(other.owner_), in_flight_(other.in_flight_) { other.owner_ = nullptr; }
+
+Watchdog::Wait::~Wait() {
+  if (owner_) owner_->recorder_.finish(in_flight_.record, wall_clock_s());
+}
+
+void Watchdog::Wait::tick() { owner_->tick(in_flight_); }
+
+double Watchdog::Wait::waited_s() const { return seconds(Clock::now() - in_flight_.start); }
+
+void Watchdog::tick(const Wait::InFlight& in_flight) {
+  const auto now = Clock::now();
+  const double waited = seconds(now - in_flight.start);
+  if (settings_.timeout_s > 0 && waited >= settings_.timeout_s) expire(in_flight, /*timed_out=*/true, {});
+  // Another rank's alarm: looked for only in waits longer than 50 ms, at most every 50 ms.
+  if (!channel_ || waited < 0.05 || seconds(now - last_probe_) < 0.05) return;
+  last_probe_ = now;
+  std::vector<std::string> reports;
+  try {
+    reports = channel_->receive();
+  } catch (const std::exception&) {
+    return;  // the channel is best effort; the deadline still holds
+  }
+  if (!reports.empty()) expire(in_flight, /*timed_out=*/false, std::move(reports));
+}
+
+std::string Watchdog::report(const Wait::InFlight& in_flight, bool timed_out) const {
+  json entered = json::object();
+  for (const auto& [key, sequence] : entered_) entered[key] = sequence;
+  return json{{"rank", settings_.world_rank},
+              {"timed_out", timed_out},
+              {"step", in_flight.step},
+              {"phase", in_flight.phase},
+              {"waiting",
+               {{"group", in_flight.group->name},
+                {"backend", in_flight.group->backend},
+                {"ranks", in_flight.group->world_ranks},
+                {"op", in_flight.op},
+                {"sequence", in_flight.sequence},
+                {"waited_s", seconds(Clock::now() - in_flight.start)}}},
+              {"entered", entered}}
+      .dump();
+}
+
+std::vector<std::string> late_peers(const std::string& mine_text, const std::map<int, std::string>& answers) {
+  const json mine = json::parse(mine_text);
+  const json& waiting = mine.at("waiting");
+  const std::string key = waiting.at("group").get<std::string>() + "/" + waiting.at("backend").get<std::string>();
+  const int64_t sequence = waiting.at("sequence").get<int64_t>();
+  std::vector<std::string> lines;
+  for (const auto& member : waiting.at("ranks")) {
+    const int m = member.get<int>();
+    if (m == mine.at("rank").get<int>()) continue;
+    const auto it = answers.find(m);
+    if (it == answers.end()) {
+      lines.push_back("rank " + std::to_string(m) + ": no answer (stopped, dead, or busy outside communication)");
+      continue;
+    }
+    const json other = json::parse(it->second);
+    const json& entered = other.at("entered");
+    if (entered.contains(key) && entered.at(key).get<int64_t>() >= sequence) continue;  // waits in this collective too
+    lines.push_back("rank " + std::to_string(m) + ": has not reached it; it waits in " + where(other.at("waiting"), other) +
+                    " since " + fixed(other.at("waiting").at("waited_s").get<double>()) + " s");
+  }
+  return lines;
+}
+
+void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports) {
+  const int me = settings_.world_rank;
+  const std::string mine = report(in_flight, timed_out);
+  if (channel_) {
+    try {
+      channel_->raise(mine);
+    } catch (const std::exception&) {
+    }
+  }
+  // Gather the others' reports for the window (some may already have come with the alarm).
+  std::map<int, std::string> answers;
+  int alarm_from = -1;
+  auto take = [&](const std::vector<std::string>& reports) {
+    for (const auto& text : reports) {
+      try {
+        const json r = json::parse(text);
+        const int rank = r.at("rank").get<int>();
+        if (rank == me) continue;
+        answers[rank] = text;
+        if (alarm_from < 0 && r.value("timed_out", false)) alarm_from = rank;
+      } catch (const std::exception&) {
+      }
+    }
+  };
+  take(early_reports);
+  const auto window_end = Clock::now() + std::chrono::duration<double>(settings_.report_window_s);
+  while (channel_ && Clock::now() < window_end) {
+    try {
+      take(channel_->receive());
+    } catch (const std::exception&) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+
+  const json m = json::parse(mine);
+  const std::string where_i_wait = where(m.at("waiting"), m);
+  std::string text = "moe-train: rank " + std::to_string(me) + ": ";
+  if (timed_out) {
+    text += "collective timed out after " + fixed(m.at("waiting").at("waited_s").get<double>()) + " s (parallel.timeout_s = " +
+            general(settings_.timeout_s) + "): " + where_i_wait;
+  } else {
+    text += "stopping: " + (alarm_from >= 0 ? "rank " + std::to_string(alarm_from) : std::string("another rank")) +
+            " reported a collective timeout; this rank has waited " + fixed(m.at("waiting").at("waited_s").get<double>()) +
+            " s in " + where_i_wait;
+  }
+  const auto late = late_peers(mine, answers);
+  if (late.empty()) text += "\n  every member has entered it: the transport itself is stuck";
+  for (const auto& line : late) text += "\n  waiting on " + line;
+
+  if (!settings_.run_dir.empty()) {
+    try {
+      const auto dir = std::filesystem::path(settings_.run_dir) / "flight_recorder";
+      std::filesystem::create_directories(dir);
+      const auto path = dir / ("rank" + std::to_string(me) + ".json");
+      json record = {{"rank", me},
+                     {"timeout_s", settings_.timeout_s},
+                     {"report", m},
+                     {"answers", json::object()},
+                     {"collectives", recorder_.to_json()}};
+      for (const auto& [rank, answer] : answers) record["answers"][std::to_string(rank)] = json::parse(answer);
+      std::ofstream(path) << record.dump(1) << "\n";
+      text += "\n  the last " + std::to_string(recorder_.records().size()) + " collectives of this rank: " + path.string();
+    } catch (const std::exception& e) {
+      text += std::string("\n  (flight record not written: ") + e.what() + ")";
+    }
+  }
+  text += "\n";
+  std::fputs(text.c_str(), stderr);
+  std::fflush(stderr);
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::duration<double>(settings_.linger_s));
+  std::_Exit(kCollectiveTimeoutExitCode);
+}
+
+}  // namespace moetrain::parallel

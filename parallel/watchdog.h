@@ -1,0 +1,112 @@
+// The collective watchdog (docs/reliability.md): no rank waits forever for a peer that stopped.
+//
+// Every communicator announces each collective it enters (group, operation, sequence number in the group,
+// bytes) and, while it waits for the peers, calls Wait::tick(). The watchdog keeps the last 64 in a
+// FlightRecorder. When one wait passes parallel.timeout_s, this rank raises the alarm: it sends its
+// report (which collective it waits in, and how many collectives it entered in each of its groups) to
+// every other rank over the backend's AlarmChannel. A rank that sees the alarm while it waits does the
+// same. Each rank then gathers the reports for a few seconds, prints which group, operation, step and
+// peer(s) it waits on (a peer that sent no report is stopped, dead or busy outside communication; one
+// that reported fewer collectives in the group has not reached this one), writes its flight record to
+// RUN_DIR/flight_recorder/rank<N>.json, and exits with kCollectiveTimeoutExitCode. The launcher (mpirun,
+// torchrun) then ends the job.
+//
+// All calls come from the thread that runs the collectives (the only one that communicates).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/flight_recorder.h"
+
+namespace moetrain::parallel {
+
+inline constexpr int kCollectiveTimeoutExitCode = 124;
+
+// What a communicator tells the watchdog about its group. `world_ranks`: the members by group rank.
+struct GroupIdentity {
+  std::string name;     // "world", "dp", "ep", "expert_dp", "tp"
+  std::string backend;  // "mpi", "store", "nccl"
+  std::vector<int> world_ranks;
+  std::string key() const { return name + "/" + backend; }  // the same on every member of the group
+  std::string describe() const;                              // "ep (mpi, world ranks 0 1)"
+};
+
+// How reports travel between ranks once the alarm is raised. Neither call may wait on another rank.
+class AlarmChannel {
+ public:
+  virtual ~AlarmChannel() = default;
+  virtual void raise(const std::string& report) = 0;  // to every other rank of the world
+  virtual std::vector<std::string> receive() = 0;     // the reports that arrived since the last call
+};
+
+struct WatchdogSettings {
+  double timeout_s = 0;        // parallel.timeout_s; 0: no deadline (the flight recorder still records)
+  std::string run_dir;         // the flight record goes to run_dir/flight_recorder/ (none when empty)
+  int world_rank = 0;
+  double report_window_s = 3;  // after the alarm: how long a rank gathers the others' reports
+  double linger_s = 2;         // after printing: how long before exiting (the others print meanwhile)
+};
+
+class Watchdog {
+ public:
+  // One collective in flight, from enter() to its destruction. tick() while waiting for the peers: it
+  // returns when there is nothing to report, and ends the process when the wait has timed out or
+  // another rank raised the alarm.
+  class Wait {
+   public:
+    Wait(Wait&& other) noexcept;
+    Wait(const Wait&) = delete;
+    Wait& operator=(const Wait&) = delete;
+    Wait& operator=(Wait&&) = delete;
+    ~Wait();
+    void tick();
+    double waited_s() const;
+
+   private:
+    friend class Watchdog;
+    struct InFlight {
+      const GroupIdentity* group = nullptr;
+      const char* op = "";
+      int64_t sequence = 0, record = 0, step = 0;
+      const char* phase = "";
+      std::chrono::steady_clock::time_point start;
+    };
+    Wait(Watchdog* owner, InFlight in_flight);
+    Watchdog* owner_;
+    InFlight in_flight_;
+  };
+
+  void configure(const WatchdogSettings& settings);
+  const WatchdogSettings& settings() const { return settings_; }
+  void set_alarm_channel(std::shared_ptr<AlarmChannel> channel) { channel_ = std::move(channel); }
+
+  // `group` must outlive the returned Wait (communicators pass their own member).
+  Wait enter(const GroupIdentity& group, int64_t sequence, const char* op, int64_t bytes);
+
+  const FlightRecorder& recorder() const { return recorder_; }
+
+ private:
+  void tick(const Wait::InFlight& in_flight);
+  [[noreturn]] void expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports);
+  std::string report(const Wait::InFlight& in_flight, bool timed_out) const;
+
+  WatchdogSettings settings_;
+  std::shared_ptr<AlarmChannel> channel_;
+  FlightRecorder recorder_;
+  std::map<std::string, int64_t> entered_;  // group key → sequence of the last collective entered
+  std::chrono::steady_clock::time_point last_probe_;
+};
+
+// The process's watchdog.
+Watchdog& watchdog();
+
+// Pure, for the report and its tests: the lines naming the peers of `mine`'s collective that have not
+// reached it, given the other ranks' reports (JSON texts of Watchdog reports, by rank).
+std::vector<std::string> late_peers(const std::string& mine, const std::map<int, std::string>& answers);
+
+}  // namespace moetrain::parallel

@@ -1,0 +1,83 @@
+"""A stopped rank never hangs the job (parallel.timeout_s, docs/reliability.md). One rank of a 2-rank run
+is stopped with SIGSTOP (as a frozen node or a stuck GPU would be) with parallel.timeout_s = 10:
+
+- the job exits non-zero within the timeout plus 30 s (under torchrun plus the 30 s its agent gives a
+  worker between SIGTERM and SIGKILL, which a stopped worker needs);
+- the live rank prints the group, operation and step it waited in, and names the stopped rank;
+- its flight record (RUN_DIR/flight_recorder/rank0.json) ends with that collective, in flight;
+- the launcher leaves no process behind, checkpoints/latest verifies, and the same command run again
+  resumes and completes every step.
+
+Usage: collective_timeout.py mpirun|torchrun. mpirun (MPI backend): an EP 2 and a TP 2 run; torchrun
+(TCP-store backend): an EP 2 run."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from common import check, fresh_dir, metrics
+from fault_common import end_leftovers, launch_cmd, new_mark, rank_processes, verify_latest, wait_for_step
+
+TIMEOUT = 10
+STEPS = 40
+launcher = sys.argv[1]
+layouts = {"mpirun": {"ep2": ["parallel.expert=2"], "tp2": ["parallel.tensor=2"]},
+           "torchrun": {"ep2": ["parallel.expert=2"]}}[launcher]
+limit = TIMEOUT + 30 + (30 if launcher == "torchrun" else 0)
+backend = "mpi" if launcher == "mpirun" else "store"
+REPORT = re.compile(r"rank 0: collective timed out after (\d+\.\d) s \(parallel\.timeout_s = 10\): (\w+) in group (\w+) "
+                    r"\((\w+), world ranks 0 1\), collective #(\d+) of the group, at step (\d+) \((\w+)\)\n"
+                    r"  waiting on rank 1: no answer \(stopped, dead, or busy outside communication\)")
+
+for name, layout in layouts.items():
+    run = fresh_dir(f"timeout_{launcher}_{name}")
+    overrides = layout + [f"parallel.timeout_s={TIMEOUT}", f"train.steps={STEPS}", "checkpoint.interval=4",
+                          "train.eval_interval=0", "logging.log_interval=1"]
+    mark = new_mark()
+    env = {**os.environ, "MOETRAIN_TEST_MARK": mark}
+    cmd = launch_cmd(launcher, 2, run, overrides, ["MOETRAIN_TEST_MARK"])
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_step(run, 6, job)
+    ranks = rank_processes(mark)
+    check(1 in ranks, f"{name}: found rank 1 ({ranks})")
+    os.kill(ranks[1], signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        out, err = job.communicate(timeout=limit + 60)
+    except subprocess.TimeoutExpired:
+        end_leftovers(mark)
+        job.kill()
+        check(False, f"{name}: the job still runs {limit + 60} s after rank 1 was stopped")
+    took = time.time() - stopped_at
+    left = end_leftovers(mark)
+    check(not left, f"{name}: ranks {sorted(left)} outlived the job")
+    check(job.returncode != 0, f"{name}: exit code {job.returncode} after a stopped rank")
+    found = REPORT.search(err)
+    check(found is not None, f"{name}: no timeout report naming rank 1 in stderr:\n{err[-4000:]}")
+    waited, op, group, used, sequence, step, phase = found.groups()
+    check(used == backend, f"{name}: backend {used}, expected {backend}")
+    check(int(step) >= 6, f"{name}: the report names step {step}, but step 6 had been logged before the stop")
+    check(took <= limit, f"{name}: the job ended {took:.1f} s after the stop, over the {limit} s allowed")
+    with open(os.path.join(run, "flight_recorder", "rank0.json")) as f:
+        record = json.load(f)
+    last = record["collectives"][-1]
+    check(last["end_s"] is None and last["op"] == op and last["group"] == group and last["sequence"] == int(sequence),
+          f"{name}: the flight record ends with {last}, not the collective in flight")
+    check(len(record["collectives"]) == 64, f"{name}: {len(record['collectives'])} collectives recorded, expected 64")
+    latest = verify_latest(run)
+    print(f"{name} ({launcher}): stopped rank 1 after step 6; job ended after {took:.1f} s (limit {limit} s) with exit "
+          f"code {job.returncode}; rank 0 waited {waited} s in {op} of group {group} #{sequence} at step {step} ({phase}); "
+          f"latest = {latest} verifies")
+    print("  " + found.group(0).replace("\n", "\n  "))
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    check(rerun.returncode == 0, f"{name}: the rerun failed ({rerun.returncode}):\n{rerun.stdout}\n{rerun.stderr}")
+    check(f"resumed from {os.path.join(run, 'checkpoints', latest)}" in rerun.stdout,
+          f"{name}: the rerun did not resume from {latest}:\n{rerun.stdout}")
+    steps = [r["step"] for r in metrics(run)]
+    check(steps == list(range(1, STEPS + 1)), f"{name}: metrics.jsonl after the rerun holds steps {steps}")
+    print(f"  rerun: resumed from {latest} and completed {STEPS} steps")
+print("ok")
