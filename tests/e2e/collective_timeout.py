@@ -8,8 +8,10 @@ is stopped with SIGSTOP (as a frozen node or a stuck GPU would be) with parallel
 - the launcher leaves no process behind, checkpoints/latest verifies, and the same command run again
   resumes and completes every step.
 
-Usage: collective_timeout.py mpirun|torchrun. mpirun (MPI backend): an EP 2 and a TP 2 run; torchrun
-(TCP-store backend): an EP 2 run."""
+Usage: collective_timeout.py mpirun|torchrun. mpirun (MPI backend): an EP 2 and a TP 2 run, then 4 ranks
+(EP 2 × DP 2), where every live rank (0, 2, 3) reports and names rank 1 or, waiting in a group without
+it, the peer that has not reached the collective and where that peer waits; torchrun (TCP-store
+backend): an EP 2 run."""
 import json
 import os
 import re
@@ -27,6 +29,8 @@ launcher = sys.argv[1]
 layouts = {"mpirun": {"ep2": ["parallel.expert=2"], "tp2": ["parallel.tensor=2"]},
            "torchrun": {"ep2": ["parallel.expert=2"]}}[launcher]
 limit = TIMEOUT + 30 + (30 if launcher == "torchrun" else 0)
+BLOCK = re.compile(r"moe-train: rank (\d): (?:collective timed out after|stopping: rank \d reported a collective timeout)"
+                   r".*\n((?:  .*\n)*)")
 backend = "mpi" if launcher == "mpirun" else "store"
 REPORT = re.compile(r"rank 0: collective timed out after (\d+\.\d) s \(parallel\.timeout_s = 10\): (\w+) in group (\w+) "
                     r"\((\w+), world ranks 0 1\), collective #(\d+) of the group, at step (\d+) \((\w+)\)\n"
@@ -80,4 +84,35 @@ for name, layout in layouts.items():
     steps = [r["step"] for r in metrics(run)]
     check(steps == list(range(1, STEPS + 1)), f"{name}: metrics.jsonl after the rerun holds steps {steps}")
     print(f"  rerun: resumed from {latest} and completed {STEPS} steps")
+
+if launcher == "mpirun":  # 4 ranks: the others hear of the timeout and report too
+    run = fresh_dir("timeout_mpirun_np4")
+    mark = new_mark()
+    cmd = launch_cmd("mpirun", 4, run, ["parallel.expert=2", f"parallel.timeout_s={TIMEOUT}", "train.steps=400",
+                                        "checkpoint.interval=4", "train.eval_interval=0"], ["MOETRAIN_TEST_MARK"])
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "MOETRAIN_TEST_MARK": mark})
+    wait_for_step(run, 5, job)
+    os.kill(rank_processes(mark)[1], signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        out, err = job.communicate(timeout=limit + 60)
+    except subprocess.TimeoutExpired:
+        end_leftovers(mark)
+        job.kill()
+        check(False, f"4 ranks: the job still runs {limit + 60} s after rank 1 was stopped")
+    took = time.time() - stopped_at
+    check(not end_leftovers(mark), "4 ranks: ranks outlived the job")
+    check(job.returncode != 0 and took <= limit, f"4 ranks: exit code {job.returncode} after {took:.1f} s")
+    blocks = {int(m.group(1)): m.group(2) for m in BLOCK.finditer(err)}
+    check(sorted(blocks) == [0, 2, 3], f"4 ranks: ranks {sorted(blocks)} reported, expected 0, 2 and 3:\n{err[-6000:]}")
+    for r, block in blocks.items():  # each names rank 1, or a peer that has not reached its collective
+        check("  waiting on rank 1: no answer" in block or re.search(r"  waiting on rank \d: has not reached it", block),
+              f"4 ranks: rank {r} names no late peer:\n{block}")
+    check(any("  waiting on rank 1: no answer" in b for b in blocks.values()), "4 ranks: nobody named rank 1")
+    for r in (0, 2, 3):
+        check(os.path.exists(os.path.join(run, "flight_recorder", f"rank{r}.json")), f"4 ranks: no flight record of rank {r}")
+    verify_latest(run)
+    print(f"4 ranks (EP 2 x DP 2): job ended {took:.1f} s after rank 1 stopped; ranks 0, 2 and 3 reported:")
+    print("\n".join("  " + line for line in err.splitlines() if line.startswith(("moe-train: rank", "  waiting on"))))
 print("ok")
