@@ -262,14 +262,18 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
       tensors.emplace_back(b.name, b.data);
       entries.push_back({{"name", b.name}, {"global", b.box.global_view}, {"offsets", b.box.offsets}, {"shape", b.box.local_view}});
     }
-    const std::string bytes = io::encode_safetensors(tensors, {{"format", "moetrain-checkpoint-shard"}});
-    const std::string file = rank_file(ranks.rank());
+    const std::map<std::string, std::string> metadata{{"format", "moetrain-checkpoint-shard"}};
+    const std::string file = rank_file(ranks.rank()), path = (tmp_dir / file).string();
     if (fault_during_save(ranks.rank(), state.step)) {
-      io::write_file_synced((tmp_dir / file).string(), bytes.substr(0, bytes.size() / 2));
+      const std::string bytes = io::encode_safetensors(tensors, metadata);
+      io::write_file_synced(path, bytes.substr(0, bytes.size() / 2));
       util::kill_for_fault(util::FaultPoint::kCheckpointWrite);
     }
-    io::write_file_synced((tmp_dir / file).string(), bytes);
-    report = {{"file", file}, {"bytes", bytes.size()}, {"sha256", io::sha256_hex(bytes)}, {"blocks", entries},
+    // Streamed one tensor at a time (the file is never a copy in memory). Floating-point tensors are stored
+    // fp32 whatever their dtype in memory: a bf16 base (finetune.base_dtype) is widened exactly, so every
+    // reader sees one format and a resumed run continues from the same values.
+    const int64_t bytes = io::write_safetensors_synced(path, tensors, metadata, torch::kFloat32);
+    report = {{"file", file}, {"bytes", bytes}, {"sha256", io::sha256_file(path)}, {"blocks", entries},
               {"optimizer_step", optimizer_step}, {"buffers_sha256", io::sha256_hex(replicas)}};
   }));
 
@@ -421,12 +425,14 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
           empty = empty || len[d] <= 0;
         }
         if (empty) continue;
-        torch::Tensor src = open(s["file"].get<std::string>()).get(name);
-        if (src.sizes().vec() != shape) throw std::runtime_error(dir + ": " + name + " in " + s["file"].get<std::string>() + " does not have the shape the manifest says");
+        const io::SafetensorsFile& f = open(s["file"].get<std::string>());
+        if (f.shape(name) != shape) throw std::runtime_error(dir + ": " + name + " in " + s["file"].get<std::string>() + " does not have the shape the manifest says");
+        // Read only the rows of dim 0 this rank needs (its experts of an expert-sharded tensor, any layout's).
+        torch::Tensor src = off.empty() ? f.get(name) : f.get_rows(name, lo[0] - off[0], len[0]);
         if (!out.defined()) out = torch::zeros(box.local_view, src.options());
         torch::Tensor dst = out;
         for (size_t d = 0; d < off.size(); ++d) {
-          src = src.narrow(static_cast<int64_t>(d), lo[d] - off[d], len[d]);
+          src = src.narrow(static_cast<int64_t>(d), d == 0 ? 0 : lo[d] - off[d], len[d]);
           dst = dst.narrow(static_cast<int64_t>(d), lo[d] - box.offsets[d], len[d]);
         }
         dst.copy_(src);

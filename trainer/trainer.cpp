@@ -22,6 +22,7 @@
 #include "parallel/grad_sync.h"
 #include "parallel/mesh.h"
 #include "parallel/tensor_parallel.h"
+#include "trainer/base_dtype.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
@@ -142,8 +143,18 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
   const int64_t tp = mesh ? mesh->sizes().tp : 1, tp_rank = mesh ? mesh->tp_rank() : 0;
   s_->model = model::Transformer(model::TransformerOptions::from_recipe(r, ep, ep_rank, tp, tp_rank));
-  model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
   s_->router_frozen = apply_freezing(*s_->model, r.finetune());
+  // Before initialisation (the experts' fp32 storage is then never written) and before the move to the
+  // device (it never holds an fp32 base). Initialisation rounds into the bf16 weights.
+  if (r.finetune().base_dtype() == config::TrainConfig::BF16) {
+    const BaseDtypeReport held = hold_frozen_base_in(*s_->model, torch::kBFloat16);
+    if (s_->writes_logs) {
+      std::printf("finetune.base_dtype BF16: %lld frozen base matrices in bf16; parameter bytes on this rank %lld (%lld with an fp32 base)\n",
+                  static_cast<long long>(held.tensors), static_cast<long long>(held.bytes_after),
+                  static_cast<long long>(held.bytes_before));
+    }
+  }
+  model::init_weights(*s_->model, r.train().seed(), r.model().init_std());
   s_->model->to(device);
   if (tp > 1) {
     s_->tensor_parallel = std::make_shared<parallel::TensorParallel>(mesh->tp());

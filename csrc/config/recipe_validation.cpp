@@ -251,6 +251,17 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
   if (lora.targets_size() > 0 && lora.rank() == 0) {
     p.add("finetune.lora.rank", "0", "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
   }
+  if (r.finetune().base_dtype() == TrainConfig::BF16) {  // the frozen base in bf16 (trainer/base_dtype.h)
+    if (lora.rank() == 0) {
+      p.add("finetune.base_dtype", "BF16", "holds the frozen base weights of a LoRA run and needs finetune.lora.rank > 0 "
+                                           "(without adapters the base weights train, in fp32); set finetune.lora.rank "
+                                           "(for example 8) or leave base_dtype at FP32");
+    }
+    if (r.train().precision() != TrainConfig::BF16) {
+      p.add("finetune.base_dtype", "BF16", "needs train.precision = BF16: the bf16 base weights enter bf16 matmuls "
+                                           "(fp32 matmuls would need an fp32 copy of each weight); set train.precision: BF16");
+    }
+  }
   if (!p.empty()) throw RecipeError(source + ": invalid recipe:" + p.joined());
 }
 

@@ -1,12 +1,13 @@
 #include "csrc/io/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -22,36 +23,89 @@ const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
   return names;
 }
 
+// The integers >= 0 of a JSON array (shape, data_offsets); nullopt for anything else (a float or a
+// negative value would otherwise be converted, not refused).
+std::optional<std::vector<uint64_t>> counts(const json& array) {
+  if (!array.is_array()) return std::nullopt;
+  std::vector<uint64_t> out;
+  for (const auto& v : array) {
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) return std::nullopt;
+    out.push_back(v.get<uint64_t>());
+  }
+  return out;
+}
+
 std::string dtype_name(torch::ScalarType t) {
   for (const auto& [type, name] : dtype_names())
     if (type == t) return name;
   throw std::invalid_argument(std::string("safetensors: unsupported dtype ") + c10::toString(t));
 }
 
-}  // namespace
-
-std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+// The header text (length prefix included) and the bytes of each tensor once stored as `dtype_of(t)`.
+template <class DtypeOf>
+std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata, DtypeOf dtype_of) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> contiguous;
   size_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (header.contains(name)) throw std::invalid_argument("safetensors: tensor name " + name + " appears twice");
-    auto c = t.detach().to(torch::kCPU).contiguous();
-    const size_t bytes = c.numel() * c.element_size();
-    header[name] = {{"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    const torch::ScalarType dtype = dtype_of(t);
+    const size_t bytes = static_cast<size_t>(t.numel()) * c10::elementSize(dtype);
+    header[name] = {{"dtype", dtype_name(dtype)}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    contiguous.push_back(c);
   }
   std::string text = header.dump();
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');
   std::string out(8, '\0');
   uint64_t n = text.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  out += text;
-  out.reserve(out.size() + offset);
-  for (const auto& c : contiguous) out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return out + text;
+}
+
+void write_all(int fd, const std::string& path, const char* data, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t w = ::write(fd, data + done, size - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      throw std::runtime_error(path + ": write failed (" + why + "); is the disk full?");
+    }
+    done += static_cast<size_t>(w);
+  }
+}
+
+}  // namespace
+
+std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  std::string out = header_bytes(tensors, metadata, [](const torch::Tensor& t) { return t.scalar_type(); });
+  for (const auto& item : tensors) {
+    auto c = item.second.detach().to(torch::kCPU).contiguous();
+    out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  }
   return out;
+}
+
+int64_t write_safetensors_synced(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata,
+                                 std::optional<torch::ScalarType> floats_as) {
+  auto stored = [&](const torch::Tensor& t) {
+    return floats_as && at::isFloatingType(t.scalar_type()) ? *floats_as : t.scalar_type();
+  };
+  const std::string header = header_bytes(tensors, metadata, stored);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error(path + ": cannot create (" + std::strerror(errno) + ")");
+  write_all(fd, path, header.data(), header.size());
+  int64_t bytes = static_cast<int64_t>(header.size());
+  for (const auto& item : tensors) {  // one converted tensor in memory at a time
+    const auto c = item.second.detach().to(torch::kCPU).to(stored(item.second)).contiguous();
+    const size_t n = c.numel() * c.element_size();
+    write_all(fd, path, static_cast<const char*>(c.data_ptr()), n);
+    bytes += static_cast<int64_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
+  return bytes;
 }
 
 void write_file_synced(const std::string& path, const std::string& bytes) {
@@ -72,34 +126,37 @@ void write_file_synced(const std::string& path, const std::string& bytes) {
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+  try {
+    read_header();
+  } catch (...) {  // the destructor does not run when the constructor throws
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+void SafetensorsFile::read_header() {
+  const std::string& path = path_;
+  auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": not a valid safetensors file: " + why); };
   struct stat st {};
-  ::fstat(fd, &st);
+  ::fstat(fd_, &st);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ < 8) {
-    ::close(fd);
     throw std::runtime_error(path + ": " + std::to_string(size_) + " bytes is too short for a safetensors file (truncated?)");
   }
-  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map_ == MAP_FAILED) {
-    map_ = nullptr;
-    throw std::runtime_error(path + ": cannot map (" + std::strerror(errno) + ")");
-  }
-  const auto* bytes = static_cast<const unsigned char*>(map_);
+  unsigned char prefix[8];
+  read_at(0, 8, prefix);
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
-  auto fail = [&](const std::string& why) {
-    ::munmap(map_, size_);
-    map_ = nullptr;
-    throw std::runtime_error(path + ": not a valid safetensors file: " + why);
-  };
+  for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
   if (n > size_ - 8) fail("header length " + std::to_string(n) + " exceeds the file size " + std::to_string(size_));
   data_start_ = 8 + n;
+  std::string header_text(n, '\0');
+  read_at(8, n, header_text.data());
   json header;
   try {
-    header = json::parse(std::string(reinterpret_cast<const char*>(bytes) + 8, n));
+    header = json::parse(header_text);
   } catch (const std::exception& e) {
     fail(std::string("header is not JSON: ") + e.what());
   }
@@ -107,6 +164,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   size_t order = 0;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
+      if (!it->is_object()) fail("__metadata__ is not a JSON object of strings");
       for (auto m = it->begin(); m != it->end(); ++m)
         if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
       continue;
@@ -118,17 +176,22 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       for (const auto& [type, name] : dtype_names())
         if (name == dtype) e.dtype = type, known = true;
       if (!known) fail("tensor " + it.key() + " has unsupported dtype " + dtype);
-      e.shape = it->at("shape").get<std::vector<int64_t>>();
-      const auto offsets = it->at("data_offsets").get<std::vector<size_t>>();
-      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > size_ - data_start_) {
+      // Shape and offsets: integers >= 0 only, and the byte count computed without overflow (a huge
+      // shape must not wrap around to the stored size).
+      const auto shape = counts(it->at("shape")), offsets = counts(it->at("data_offsets"));
+      if (!shape) fail("tensor " + it.key() + " has shape " + it->at("shape").dump().substr(0, 80) + ": must be integers >= 0");
+      if (!offsets || offsets->size() != 2 || (*offsets)[0] > (*offsets)[1] || (*offsets)[1] > size_ - data_start_) {
         fail("tensor " + it.key() + " has data_offsets outside the file (truncated?)");
       }
-      e.begin = offsets[0], e.end = offsets[1];
-      int64_t numel = 1;
-      for (auto d : e.shape) numel *= d;
-      if (static_cast<size_t>(numel) * c10::elementSize(e.dtype) != e.end - e.begin) {
-        fail("tensor " + it.key() + " byte count does not match its shape and dtype");
+      e.begin = (*offsets)[0], e.end = (*offsets)[1];
+      uint64_t bytes = c10::elementSize(e.dtype);
+      for (uint64_t d : *shape) {
+        if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(bytes, d, &bytes)) {
+          fail("tensor " + it.key() + " has a shape too large for any file");
+        }
+        e.shape.push_back(static_cast<int64_t>(d));
       }
+      if (bytes != e.end - e.begin) fail("tensor " + it.key() + " byte count does not match its shape and dtype");
       e.order = order++;
       entries_[it.key()] = e;
     } catch (const nlohmann::json::exception& ex) {
@@ -138,7 +201,21 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(map_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsFile::read_at(size_t offset, size_t bytes, void* out) const {
+  auto* dst = static_cast<char*>(out);
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t r = ::pread(fd_, dst + done, bytes - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      throw std::runtime_error(path_ + ": read failed at byte " + std::to_string(offset + done) + " (" +
+                               (r < 0 ? std::strerror(errno) : "unexpected end of file") + "); was it changed while reading?");
+    }
+    done += static_cast<size_t>(r);
+  }
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
@@ -158,7 +235,21 @@ std::vector<int64_t> SafetensorsFile::shape(const std::string& name) const { ret
 torch::Tensor SafetensorsFile::get(const std::string& name) const {
   const Entry& e = entry(name);
   auto out = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
-  if (e.end > e.begin) std::memcpy(out.data_ptr(), static_cast<const char*>(map_) + data_start_ + e.begin, e.end - e.begin);
+  if (e.end > e.begin) read_at(data_start_ + e.begin, e.end - e.begin, out.data_ptr());
+  return out;
+}
+
+torch::Tensor SafetensorsFile::get_rows(const std::string& name, int64_t first, int64_t count) const {
+  const Entry& e = entry(name);
+  if (e.shape.empty() || first < 0 || count < 0 || first + count > e.shape[0]) {
+    throw std::out_of_range(path_ + ": rows [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + name +
+                            " are outside its " + std::to_string(e.shape.empty() ? 0 : e.shape[0]) + " rows");
+  }
+  std::vector<int64_t> shape = e.shape;
+  shape[0] = count;
+  auto out = torch::empty(shape, torch::TensorOptions().dtype(e.dtype));
+  const size_t row_bytes = e.shape[0] == 0 ? 0 : (e.end - e.begin) / static_cast<size_t>(e.shape[0]);
+  if (row_bytes * count > 0) read_at(data_start_ + e.begin + row_bytes * first, row_bytes * count, out.data_ptr());
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,8 +22,18 @@ std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::
 // Writes `bytes` to `path` and fsyncs the file; throws naming the path (and the errno text) on failure.
 void write_file_synced(const std::string& path, const std::string& bytes);
 
-// A memory-mapped safetensors file. The constructor validates the header against the file size
-// (offsets inside the data, byte counts equal to shape × dtype size) and throws naming the file.
+// The same file as write_file_synced(path, encode_safetensors(tensors, metadata)), streamed: the header,
+// then one tensor at a time, so no copy of the whole file is ever in memory. `floats_as`: floating-point
+// tensors are stored in this dtype, each converted as it is written (integer and byte tensors as they are).
+// Returns the file's size in bytes.
+int64_t write_safetensors_synced(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata = {},
+                                 std::optional<torch::ScalarType> floats_as = std::nullopt);
+
+// A safetensors file read with pread: the constructor reads and validates the header against the file size
+// (offsets inside the data, byte counts equal to shape × dtype size) and throws naming the file; get() and
+// get_rows() read only the bytes of what they return, so a process holds in memory only what it asked for
+// (the kernel's page cache is not the process's resident memory).
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
@@ -36,6 +47,9 @@ class SafetensorsFile {
   std::vector<int64_t> shape(const std::string& name) const;
   // A copy of the tensor (owns its memory).
   torch::Tensor get(const std::string& name) const;
+  // Rows [first, first + count) of dim 0 of the tensor (a tensor of at least one dimension): shape
+  // (count, rest of the shape). Reads only those bytes. Throws naming the file and tensor when out of range.
+  torch::Tensor get_rows(const std::string& name, int64_t first, int64_t count) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
@@ -46,8 +60,10 @@ class SafetensorsFile {
     size_t order = 0;
   };
   const Entry& entry(const std::string& name) const;
+  void read_header();  // fills size_, data_start_, entries_ and metadata_; throws naming the file
+  void read_at(size_t offset, size_t bytes, void* out) const;  // exactly `bytes` at file offset `offset`
   std::string path_;
-  void* map_ = nullptr;
+  int fd_ = -1;
   size_t size_ = 0;
   size_t data_start_ = 0;
   std::map<std::string, Entry> entries_;
