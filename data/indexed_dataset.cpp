@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -35,6 +36,15 @@ size_t dtype_size(uint8_t code) {
 
 template <typename T>
 void put(std::ofstream& out, const T& v) { out.write(reinterpret_cast<const char*>(&v), sizeof(T)); }
+
+// A token stored as a float (dtype codes 6, 7): an integer value, converted exactly; anything else (NaN,
+// infinity, a fraction, beyond int64) is not a token id and an error.
+int64_t float_token(double v, const std::string& prefix, int64_t index) {
+  if (!(std::fabs(v) < 9.2e18) || v != std::floor(v)) {
+    fail(prefix + ".bin", "token " + std::to_string(index) + " is " + std::to_string(v) + ", not an integer token id");
+  }
+  return static_cast<int64_t>(v);
+}
 
 }  // namespace
 
@@ -131,12 +141,15 @@ IndexedDataset IndexedDataset::open(const std::string& prefix) {
   ds.prefix_ = prefix;
   ds.dtype_ = static_cast<TokenDtype>(code);
   ds.item_size_ = dtype_size(code);
-  ds.lengths_.resize(seqs);
-  std::memcpy(ds.lengths_.data(), raw.data() + header, seqs * 4);
-  std::vector<int64_t> pointers(seqs);
-  std::memcpy(pointers.data(), raw.data() + header + seqs * 4, seqs * 8);
-  ds.doc_index_.resize(docs);
-  std::memcpy(ds.doc_index_.data(), raw.data() + header + seqs * 12, docs * 8);
+  // Arrays of the index (an empty one has no storage: memcpy must not see its null pointer).
+  auto read_array = [&](auto& out, size_t count, size_t offset) {
+    out.resize(count);
+    if (count > 0) std::memcpy(out.data(), raw.data() + offset, count * sizeof(out[0]));
+  };
+  read_array(ds.lengths_, seqs, header);
+  std::vector<int64_t> pointers;
+  read_array(pointers, seqs, header + seqs * 4);
+  read_array(ds.doc_index_, docs, header + seqs * 12);
 
   struct stat st {};
   if (::stat(bin_path.c_str(), &st) != 0) throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
@@ -212,8 +225,8 @@ void IndexedDataset::read_tokens(int64_t first, int64_t count, int64_t* out) con
       case TokenDtype::kUInt16: { uint16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
       case TokenDtype::kInt32: { int32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
       case TokenDtype::kInt64: { int64_t v; std::memcpy(&v, p, 8); out[i] = v; break; }
-      case TokenDtype::kFloat32: { float v; std::memcpy(&v, p, 4); out[i] = static_cast<int64_t>(v); break; }
-      case TokenDtype::kFloat64: { double v; std::memcpy(&v, p, 8); out[i] = static_cast<int64_t>(v); break; }
+      case TokenDtype::kFloat32: { float v; std::memcpy(&v, p, 4); out[i] = float_token(v, prefix_, first + i); break; }
+      case TokenDtype::kFloat64: { double v; std::memcpy(&v, p, 8); out[i] = float_token(v, prefix_, first + i); break; }
     }
   }
 }

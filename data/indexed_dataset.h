@@ -60,7 +60,8 @@ class IndexedDataset {
   int64_t num_tokens() const { return num_tokens_; }
   // Token range [first, first + length) of document `doc` in the flat stream.
   std::pair<int64_t, int64_t> document_range(int64_t doc) const;
-  // Copies tokens [first, first + count) of the flat stream into out (bounds-checked).
+  // Copies tokens [first, first + count) of the flat stream into out (bounds-checked: std::out_of_range).
+  // Float datasets must hold integer values: anything else throws std::runtime_error naming the token.
   void read_tokens(int64_t first, int64_t count, int64_t* out) const;
   int64_t max_token_id() const;
 

@@ -181,30 +181,6 @@ std::string model_section_text(const config::Recipe& recipe) {
   return config::to_text(only_model);
 }
 
-std::string read_manifest(const std::string& dir) {
-  const fs::path path = fs::path(dir) / "manifest.json";
-  std::ifstream in(path);
-  if (!in) {
-    throw std::runtime_error(path.string() + " is missing: " + dir +
-                             " is not a committed moetrain checkpoint (an interrupted save, or a checkpoint of an older format)");
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  json m;
-  try {
-    m = json::parse(text.str());
-  } catch (const std::exception& e) {
-    throw std::runtime_error(path.string() + " is not valid JSON (" + e.what() + "); the checkpoint is damaged: use an earlier one");
-  }
-  if (m.value("format", "") != "moetrain-checkpoint") throw std::runtime_error(path.string() + " is not a moetrain checkpoint manifest");
-  const int version = m.value("version", -1);
-  if (version != kCheckpointFormatVersion) {
-    throw std::runtime_error(path.string() + " has format version " + std::to_string(version) + "; this moetrain reads version " +
-                             std::to_string(kCheckpointFormatVersion) + ": use the moetrain release that wrote it");
-  }
-  return text.str();
-}
-
 Checkpointer::Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section, std::string recipe_text,
                            parallel::ProcessMesh* mesh)
     : root_(run_dir + "/checkpoints"),

@@ -24,14 +24,13 @@
 
 #include "csrc/config/recipe.pb.h"
 #include "csrc/model/transformer.h"
+#include "trainer/checkpoint_manifest.h"  // read_manifest, kCheckpointFormatVersion
 
 namespace moetrain::parallel {
 class ProcessMesh;
 }
 
 namespace moetrain::trainer {
-
-inline constexpr int kCheckpointFormatVersion = 1;
 
 // Everything besides weights and optimizer moments that a run needs to continue exactly.
 struct TrainState {
@@ -79,9 +78,5 @@ class Checkpointer {
 // The text a checkpoint's model digest covers: the recipe's model section (fine-tuning and parallel
 // sections may change between save and load; the model may not).
 std::string model_section_text(const config::Recipe& recipe);
-
-// Reads `manifest.json` of a committed checkpoint directory (throws naming the path when it is missing,
-// unreadable or of an unknown format version). Returned as JSON text.
-std::string read_manifest(const std::string& dir);
 
 }  // namespace moetrain::trainer
