@@ -1,5 +1,7 @@
 #include "hf/peft.h"
 
+#include "hf/weights.h"
+
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -12,7 +14,7 @@ torch::Tensor or_zeros(const torch::Tensor& t, std::vector<int64_t> shape) { ret
 
 }  // namespace
 
-PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
+PeftAdapter peft_adapter(Family family, const model::TransformerImpl& model) {
   PeftAdapter out;
   const auto& o = model.options();
   const bool experts = o.moe.lora.rank > 0, attention = o.attn_lora.rank > 0;
@@ -24,16 +26,18 @@ PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
   int64_t layer_index = 0;
   for (const auto& module : *model.layers) {
     if (!attention) break;
-    // Attention: q, k and v share our A (rank, D); each takes its rows of B (3D, rank). Ranks padded to r.
+    // Attention: q, k and v share our A (rank, D); each takes its rows of B (R, rank) (hf::split_qkv).
+    // Ranks padded to r.
     const auto& at = *module->as<model::BlockImpl>()->attn;
     const std::string prefix = "base_model.model.model.layers." + std::to_string(layer_index++) + ".self_attn.";
     auto pad_a = [&](const torch::Tensor& a) { return torch::cat({a.detach(), torch::zeros({rho, a.size(1)})}, 0).contiguous(); };
     auto pad_b = [&](const torch::Tensor& b) { return torch::cat({b.detach(), torch::zeros({b.size(0), rho})}, 1).contiguous(); };
     if (at.qkv_lora_a.defined()) {
-      const char* names[] = {"q_proj", "k_proj", "v_proj"};
-      for (int i = 0; i < 3; ++i) {
-        out.tensors.emplace_back(prefix + names[i] + ".lora_A.weight", pad_a(at.qkv_lora_a));
-        out.tensors.emplace_back(prefix + names[i] + ".lora_B.weight", pad_b(at.qkv_lora_b.narrow(0, i * D, D)));
+      const auto b = split_qkv(at.qkv_lora_b.detach(), o.num_heads, o.attention().kv_heads());
+      const std::pair<const char*, torch::Tensor> parts[] = {{"q_proj", b.q}, {"k_proj", b.k}, {"v_proj", b.v}};
+      for (const auto& [name, rows] : parts) {
+        out.tensors.emplace_back(prefix + name + ".lora_A.weight", pad_a(at.qkv_lora_a));
+        out.tensors.emplace_back(prefix + name + ".lora_B.weight", pad_b(rows));
       }
     }
     if (at.out_lora_a.defined()) {
@@ -82,8 +86,9 @@ PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model) {
                 {"rank_pattern", nlohmann::json::object()},
                 {"alpha_pattern", nlohmann::json::object()},
                 {"modules_to_save", nullptr},
-                {"auto_mapping", {{"base_model_class", "MixtralForCausalLM"},
-                                  {"parent_library", "transformers.models.mixtral.modeling_mixtral"}}}};
+                {"auto_mapping", {{"base_model_class", info(family).architecture},
+                                  {"parent_library", std::string("transformers.models.") + info(family).module + ".modeling_" +
+                                                         info(family).module}}}};
   if (o.attn_lora.qkv) out.config["target_modules"] = {"q_proj", "k_proj", "v_proj"};
   if (o.attn_lora.out) out.config["target_modules"].push_back("o_proj");
   return out;

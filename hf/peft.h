@@ -1,6 +1,6 @@
-// A LoRA-on-experts run as a PEFT adapter for the exported Mixtral (docs/huggingface.md).
+// A LoRA-on-experts run as a PEFT adapter for the exported model, any of the four families (docs/huggingface.md).
 //
-// transformers 5 holds Mixtral's experts fused: experts.gate_up_proj (E, 2F, D) and
+// transformers 5 holds every family's experts fused (model.layers.L.mlp.experts): experts.gate_up_proj (E, 2F, D) and
 // experts.down_proj (E, D, F). PEFT (>= 0.17, `target_parameters`) puts one LoRA on each 3-D parameter,
 // per expert e: ΔW[e] = (lora_alpha / r) · B[e]·A[e], stored as lora_A.weight (E·r, in) (rows e·r + j) and
 // lora_B.weight (out, r·E) (columns j·E + e). Ours are separate per projection, W (E, in, out) += (α/ρ)·A·B
@@ -8,7 +8,7 @@
 // first ρ ranks carry the gate adapter (rows [0, F) of ΔW), the last ρ the up adapter (rows [F, 2F));
 // down_proj uses the first ρ ranks and zeros. lora_alpha = 2α keeps the scale α/ρ. Targets a run did not
 // adapt are zeros. Attention adapters (targets attn_qkv, attn_out) go on q_proj, k_proj, v_proj (sharing
-// our A, each with its rows of B) and o_proj, as ordinary `target_modules`, padded to the same rank r.
+// our A, each with its rows of B, hf::split_qkv) and o_proj, as ordinary `target_modules`, padded to the same rank r.
 // The adapter loaded with peft onto the exported base equals our merged model.
 #pragma once
 
@@ -16,6 +16,7 @@
 
 #include "csrc/io/safetensors.h"
 #include "csrc/model/transformer.h"
+#include "hf/families.h"
 
 namespace moetrain::hf {
 
@@ -25,7 +26,7 @@ struct PeftAdapter {
 };
 
 // `model`: one process, every MoE layer with adapters (throws naming finetune.lora when it has none).
-PeftAdapter mixtral_peft_adapter(const model::TransformerImpl& model);
+PeftAdapter peft_adapter(Family family, const model::TransformerImpl& model);
 
 // Writes DIR/adapter_config.json and DIR/adapter_model.safetensors.
 void write_peft_adapter(const PeftAdapter& adapter, const std::string& dir);

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "hf/mixtral.h"
+#include "hf/families.h"
 
 namespace moetrain::hf {
 

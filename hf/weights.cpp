@@ -18,23 +18,21 @@ void require_one_process(const model::TransformerImpl& model, const std::string&
   }
 }
 
-void append_attention(io::NamedTensors& out, const model::TransformerImpl& model, int64_t layer, bool qkv_bias) {
-  const int64_t D = model.options().d_model;
-  const std::string ours = "layers." + std::to_string(layer) + ".", hf = "model.layers." + std::to_string(layer) + ".";
-  const auto params = model.named_parameters();
-  for (const char* b : {"attn.qkv_lora_b", "attn.out_lora_b"}) {
-    const torch::Tensor* t = params.find(ours + b);
-    if (t && t->abs().max().item<double>() != 0) throw std::logic_error(ours + b + " is an unmerged LoRA adapter; call hf::merge_adapters first");
-  }
-  out.emplace_back(hf + "input_layernorm.weight", parameter(model, ours + "attn_norm.weight"));
-  const auto qkv = parameter(model, ours + "attn.wqkv.weight");  // (3D, D) = [q; k; v]
-  const char* names[] = {"q_proj", "k_proj", "v_proj"};
-  for (int i = 0; i < 3; ++i) {
-    out.emplace_back(hf + "self_attn." + names[i] + ".weight", qkv.narrow(0, i * D, D).contiguous());
-    if (qkv_bias) out.emplace_back(hf + "self_attn." + names[i] + ".bias", torch::zeros({D}));
-  }
-  out.emplace_back(hf + "self_attn.o_proj.weight", parameter(model, ours + "attn.wo.weight"));
-  out.emplace_back(hf + "post_attention_layernorm.weight", parameter(model, ours + "ffn_norm.weight"));
+torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads, int64_t kv_heads) {
+  const int64_t G = heads / kv_heads, cols = q.dim() == 2 ? q.size(1) : 1, Dh = q.size(0) / heads;
+  auto slots = q.reshape({kv_heads, G, Dh, cols}).transpose(0, 1).reshape({G * kv_heads * Dh, cols});
+  auto fused = torch::cat({slots, k.reshape({kv_heads * Dh, cols}), v.reshape({kv_heads * Dh, cols})}, 0);
+  return (q.dim() == 2 ? fused : fused.reshape({-1})).contiguous();
+}
+
+QkvParts split_qkv(const torch::Tensor& fused, int64_t heads, int64_t kv_heads) {
+  const int64_t G = heads / kv_heads, cols = fused.dim() == 2 ? fused.size(1) : 1;
+  const int64_t Dh = fused.size(0) / ((G + 2) * kv_heads);
+  auto f = fused.reshape({G + 2, kv_heads, Dh, cols});
+  auto shape = [&](const torch::Tensor& t, int64_t rows) {
+    return (fused.dim() == 2 ? t.reshape({rows, cols}) : t.reshape({rows})).contiguous();
+  };
+  return {shape(f.narrow(0, 0, G).transpose(0, 1), heads * Dh), shape(f[G], kv_heads * Dh), shape(f[G + 1], kv_heads * Dh)};
 }
 
 ExpertWeights expert_weights(const model::TransformerImpl& model, int64_t layer) {

@@ -14,10 +14,15 @@ torch::Tensor parameter(const model::TransformerImpl& model, const std::string& 
 // Throws std::logic_error naming `who` unless `model` is a one-process model (tp 1, all experts local).
 void require_one_process(const model::TransformerImpl& model, const std::string& who);
 
-// The attention half of layer `layer` under the Llama-style names both export formats share:
-// input_layernorm, self_attn.{q,k,v}_proj from the fused wqkv (3D, D) = [q; k; v] (with zero biases
-// when `qkv_bias`, as Qwen2-MoE's attention has them), self_attn.o_proj, post_attention_layernorm.
-void append_attention(io::NamedTensors& out, const model::TransformerImpl& model, int64_t layer, bool qkv_bias);
+// Hugging Face's separate projections <-> moetrain's fused wqkv (csrc/model/layers.h): q (H·Dh[, C]), k and
+// v (Hkv·Dh[, C]) with head h at rows [h·Dh, (h+1)·Dh); fused ((G + 2)·Hkv·Dh[, C]), G = H / Hkv, slot
+// s < G holding query head j·G + s for each key/value head j, then the keys, then the values. Works for
+// weights (C = D), biases (no C) and LoRA B matrices (C = rank).
+torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads, int64_t kv_heads);
+struct QkvParts {
+  torch::Tensor q, k, v;
+};
+QkvParts split_qkv(const torch::Tensor& fused, int64_t heads, int64_t kv_heads);
 
 // The routed experts of one MoE layer: (E, D, F) gate, (E, D, F) up, (E, F, D) down, each x·W.
 // LoRA adapters (finetune.lora) must have been folded in first (merge_adapters below); adapters with a

@@ -22,14 +22,14 @@ void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& gro
 }  // namespace
 
 void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh) {
-  std::vector<torch::Tensor> dense, expert, moe;
+  std::vector<torch::Tensor> dense, expert, partial;
   for (auto& p : model::roled_parameters(model)) {
     if (!p.tensor.requires_grad()) continue;  // frozen (fine-tuning)
     if (!p.tensor.grad().defined()) p.tensor.mutable_grad() = torch::zeros_like(p.tensor);
     (p.role.expert ? expert : dense).push_back(p.tensor.mutable_grad());
-    if (p.role.sequence_parallel) moe.push_back(p.tensor.mutable_grad());
+    if (p.role.tp_partial_grad) partial.push_back(p.tensor.mutable_grad());
   }
-  if (mesh.tp().size() > 1) all_reduce_mean_bucket(moe, mesh.tp(), 1.0);  // sequence-parallel MoE: sum
+  if (mesh.tp().size() > 1) all_reduce_mean_bucket(partial, mesh.tp(), 1.0);  // shares of the gradient: sum
   util::inject_fault(util::FaultPoint::kGradSync);  // after the tensor-parallel sums, before the data-parallel means
   const double dp = mesh.sizes().dp();
   if (mesh.dp().size() > 1) all_reduce_mean_bucket(dense, mesh.dp(), dp);

@@ -1,11 +1,13 @@
-// moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]
-//            [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
+// moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]
+//            [--dtype fp32|bf16] [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
 // Writes a Hugging Face model directory (docs/huggingface.md) from a moetrain checkpoint saved in any
 // parallel layout: config.json, generation_config.json, model.safetensors (or shards of at most
 // --max-shard-bytes tensor bytes + model.safetensors.index.json), and the SentencePiece tokenizer
-// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). The format is Mixtral when it
-// computes the model exactly, else Qwen2-MoE (dense layers, shared experts, unnormalised gates);
-// anything neither computes exactly is refused, naming the recipe field. The directory appears
+// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). The format (hf/families.h) is the
+// one whose attention the model has (q/k norm per head: Qwen3-MoE, full width: OLMoE), else Mixtral when it
+// computes the model exactly, else Qwen2-MoE (dense layers, shared experts, q/k/v biases, unnormalised
+// gates); anything the format does not compute exactly is refused, naming the recipe field. --dtype bf16
+// writes the weights rounded to bfloat16 (config.json says so). The directory appears
 // complete or not at all (written as HF_DIR.tmp-<pid>, then renamed). A LoRA run exports merged
 // (W + (alpha/rank)·A·B); with --adapter-out, HF_DIR gets the base model and DIR the PEFT adapter
 // (hf/peft.h) that peft loads onto it.
@@ -21,9 +23,8 @@
 #include <string>
 
 #include "hf/export_rules.h"
-#include "hf/mixtral.h"
+#include "hf/families.h"
 #include "hf/peft.h"
-#include "hf/qwen2_moe.h"
 #include "hf/tokenizer.h"
 #include "hf/weights.h"
 #include "tools/checkpoint_model.h"
@@ -31,17 +32,21 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe]\n"
-    "                  [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]\n"
+    "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]\n"
+    "                  [--dtype fp32|bf16] [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
+    "                  [--adapter-out DIR]\n"
     "  --checkpoint DIR       RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
     "  --out HF_DIR           new directory for the Hugging Face model (must not exist, or be empty)\n"
     "  --format F             mixtral (MixtralForCausalLM), qwen2_moe (Qwen2MoeForCausalLM: dense layers, shared\n"
-    "                         experts, unnormalised gates), or auto (default): mixtral when exact, else qwen2_moe\n"
+    "                         expert, q/k/v biases, unnormalised gates), qwen3_moe (Qwen3MoeForCausalLM: q/k norm\n"
+    "                         per head), olmoe (OlmoeForCausalLM: full-width q/k norm), or auto (default): the\n"
+    "                         family of the model's q/k norm, else mixtral when exact, else qwen2_moe\n"
+    "  --dtype D              fp32 (default) or bf16: the dtype of the written weights\n"
     "  --tokenizer FILE       SentencePiece model to ship (default: the recipe's data.tokenizer)\n"
     "  --no-tokenizer         export the weights and configs only\n"
     "  --max-shard-bytes N    largest weight file; bigger models get shards + model.safetensors.index.json\n"
     "                         (default 5000000000)\n"
-    "  --adapter-out DIR      LoRA runs (Mixtral format): write the base model to HF_DIR and the PEFT adapter\n"
+    "  --adapter-out DIR      LoRA runs: write the base model to HF_DIR and the PEFT adapter\n"
     "                         (adapter_config.json, adapter_model.safetensors) to DIR; without it the adapters\n"
     "                         are merged into HF_DIR's expert weights\n";
 
@@ -84,7 +89,7 @@ void write_json(const std::string& path, const nlohmann::json& value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string checkpoint, out, tokenizer, shard_arg, format = "auto", adapter_out;
+  std::string checkpoint, out, tokenizer, shard_arg, format = "auto", adapter_out, dtype_arg = "fp32";
   bool no_tokenizer = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -102,6 +107,7 @@ int main(int argc, char** argv) {
                          : arg == "--max-shard-bytes" ? &shard_arg
                          : arg == "--format"          ? &format
                          : arg == "--adapter-out"     ? &adapter_out
+                         : arg == "--dtype"           ? &dtype_arg
                                                       : nullptr;
     if (!slot) return usage_error("unknown argument \"" + arg + "\"");
     if (i + 1 >= argc) return usage_error(arg + " needs a value");
@@ -110,9 +116,11 @@ int main(int argc, char** argv) {
   if (checkpoint.empty()) return usage_error("--checkpoint is required (a step_* directory or a run directory)");
   if (out.empty()) return usage_error("--out is required (a new directory for the Hugging Face model)");
   if (no_tokenizer && !tokenizer.empty()) return usage_error("--tokenizer and --no-tokenizer exclude each other; pass one");
-  if (format != "auto" && format != "mixtral" && format != "qwen2_moe") {
-    return usage_error("--format " + format + ": expected auto, mixtral or qwen2_moe");
+  if (format != "auto" && !moetrain::hf::family_named(format)) {
+    return usage_error("--format " + format + ": expected auto, mixtral, qwen2_moe, qwen3_moe or olmoe");
   }
+  if (dtype_arg != "fp32" && dtype_arg != "bf16") return usage_error("--dtype " + dtype_arg + ": expected fp32 or bf16");
+  const torch::ScalarType dtype = dtype_arg == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   int64_t max_shard_bytes = 5000000000LL;
   if (!shard_arg.empty()) {
     try {
@@ -137,27 +145,26 @@ int main(int argc, char** argv) {
   const std::string tmp = out + ".tmp-" + std::to_string(::getpid());
   try {
     auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint");
-    // The format: Mixtral when it is exact (and asked for, or auto), else Qwen2-MoE.
-    const auto mixtral_problems = moetrain::hf::mixtral_export_problems(cm.recipe, *cm.model);
-    const bool mixtral = format == "mixtral" || (format == "auto" && mixtral_problems.empty());
-    const auto problems = mixtral ? mixtral_problems : moetrain::hf::qwen2_moe_export_problems(cm.recipe, *cm.model);
-    const std::string target = mixtral ? "Mixtral" : "Qwen2-MoE";
+    // The format: the one asked for, or (auto) the one hf::auto_family picks.
+    namespace hf = moetrain::hf;
+    const hf::Family family = format == "auto" ? hf::auto_family(cm.recipe, *cm.model) : *hf::family_named(format);
+    const std::string target = hf::info(family).title;
+    const auto problems = hf::export_problems(family, cm.recipe, *cm.model);
     if (!problems.empty()) {
-      std::string text = "--checkpoint " + cm.dir + ": " +
-                         (format == "auto" ? std::string("neither Hugging Face Mixtral nor Qwen2-MoE can")
-                                           : "Hugging Face " + target + " cannot") +
-                         " represent this model exactly:";
+      std::string text = "--checkpoint " + cm.dir + ": Hugging Face " + target + " cannot represent this model exactly:";
       for (const auto& p : problems) text += "\n  " + p;
-      text += mixtral ? "\nMixtral: an MoE block in every layer, softmax over all experts, top-k, gates renormalised to sum "
-                        "to 1, no shared experts, no selection bias, no gate scaling."
-                      : "\nQwen2-MoE: softmax over all experts, top-k (gates renormalised or not), dense layers and a shared "
-                        "expert allowed, no selection bias, no gate scaling." +
-                            std::string(format == "auto" ? " (--format mixtral lists Mixtral's own limits.)" : "");
+      text += "\n" + target + ": " +
+              (family == hf::Family::kMixtral   ? "an MoE block in every layer, gates renormalised to sum to 1, no shared experts, no q/k norm, no biases"
+               : family == hf::Family::kQwen2Moe ? "dense layers, a shared expert and q/k/v biases allowed, gates renormalised or not, no q/k norm"
+               : family == hf::Family::kQwen3Moe ? "q/k RMSNorm per head, dense layers allowed, gates renormalised or not, no shared experts, no biases"
+                                                 : "q/k RMSNorm over the full width, an MoE block in every layer, no shared experts, no biases") +
+              "; softmax over all experts, top-k, no selection bias, no gate scaling." +
+              (format == "auto" ? std::string(" (--format names another family.)") : "");
       throw std::runtime_error(text);
     }
-    if (!mixtral && format == "auto") {
+    if (format == "auto" && family == hf::Family::kQwen2Moe) {
       std::string why;
-      for (const auto& p : mixtral_problems) why += "\n  " + p;
+      for (const auto& p : hf::export_problems(hf::Family::kMixtral, cm.recipe, *cm.model)) why += "\n  " + p;
       std::fprintf(stderr, "moe-export: note: exporting as Qwen2-MoE (Qwen2MoeForCausalLM); Mixtral cannot hold this model:%s\n",
                    why.c_str());
     }
@@ -188,8 +195,7 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--out " + out + ": cannot create " + tmp + " (" + std::strerror(errno) +
                                "); check that the parent directory exists and is writable");
     }
-    write_json(tmp + "/config.json", mixtral ? moetrain::hf::mixtral_config(cm.recipe, special)
-                                             : moetrain::hf::qwen2_moe_config(cm.recipe, *cm.model, special));
+    write_json(tmp + "/config.json", hf::export_config(family, cm.recipe, *cm.model, special, dtype));
     nlohmann::json generation = {{"_from_model_config", true}};
     if (special.bos >= 0) generation["bos_token_id"] = special.bos;
     if (special.eos >= 0) generation["eos_token_id"] = special.eos;
@@ -197,15 +203,15 @@ int main(int argc, char** argv) {
     write_json(tmp + "/generation_config.json", generation);
     std::optional<moetrain::hf::PeftAdapter> adapter;
     if (!adapter_out.empty()) {
-      if (!mixtral) throw std::runtime_error("--adapter-out: PEFT adapters are written for the Mixtral format only; this model exports as Qwen2-MoE (drop --adapter-out to export the merged model)");
-      adapter = moetrain::hf::mixtral_peft_adapter(*cm.model);  // throws when the run has no adapters
+      adapter = hf::peft_adapter(family, *cm.model);  // throws when the run has no adapters
       for (auto& p : cm.model->named_parameters()) {  // HF_DIR gets the base model: the adapters' update set to 0
         torch::NoGradGuard no_grad;
         if (p.key().size() > 7 && p.key().compare(p.key().size() - 7, 7, "_lora_b") == 0) p.value().zero_();
       }
     }
     moetrain::hf::merge_adapters(*cm.model);  // LoRA runs: W += (alpha / rank)·A·B
-    const auto tensors = mixtral ? moetrain::hf::mixtral_tensors(*cm.model) : moetrain::hf::qwen2_moe_tensors(*cm.model);
+    auto tensors = hf::export_tensors(family, *cm.model);
+    for (auto& item : tensors) item.second = item.second.to(dtype).contiguous();
     const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
     if (sp) moetrain::hf::write_tokenizer_files(tmp, *sp, cm.recipe.model().vocab_size(), tokenizer, tokenizer_flag);
     if (exists(out)) ::rmdir(out.c_str());  // empty (checked above)
@@ -215,7 +221,8 @@ int main(int argc, char** argv) {
     if (adapter) moetrain::hf::write_peft_adapter(*adapter, adapter_out);
     const nlohmann::json summary = {{"out", out},
                                     {"adapter", adapter ? nlohmann::json(adapter_out) : nlohmann::json(nullptr)},
-                                    {"format", mixtral ? "mixtral" : "qwen2_moe"},
+                                    {"format", hf::info(family).model_type},
+                                    {"dtype", dtype_arg},
                                     {"checkpoint", cm.dir},
                                     {"step", cm.step},
                                     {"tensors", tensors.size()},

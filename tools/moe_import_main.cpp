@@ -1,7 +1,7 @@
 // moe-import --hf HF_DIR --out RUN_DIR
-// Turns a Hugging Face Mixtral directory (config.json + model.safetensors, or shards with
-// model.safetensors.index.json; per-expert or transformers 5 fused expert tensors; any float dtype) into
-// a moetrain run directory:
+// Turns a Hugging Face Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE directory (hf/families.h; config.json +
+// model.safetensors, or shards with model.safetensors.index.json; per-expert or transformers 5 fused expert
+// tensors; fp32, bf16 or fp16 on disk) into a moetrain run directory:
 //   RUN_DIR/recipe.textproto                     model and routing from config.json, other sections default
 //   RUN_DIR/checkpoints/step_00000000 + latest   the weights (fp32), expert biases 0, an AdamW with no state
 //   RUN_DIR/tokenizer.model                      when HF_DIR has one (the recipe's data.tokenizer points at it)
@@ -17,7 +17,7 @@
 #include <string>
 
 #include "csrc/config/recipe_loader.h"
-#include "hf/mixtral.h"
+#include "hf/families.h"
 #include "hf/tokenizer.h"
 #include "trainer/checkpoint.h"
 
@@ -25,7 +25,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: moe-import --hf HF_DIR --out RUN_DIR\n"
-    "  --hf HF_DIR    a Hugging Face Mixtral directory (config.json and safetensors weights)\n"
+    "  --hf HF_DIR    a Hugging Face Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE directory (config.json and\n"
+    "                 safetensors weights in fp32, bf16 or fp16; read into fp32)\n"
     "  --out RUN_DIR  new run directory: recipe.textproto, checkpoints/step_00000000, tokenizer.model\n";
 
 int usage_error(const std::string& message) {
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
     if (i + 1 >= argc) return usage_error(arg + " needs a value");
     *slot = argv[++i];
   }
-  if (hf_dir.empty()) return usage_error("--hf is required (a Hugging Face Mixtral directory)");
+  if (hf_dir.empty()) return usage_error("--hf is required (a Hugging Face model directory)");
   if (run_dir.empty()) return usage_error("--out is required (a new run directory)");
 
   try {
@@ -74,10 +75,11 @@ int main(int argc, char** argv) {
         throw std::runtime_error(config_path + " is not valid JSON (" + e.what() + ")");
       }
     }
-    auto recipe = moetrain::hf::recipe_from_mixtral_config(config, config_path);
+    auto imported = moetrain::hf::recipe_from_hf_config(config, config_path);
+    auto& recipe = imported.recipe;
     const moetrain::hf::HfWeights weights(hf_dir);
     moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe.model(), recipe.routing()));
-    moetrain::hf::load_mixtral_tensors(weights, *model);
+    moetrain::hf::load_hf_tensors(imported.family, weights, *model);
 
     std::filesystem::create_directories(run_dir);
     std::string tokenizer;
@@ -95,8 +97,9 @@ int main(int argc, char** argv) {
     const std::string recipe_text = moetrain::config::to_text(recipe);
     moetrain::io::write_file_synced(
         run_dir + "/recipe.textproto",
-        "# Imported by moe-import from " + hf_dir + ": model and routing from its config.json (Mixtral routing: softmax\n"
-        "# over all experts, top-k, renormalised, dropless). Set data.train_prefix (and the training sections) to train:\n"
+        "# Imported by moe-import from " + hf_dir + " (" + moetrain::hf::info(imported.family).architecture + "): model and\n"
+        "# routing from its config.json (softmax over all experts, top-k, dropless). Set data.train_prefix (and the\n"
+        "# training sections) to train:\n"
         "#   moe-train --recipe " + run_dir + "/recipe.textproto --set data.train_prefix=PREFIX --run-dir NEW_RUN \\\n"
         "#             --set finetune.init_from=" + run_dir + "\n" + recipe_text);
 
@@ -108,6 +111,7 @@ int main(int argc, char** argv) {
     int64_t params = 0;
     for (const auto& p : model->parameters()) params += p.numel();
     const nlohmann::json summary = {{"out", run_dir},
+                                    {"family", moetrain::hf::info(imported.family).model_type},
                                     {"checkpoint", saved},
                                     {"parameters", params},
                                     {"hf_tensors", weights.names().size()},

@@ -24,18 +24,27 @@ torch::Tensor apply_rotary(const torch::Tensor& x, double theta) {
   return x * cos + rotated * sin;
 }
 
-AttentionImpl::AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta, int64_t tp_size, const Lora& lora)
-    : local_heads_(num_heads / tp_size), rope_theta_(rope_theta), lora_(lora) {
-  const int64_t local = d_model / tp_size;
-  wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(d_model, 3 * local).bias(false)));
-  wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(local, d_model).bias(false)));
+AttentionImpl::AttentionImpl(const AttentionOptions& o)
+    : options_(o), local_kv_heads_(o.kv_heads() / o.tp_size), head_dim_(o.head_size()), groups_(o.groups()) {
+  const int64_t D = o.d_model, rows = (groups_ + 2) * local_kv_heads_ * head_dim_;
+  const int64_t q_width = groups_ * local_kv_heads_ * head_dim_, kv_width = local_kv_heads_ * head_dim_;
+  wqkv = register_module("wqkv", torch::nn::Linear(torch::nn::LinearOptions(D, rows).bias(o.qkv_bias)));
+  wo = register_module("wo", torch::nn::Linear(torch::nn::LinearOptions(q_width, D).bias(false)));
+  if (o.qk_norm == QkNorm::kPerHead) {
+    q_norm = register_module("q_norm", RMSNorm(head_dim_, o.norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(head_dim_, o.norm_eps));
+  } else if (o.qk_norm == QkNorm::kFullWidth) {
+    q_norm = register_module("q_norm", RMSNorm(q_width, o.norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(kv_width, o.norm_eps));
+  }
+  const auto& lora = o.lora;
   if (lora.rank > 0 && lora.qkv) {
-    qkv_lora_a = register_parameter("qkv_lora_a", torch::empty({lora.rank, d_model}));
-    qkv_lora_b = register_parameter("qkv_lora_b", torch::zeros({3 * local, lora.rank}));
+    qkv_lora_a = register_parameter("qkv_lora_a", torch::empty({lora.rank, D}));
+    qkv_lora_b = register_parameter("qkv_lora_b", torch::zeros({rows, lora.rank}));
   }
   if (lora.rank > 0 && lora.out) {
-    out_lora_a = register_parameter("out_lora_a", torch::empty({lora.rank, local}));
-    out_lora_b = register_parameter("out_lora_b", torch::zeros({d_model, lora.rank}));
+    out_lora_a = register_parameter("out_lora_a", torch::empty({lora.rank, q_width}));
+    out_lora_b = register_parameter("out_lora_b", torch::zeros({D, lora.rank}));
   }
 }
 
@@ -50,23 +59,49 @@ torch::Tensor adapted(const torch::Tensor& w, const torch::Tensor& x, const torc
 
 void AttentionImpl::merge_adapters() {
   torch::NoGradGuard no_grad;
-  const double s = lora_.rank > 0 ? lora_.alpha / static_cast<double>(lora_.rank) : 0.0;
+  const auto& lora = options_.lora;
+  const double s = lora.rank > 0 ? lora.alpha / static_cast<double>(lora.rank) : 0.0;
   if (qkv_lora_a.defined()) wqkv->weight.add_(torch::mm(qkv_lora_b, qkv_lora_a), s), qkv_lora_b.zero_();
   if (out_lora_a.defined()) wo->weight.add_(torch::mm(out_lora_b, out_lora_a), s), out_lora_b.zero_();
 }
 
+torch::Tensor AttentionImpl::full_width_norm(const torch::Tensor& x, const torch::Tensor& weight) const {
+  auto xf = x.to(torch::kFloat32);
+  torch::Tensor mean_sq;
+  if (tp_) {  // Σ x² over the whole width: all-reduced forward, and backward (each rank's share feeds every rank)
+    auto sum_sq = tp_->copy_to_tp(tp_->reduce_from_tp(xf.pow(2).sum(-1, /*keepdim=*/true)));
+    mean_sq = sum_sq / static_cast<double>(x.size(-1) * tp_->size());
+  } else {
+    mean_sq = xf.pow(2).mean(-1, /*keepdim=*/true);
+  }
+  return (xf * torch::rsqrt(mean_sq + options_.norm_eps) * weight.to(torch::kFloat32)).to(x.scalar_type());
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
   auto x = tp_ ? tp_->copy_to_tp(input) : input;
-  const int64_t B = x.size(0), S = x.size(1), Dl = wo->weight.size(1), Dh = Dl / local_heads_;
-  const double s = lora_.rank > 0 ? lora_.alpha / static_cast<double>(lora_.rank) : 0.0;
-  auto qkv = adapted(wqkv->weight, x, qkv_lora_a, qkv_lora_b, s).view({B, S, 3, local_heads_, Dh}).permute({2, 0, 3, 1, 4});  // (3, B, H/tp, S, Dh)
-  auto q = apply_rotary(qkv[0], rope_theta_);
-  auto k = apply_rotary(qkv[1], rope_theta_);
-  auto v = qkv[2];
+  const int64_t B = x.size(0), S = x.size(1), G = groups_, Hkv = local_kv_heads_, Dh = head_dim_;
+  const auto& lora = options_.lora;
+  const double s = lora.rank > 0 ? lora.alpha / static_cast<double>(lora.rank) : 0.0;
+  auto qkv = adapted(wqkv->weight, x, qkv_lora_a, qkv_lora_b, s);  // (B, S, R)
+  if (wqkv->bias.defined()) qkv = qkv + wqkv->bias.to(qkv.scalar_type());
+  qkv = qkv.view({B, S, G + 2, Hkv, Dh});
+  // Query heads in their natural order h = j·G + s: (B, S, Hkv, G, Dh) -> (B, S, H, Dh).
+  auto q = qkv.narrow(2, 0, G).transpose(2, 3).reshape({B, S, Hkv * G, Dh});
+  auto k = qkv.select(2, G), v = qkv.select(2, G + 1);  // (B, S, Hkv, Dh)
+  if (options_.qk_norm == QkNorm::kPerHead) {
+    q = q_norm(q), k = k_norm(k);
+  } else if (options_.qk_norm == QkNorm::kFullWidth) {
+    q = full_width_norm(q.reshape({B, S, Hkv * G * Dh}), q_norm->weight).view({B, S, Hkv * G, Dh});
+    k = full_width_norm(k.reshape({B, S, Hkv * Dh}), k_norm->weight).view({B, S, Hkv, Dh});
+  }
+  q = apply_rotary(q.transpose(1, 2), options_.rope_theta);  // (B, H, S, Dh)
+  k = apply_rotary(k.transpose(1, 2), options_.rope_theta);  // (B, Hkv, S, Dh)
+  v = v.transpose(1, 2);
+  if (G > 1) k = k.repeat_interleave(G, 1), v = v.repeat_interleave(G, 1);  // key/value head h / G for query head h
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                              /*is_causal=*/true);  // (B, H/tp, S, Dh)
+                                              /*is_causal=*/true);  // (B, H, S, Dh)
   // Back to the residual stream's dtype (fp32 under mixed precision) before the tensor-parallel sum.
-  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Dl}), out_lora_a, out_lora_b, s).to(input.scalar_type());
+  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s).to(input.scalar_type());
   return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 

@@ -27,9 +27,22 @@ TORCH_MODULE(RMSNorm);
 // x: (B, H, S, Dh), positions 0..S-1.
 torch::Tensor apply_rotary(const torch::Tensor& x, double theta);
 
-// Causal multi-head self-attention with RoPE, through LibTorch's scaled_dot_product_attention.
-// Tensor parallel (tp > 1): this rank holds heads [rank·H/tp, (rank+1)·H/tp): wqkv is column-parallel
-// (its q, k and v rows of those heads), wo row-parallel (its input columns), output all-reduced.
+// Causal self-attention with RoPE, through LibTorch's scaled_dot_product_attention.
+// Grouped-query attention: H query heads share Hkv key/value heads, G = H / Hkv query heads each (query
+// head h uses key/value head h / G, as Hugging Face's repeat_kv); the head size Dh is independent of D.
+//
+// wqkv is one fused projection whose rows are G + 2 "slots" of Hkv·Dh rows each (per key/value head j,
+// Dh rows): slot s < G holds query head j·G + s, slot G the keys, slot G + 1 the values. Without GQA
+// (G = 1) this is [q; k; v]. Tensor parallel (tp > 1, Hkv divisible by tp): this rank holds key/value
+// heads [rank·Hkv/tp, +Hkv/tp) and their query heads, i.e. the same rows of every slot (one box of the
+// global (G + 2, Hkv·Dh, D) tensor, csrc/model/sharding.h); wo is row-parallel (its input columns), the
+// output all-reduced.
+//
+// Options of released models: q/k/v biases (qkv_bias, laid out like wqkv's rows), and RMSNorm on queries
+// and keys before RoPE, either per head over Dh with one weight (Dh) shared by the heads (Qwen3-MoE) or
+// over the whole projection width, H·Dh for q and Hkv·Dh for k (OLMoE). Under TP the full-width norm
+// sums the squares over the tensor-parallel group (its weight is split like the heads).
+//
 // LoRA on the attention projections (fine-tuning; tp 1): W (out, in) gains (alpha / rank)·B·A with
 // A (rank, in) ~ N(0, 1/in), B (out, rank) = 0.
 struct AttentionLora {
@@ -38,23 +51,43 @@ struct AttentionLora {
   bool qkv = false, out = false;
 };
 
+enum class QkNorm { kNone, kPerHead, kFullWidth };
+
+struct AttentionOptions {
+  int64_t d_model = 0, num_heads = 0;
+  int64_t num_kv_heads = 0;  // 0 = num_heads
+  int64_t head_dim = 0;      // 0 = d_model / num_heads
+  double rope_theta = 10000.0, norm_eps = 1e-5;
+  QkNorm qk_norm = QkNorm::kNone;
+  bool qkv_bias = false;
+  int64_t tp_size = 1;
+  AttentionLora lora;
+  int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
+  int64_t head_size() const { return head_dim > 0 ? head_dim : d_model / num_heads; }
+  int64_t groups() const { return num_heads / kv_heads(); }  // query heads per key/value head
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   using Lora = AttentionLora;
-  AttentionImpl(int64_t d_model, int64_t num_heads, double rope_theta, int64_t tp_size = 1, const Lora& lora = {});
+  explicit AttentionImpl(const AttentionOptions& options);
   torch::Tensor forward(const torch::Tensor& x);  // (B, S, D) -> (B, S, D)
   void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) { tp_ = std::move(tp); }
   // Folds the adapters into wqkv and wo and zeroes B (export of a LoRA run).
   void merge_adapters();
 
-  torch::nn::Linear wqkv{nullptr};  // weight (3·D/tp, D): rows [q; k; v] of the local heads
-  torch::nn::Linear wo{nullptr};    // weight (D, D/tp)
-  torch::Tensor qkv_lora_a, qkv_lora_b, out_lora_a, out_lora_b;  // (rank, D), (3D, rank), (rank, D), (D, rank)
-  const Lora& lora() const { return lora_; }
+  // Local sizes: Hl = H/tp query heads, Hkvl = Hkv/tp key/value heads, R = (G + 2)·Hkvl·Dh rows.
+  torch::nn::Linear wqkv{nullptr};  // weight (R, D) in the slot layout above; bias (R) when qkv_bias
+  torch::nn::Linear wo{nullptr};    // weight (D, Hl·Dh)
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};  // weight (Dh) per head, or (Hl·Dh), (Hkvl·Dh) full width
+  torch::Tensor qkv_lora_a, qkv_lora_b, out_lora_a, out_lora_b;  // (rank, D), (R, rank), (rank, Hl·Dh), (D, rank)
+  const Lora& lora() const { return options_.lora; }
+  const AttentionOptions& options() const { return options_; }
  private:
-  int64_t local_heads_;
-  double rope_theta_;
-  Lora lora_;
+  // RMSNorm over the last dim of x (B, S, W) whose full width is W·tp (summed over the tp group).
+  torch::Tensor full_width_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
+  AttentionOptions options_;
+  int64_t local_kv_heads_, head_dim_, groups_;
   std::shared_ptr<TensorParallelOps> tp_;
 };
 TORCH_MODULE(Attention);

@@ -16,12 +16,22 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
     box.kind = ShardBox::kExpertSharded;
     box.global_view[0] = o.moe.num_experts;
     box.offsets[0] = o.moe.first_local_expert;
-  } else if (ends_with(name, "attn.wqkv.weight")) {
-    // (3·D/tp, D) = three (D/tp, D) blocks for q, k, v.
-    box.local_view = {3, local_shape[0] / 3, local_shape[1]};
-    box.global_view = {3, local_shape[0] / 3 * tp, local_shape[1]};
-    box.offsets = {0, tr * local_shape[0] / 3, 0};
+  } else if (ends_with(name, "attn.wqkv.weight") || ends_with(name, "attn.wqkv.bias")) {
+    // (R, D) or (R) with R = (G + 2)·Hkv/tp·Dh: G + 2 slots (query heads, keys, values) of this rank's
+    // Hkv/tp key/value heads (csrc/model/layers.h); globally (G + 2, Hkv·Dh[, D]), this rank's rows of each slot.
+    const int64_t slots = o.attention().groups() + 2, rows = local_shape[0] / slots;
+    box.local_view = {slots, rows};
+    box.global_view = {slots, rows * tp};
+    box.offsets = {0, tr * rows};
+    if (local_shape.size() == 2) {
+      for (auto* v : {&box.local_view, &box.global_view}) v->push_back(local_shape[1]);
+      box.offsets.push_back(0);
+    }
     if (tp > 1) box.kind = ShardBox::kTensorParallel;
+  } else if (tp > 1 && o.qk_norm == QkNorm::kFullWidth && (ends_with(name, "attn.q_norm.weight") || ends_with(name, "attn.k_norm.weight"))) {
+    box.kind = ShardBox::kTensorParallel;  // full-width q/k norm: split like the heads
+    box.global_view[0] *= tp;
+    box.offsets[0] = tr * local_shape[0];
   } else if (tp > 1 && (name == "embed.weight" || name == "lm_head.weight")) {  // vocab parallel: rows
     box.kind = ShardBox::kTensorParallel;
     box.global_view[0] *= tp;
@@ -43,9 +53,11 @@ ParamRole parameter_role(const TransformerOptions& o, const std::string& name, c
   role.box = shard_box(o, name, local_shape);
   const auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
   role.expert = has(".experts.");
+  const bool qk_norm = has(".attn.q_norm.") || has(".attn.k_norm.");
   role.tensor_parallel = has(".attn.wqkv.") || has(".attn.wo.") || has(".mlp.") || name == "embed.weight" ||
-                         name == "lm_head.weight";
-  role.sequence_parallel = has(".moe.");
+                         name == "lm_head.weight" || (qk_norm && o.qk_norm == QkNorm::kFullWidth);
+  // Per-head q/k norm weights are shared by all heads: each tp rank's gradient covers its own heads.
+  role.tp_partial_grad = has(".moe.") || (qk_norm && o.qk_norm == QkNorm::kPerHead);
   role.router = has(".moe.router.");
   role.adapter = has("_lora_");
   role.tied = name == "embed.weight" && o.tie_embeddings;

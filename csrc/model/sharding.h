@@ -1,13 +1,15 @@
 // Where each parameter of this process sits in the global (unsharded) model. One place knows how
 // tensors are split, and initialisation, checkpoints and export all ask it:
 //   experts (*.experts.w1/w3/w2, (E, …)):         rows [first_local_expert, +local) of dim 0
-//   attn.wqkv.weight (3·D/tp, D) under TP:        viewed as (3, D, D), slice [tp_rank·D/tp, +D/tp) of dim 1
+//   attn.wqkv.weight (R, D), bias (R):            viewed as (G + 2, Hkv·Dh[, D]) (G = heads / kv heads, csrc/model/
+//                                                 layers.h); under TP slice [tp_rank·Hkv/tp·Dh, +Hkv/tp·Dh) of dim 1
+//   attn.q_norm/k_norm.weight, qk_norm FULL_WIDTH: slice of dim 0 under TP (per head: replicated)
 //   mlp.w1/w3.weight (F/tp, D) under TP:          column parallel, slice of dim 0
 //   attn.wo / mlp.w2 weight (D, ·/tp) under TP:   row parallel, slice of dim 1
 //   embed.weight, lm_head.weight (V/tp, D) under TP: vocab parallel, rows [tp_rank·V/tp, +V/tp)
 //   everything else:                              the whole tensor (replicated)
-// A parameter's global tensor has shape `global_view` (wqkv is stored as (3, D, D) so that each TP
-// shard is one box); the process holds the box [offsets, offsets + local_view).
+// A parameter's global tensor has shape `global_view` (wqkv is stored as (G + 2, Hkv·Dh, D) so that each
+// TP shard is one box; without GQA that is (3, D, D)); the process holds the box [offsets, offsets + local_view).
 #pragma once
 
 #include <string>
@@ -33,8 +35,9 @@ struct ParamRole {
   ShardBox box;                    // where this rank's tensor sits in the global model
   bool expert = false;             // an expert weight (or its adapter): sharded over ep, replicated over expert_dp
   bool tensor_parallel = false;    // split over tp when tp > 1 (attention q/k/v and output, dense MLP, vocab rows)
-  bool sequence_parallel = false;  // in an MoE layer: under TP each rank computes on its 1/tp of the tokens,
-                                   // so the gradient is a sum over tp (experts, router, shared expert)
+  bool tp_partial_grad = false;    // under TP each rank's gradient is a share, summed over tp: in an MoE layer
+                                   // (each rank computes on its 1/tp of the tokens: experts, router, shared
+                                   // expert and its gate) and per-head q/k norm weights (each rank its heads)
   bool router = false;             // router weight (finetune.freeze_router freezes it)
   bool adapter = false;            // LoRA A or B (the only trainable tensors under finetune.lora)
   bool tied = false;               // embed.weight doubling as the LM head (model.tie_embeddings)

@@ -15,6 +15,12 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.d_model = m.d_model();
   o.num_layers = m.num_layers();
   o.num_heads = m.num_heads();
+  o.num_kv_heads = m.num_kv_heads() > 0 ? m.num_kv_heads() : m.num_heads();
+  o.head_dim = m.head_dim() > 0 ? m.head_dim() : m.d_model() / m.num_heads();
+  o.qk_norm = m.qk_norm() == config::ModelConfig::PER_HEAD     ? QkNorm::kPerHead
+              : m.qk_norm() == config::ModelConfig::FULL_WIDTH ? QkNorm::kFullWidth
+                                                               : QkNorm::kNone;
+  o.qkv_bias = m.qkv_bias();
   o.ffn_hidden = m.ffn_hidden();
   o.rope_theta = m.rope_theta();
   o.norm_eps = m.norm_eps();
@@ -33,6 +39,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.moe.shared_hidden = m.num_shared_experts() == 0 ? 0
                         : m.shared_expert_ffn_hidden() > 0 ? m.shared_expert_ffn_hidden()
                                                            : m.moe_ffn_hidden() * m.num_shared_experts();
+  o.moe.shared_gate = m.shared_expert_gate() && o.moe.shared_hidden > 0;
   o.moe.routing = r;
   o.moe.local_experts = m.num_experts() / ep_size;
   o.moe.first_local_expert = ep_rank * o.moe.local_experts;
@@ -59,9 +66,17 @@ TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe,
   return o;
 }
 
+AttentionOptions TransformerOptions::attention() const {
+  AttentionOptions a;
+  a.d_model = d_model, a.num_heads = num_heads, a.num_kv_heads = num_kv_heads, a.head_dim = head_dim;
+  a.rope_theta = rope_theta, a.norm_eps = norm_eps, a.qk_norm = qk_norm, a.qkv_bias = qkv_bias;
+  a.tp_size = tp_size, a.lora = attn_lora;
+  return a;
+}
+
 BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
-  attn = register_module("attn", Attention(o.d_model, o.num_heads, o.rope_theta, o.tp_size, o.attn_lora));
+  attn = register_module("attn", Attention(o.attention()));
   ffn_norm = register_module("ffn_norm", RMSNorm(o.d_model, o.norm_eps));
   if (is_moe) {
     moe = register_module("moe", moe::MoELayer(o.moe));
@@ -230,6 +245,10 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
   for (auto& item : model.named_parameters()) {
     const std::string& name = item.key();
     torch::Tensor& p = item.value();
+    if (ends_with(name, ".bias")) {  // q/k/v biases
+      p.zero_();
+      continue;
+    }
     if (p.dim() == 1) {  // norm weights
       p.fill_(1.0);
       continue;

@@ -13,12 +13,16 @@ namespace moetrain::model {
 
 struct TransformerOptions {
   int64_t vocab_size = 0, d_model = 0, num_layers = 0, num_heads = 0, ffn_hidden = 0;
+  int64_t num_kv_heads = 0, head_dim = 0;  // 0 = num_heads, d_model / num_heads (AttentionOptions)
+  QkNorm qk_norm = QkNorm::kNone;
+  bool qkv_bias = false;
   double rope_theta = 10000.0, norm_eps = 1e-5;
   bool tie_embeddings = false;
   int64_t tp_size = 1, tp_rank = 0;  // tensor parallelism
   std::vector<bool> is_moe;  // per layer
   moe::MoEOptions moe;
   AttentionImpl::Lora attn_lora;  // adapters on the attention projections (fine-tuning)
+  AttentionOptions attention() const;  // this process's attention (local heads under TP)
   // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
   // (csrc/model/precision.h). Parameters stay fp32 either way.
   torch::ScalarType compute_dtype = torch::kFloat32;

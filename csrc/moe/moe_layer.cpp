@@ -13,6 +13,9 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
   if (options.shared_hidden > 0) {
     shared = register_module("shared", model::SwiGLU(options.d_model, options.shared_hidden));
+    if (options.shared_gate) {
+      shared_gate = register_module("shared_gate", torch::nn::Linear(torch::nn::LinearOptions(options.d_model, 1).bias(false)));
+    }
   }
   dispatcher_ = std::make_shared<LocalDispatcher>(options.num_experts);
   step_counts_E_ = torch::zeros({options.num_experts}, torch::kInt64);
@@ -42,7 +45,11 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE, row_layout(route, r.pad_to_capacity(), E));
   auto expert_out_ND = experts(dispatched.tokens_ND, dispatched.tokens_per_expert_El);
   auto y_TD = dispatcher_->combine(expert_out_ND, route.gates_TE);
-  if (shared) y_TD = y_TD + shared(x_TD);
+  if (shared) {
+    auto shared_TD = shared(x_TD);
+    if (shared_gate) shared_TD = shared_TD * torch::sigmoid(shared_gate(x_TD)).to(shared_TD.scalar_type());
+    y_TD = y_TD + shared_TD;
+  }
 
   MoEOutput out;
   out.y = y_TD.view(x_BSD.sizes());
@@ -87,6 +94,8 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   out.stats.tokens_per_expert_E = counts_E.detach();
   out.stats.routed_pairs = counts_E.sum();
   out.stats.dropped_pairs = out.stats.routed_pairs - route.kept_TE.sum();
+  out.stats.tokens = torch::full({}, route.kept_TE.size(0), i64);
+  out.stats.unchosen_tokens = route.kept_TE.any(-1).logical_not().sum();
   out.stats.entropy = router_entropy(route.probs_TE);
   out.stats.aux_loss = out.aux_loss.detach();
   out.stats.z_loss = out.z_loss.detach();
@@ -94,8 +103,6 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   return out;
 }
 
-  out.stats.tokens = torch::full({}, route.kept_TE.size(0), i64);
-  out.stats.unchosen_tokens = route.kept_TE.any(-1).logical_not().sum();
 void MoELayerImpl::accumulate_step(const torch::Tensor& counts_E, const MoEStats& stats) {
   torch::NoGradGuard no_grad;
   keep_on(step_counts_E_, counts_E.device());

@@ -18,6 +18,7 @@ struct MoEOptions {
   int64_t top_k = 0;
   int64_t expert_hidden = 0;
   int64_t shared_hidden = 0;       // 0 = no shared experts
+  bool shared_gate = false;        // shared experts' output × sigmoid(x·w_g), w_g (1, D) (Qwen2-MoE)
   // Expert parallelism: this process holds experts [first_local_expert, first_local_expert + local_experts).
   int64_t local_experts = 0;       // 0 = all experts
   int64_t first_local_expert = 0;
@@ -38,11 +39,11 @@ struct MoEStats {
   torch::Tensor tokens_per_expert_E;  // int64 (E) routed pairs per expert, before capacity (the router's load)
   torch::Tensor routed_pairs;         // int64 scalar: Σ routed
   torch::Tensor dropped_pairs;        // int64 scalar: routed but over capacity
-  torch::Tensor entropy;              // fp64 scalar: mean router entropy (nats)
   torch::Tensor tokens;               // int64 scalar: T, the tokens this forward routed
   // int64 scalar: tokens no expert computes (no kept pair): under expert choice the tokens no expert
   // chose; under token choice the tokens whose every pair was dropped by the capacity.
   torch::Tensor unchosen_tokens;
+  torch::Tensor entropy;              // fp64 scalar: mean router entropy (nats)
   torch::Tensor aux_loss;             // fp32 scalar: coefficient-weighted balancing losses of this layer (0 in evaluation)
   torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer (0 in evaluation)
 };
@@ -54,8 +55,8 @@ enum StepMeasure : int64_t {
 
 struct MoEOutput {
   torch::Tensor y;         // (B, S, D)
-  torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
   // Training only: in evaluation (is_training() false) both are 0 and no balancing collective runs.
+  torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
   torch::Tensor z_loss;    // scalar: z-loss, coefficient applied
   MoEStats stats;
 };
@@ -91,6 +92,7 @@ class MoELayerImpl : public torch::nn::Module {
   Router router{nullptr};
   GroupedExperts experts{nullptr};
   model::SwiGLU shared{nullptr};  // null unless options.shared_hidden > 0
+  torch::nn::Linear shared_gate{nullptr};  // weight (1, D); null unless options.shared_gate
 
  private:
   MoEOptions options_;

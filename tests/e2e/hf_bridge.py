@@ -6,7 +6,7 @@
     layout; tied embeddings) imported with moe-import scores, under moe-eval, the loss transformers
     computes on the same windows, within 1e-4 relative; the windows are rebuilt here from the shards;
 (c) export refuses what Mixtral (--format mixtral) and Qwen2-MoE cannot represent, naming the recipe
-    fields; import refuses GQA; the tools' bad inputs name the flag and the fix;
+    fields; import refuses a sliding window; the tools' bad inputs name the flag and the fix;
 (d) export (sharded, with index) -> import gives bit-identical tensors;
 (e) dense layers, a shared expert and unnormalised gates export as Qwen2-MoE, whose logits match;
 (f) a LoRA fine-tuned checkpoint exports with the adapters merged, and its logits match."""
@@ -193,7 +193,7 @@ for text in ["Hugging Face Mixtral cannot represent this model exactly:",
              "routing.bias_update_rate = 0.01: the expert selection biases of layers 0, 2 are non-zero"]:
     check(text in proc.stderr, f"refusal message lacks {text!r}:\n{proc.stderr}")
 proc = tool("moe-export", "--checkpoint", refused, "--out", os.path.join(root, "hf_refused"), check_rc=False)
-for text in ["neither Hugging Face Mixtral nor Qwen2-MoE can represent this model exactly:",
+for text in ["Hugging Face Qwen2-MoE cannot represent this model exactly:",
              "routing.score_function = SIGMOID: Qwen2-MoE scores experts with a softmax over all experts",
              "routing.bias_update_rate = 0.01: the expert selection biases of layers 0, 2 are non-zero"]:
     check(text in proc.stderr, f"refusal message lacks {text!r}:\n{proc.stderr}")
@@ -205,13 +205,13 @@ proc = tool("moe-export", "--checkpoint", refused2, "--out", os.path.join(root, 
 check("routing.router_type = HASH: Qwen2-MoE routes every token to its top-k experts" in proc.stderr, proc.stderr)
 print("(c) export refuses:\n" + proc.stderr.strip())
 
-gqa = os.path.join(root, "gqa")
-os.makedirs(gqa)
-with open(os.path.join(gqa, "config.json"), "w") as f:
-    json.dump({**config.to_dict(), "num_key_value_heads": 2}, f)
+window = os.path.join(root, "window")
+os.makedirs(window)
+with open(os.path.join(window, "config.json"), "w") as f:
+    json.dump({**config.to_dict(), "sliding_window": 4096}, f)
 errors = [
-    (tool("moe-import", "--hf", gqa, "--out", os.path.join(root, "gqa_run"), check_rc=False),
-     "num_key_value_heads = 2 with num_attention_heads = 4: grouped-query attention is not supported"),
+    (tool("moe-import", "--hf", window, "--out", os.path.join(root, "window_run"), check_rc=False),
+     "sliding_window = 4096: moetrain's attention is full causal attention"),
     (tool("moe-eval", "--checkpoint", os.path.join(root, "nope"), "--data", f"{CORPUS}/valid", check_rc=False),
      "--checkpoint " + os.path.join(root, "nope") + ": no such directory"),
     (tool("moe-eval", "--checkpoint", run, "--data", f"{CORPUS}/nope", check_rc=False),

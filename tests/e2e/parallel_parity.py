@@ -58,7 +58,7 @@ def final_params(path):
     return load_checkpoint(os.path.join(path, "checkpoints", "step_00000010"))
 
 
-def compare_params(single, run, np, ep, tp, label):
+def compare_params(single, run, np, ep, tp, label, tol=1e-5):
     """Final parameters: every global tensor assembled from the distributed checkpoint equals the
     one-process model's within 1e-5 relative (‖got − want‖ / ‖want‖, Frobenius norm per tensor). The
     save itself checks that the expert biases are bitwise identical on every rank."""
@@ -73,7 +73,7 @@ def compare_params(single, run, np, ep, tp, label):
         rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
         worst = max(worst, rel)
         # Margin: worst measured 2.9e-6 (TP 2 x EP 2, sequence aux loss): 1e-5 is 3.4x above it (docs/parallelism.md).
-        check(rel <= 1e-5, f"{label} {name}: relative difference {rel:.2e}")
+        check(rel <= tol, f"{label} {name}: relative difference {rel:.2e}")
         if name.endswith("expert_bias"):
             check(torch.equal(got, want) or rel <= 1e-6, f"{label}: expert bias {name} differs")
     print(f"{label}: final parameters from {np} ranks agree, worst relative difference {worst:.2e}")
@@ -86,7 +86,7 @@ layouts = {2: [("ep2", 2, 1), ("dp2", 1, 1), ("tp2", 1, 2)],
            4: [("ep4", 4, 1), ("ep2_dp4", 2, 1), ("tp2_ep2", 2, 2)]}[np_ranks]
 
 
-def layouts_against_one_process(extra, tag, tols=FP32_TOL, params=True):
+def layouts_against_one_process(extra, tag, tols=FP32_TOL, params=True, param_tol=1e-5):
     """Trains every layout (but those with tp under capacity) and one process with dp-fold gradient
     accumulation per data-parallel size, then compares per-step metrics (and final parameters)."""
     singles = {}
@@ -101,7 +101,7 @@ def layouts_against_one_process(extra, tag, tols=FP32_TOL, params=True):
         mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}", f"parallel.tensor={tp}"])
         compare(singles[dp], run, f"{name} ({tag}) vs 1 process", tols)
         if params:
-            compare_params(singles[dp], run, np_ranks, ep, tp, f"{name} ({tag})")
+            compare_params(singles[dp], run, np_ranks, ep, tp, f"{name} ({tag})", param_tol)
 
 
 for extra, tag in ((["routing.capacity_factor=0"], "dropless"), (capacity, "capacity")):
@@ -145,6 +145,29 @@ if np_ranks == 2:
     layouts = saved
     tp_run = os.path.join(os.environ.get("MOETRAIN_TEST_TMP", "/tmp"), "parity_tp2_odd_eval")
     check("val_loss" in metrics(tp_run)[-1], "odd_eval: the TP 2 run evaluated at step 10")
+
+# The attention of released models (np 2 and 4), in the layouts with tensor or expert parallelism: grouped-query
+# attention (8 heads sharing 2 key/value heads, so each TP rank holds 1 key/value head and its 4 query heads),
+# a head size (24) other than d_model / heads, q/k/v biases, a gated shared expert, and both q/k norms. The
+# full-width norm needs the sum of squares over the TP group (forward and backward); the per-head norm's
+# weight is shared by the heads of every TP rank, so its gradient is summed over TP. A wrong shard box for
+# wqkv, a missing TP sum or an unsummed norm gradient breaks the 1e-5 per-step agreement with one process.
+# Measured over 10 steps (np 2): per-step loss within 1.7e-7 in every layout. Under TP 2 the gradient norm
+# has isolated steps off by up to 5.9e-5 (per-head norm; 3.0e-6 full width) while the loss of the same step
+# agrees within 1e-7, and final parameters are within 1.4e-5 (embed.weight 2.4e-5 with the full-width norm,
+# whose squares are summed in two halves plus an all-reduce instead of one mean; AdamW's first steps are
+# nearly sign(g), which amplifies 1e-7 differences on entries with a near-zero gradient); EP 2 within 5.5e-7.
+# So these cases check the gradient norm within 2e-4 and parameters within 1e-4 (3.4x and 4x the worst);
+# the source of the gradient-norm spikes under TP is not pinned down (docs/parallelism.md).
+RELEASED_TOL = {**FP32_TOL, "grad_norm": 2e-4}
+saved = layouts
+layouts = [layout for layout in layouts if layout[1] > 1 or layout[2] > 1]
+released = ["routing.capacity_factor=0", "model.num_heads=8", "model.num_kv_heads=2", "model.head_dim=24",
+            "model.qkv_bias=true", "model.num_shared_experts=1", "model.shared_expert_gate=true"]
+layouts_against_one_process(released + ["model.qk_norm=FULL_WIDTH"], "gqa_full_width_norm", RELEASED_TOL, param_tol=1e-4)
+layouts = [layout for layout in layouts if layout[2] > 1]
+layouts_against_one_process(released + ["model.qk_norm=PER_HEAD"], "gqa_per_head_norm", RELEASED_TOL, param_tol=1e-4)
+layouts = saved
 
 # Mixed precision (np 2): EP 2, DP 2 and TP 2 with train.precision=BF16 against one bf16 process. A layout
 # changes which rows one bf16 GEMM call sums (the expert weight gradients are bf16 GEMM outputs over the

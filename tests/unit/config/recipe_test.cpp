@@ -388,3 +388,29 @@ TEST(RecipeValidation, EachProblemSaysWhereItsFieldWasSet) {
   EXPECT_EQ(error_of([&] { load_recipe(leaf, {"train.steps=10", "model.top_k=5"}); }),
             leaf + ": invalid recipe:\n  --set model.top_k=5: model.top_k = 5: must be between 1 and model.num_experts (4)");
 }
+
+// The attention of released models (grouped-query attention, head size, q/k norm, biases, shared-expert
+// gate): their rules, each with its exact message.
+TEST(RecipeValidation, AttentionOfReleasedModels) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"model.num_kv_heads=3"}, "  model.num_kv_heads = 3: model.num_heads (4) must be divisible by num_kv_heads (each key/value "
+                                 "head serves num_heads / num_kv_heads query heads); pick a divisor of num_heads, or 0 for num_heads"},
+      {{"model.head_dim=7"}, "  model.head_dim = 7: must be even for rotary embeddings; round it to 8"},
+      {{"model.num_kv_heads=2", "parallel.tensor=4"},
+       "  parallel.tensor = 4: model.num_kv_heads (2) must be divisible by the tensor-parallel size (each rank holds whole "
+       "key/value heads and their query heads); use a parallel.tensor that divides 2"},
+      {{"model.shared_expert_gate=true"}, "  model.shared_expert_gate = true: gates the shared expert, but model.num_shared_experts "
+                                          "is 0; set num_shared_experts (Qwen2-MoE: 1) or leave the gate off"},
+  };
+  for (const auto& [set, message] : cases) {
+    Recipe r = valid_recipe();
+    for (const auto& s : set) apply_override(r, s);
+    EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "r: invalid recipe:\n" + message) << set[0];
+  }
+  // A head size independent of d_model / num_heads needs no divisibility: 3 heads of 64 with d_model 256.
+  Recipe r = valid_recipe();
+  for (const char* s : {"model.num_heads=3", "model.head_dim=64", "model.num_kv_heads=1", "model.qk_norm=FULL_WIDTH",
+                        "model.qkv_bias=true", "model.num_shared_experts=1", "model.shared_expert_gate=true"})
+    apply_override(r, s);
+  EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "<no error>");
+}

@@ -13,8 +13,8 @@
 
 #include "csrc/config/recipe_loader.h"
 #include "hf/hf_dir.h"
-#include "hf/mixtral.h"
-#include "hf/qwen2_moe.h"
+#include "hf/families.h"
+#include "hf/weights.h"
 #include "hf/tokenizer.h"
 
 namespace moetrain::hf {
@@ -94,7 +94,7 @@ TEST(HfWeights, OneFileWhenItFits) {
 TEST(Mixtral, TensorsRoundTripInBothExpertLayouts) {
   const auto recipe = small_recipe({"model.tie_embeddings=true"});
   auto model = small_model(recipe);
-  const auto tensors = mixtral_tensors(*model);
+  const auto tensors = export_tensors(Family::kMixtral, *model);
   // Per-expert layout: what moe-export writes.
   const std::string classic = temp_dir("classic");
   write_weights(classic, tensors, 1 << 20);
@@ -121,7 +121,7 @@ TEST(Mixtral, TensorsRoundTripInBothExpertLayouts) {
 
   for (const auto& dir : {classic, fused_dir}) {
     model::Transformer back(model::TransformerOptions::from_recipe(recipe));
-    load_mixtral_tensors(HfWeights(dir), *back);
+    load_hf_tensors(Family::kMixtral, HfWeights(dir), *back);
     for (const auto& p : model->named_parameters())
       EXPECT_TRUE(torch::equal(p.value(), back->named_parameters()[p.key()])) << dir << " " << p.key();
   }
@@ -131,40 +131,40 @@ TEST(Mixtral, TensorsRoundTripInBothExpertLayouts) {
   const std::string extra_dir = temp_dir("extra");
   write_weights(extra_dir, extra, 1 << 20);
   model::Transformer back(model::TransformerOptions::from_recipe(recipe));
-  EXPECT_NE(error_of([&] { load_mixtral_tensors(HfWeights(extra_dir), *back); }).find("model.layers.0.self_attn.q_proj.bias"),
+  EXPECT_NE(error_of([&] { load_hf_tensors(Family::kMixtral, HfWeights(extra_dir), *back); }).find("model.layers.0.self_attn.q_proj.bias"),
             std::string::npos);
 }
 
 TEST(Mixtral, RefusesWhatItCannotComputeAndQwenTakesSome) {
   auto model = small_model(small_recipe());
-  EXPECT_TRUE(mixtral_export_problems(small_recipe(), *model).empty());
-  EXPECT_TRUE(mixtral_export_problems(small_recipe({"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.normalize_gates=false"}), *model).empty());
+  EXPECT_TRUE(export_problems(Family::kMixtral, small_recipe(), *model).empty());
+  EXPECT_TRUE(export_problems(Family::kMixtral, small_recipe({"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.normalize_gates=false"}), *model).empty());
 
   const auto r = small_recipe({"model.moe_layer_freq=2", "model.num_shared_experts=1", "routing.normalize_gates=false"});
   auto dense = small_model(r);
-  const auto mixtral = mixtral_export_problems(r, *dense);
+  const auto mixtral = export_problems(Family::kMixtral, r, *dense);
   ASSERT_EQ(mixtral.size(), 3u);
   EXPECT_EQ(mixtral[0].rfind("model.moe_layer_freq = 2: layer 1 is a dense SwiGLU layer", 0), 0u) << mixtral[0];
-  EXPECT_TRUE(qwen2_moe_export_problems(r, *dense).empty());
-  const json config = qwen2_moe_config(r, *dense, {});
+  EXPECT_TRUE(export_problems(Family::kQwen2Moe, r, *dense).empty());
+  const json config = export_config(Family::kQwen2Moe, r, *dense, {}, torch::kFloat32);
   EXPECT_EQ(config["mlp_only_layers"], json::array({1}));
   EXPECT_EQ(config["norm_topk_prob"], false);
   EXPECT_EQ(config["shared_expert_intermediate_size"], 8);  // moe_ffn_hidden × 1 shared expert
-  const auto tensors = qwen2_moe_tensors(*dense);
+  const auto tensors = export_tensors(Family::kQwen2Moe, *dense);
   std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
   EXPECT_TRUE(torch::equal(by_name["model.layers.0.mlp.shared_expert.down_proj.weight"],
                            dense->named_parameters()["layers.0.moe.shared.w2.weight"] * 2));
   EXPECT_TRUE(torch::equal(by_name["model.layers.1.mlp.gate_proj.weight"], dense->named_parameters()["layers.1.mlp.w1.weight"]));
 
   const auto sigmoid = small_recipe({"routing.score_function=SIGMOID", "routing.gate_scale=2.5"});
-  const auto q = qwen2_moe_export_problems(sigmoid, *model);
+  const auto q = export_problems(Family::kQwen2Moe, sigmoid, *model);
   ASSERT_EQ(q.size(), 2u);
   EXPECT_EQ(q[0], "routing.score_function = SIGMOID: Qwen2-MoE scores experts with a softmax over all experts (SOFTMAX)");
   EXPECT_EQ(q[1], "routing.gate_scale = 2.5: Qwen2-MoE applies no gate scaling factor; it supports 1");
 
   torch::NoGradGuard no_grad;
   model->named_buffers()["layers.1.moe.router.expert_bias"][2] = 0.25;
-  const auto biased = mixtral_export_problems(small_recipe({"routing.bias_update_rate=0.001"}), *model);
+  const auto biased = export_problems(Family::kMixtral, small_recipe({"routing.bias_update_rate=0.001"}), *model);
   ASSERT_EQ(biased.size(), 1u);
   EXPECT_NE(biased[0].find("routing.bias_update_rate = 0.001: the expert selection biases of layers 1 are non-zero (max |bias| 0.25)"),
             std::string::npos);
@@ -173,7 +173,7 @@ TEST(Mixtral, RefusesWhatItCannotComputeAndQwenTakesSome) {
 TEST(Mixtral, ConfigImportDefaultsAndRefusals) {
   const json minimal = {{"model_type", "mixtral"}, {"vocab_size", 40},        {"hidden_size", 16},  {"num_hidden_layers", 2},
                         {"num_attention_heads", 2}, {"num_key_value_heads", 2}, {"intermediate_size", 8}};
-  const auto r = recipe_from_mixtral_config(minimal, "config.json");
+  const auto r = recipe_from_hf_config(minimal, "config.json").recipe;
   EXPECT_EQ(r.model().num_experts(), 8);    // MixtralConfig defaults
   EXPECT_EQ(r.model().top_k(), 2);
   EXPECT_EQ(r.model().rope_theta(), 1e6);
@@ -182,20 +182,72 @@ TEST(Mixtral, ConfigImportDefaultsAndRefusals) {
   EXPECT_TRUE(r.routing().normalize_gates());
   json with_rope = minimal;
   with_rope["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500.0}};
-  EXPECT_EQ(recipe_from_mixtral_config(with_rope, "config.json").model().rope_theta(), 500);
+  EXPECT_EQ(recipe_from_hf_config(with_rope, "config.json").recipe.model().rope_theta(), 500);
 
   auto refusal = [&](json patch) {
     json c = minimal;
     c.update(patch);
-    return error_of([&] { recipe_from_mixtral_config(c, "config.json"); });
+    return error_of([&] { recipe_from_hf_config(c, "config.json"); });
   };
-  EXPECT_NE(refusal({{"num_key_value_heads", 1}}).find("num_key_value_heads = 1 with num_attention_heads = 2: grouped-query attention is not supported"),
+  EXPECT_NE(refusal({{"num_key_value_heads", 3}}).find("num_key_value_heads = 3: must divide num_attention_heads = 2"),
             std::string::npos);
-  EXPECT_NE(refusal({{"model_type", "llama"}}).find("model_type = \"llama\"; moe-import reads Mixtral"), std::string::npos);
+  EXPECT_NE(refusal({{"model_type", "llama"}}).find("model_type = \"llama\"; moe-import reads mixtral (MixtralForCausalLM)"),
+            std::string::npos);
   EXPECT_NE(refusal({{"sliding_window", 4096}}).find("sliding_window = 4096"), std::string::npos);
   EXPECT_NE(refusal({{"rope_parameters", {{"rope_type", "yarn"}}}}).find("rope_type = \"yarn\""), std::string::npos);
   EXPECT_NE(refusal({{"hidden_act", "gelu"}}).find("hidden_act = \"gelu\""), std::string::npos);
   EXPECT_NE(refusal({{"hidden_size", 12}, {"num_attention_heads", 2}}).find("model.d_model"), std::string::npos);
+}
+
+// Hugging Face's q, k, v <-> the fused slot layout: query head h = j·G + s sits in slot s of key/value head
+// j. Catches a (3, ·) split of a GQA projection and a q block in the wrong head order.
+TEST(Qkv, FuseAndSplitAreInversesAndPutQueryHeadsInSlots) {
+  const int64_t H = 6, Hkv = 2, Dh = 3, D = 5;
+  auto q = torch::arange(H * Dh * D, torch::kFloat32).view({H * Dh, D});
+  auto k = -torch::arange(Hkv * Dh * D, torch::kFloat32).view({Hkv * Dh, D}) - 1, v = k - 1000;
+  auto fused = fuse_qkv(q, k, v, H, Hkv);
+  ASSERT_EQ(fused.sizes(), (std::vector<int64_t>{(3 + 2) * Hkv * Dh, D}));
+  // Slot 1 of key/value head 1 = query head 1·3 + 1 = 4.
+  EXPECT_TRUE(torch::equal(fused.view({5, Hkv, Dh, D})[1][1], q.view({H, Dh, D})[4]));
+  EXPECT_TRUE(torch::equal(fused.view({5, Hkv, Dh, D})[3], k.view({Hkv, Dh, D})));
+  const auto back = split_qkv(fused, H, Hkv);
+  EXPECT_TRUE(torch::equal(back.q, q) && torch::equal(back.k, k) && torch::equal(back.v, v));
+  const auto b = split_qkv(fuse_qkv(q.select(1, 0), k.select(1, 0), v.select(1, 0), H, Hkv), H, Hkv);  // biases
+  EXPECT_TRUE(torch::equal(b.q, q.select(1, 0)) && torch::equal(b.v, v.select(1, 0)));
+}
+
+// Every family's export, written and read back, gives the same model: GQA with a head size other than
+// D/H, each family's attention extras (Qwen2-MoE biases and gated shared expert, Qwen3-MoE per-head norm
+// with a dense layer, OLMoE full-width norm). Catches a tensor written under one name and read under another.
+TEST(Families, ExportThenImportIsIdentityForEveryFamily) {
+  const std::string gqa = "model.num_heads=4";
+  const std::map<Family, std::vector<std::string>> recipes = {
+      {Family::kMixtral, {gqa, "model.num_kv_heads=2", "model.head_dim=6"}},
+      {Family::kQwen2Moe, {gqa, "model.num_kv_heads=2", "model.qkv_bias=true", "model.num_shared_experts=1",
+                           "model.shared_expert_gate=true", "routing.normalize_gates=false"}},
+      {Family::kQwen3Moe, {gqa, "model.num_kv_heads=1", "model.head_dim=8", "model.qk_norm=PER_HEAD", "model.moe_layers=[1]"}},
+      {Family::kOlmoe, {gqa, "model.num_kv_heads=2", "model.qk_norm=FULL_WIDTH", "routing.normalize_gates=false"}}};
+  for (const auto& [family, overrides] : recipes) {
+    const auto recipe = small_recipe(overrides);
+    auto model = small_model(recipe);
+    EXPECT_EQ(auto_family(recipe, *model), family) << info(family).title;
+    EXPECT_TRUE(export_problems(family, recipe, *model).empty()) << info(family).title;
+    const std::string dir = temp_dir(info(family).model_type);
+    write_weights(dir, export_tensors(family, *model), 2000);  // sharded
+    const auto imported = recipe_from_hf_config(export_config(family, recipe, *model, {}, torch::kFloat32), "config.json");
+    EXPECT_EQ(imported.family, family);
+    model::Transformer back(model::TransformerOptions::from_recipe(imported.recipe));
+    load_hf_tensors(family, HfWeights(dir), *back);
+    auto back_params = back->named_parameters();
+    EXPECT_EQ(back_params.size(), model->named_parameters().size()) << info(family).title;
+    for (const auto& p : model->named_parameters()) {
+      ASSERT_TRUE(back_params.find(p.key())) << info(family).title << " " << p.key();
+      EXPECT_TRUE(torch::equal(p.value(), back_params[p.key()])) << info(family).title << " " << p.key();
+    }
+    auto tokens = torch::randint(0, 40, {2, 8});
+    model->eval(), back->eval();
+    EXPECT_TRUE(torch::equal(model->forward(tokens).logits, back->forward(tokens).logits)) << info(family).title;
+  }
 }
 
 // A SentencePiece ModelProto written by hand: pieces <unk> (type 2), <s>, </s>, <pad> (type 3), "a".
