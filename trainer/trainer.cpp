@@ -273,8 +273,10 @@ TrainSummary Trainer::run() {
     std::vector<torch::Tensor> load;  // host
     for (size_t l = 0; l < m.size(); ++l) {
       const double v = moe::max_violation(m[l].host_load_E), d = m[l].dropped_fraction(), h = m[l].entropy;
+      const double u = m[l].unchosen_fraction();
       rec.add("max_vio/" + layer_names[l], v);
       rec.add("dropped_frac/" + layer_names[l], d);
+      rec.add("unchosen_frac/" + layer_names[l], u);
       rec.add("router_entropy/" + layer_names[l], h);
       rec.add("aux_loss/" + layer_names[l], m[l].aux / static_cast<double>(micro_batches));
       rec.add("z_loss/" + layer_names[l], m[l].z / static_cast<double>(micro_batches));
@@ -286,15 +288,14 @@ TrainSummary Trainer::run() {
       load.push_back(counts);
       for (int64_t e = 0; e < counts.numel(); ++e) {
         char tag[64];
-      const double u = m[l].unchosen_fraction();
         std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer_names[l].c_str(), static_cast<long long>(e));
         rec.add_tensorboard_only(tag, static_cast<double>(counts.data_ptr<int64_t>()[e]));
-      rec.add("unchosen_frac/" + layer_names[l], u);
       }
     }
     const double n = static_cast<double>(m.size());
     rec.add("max_vio", vio / n);
     rec.add("dropped_frac", dropped / n);
+    rec.add("unchosen_frac", unchosen / n);
     rec.add("router_entropy", entropy / n);
     if (s_->expert_log) s_->expert_log->write_load(rec.step, layer_names, load);
   };
@@ -308,7 +309,6 @@ TrainSummary Trainer::run() {
     }
     rec.add("val_loss", ev.loss);
     rec.add("val_ppl", ev.ppl);
-    rec.add("unchosen_frac", unchosen / n);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
     for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_ppl/" + domain, std::exp(loss));
     if (!ev.expert_load.empty()) {
