@@ -71,8 +71,9 @@ void IndexedDatasetWriter::add_document(const std::vector<int32_t>& tokens) {
                                std::to_string(vocab_size_) + "); pass the tokenizer's vocabulary size");
     }
   }
-  size_t written;
-  if (dtype_ == TokenDtype::kUInt16) {
+  size_t written = 0;  // an empty document writes nothing (fwrite must not see an empty vector's null pointer)
+  if (tokens.empty()) {
+  } else if (dtype_ == TokenDtype::kUInt16) {
     std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
     written = std::fwrite(narrow.data(), sizeof(uint16_t), narrow.size(), bin_);
   } else {
