@@ -49,35 +49,27 @@ PlanedCommunicator::PlanedCommunicator(std::unique_ptr<Communicator> host, std::
 }
 
 // The byte counters of this communicator are the sums over its two planes.
-void PlanedCommunicator::count(const Communicator& p, int64_t a2a, int64_t gather, int64_t scatter) {
-  a2a_bytes_ += p.all_to_all_bytes_sent() - a2a;
-  all_gather_bytes_ += p.all_gather_bytes_sent() - gather;
-  reduce_scatter_bytes_ += p.reduce_scatter_bytes_sent() - scatter;
+template <typename Op>
+torch::Tensor PlanedCommunicator::counted(Communicator& p, Op&& op) {
+  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
+  auto out = op(p);
+  a2a_bytes_ += p.all_to_all_bytes_sent() - a;
+  all_gather_bytes_ += p.all_gather_bytes_sent() - g;
+  reduce_scatter_bytes_ += p.reduce_scatter_bytes_sent() - s;
+  return out;
 }
 
 torch::Tensor PlanedCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                                                const std::vector<int64_t>& recv_counts) {
-  Communicator& p = plane(send);
-  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
-  auto out = p.all_to_all_v(send, send_counts, recv_counts);
-  count(p, a, g, s);
-  return out;
+  return counted(plane(send), [&](Communicator& p) { return p.all_to_all_v(send, send_counts, recv_counts); });
 }
 
 torch::Tensor PlanedCommunicator::all_gather_rows(const torch::Tensor& rows) {
-  Communicator& p = plane(rows);
-  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
-  auto out = p.all_gather_rows(rows);
-  count(p, a, g, s);
-  return out;
+  return counted(plane(rows), [&](Communicator& p) { return p.all_gather_rows(rows); });
 }
 
 torch::Tensor PlanedCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
-  Communicator& p = plane(t);
-  const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
-  auto out = p.reduce_scatter_rows_sum(t);
-  count(p, a, g, s);
-  return out;
+  return counted(plane(t), [&](Communicator& p) { return p.reduce_scatter_rows_sum(t); });
 }
 
 std::unique_ptr<Communicator> PlanedCommunicator::split(int color, int key, const std::string& name) {

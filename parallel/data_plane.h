@@ -50,7 +50,9 @@ class PlanedCommunicator : public Communicator {
 
  private:
   Communicator& plane(const torch::Tensor& t) { return t.device() == data_device_ ? *data_ : *host_; }
-  void count(const Communicator& before_plane, int64_t a2a, int64_t gather, int64_t scatter);
+  // Runs op(plane) and adds the plane's byte counters' growth to this communicator's.
+  template <typename Op>
+  torch::Tensor counted(Communicator& plane, Op&& op);
   std::unique_ptr<Communicator> host_, data_;
   torch::Device data_device_;
 };

@@ -206,15 +206,8 @@ void check_routing(const Recipe& recipe, Problems& p) {
 
 }  // namespace
 
-// Fields declared in the schema whose implementation is still being built: a recipe that sets them is
-// refused rather than silently trained without them. Each entry goes once its feature lands.
-void check_not_yet_implemented(const Recipe& r, Problems& p) {
-  const std::string later = "declared, not implemented yet; leave it at its default";
-}
-
 void validate_recipe(const Recipe& r, const std::string& source, const FieldOrigins* origins) {
   Problems p(origins);
-  check_not_yet_implemented(r, p);
   check_model(r.model(), p);
   check_routing(r, p);
   if (r.data().train_prefix().empty()) {

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from common import BIN, SMALL_DATA, TINY, check, fresh_dir
+from fault_common import rank_processes
 
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP_NUM_THREADS=1"]
 small = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model.moe_ffn_hidden=64",
@@ -51,27 +52,11 @@ job = subprocess.Popen(command(run, 2, ["train.steps=100000", "parallel.expert=2
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def ranks():
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() != "moe-train":
-                    continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env_vars = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
-        if env_vars.get(b"MOETRAIN_TEST_MARK") == mark.encode():
-            found[int(env_vars[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
-    return found
-
-
 deadline = time.time() + 120
 while time.time() < deadline and not os.path.exists(os.path.join(run, "metrics.jsonl")):
     time.sleep(0.2)
 check(os.path.exists(os.path.join(run, "metrics.jsonl")), "training started")
-victims = ranks()
+victims = rank_processes(mark)
 check(1 in victims, f"found rank 1 ({victims})")
 os.kill(victims[1], signal.SIGKILL)
 killed_at = time.time()
