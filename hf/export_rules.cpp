@@ -71,12 +71,13 @@ std::vector<std::string> routing_problems(const config::Recipe& recipe, const mo
   return out;
 }
 
-std::vector<std::string> export_notes(const config::Recipe& recipe, const std::string& target) {
+std::vector<std::string> export_notes(const config::Recipe& recipe, const std::string& target, bool merged) {
   std::vector<std::string> out;
   const auto& lora = recipe.finetune().lora();
-  if (lora.rank() > 0) {
+  if (lora.rank() > 0 && merged) {
     out.push_back("finetune.lora.rank = " + std::to_string(lora.rank()) +
-                  ": the adapters are merged into the expert weights (W + alpha/rank·A·B)");
+                  ": the adapters are merged into the weights they adapt (W + alpha/rank·A·B); --adapter-out DIR "
+                  "writes the base model and a PEFT adapter instead");
   }
   if (recipe.routing().eval_capacity_factor() > 0) {
     out.push_back("routing.eval_capacity_factor = " + number_text(recipe.routing().eval_capacity_factor()) +

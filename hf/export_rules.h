@@ -16,8 +16,8 @@ std::vector<std::string> routing_problems(const config::Recipe& recipe, const mo
                                           const std::string& target);
 
 // Settings that do not change the exported model's outputs but are worth a note (LoRA merged,
-// evaluation capacity).
-std::vector<std::string> export_notes(const config::Recipe& recipe, const std::string& target);
+// evaluation capacity). `merged`: the adapters of a LoRA run are merged into the exported weights (no --adapter-out).
+std::vector<std::string> export_notes(const config::Recipe& recipe, const std::string& target, bool merged);
 
 // Indices of the model's dense (SwiGLU, non-MoE) layers.
 std::vector<int64_t> dense_layers(const model::TransformerImpl& model);

@@ -1,6 +1,10 @@
 #include "hf/tokenizer.h"
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
@@ -134,6 +138,99 @@ void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp,
   io::write_file_synced(dir + "/tokenizer.model", sp.bytes);
   io::write_file_synced(dir + "/tokenizer_config.json", config.dump(2) + "\n");
   io::write_file_synced(dir + "/special_tokens_map.json", special.dump(2) + "\n");
+}
+
+namespace {
+
+// What AutoTokenizer and generate() read from a model directory besides the weights and config.json.
+constexpr const char* kHfTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
+                                             "vocab.json",       "merges.txt",            "added_tokens.json",
+                                             "chat_template.jinja", "chat_template.json", "generation_config.json"};
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+json parse_json_file(const std::string& path, const std::string& flag) {
+  try {
+    return json::parse(read_text(path));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(flag + ": " + path + " is not valid JSON (" + e.what() + ")");
+  }
+}
+
+}  // namespace
+
+HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& flag) {
+  HfTokenizerDir out;
+  out.dir = dir;
+  const std::string main = dir + "/tokenizer.json";
+  if (!is_file(main)) {
+    throw std::runtime_error(flag + " " + dir + ": has no tokenizer.json; pass a Hugging Face model or tokenizer directory "
+                             "(as Qwen2, Qwen3 and OLMoE ship them) or a SentencePiece .model file");
+  }
+  for (const char* name : kHfTokenizerFiles)
+    if (is_file(dir + "/" + name)) out.files.push_back(name);
+
+  // Token ids: the model's vocabulary ({"piece": id} for BPE and WordPiece, [[piece, score], ...] for
+  // Unigram) and the added tokens, which hold the special ones.
+  const json tok = parse_json_file(main, flag);
+  std::map<std::string, int64_t> ids;
+  auto note = [&](const std::string& piece, int64_t id) {
+    if (id < 0) throw std::runtime_error(flag + ": " + main + " gives \"" + piece + "\" the negative id " + std::to_string(id));
+    ids.emplace(piece, id);
+    out.size = std::max(out.size, id + 1);
+  };
+  try {
+    const json& vocab = tok.at("model").at("vocab");
+    if (vocab.is_object()) {
+      for (const auto& [piece, id] : vocab.items()) note(piece, id.get<int64_t>());
+    } else {
+      for (size_t i = 0; i < vocab.size(); ++i) note(vocab[i].at(0).get<std::string>(), static_cast<int64_t>(i));
+    }
+    if (tok.contains("added_tokens"))
+      for (const auto& t : tok.at("added_tokens")) note(t.at("content").get<std::string>(), t.at("id").get<int64_t>());
+  } catch (const json::exception& e) {
+    throw std::runtime_error(flag + ": " + main + " is not a tokenizers file (model.vocab, added_tokens: " + e.what() + ")");
+  }
+  if (out.size == 0) throw std::runtime_error(flag + ": " + main + " has no tokens");
+
+  // Special tokens: named in tokenizer_config.json (a string, or {"content": ...}).
+  const std::string config_path = dir + "/tokenizer_config.json";
+  if (is_file(config_path)) {
+    const json config = parse_json_file(config_path, flag);
+    for (const auto& [key, slot] : {std::pair<const char*, int64_t*>{"bos_token", &out.special.bos}, {"eos_token", &out.special.eos},
+                                    {"pad_token", &out.special.pad}, {"unk_token", &out.special.unk}}) {
+      if (!config.contains(key) || config[key].is_null()) continue;
+      const json& v = config[key];
+      const std::string piece = v.is_string() ? v.get<std::string>() : v.is_object() && v.contains("content") ? v["content"].get<std::string>() : "";
+      const auto found = ids.find(piece);
+      if (found == ids.end()) {
+        throw std::runtime_error(flag + ": " + config_path + " names " + key + " \"" + piece + "\", which is not a token of " + main +
+                                 "; the files belong to different tokenizers");
+      }
+      *slot = found->second;
+    }
+  }
+  return out;
+}
+
+void copy_hf_tokenizer_files(const std::string& out_dir, const HfTokenizerDir& tokenizer, int64_t model_vocab, const std::string& flag) {
+  if (tokenizer.size > model_vocab) {
+    throw std::runtime_error(flag + " " + tokenizer.dir + ": the tokenizer has ids up to " + std::to_string(tokenizer.size - 1) +
+                             " but the model's vocab_size is " + std::to_string(model_vocab) +
+                             "; pass the tokenizer the training data was encoded with");
+  }
+  for (const auto& name : tokenizer.files) io::write_file_synced(out_dir + "/" + name, read_text(tokenizer.dir + "/" + name));
 }
 
 }  // namespace moetrain::hf

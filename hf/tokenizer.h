@@ -29,4 +29,23 @@ SentencePieceModel read_sentencepiece(const std::string& path);
 void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp, int64_t model_vocab,
                            const std::string& path, const std::string& flag);
 
+// A Hugging Face tokenizer directory: tokenizer.json (the byte-level BPE that Qwen2, Qwen3 and OLMoE ship;
+// any `tokenizers` model) and the files beside it that AutoTokenizer and generate() read. Exported as they
+// are: moetrain never runs this tokenizer (data/tools/encode_hf.py does, through transformers).
+struct HfTokenizerDir {
+  std::string dir;
+  std::vector<std::string> files;  // which of kHfTokenizerFiles the directory has (tokenizer.json always)
+  SpecialTokens special;           // ids of tokenizer_config.json's bos/eos/pad/unk tokens in tokenizer.json, -1 if unset
+  int64_t size = 0;                // 1 + the largest id of tokenizer.json (its model's vocabulary and added tokens)
+};
+
+// Throws naming `flag` and the file when tokenizer.json is missing or not a tokenizer, or a special token
+// of tokenizer_config.json is not one of its tokens.
+HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& flag);
+
+// Copies the directory's tokenizer files into `out_dir`; a tokenizer with more ids than the model's
+// vocab_size is refused (naming `flag`), as it belongs to another model.
+void copy_hf_tokenizer_files(const std::string& out_dir, const HfTokenizerDir& tokenizer, int64_t model_vocab,
+                             const std::string& flag);
+
 }  // namespace moetrain::hf

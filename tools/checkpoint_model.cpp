@@ -33,7 +33,8 @@ std::string resolve_step_dir(const std::string& path, const std::string& flag) {
 
 }  // namespace
 
-CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag) {
+CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag,
+                                      std::optional<config::TrainConfig::Precision> precision) {
   CheckpointModel out;
   out.dir = resolve_step_dir(path, flag);
   try {
@@ -49,6 +50,7 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
   out.recipe = config::parse_recipe(recipe_text, out.dir + "/manifest.json (recipe)");
   config::fill_defaults(out.recipe);
   out.step = out.manifest.value("step", int64_t{0});
+  if (precision) out.recipe.mutable_train()->set_precision(*precision);
 
   out.model = model::Transformer(model::TransformerOptions::from_recipe(out.recipe));  // with LoRA adapters, if any
   // Every model tensor of the checkpoint must land somewhere: a tensor this model lacks would otherwise

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "csrc/config/recipe.pb.h"
@@ -23,7 +24,9 @@ struct CheckpointModel {
 // `path`: a step_* directory, or a run directory (its checkpoints/latest is used). `flag` names the
 // command-line flag in errors ("--checkpoint"). Throws with the path and the fix when there is no
 // checkpoint there, when the manifest has no recipe, or when the checkpoint holds tensors the model
-// built from its recipe does not have.
-CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag);
+// built from its recipe does not have. `precision`: the model's compute precision instead of the
+// recipe's train.precision (moe-eval --precision); the recipe returned says which was used.
+CheckpointModel load_checkpoint_model(const std::string& path, const std::string& flag,
+                                      std::optional<config::TrainConfig::Precision> precision = std::nullopt);
 
 }  // namespace moetrain::tools

@@ -1,5 +1,5 @@
 // moe-eval --checkpoint STEP_DIR --data SHARD_PREFIX [--sequences N] [--seq-len L] [--batch B]
-//          [--dump-logits FILE [--dump-sequences K]]
+//          [--precision fp32|bf16] [--dump-logits FILE [--dump-sequences K]]
 // Scores a checkpoint (saved in any parallel layout) on token shards: the LM loss over the fixed
 // evaluation windows of trainer::load_eval_windows (per domain, documents in order, non-overlapping
 // windows of L + 1 tokens, at most N per domain), in one process. Prints one JSON line:
@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "csrc/io/safetensors.h"
@@ -23,12 +24,14 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: moe-eval --checkpoint STEP_DIR --data SHARD_PREFIX [--sequences N] [--seq-len L] [--batch B]\n"
-    "                [--dump-logits FILE [--dump-sequences K]]\n"
+    "                [--precision fp32|bf16] [--dump-logits FILE [--dump-sequences K]]\n"
     "  --checkpoint DIR     RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
     "  --data PREFIX        token shards PREFIX.bin + PREFIX.idx (+ PREFIX.domains), made with the model's tokenizer\n"
     "  --sequences N        windows per data domain (default: the recipe's train.eval_sequences)\n"
     "  --seq-len L          tokens per window (default: the recipe's data.seq_len)\n"
     "  --batch B            windows per forward pass (default: the recipe's train.micro_batch_size)\n"
+    "  --precision P        fp32 or bf16 matmuls (default: the recipe's train.precision); fp32 to compare with\n"
+    "                       another implementation's fp32 outputs\n"
     "  --dump-logits FILE   also write the windows and the logits of the first K windows (safetensors)\n"
     "  --dump-sequences K   windows whose logits are dumped (default 4)\n";
 
@@ -57,7 +60,7 @@ int64_t positive(const std::string& flag, const std::string& value) {
 
 int main(int argc, char** argv) {
   std::string checkpoint, data, dump_path;
-  std::string sequences_arg, seq_len_arg, batch_arg, dump_count_arg;
+  std::string sequences_arg, seq_len_arg, batch_arg, dump_count_arg, precision_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
                          : arg == "--batch"          ? &batch_arg
                          : arg == "--dump-logits"    ? &dump_path
                          : arg == "--dump-sequences" ? &dump_count_arg
+                         : arg == "--precision"      ? &precision_arg
                                                      : nullptr;
     if (!slot) return usage_error("unknown argument \"" + arg + "\"");
     if (i + 1 >= argc) return usage_error(arg + " needs a value");
@@ -87,6 +91,10 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     return usage_error(e.what());
   }
+  std::optional<moetrain::config::TrainConfig::Precision> precision;
+  if (precision_arg == "fp32") precision = moetrain::config::TrainConfig::FP32;
+  else if (precision_arg == "bf16") precision = moetrain::config::TrainConfig::BF16;
+  else if (!precision_arg.empty()) return usage_error("--precision " + precision_arg + ": expected fp32 or bf16");
 
   try {
     // Data first: a wrong prefix should not cost a model load.
@@ -96,7 +104,7 @@ int main(int argc, char** argv) {
                                  "shards (PREFIX.bin + PREFIX.idx) made by moe-data encode, without the extension");
       }
     }
-    auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint");
+    auto cm = moetrain::tools::load_checkpoint_model(checkpoint, "--checkpoint", precision);
     const auto& recipe = cm.recipe;
     const int64_t vocab = recipe.model().vocab_size();
     {
@@ -135,7 +143,8 @@ int main(int argc, char** argv) {
     for (const auto& [name, loss] : result.domain_loss) domains[name] = loss;
     const nlohmann::json out = {{"loss", result.loss},         {"ppl", result.ppl},   {"tokens", count * seq_len},
                                 {"sequences", count},          {"checkpoint", cm.dir}, {"step", cm.step},
-                                {"domains", domains}};
+                                {"domains", domains},
+                                {"precision", recipe.train().precision() == moetrain::config::TrainConfig::BF16 ? "bf16" : "fp32"}};
     std::printf("%s\n", out.dump().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-eval: error: %s\n", e.what());

@@ -1,9 +1,10 @@
 // moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]
-//            [--dtype fp32|bf16] [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
+//            [--dtype fp32|bf16] [--tokenizer FILE|DIR | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
 // Writes a Hugging Face model directory (docs/huggingface.md) from a moetrain checkpoint saved in any
 // parallel layout: config.json, generation_config.json, model.safetensors (or shards of at most
-// --max-shard-bytes tensor bytes + model.safetensors.index.json), and the SentencePiece tokenizer
-// (tokenizer.model, tokenizer_config.json, special_tokens_map.json). The format (hf/families.h) is the
+// --max-shard-bytes tensor bytes + model.safetensors.index.json), and the tokenizer: a SentencePiece
+// model (tokenizer.model, tokenizer_config.json, special_tokens_map.json written for it) or a Hugging Face
+// tokenizer directory's files (tokenizer.json and what lies beside it, copied). The format (hf/families.h) is the
 // one whose attention the model has (q/k norm per head: Qwen3-MoE, full width: OLMoE), else Mixtral when it
 // computes the model exactly, else Qwen2-MoE (dense layers, shared experts, q/k/v biases, unnormalised
 // gates); anything the format does not compute exactly is refused, naming the recipe field. --dtype bf16
@@ -18,6 +19,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -33,7 +35,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]\n"
-    "                  [--dtype fp32|bf16] [--tokenizer FILE | --no-tokenizer] [--max-shard-bytes N]\n"
+    "                  [--dtype fp32|bf16] [--tokenizer FILE|DIR | --no-tokenizer] [--max-shard-bytes N]\n"
     "                  [--adapter-out DIR]\n"
     "  --checkpoint DIR       RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)\n"
     "  --out HF_DIR           new directory for the Hugging Face model (must not exist, or be empty)\n"
@@ -42,7 +44,8 @@ constexpr const char* kUsage =
     "                         per head), olmoe (OlmoeForCausalLM: full-width q/k norm), or auto (default): the\n"
     "                         family of the model's q/k norm, else mixtral when exact, else qwen2_moe\n"
     "  --dtype D              fp32 (default) or bf16: the dtype of the written weights\n"
-    "  --tokenizer FILE       SentencePiece model to ship (default: the recipe's data.tokenizer)\n"
+    "  --tokenizer FILE|DIR   tokenizer to ship: a SentencePiece .model, or a Hugging Face model or tokenizer\n"
+    "                         directory with tokenizer.json, copied as it is (default: the recipe's data.tokenizer)\n"
     "  --no-tokenizer         export the weights and configs only\n"
     "  --max-shard-bytes N    largest weight file; bigger models get shards + model.safetensors.index.json\n"
     "                         (default 5000000000)\n"
@@ -61,6 +64,11 @@ bool exists(const std::string& path) {
 }
 
 // Entries of a directory other than . and .. (-1 if it cannot be read).
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int entries(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) return -1;
@@ -168,10 +176,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "moe-export: note: exporting as Qwen2-MoE (Qwen2MoeForCausalLM); Mixtral cannot hold this model:%s\n",
                    why.c_str());
     }
-    for (const auto& note : moetrain::hf::export_notes(cm.recipe, target)) std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
+    for (const auto& note : moetrain::hf::export_notes(cm.recipe, target, adapter_out.empty())) std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
 
     // The tokenizer: read (and checked against the model) before anything is written.
     std::optional<moetrain::hf::SentencePieceModel> sp;
+    std::optional<moetrain::hf::HfTokenizerDir> hf_tokenizer;
     std::string tokenizer_flag = "--tokenizer";
     if (!no_tokenizer) {
       if (tokenizer.empty()) {
@@ -185,12 +194,21 @@ int main(int argc, char** argv) {
                                    "are relative to where moe-train ran); pass --tokenizer FILE, or --no-tokenizer");
         }
       } else if (!exists(tokenizer)) {
-        throw std::runtime_error("--tokenizer " + tokenizer + ": no such file; pass the SentencePiece .model the data was encoded with");
+        throw std::runtime_error("--tokenizer " + tokenizer + ": no such file or directory; pass the SentencePiece .model or the "
+                                 "Hugging Face tokenizer directory the data was encoded with");
       }
-      if (!tokenizer.empty()) sp = moetrain::hf::read_sentencepiece(tokenizer);
+      if (is_directory(tokenizer)) {
+        hf_tokenizer = moetrain::hf::read_hf_tokenizer_dir(tokenizer, tokenizer_flag);
+      } else if (!tokenizer.empty()) {
+        sp = moetrain::hf::read_sentencepiece(tokenizer);
+      }
     }
-    const moetrain::hf::SpecialTokens special = sp ? sp->special() : moetrain::hf::SpecialTokens{};
+    const moetrain::hf::SpecialTokens special = sp ? sp->special() : hf_tokenizer ? hf_tokenizer->special : moetrain::hf::SpecialTokens{};
 
+    if (const size_t slash = out.rfind('/'); slash != std::string::npos && slash > 0) {
+      std::error_code ignored;  // parents are made as save_pretrained makes them; a failure shows just below
+      std::filesystem::create_directories(out.substr(0, slash), ignored);
+    }
     if (::mkdir(tmp.c_str(), 0755) != 0) {
       throw std::runtime_error("--out " + out + ": cannot create " + tmp + " (" + std::strerror(errno) +
                                "); check that the parent directory exists and is writable");
@@ -214,6 +232,7 @@ int main(int argc, char** argv) {
     for (auto& item : tensors) item.second = item.second.to(dtype).contiguous();
     const auto written = moetrain::hf::write_weights(tmp, tensors, max_shard_bytes);
     if (sp) moetrain::hf::write_tokenizer_files(tmp, *sp, cm.recipe.model().vocab_size(), tokenizer, tokenizer_flag);
+    if (hf_tokenizer) moetrain::hf::copy_hf_tokenizer_files(tmp, *hf_tokenizer, cm.recipe.model().vocab_size(), tokenizer_flag);
     if (exists(out)) ::rmdir(out.c_str());  // empty (checked above)
     if (::rename(tmp.c_str(), out.c_str()) != 0) {
       throw std::runtime_error("--out " + out + ": cannot rename " + tmp + " into place (" + std::strerror(errno) + ")");
@@ -228,7 +247,7 @@ int main(int argc, char** argv) {
                                     {"tensors", tensors.size()},
                                     {"bytes", written.total_bytes},
                                     {"files", written.files},
-                                    {"tokenizer", sp ? nlohmann::json(tokenizer) : nlohmann::json(nullptr)}};
+                                    {"tokenizer", sp || hf_tokenizer ? nlohmann::json(tokenizer) : nlohmann::json(nullptr)}};
     std::printf("%s\n", summary.dump().c_str());
   } catch (const std::exception& e) {
     remove_flat_dir(tmp);

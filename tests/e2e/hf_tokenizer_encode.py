@@ -25,15 +25,13 @@ import unicodedata
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bpe_tokenizers import build_bpe_tokenizer  # noqa: E402
 from common import BIN, CORPUS, SOURCE, TINY, check, fresh_dir, metrics  # noqa: E402
 
 PYTHON = sys.executable
 TOOL = os.path.join(SOURCE, "data/tools/encode_hf.py")
 sys.path.insert(0, os.path.dirname(TOOL))
 import encode_hf  # noqa: E402
-
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 MULTILINGUAL = [
     ("en", "The quick brown fox jumps over the lazy dog. It's 3.14159 o'clock; we'll see—don't we?\n"),
@@ -55,36 +53,7 @@ MULTILINGUAL = [
 
 def build_tokenizers(root, texts):
     """Two byte-level BPE tokenizer directories (vocabulary 1000) trained on `texts`; returns {name: dir}."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    made = {}
-    for name in ("qwen2", "olmoe"):
-        tok = Tokenizer(models.BPE())
-        tok.normalizer = normalizers.NFC()
-        if name == "qwen2":  # Qwen2/Qwen3: split by the regex, then map bytes (no regex of its own)
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-            tok.post_processor = processors.ByteLevel(trim_offsets=False)
-            specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-            config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                      "bos_token": None, "unk_token": None, "model_max_length": 32768}
-        else:  # OLMoE (GPT-NeoX-20B's tokenizer): byte level with GPT-2's regex
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-            tok.post_processor = processors.ByteLevel(trim_offsets=True)
-            specials = ["<|endoftext|>", "<|padding|>"]
-            config = {"tokenizer_class": "GPTNeoXTokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|padding|>",
-                      "bos_token": "<|endoftext|>", "add_bos_token": False, "add_eos_token": False,
-                      "model_max_length": 4096}
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts, trainer)
-        d = os.path.join(root, name)
-        os.makedirs(d)
-        tok.save(os.path.join(d, "tokenizer.json"))
-        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-            json.dump(config, f)
-        made[name] = d
+    made = {name: build_bpe_tokenizer(os.path.join(root, name), name, texts) for name in ("qwen2", "olmoe")}
     # transformers 5 builds Qwen2Tokenizer's pipeline from its class (NFC included), not from tokenizer.json:
     # a tokenizer.json without the normalizer still encodes with NFC under AutoTokenizer, while the bare
     # `tokenizers` library would not. The tool must follow AutoTokenizer.
