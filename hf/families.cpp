@@ -480,13 +480,14 @@ ImportedConfig recipe_from_hf_config(const json& c, const std::string& source) {
   return {f, recipe};
 }
 
-void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model) {
-  const auto& o = model.options();
+ImportPlan import_plan(Family f, const HfWeights& w, const model::TransformerOptions& o) {
   const std::string title = info(f).title;
   const int64_t V = o.vocab_size, D = o.d_model, E = o.moe.num_experts, F = o.moe.expert_hidden;
   const int64_t H = o.num_heads, Hkv = o.attention().kv_heads(), Dh = o.attention().head_size();
   std::set<std::string> used;
-  auto take = [&](const std::string& name, const std::vector<int64_t>& shape) {
+  // Checks now that `name` exists with `shape` (so a bad directory fails before anything is written);
+  // returns the name for the reader to fetch later.
+  auto need = [&](const std::string& name, const std::vector<int64_t>& shape) {
     if (!w.contains(name)) {
       throw std::runtime_error(w.dir() + " has no tensor " + name + "; it is not a complete " + title + " checkpoint");
     }
@@ -495,89 +496,101 @@ void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model
                                ", config.json implies " + shape_text(shape) + "; the weights belong to another config");
     }
     used.insert(name);
-    return w.get(name).to(torch::kFloat32);
+    return name;
   };
-  torch::NoGradGuard no_grad;
-  auto params = model.named_parameters();
-  auto set = [&](const std::string& ours, const torch::Tensor& value) {
-    torch::Tensor* p = params.find(ours);
-    if (!p) throw std::logic_error("moetrain model has no parameter " + ours + " (a bug in hf/families.cpp)");
-    p->copy_(value.reshape(p->sizes()));
+  const HfWeights* weights = &w;  // the readers run later (the plan must not outlive `w`)
+  auto get = [weights](const std::string& name) { return weights->get(name).to(torch::kFloat32); };
+  ImportPlan plan;
+  auto add = [&](const std::string& ours, std::vector<int64_t> shape, std::function<torch::Tensor()> read) {
+    plan.parameters.push_back({ours, std::move(shape), torch::kFloat32, std::move(read)});
+  };
+  auto copy = [&](const std::string& ours, const std::string& hf, const std::vector<int64_t>& shape) {
+    add(ours, shape, [get, name = need(hf, shape)] { return get(name); });
   };
 
-  const auto embed = take("model.embed_tokens.weight", {V, D});
-  set("embed.weight", embed);
+  const std::string embed = need("model.embed_tokens.weight", {V, D});
+  add("embed.weight", {V, D}, [get, embed] { return get(embed); });
   for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
     const std::string at = hf + "self_attn.";
-    set(ours + "attn_norm.weight", take(hf + "input_layernorm.weight", {D}));
-    set(ours + "attn.wqkv.weight", fuse_qkv(take(at + "q_proj.weight", {H * Dh, D}), take(at + "k_proj.weight", {Hkv * Dh, D}),
-                                            take(at + "v_proj.weight", {Hkv * Dh, D}), H, Hkv));
+    copy(ours + "attn_norm.weight", hf + "input_layernorm.weight", {D});
+    {
+      const std::string q = need(at + "q_proj.weight", {H * Dh, D}), k = need(at + "k_proj.weight", {Hkv * Dh, D}),
+                        v = need(at + "v_proj.weight", {Hkv * Dh, D});
+      add(ours + "attn.wqkv.weight", {(H + 2 * Hkv) * Dh, D}, [get, q, k, v, H, Hkv] { return fuse_qkv(get(q), get(k), get(v), H, Hkv); });
+    }
     if (o.qkv_bias) {
-      set(ours + "attn.wqkv.bias", fuse_qkv(take(at + "q_proj.bias", {H * Dh}), take(at + "k_proj.bias", {Hkv * Dh}),
-                                            take(at + "v_proj.bias", {Hkv * Dh}), H, Hkv));
+      const std::string q = need(at + "q_proj.bias", {H * Dh}), k = need(at + "k_proj.bias", {Hkv * Dh}),
+                        v = need(at + "v_proj.bias", {Hkv * Dh});
+      add(ours + "attn.wqkv.bias", {(H + 2 * Hkv) * Dh}, [get, q, k, v, H, Hkv] { return fuse_qkv(get(q), get(k), get(v), H, Hkv); });
     }
     if (o.qk_norm == model::QkNorm::kPerHead) {
-      set(ours + "attn.q_norm.weight", take(at + "q_norm.weight", {Dh}));
-      set(ours + "attn.k_norm.weight", take(at + "k_norm.weight", {Dh}));
+      copy(ours + "attn.q_norm.weight", at + "q_norm.weight", {Dh});
+      copy(ours + "attn.k_norm.weight", at + "k_norm.weight", {Dh});
     } else if (o.qk_norm == model::QkNorm::kFullWidth) {
-      set(ours + "attn.q_norm.weight", take(at + "q_norm.weight", {H * Dh}));
-      set(ours + "attn.k_norm.weight", take(at + "k_norm.weight", {Hkv * Dh}));
+      copy(ours + "attn.q_norm.weight", at + "q_norm.weight", {H * Dh});
+      copy(ours + "attn.k_norm.weight", at + "k_norm.weight", {Hkv * Dh});
     }
-    set(ours + "attn.wo.weight", take(at + "o_proj.weight", {D, H * Dh}));
-    set(ours + "ffn_norm.weight", take(hf + "post_attention_layernorm.weight", {D}));
+    copy(ours + "attn.wo.weight", at + "o_proj.weight", {D, H * Dh});
+    copy(ours + "ffn_norm.weight", hf + "post_attention_layernorm.weight", {D});
     if (!o.is_moe.at(l)) {
       const int64_t Fd = o.ffn_hidden;
-      set(ours + "mlp.w1.weight", take(hf + "mlp.gate_proj.weight", {Fd, D}));
-      set(ours + "mlp.w3.weight", take(hf + "mlp.up_proj.weight", {Fd, D}));
-      set(ours + "mlp.w2.weight", take(hf + "mlp.down_proj.weight", {D, Fd}));
+      copy(ours + "mlp.w1.weight", hf + "mlp.gate_proj.weight", {Fd, D});
+      copy(ours + "mlp.w3.weight", hf + "mlp.up_proj.weight", {Fd, D});
+      copy(ours + "mlp.w2.weight", hf + "mlp.down_proj.weight", {D, Fd});
       continue;
     }
     // Mixtral: block_sparse_moe.* (transformers 4.x and the Hub), mlp.* when transformers 5 saved it fused.
     const std::string moe = w.contains(hf + moe_prefix(f) + "gate.weight") ? hf + moe_prefix(f) : hf + "mlp.";
-    set(ours + "moe.router.weight", take(moe + "gate.weight", {E, D}));
+    copy(ours + "moe.router.weight", moe + "gate.weight", {E, D});
+    plan.buffers.push_back({ours + "moe.router.expert_bias", {E}, torch::kFloat32, [E] { return torch::zeros({E}); }});
     const ExpertNames n = expert_names(f);
-    torch::Tensor w1, w3, w2;  // ours: (E, D, F), (E, D, F), (E, F, D)
+    // ours: w1, w3 (E, D, F), w2 (E, F, D); one layer's experts are read at a time.
     if (w.contains(moe + "experts.0." + n.gate + ".weight")) {
-      std::vector<torch::Tensor> g, u, d;
+      std::vector<std::string> g, u, d;
       for (int64_t e = 0; e < E; ++e) {
         const std::string ex = moe + "experts." + std::to_string(e) + ".";
-        g.push_back(take(ex + n.gate + ".weight", {F, D}).t());
-        u.push_back(take(ex + n.up + ".weight", {F, D}).t());
-        d.push_back(take(ex + n.down + ".weight", {D, F}).t());
+        g.push_back(need(ex + n.gate + ".weight", {F, D}));
+        u.push_back(need(ex + n.up + ".weight", {F, D}));
+        d.push_back(need(ex + n.down + ".weight", {D, F}));
       }
-      w1 = torch::stack(g), w3 = torch::stack(u), w2 = torch::stack(d);
+      auto stacked = [get](std::vector<std::string> names) {
+        return [get, names = std::move(names)] {
+          std::vector<torch::Tensor> parts;
+          for (const auto& name : names) parts.push_back(get(name).t());
+          return torch::stack(parts).contiguous();
+        };
+      };
+      add(ours + "moe.experts.w1", {E, D, F}, stacked(g));
+      add(ours + "moe.experts.w3", {E, D, F}, stacked(u));
+      add(ours + "moe.experts.w2", {E, F, D}, stacked(d));
     } else if (w.contains(moe + "experts.gate_up_proj")) {
-      const auto gate_up = take(moe + "experts.gate_up_proj", {E, 2 * F, D});  // per expert [gate; up] rows
-      w1 = gate_up.narrow(1, 0, F).transpose(1, 2);
-      w3 = gate_up.narrow(1, F, F).transpose(1, 2);
-      w2 = take(moe + "experts.down_proj", {E, D, F}).transpose(1, 2);
+      const std::string gate_up = need(moe + "experts.gate_up_proj", {E, 2 * F, D});  // per expert [gate; up] rows
+      const std::string down = need(moe + "experts.down_proj", {E, D, F});
+      add(ours + "moe.experts.w1", {E, D, F}, [get, gate_up, F] { return get(gate_up).narrow(1, 0, F).transpose(1, 2).contiguous(); });
+      add(ours + "moe.experts.w3", {E, D, F}, [get, gate_up, F] { return get(gate_up).narrow(1, F, F).transpose(1, 2).contiguous(); });
+      add(ours + "moe.experts.w2", {E, F, D}, [get, down] { return get(down).transpose(1, 2).contiguous(); });
     } else {
       throw std::runtime_error(w.dir() + " has neither " + moe + "experts.0." + n.gate + ".weight (per-expert layout) nor " +
                                moe + "experts.gate_up_proj (transformers 5 fused layout) for layer " + std::to_string(l));
     }
-    set(ours + "moe.experts.w1", w1.contiguous());
-    set(ours + "moe.experts.w3", w3.contiguous());
-    set(ours + "moe.experts.w2", w2.contiguous());
     if (f == Family::kQwen2Moe) {
       const int64_t Fs = o.moe.shared_hidden;
-      set(ours + "moe.shared.w1.weight", take(moe + "shared_expert.gate_proj.weight", {Fs, D}));
-      set(ours + "moe.shared.w3.weight", take(moe + "shared_expert.up_proj.weight", {Fs, D}));
-      set(ours + "moe.shared.w2.weight", take(moe + "shared_expert.down_proj.weight", {D, Fs}));
-      set(ours + "moe.shared_gate.weight", take(moe + "shared_expert_gate.weight", {1, D}));
+      copy(ours + "moe.shared.w1.weight", moe + "shared_expert.gate_proj.weight", {Fs, D});
+      copy(ours + "moe.shared.w3.weight", moe + "shared_expert.up_proj.weight", {Fs, D});
+      copy(ours + "moe.shared.w2.weight", moe + "shared_expert.down_proj.weight", {D, Fs});
+      copy(ours + "moe.shared_gate.weight", moe + "shared_expert_gate.weight", {1, D});
     }
   }
-  set("norm.weight", take("model.norm.weight", {D}));
+  copy("norm.weight", "model.norm.weight", {D});
   if (!o.tie_embeddings) {
-    set("lm_head.weight", take("lm_head.weight", {V, D}));
+    copy("lm_head.weight", "lm_head.weight", {V, D});
   } else if (w.contains("lm_head.weight")) {  // some writers store the tied copy anyway
-    if (!torch::equal(take("lm_head.weight", {V, D}), embed)) {
+    if (!torch::equal(get(need("lm_head.weight", {V, D})), get(embed))) {
       throw std::runtime_error(w.dir() + ": config.json says tie_word_embeddings true, but lm_head.weight differs from "
                                "model.embed_tokens.weight; set tie_word_embeddings false in config.json");
     }
   }
-  for (auto& b : model.named_buffers())
-    if (b.key().find("expert_bias") != std::string::npos) b.value().zero_();
 
   std::vector<std::string> unused;
   for (const auto& name : w.names()) {
@@ -592,6 +605,30 @@ void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model
     throw std::runtime_error(w.dir() + " holds tensors a " + title + " model of its config.json does not have: " + list +
                              "; it is not a plain " + info(f).architecture +
                              " checkpoint (adapters or extra heads are not imported)");
+  }
+  return plan;
+}
+
+void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model) {
+  const ImportPlan plan = import_plan(f, w, model.options());
+  torch::NoGradGuard no_grad;
+  auto params = model.named_parameters();
+  auto buffers = model.named_buffers();
+  std::set<std::string> filled;
+  auto fill = [&](const io::LazyTensor& t, torch::OrderedDict<std::string, torch::Tensor>& where) {
+    torch::Tensor* p = where.find(t.name);
+    if (!p || p->sizes().vec() != t.shape) {
+      throw std::logic_error("the import plan's " + t.name + " " + shape_text(t.shape) +
+                             (p ? " has another shape than the model's " + shape_text(p->sizes().vec()) : " is not in the model") +
+                             " (a bug in hf/families.cpp)");
+    }
+    p->copy_(t.read());
+    filled.insert(t.name);
+  };
+  for (const auto& t : plan.parameters) fill(t, params);
+  for (const auto& t : plan.buffers) fill(t, buffers);
+  for (const auto& item : params) {
+    if (!filled.count(item.key())) throw std::logic_error("the import plan misses " + item.key() + " (a bug in hf/families.cpp)");
   }
 }
 

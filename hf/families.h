@@ -92,9 +92,18 @@ struct ImportedConfig {
 // its value. `source` names the file in messages.
 ImportedConfig recipe_from_hf_config(const nlohmann::json& config, const std::string& source);
 
-// Copies the tensors of a directory of `family` (either expert layout, any float dtype) into `model`, built
-// from the imported recipe. Every parameter must be set and every tensor used; throws naming the tensor,
-// its file and the expected shape otherwise. Expert selection biases are set to zero.
+// The tensors of the one-process model `options` describes (built from the imported recipe), each read
+// from a directory of `family` (either expert layout, any float dtype) only when asked for, in fp32:
+// `parameters` under the model's parameter names and shapes, `buffers` the expert selection biases (zero).
+// Every tensor of the directory must be used and every one the model needs present with its shape:
+// checked when the plan is made, before anything is read or written, naming the tensor, its file and the
+// expected shape. The readers refer to `weights`, which must outlive the plan.
+struct ImportPlan {
+  std::vector<io::LazyTensor> parameters, buffers;
+};
+ImportPlan import_plan(Family family, const HfWeights& weights, const model::TransformerOptions& options);
+
+// The plan copied into `model` (built from the imported recipe): every parameter set, or a logic_error.
 void load_hf_tensors(Family family, const HfWeights& weights, model::TransformerImpl& model);
 
 }  // namespace moetrain::hf

@@ -3,7 +3,8 @@
 // model.safetensors, or shards with model.safetensors.index.json; per-expert or transformers 5 fused expert
 // tensors; fp32, bf16 or fp16 on disk) into a moetrain run directory:
 //   RUN_DIR/recipe.textproto                     model and routing from config.json, other sections default
-//   RUN_DIR/checkpoints/step_00000000 + latest   the weights (fp32), expert biases 0, an AdamW with no state
+//   RUN_DIR/checkpoints/step_00000000 + latest   the weights (fp32), expert biases 0, no optimizer state; written
+//                                                one tensor at a time without building the model
 //   RUN_DIR/tokenizer.model                      when HF_DIR has one (the recipe's data.tokenizer points at it)
 // Checkpoints reshard on load, so this one loads into any (TP, EP, DP) layout: resume it in place, or
 // start a fine-tuning run from it with finetune.init_from = RUN_DIR.
@@ -78,8 +79,10 @@ int main(int argc, char** argv) {
     auto imported = moetrain::hf::recipe_from_hf_config(config, config_path);
     auto& recipe = imported.recipe;
     const moetrain::hf::HfWeights weights(hf_dir);
-    moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe.model(), recipe.routing()));
-    moetrain::hf::load_hf_tensors(imported.family, weights, *model);
+    // The model is never built: each tensor is read, converted and written in turn (import_plan checks the
+    // whole directory first), so a model of any size imports in about the memory of its largest tensor.
+    const auto options = moetrain::model::TransformerOptions::from_recipe(recipe.model(), recipe.routing());
+    const auto plan = moetrain::hf::import_plan(imported.family, weights, options);
 
     std::filesystem::create_directories(run_dir);
     std::string tokenizer;
@@ -103,13 +106,16 @@ int main(int argc, char** argv) {
         "#   moe-train --recipe " + run_dir + "/recipe.textproto --set data.train_prefix=PREFIX --run-dir NEW_RUN \\\n"
         "#             --set finetune.init_from=" + run_dir + "\n" + recipe_text);
 
-    torch::optim::AdamW optimizer(model->parameters());  // no state: a fresh start
     moetrain::trainer::Checkpointer checkpointer(run_dir, recipe.checkpoint().keep_last(), moetrain::trainer::model_section_text(recipe),
                                                  recipe_text, /*mesh=*/nullptr);
-    const std::string saved = checkpointer.save(moetrain::trainer::TrainState{}, *model, optimizer);
+    const std::string saved = checkpointer.save_streamed(moetrain::trainer::TrainState{}, options, plan.parameters, plan.buffers);
 
     int64_t params = 0;
-    for (const auto& p : model->parameters()) params += p.numel();
+    for (const auto& p : plan.parameters) {
+      int64_t n = 1;
+      for (const int64_t d : p.shape) n *= d;
+      params += n;
+    }
     const nlohmann::json summary = {{"out", run_dir},
                                     {"family", moetrain::hf::info(imported.family).model_type},
                                     {"checkpoint", saved},

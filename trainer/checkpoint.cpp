@@ -256,68 +256,114 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   // 2. Rank 0 checks coverage, writes the manifest and commits.
   const auto reports = ranks.gather(report.dump());
   ranks.agree(attempt([&] {
-    if (ranks.rank() != 0) return;
-    json manifest = {{"format", "moetrain-checkpoint"},
-                     {"version", kCheckpointFormatVersion},
-                     {"step", state.step},
-                     {"samples_consumed", state.samples_consumed},
-                     {"tokens", state.tokens},
-                     {"optimizer_step", 0},
-                     {"layout", {{"world", ranks.world()}, {"tp", ranks.tp()}, {"ep", ranks.ep()}, {"dp", ranks.world() / ranks.tp()}}},
-                     {"model_digest", io::sha256_hex(model_section_)},
-                     {"recipe_digest", io::sha256_hex(recipe_text_)},
-                     {"model_section", model_section_},
-                     {"recipe", recipe_text_},
-                     {"files", json::object()},
-                     {"tensors", json::object()}};
-    const std::string rank0_buffers = json::parse(reports[0])["buffers_sha256"];
-    for (size_t rank = 0; rank < reports.size(); ++rank) {
-      const json r = json::parse(reports[rank]);
-      if (r["buffers_sha256"] != rank0_buffers) {
-        throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
-                                 " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
-      }
-      manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
-      manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
-      for (const auto& b : r["blocks"]) {
-        auto& t = manifest["tensors"][b["name"].get<std::string>()];
-        if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
-        if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
-        t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
-      }
-    }
-    for (auto& [name, t] : manifest["tensors"].items()) {
-      if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
-      if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
-    }
-    const fs::path manifest_tmp = tmp_dir / "manifest.json.tmp";
-    io::write_file_synced(manifest_tmp.string(), manifest.dump(1));
-    fs::rename(manifest_tmp, tmp_dir / "manifest.json");
-    fsync_path(tmp_dir);
-    remove_tree(final_dir);
-    fs::rename(tmp_dir, final_dir);
-    fsync_path(root_);
-
-    const fs::path pointer_tmp = fs::path(root_) / "latest.tmp";
-    io::write_file_synced(pointer_tmp.string(), step_name(state.step) + "\n");
-    fs::rename(pointer_tmp, fs::path(root_) / "latest");
-    fsync_path(root_);
-
-    // Keep the newest keep_last committed checkpoints (never the one just written); drop leftovers of
-    // interrupted saves.
-    std::vector<fs::path> committed;
-    for (const auto& entry : fs::directory_iterator(root_)) {
-      const std::string name = entry.path().filename().string();
-      if (!entry.is_directory() || name.rfind("step_", 0) != 0) continue;
-      if (name.find(".tmp") != std::string::npos) remove_tree(entry.path());
-      else if (fs::exists(entry.path() / "manifest.json")) committed.push_back(entry.path());
-    }
-    std::sort(committed.begin(), committed.end());
-    for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
-      if (committed[i] != final_dir) remove_tree(committed[i]);
-    }
+    if (ranks.rank() == 0) commit(state, reports, ranks.world(), ranks.tp(), ranks.ep());
   }));
   return final_dir.string();
+}
+
+std::string Checkpointer::save_streamed(const TrainState& state, const model::TransformerOptions& options,
+                                        const std::vector<io::LazyTensor>& parameters, const std::vector<io::LazyTensor>& buffers) {
+  if (mesh_) throw std::logic_error("Checkpointer::save_streamed writes a one-process checkpoint; this one has a mesh");
+  const fs::path final_dir = fs::path(root_) / step_name(state.step);
+  const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
+  fs::create_directories(root_);
+  remove_tree(tmp_dir);
+  fs::create_directories(tmp_dir);
+  // The same blocks as save() writes for one process, each read as it is written.
+  std::vector<io::LazyTensor> stored;
+  json entries = json::array();
+  auto add = [&](const std::string& name, const model::ShardBox& box, const io::LazyTensor& t) {
+    stored.push_back({name, box.local_view, t.dtype, [&t, shape = box.local_view] { return t.read().reshape(shape); }});
+    entries.push_back({{"name", name}, {"global", box.global_view}, {"offsets", box.offsets}, {"shape", box.local_view}});
+  };
+  for (const auto& p : parameters) add("model/" + p.name, model::shard_box(options, p.name, p.shape), p);
+  std::string replicas;
+  std::vector<torch::Tensor> buffer_values;  // small (one bias per expert and MoE layer): read once, hashed
+  for (const auto& b : buffers) {
+    buffer_values.push_back(host(b.read().to(b.dtype)));
+    const auto& c = buffer_values.back();
+    replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  }
+  std::vector<io::LazyTensor> buffer_blocks;
+  buffer_blocks.reserve(buffers.size() + 1);  // `add` keeps references: no reallocation
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    buffer_blocks.push_back({buffers[i].name, buffers[i].shape, buffers[i].dtype, [v = buffer_values[i]] { return v; }});
+    add("model/" + buffers[i].name, whole(buffer_values[i]), buffer_blocks.back());
+  }
+  const auto rng = at::detail::getDefaultCPUGenerator().get_state();
+  buffer_blocks.push_back({"rng/cpu/rank00000", rng.sizes().vec(), rng.scalar_type(), [rng] { return rng; }});
+  add("rng/cpu/rank00000", whole(rng), buffer_blocks.back());
+
+  const std::string file = rank_file(0), path = (tmp_dir / file).string();
+  const int64_t bytes = io::write_safetensors_synced(path, stored, {{"format", "moetrain-checkpoint-shard"}}, torch::kFloat32);
+  const json report = {{"file", file}, {"bytes", bytes}, {"sha256", io::sha256_file(path)}, {"blocks", entries},
+                       {"optimizer_step", 0}, {"buffers_sha256", io::sha256_hex(replicas)}};
+  commit(state, {report.dump()}, 1, 1, 1);
+  return final_dir.string();
+}
+
+void Checkpointer::commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep) const {
+  const fs::path final_dir = fs::path(root_) / step_name(state.step);
+  const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
+  json manifest = {{"format", "moetrain-checkpoint"},
+                   {"version", kCheckpointFormatVersion},
+                   {"step", state.step},
+                   {"samples_consumed", state.samples_consumed},
+                   {"tokens", state.tokens},
+                   {"optimizer_step", 0},
+                   {"layout", {{"world", world}, {"tp", tp}, {"ep", ep}, {"dp", world / tp}}},
+                   {"model_digest", io::sha256_hex(model_section_)},
+                   {"recipe_digest", io::sha256_hex(recipe_text_)},
+                   {"model_section", model_section_},
+                   {"recipe", recipe_text_},
+                   {"files", json::object()},
+                   {"tensors", json::object()}};
+  const std::string rank0_buffers = json::parse(reports[0])["buffers_sha256"];
+  for (size_t rank = 0; rank < reports.size(); ++rank) {
+    const json r = json::parse(reports[rank]);
+    if (r["buffers_sha256"] != rank0_buffers) {
+      throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
+                               " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
+    }
+    manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
+    manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
+    for (const auto& b : r["blocks"]) {
+      auto& t = manifest["tensors"][b["name"].get<std::string>()];
+      if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
+      if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
+      t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
+    }
+  }
+  for (auto& [name, t] : manifest["tensors"].items()) {
+    if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
+    if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
+  }
+  const fs::path manifest_tmp = tmp_dir / "manifest.json.tmp";
+  io::write_file_synced(manifest_tmp.string(), manifest.dump(1));
+  fs::rename(manifest_tmp, tmp_dir / "manifest.json");
+  fsync_path(tmp_dir);
+  remove_tree(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  fsync_path(root_);
+
+  const fs::path pointer_tmp = fs::path(root_) / "latest.tmp";
+  io::write_file_synced(pointer_tmp.string(), step_name(state.step) + "\n");
+  fs::rename(pointer_tmp, fs::path(root_) / "latest");
+  fsync_path(root_);
+
+  // Keep the newest keep_last committed checkpoints (never the one just written); drop leftovers of
+  // interrupted saves.
+  std::vector<fs::path> committed;
+  for (const auto& entry : fs::directory_iterator(root_)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step_", 0) != 0) continue;
+    if (name.find(".tmp") != std::string::npos) remove_tree(entry.path());
+    else if (fs::exists(entry.path() / "manifest.json")) committed.push_back(entry.path());
+  }
+  std::sort(committed.begin(), committed.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
+    if (committed[i] != final_dir) remove_tree(committed[i]);
+  }
 }
 
 std::optional<std::string> Checkpointer::latest() const {

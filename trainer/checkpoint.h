@@ -23,6 +23,7 @@
 #include <string>
 
 #include "csrc/config/recipe.pb.h"
+#include "csrc/io/safetensors.h"
 #include "csrc/model/transformer.h"
 #include "trainer/checkpoint_manifest.h"  // read_manifest, kCheckpointFormatVersion
 
@@ -56,6 +57,12 @@ class Checkpointer {
   // Returns the committed directory.
   std::string save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer);
 
+  // One process, no model built: saves `parameters` (model names without "model/", the shapes of the
+  // model's parameters) and `buffers` (the expert biases) as save() would for a model holding them, with
+  // no optimizer state, reading each tensor as its bytes are written. moe-import converts a model of any
+  // size in the memory of its largest tensor this way. Refused (logic_error) with a mesh.
+  std::string save_streamed(const TrainState& state, const model::TransformerOptions& options,
+                            const std::vector<io::LazyTensor>& parameters, const std::vector<io::LazyTensor>& buffers);
   // The committed checkpoint `latest` points to, if any.
   std::optional<std::string> latest() const;
 
@@ -69,6 +76,10 @@ class Checkpointer {
   }
 
  private:
+  // Rank 0 after every rank wrote its file into step_N.tmp: checks that the `reports` (one per rank) cover
+  // every tensor once, writes the manifest, renames step_N.tmp to step_N, then moves `latest`; prunes.
+  void commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep) const;
+
   std::string root_;
   int64_t keep_last_;
   std::string model_section_, recipe_text_;

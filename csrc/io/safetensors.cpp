@@ -10,6 +10,7 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <tuple>
 
 namespace moetrain::io {
 namespace {
@@ -41,17 +42,18 @@ std::string dtype_name(torch::ScalarType t) {
   throw std::invalid_argument(std::string("safetensors: unsupported dtype ") + c10::toString(t));
 }
 
-// The header text (length prefix included) and the bytes of each tensor once stored as `dtype_of(t)`.
-template <class DtypeOf>
-std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata, DtypeOf dtype_of) {
+// The header text (length prefix included) for tensors stored as `entries` (name, shape, stored dtype).
+std::string header_bytes(const std::vector<std::tuple<std::string, std::vector<int64_t>, torch::ScalarType>>& entries,
+                         const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
-  for (const auto& [name, t] : tensors) {
+  for (const auto& [name, shape, dtype] : entries) {
     if (header.contains(name)) throw std::invalid_argument("safetensors: tensor name " + name + " appears twice");
-    const torch::ScalarType dtype = dtype_of(t);
-    const size_t bytes = static_cast<size_t>(t.numel()) * c10::elementSize(dtype);
-    header[name] = {{"dtype", dtype_name(dtype)}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    size_t numel = 1;
+    for (const int64_t d : shape) numel *= static_cast<size_t>(d);
+    const size_t bytes = numel * c10::elementSize(dtype);
+    header[name] = {{"dtype", dtype_name(dtype)}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
@@ -60,6 +62,13 @@ std::string header_bytes(const NamedTensors& tensors, const std::map<std::string
   uint64_t n = text.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
   return out + text;
+}
+
+template <class DtypeOf>
+std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata, DtypeOf dtype_of) {
+  std::vector<std::tuple<std::string, std::vector<int64_t>, torch::ScalarType>> entries;
+  for (const auto& [name, t] : tensors) entries.emplace_back(name, t.sizes().vec(), dtype_of(t));
+  return header_bytes(entries, metadata);
 }
 
 void write_all(int fd, const std::string& path, const char* data, size_t size) {
@@ -100,6 +109,38 @@ int64_t write_safetensors_synced(const std::string& path, const NamedTensors& te
   int64_t bytes = static_cast<int64_t>(header.size());
   for (const auto& item : tensors) {  // one converted tensor in memory at a time
     const auto c = item.second.detach().to(torch::kCPU).to(stored(item.second)).contiguous();
+    const size_t n = c.numel() * c.element_size();
+    write_all(fd, path, static_cast<const char*>(c.data_ptr()), n);
+    bytes += static_cast<int64_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
+  return bytes;
+}
+
+int64_t write_safetensors_synced(const std::string& path, const std::vector<LazyTensor>& tensors,
+                                 const std::map<std::string, std::string>& metadata,
+                                 std::optional<torch::ScalarType> floats_as) {
+  auto stored = [&](torch::ScalarType t) { return floats_as && at::isFloatingType(t) ? *floats_as : t; };
+  std::vector<std::tuple<std::string, std::vector<int64_t>, torch::ScalarType>> entries;
+  for (const auto& t : tensors) entries.emplace_back(t.name, t.shape, stored(t.dtype));
+  const std::string header = header_bytes(entries, metadata);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error(path + ": cannot create (" + std::strerror(errno) + ")");
+  write_all(fd, path, header.data(), header.size());
+  int64_t bytes = static_cast<int64_t>(header.size());
+  for (const auto& t : tensors) {  // one materialised tensor in memory at a time
+    torch::Tensor c;
+    try {
+      c = t.read();
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    if (c.sizes().vec() != t.shape) {
+      ::close(fd);
+      throw std::logic_error("safetensors: " + t.name + " was declared with another shape than its reader returned");
+    }
+    c = c.detach().to(torch::kCPU).to(stored(t.dtype)).contiguous();
     const size_t n = c.numel() * c.element_size();
     write_all(fd, path, static_cast<const char*>(c.data_ptr()), n);
     bytes += static_cast<int64_t>(n);

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,6 +28,20 @@ void write_file_synced(const std::string& path, const std::string& bytes);
 // tensors are stored in this dtype, each converted as it is written (integer and byte tensors as they are).
 // Returns the file's size in bytes.
 int64_t write_safetensors_synced(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata = {},
+                                 std::optional<torch::ScalarType> floats_as = std::nullopt);
+
+// A tensor named, shaped and typed up front and materialised only when it is written, so a file of any
+// size is written holding one tensor at a time (moe-import never builds the model it converts).
+struct LazyTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  torch::ScalarType dtype = torch::kFloat32;
+  std::function<torch::Tensor()> read;  // must return `shape` (checked) in any dtype (converted)
+};
+
+// write_safetensors_synced for lazy tensors: each `read` is called once, in order, as its bytes are written.
+int64_t write_safetensors_synced(const std::string& path, const std::vector<LazyTensor>& tensors,
                                  const std::map<std::string, std::string>& metadata = {},
                                  std::optional<torch::ScalarType> floats_as = std::nullopt);
 

@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
+#include "csrc/io/safetensors.h"
 #include "trainer/checkpoint.h"
 
 using namespace moetrain;
@@ -92,6 +95,53 @@ TEST(CheckpointerTest, RestoresWeightsBiasesAndStateExactly) {
   EXPECT_EQ(state.tokens, 700);
   auto want = model->named_parameters();
   for (const auto& p : other->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
+  EXPECT_TRUE(torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
+}
+
+// save_streamed (moe-import: no model built) writes the checkpoint save() writes for a model with those
+// tensors and a fresh optimizer: the same manifest tensors and shards, the same stored values, and it
+// loads back exactly; every tensor is read once, as it is written.
+TEST(CheckpointerTest, SaveStreamedWritesWhatSaveWritesWithoutAModel) {
+  auto model = tiny_model();
+  model->moe_layers()[0]->router->expert_bias.copy_(torch::tensor({0.1f, -0.2f, 0.3f, 0.0f}));
+  torch::optim::AdamW opt(model->parameters());  // no state, as moe-import has none
+  const auto a = fresh("streamed_reference"), b = fresh("streamed");
+  trainer::Checkpointer(a.string(), 2, "sig", "recipe").save({0, 0, 0}, *model, opt);
+
+  std::vector<io::LazyTensor> params, buffers;
+  int reads = 0;
+  for (const auto& p : model->named_parameters()) {
+    params.push_back({p.key(), p.value().sizes().vec(), torch::kFloat32, [&reads, v = p.value().detach().clone()] { ++reads; return v; }});
+  }
+  for (const auto& x : model->named_buffers()) {
+    buffers.push_back({x.key(), x.value().sizes().vec(), torch::kFloat32, [&reads, v = x.value().detach().clone()] { ++reads; return v; }});
+  }
+  trainer::Checkpointer streamed(b.string(), 2, "sig", "recipe");
+  const std::string dir = streamed.save_streamed({0, 0, 0}, model->options(), params, buffers);
+  EXPECT_EQ(reads, static_cast<int>(params.size() + buffers.size()));
+  EXPECT_EQ(fs::path(dir).filename(), "step_00000000");
+
+  auto manifest = [](const fs::path& run) {
+    return nlohmann::json::parse(trainer::read_manifest((run / "checkpoints" / "step_00000000").string()));
+  };
+  const auto want = manifest(a), got = manifest(b);
+  EXPECT_EQ(got["tensors"], want["tensors"]);
+  EXPECT_EQ(got["layout"], want["layout"]);
+  EXPECT_EQ(got["model_digest"], want["model_digest"]);
+  io::SafetensorsFile fa((a / "checkpoints/step_00000000/rank00000.safetensors").string());
+  io::SafetensorsFile fb((b / "checkpoints/step_00000000/rank00000.safetensors").string());
+  EXPECT_EQ(fb.names().size(), fa.names().size());
+  for (const auto& name : fa.names()) {
+    if (name.rfind("rng/", 0) == 0) continue;
+    EXPECT_TRUE(torch::equal(fa.get(name), fb.get(name))) << name;
+  }
+
+  auto other = tiny_model();
+  model::init_weights(*other, 99, 0.02);
+  torch::optim::AdamW other_opt(other->parameters());
+  streamed.load(*streamed.latest(), *other, other_opt);
+  auto values = model->named_parameters();
+  for (const auto& p : other->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), values[p.key()])) << p.key();
   EXPECT_TRUE(torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
 }
 
