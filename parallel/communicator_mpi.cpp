@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <deque>
+#include <string>
 #include <thread>
 
 namespace moetrain::parallel {
@@ -138,9 +139,32 @@ Watchdog::Wait MpiCommunicator::watched(const char* op, int64_t bytes) {
   return watchdog().enter(identity_, sequence_++, op, bytes);
 }
 
-// Polls MPI_Test (which also progresses the operation) and ticks the watchdog; the longer the wait, the
-// more of the core it gives back to the peers (CI runs more ranks than cores).
+// MOETRAIN_MPI_WAIT: "poll" (default: the watched wait below) or "block" (MPI_Wait: no deadline, so
+// parallel.timeout_s does not apply to MPI collectives). "block" is the baseline of `moe-bench
+// collectives` and a way out should polling ever cost a machine more than it saves.
+static bool blocking_wait() {
+  static const bool block = [] {
+    const char* v = std::getenv("MOETRAIN_MPI_WAIT");
+    const std::string mode = v ? v : "poll";
+    if (mode != "poll" && mode != "block") {
+      throw CommError("MOETRAIN_MPI_WAIT=" + mode + ": expected poll (the default: collectives time out after "
+                      "parallel.timeout_s) or block (MPI_Wait, no timeout); unset it or pick one");
+    }
+    return mode == "block";
+  }();
+  return block;
+}
+
+// Polls MPI_Test (which also progresses the operation) and ticks the watchdog. For the first millisecond it
+// spins, as MPI_Wait does; then it yields the core at every poll (CI runs more ranks than cores); after
+// 100 ms it sleeps 1 ms between polls. A sleep while the peers are still busy costs a scheduler tick
+// (4 ms at HZ=250) when the machine is loaded: short sleeps made a 4 KiB all-reduce take 4 ms instead of
+// 10 us (moe-bench collectives, docs/benchmarks.md).
 void MpiCommunicator::complete(MPI_Request& request, Watchdog::Wait& wait, const char* op) const {
+  if (blocking_wait()) {
+    check(MPI_Wait(&request, MPI_STATUS_IGNORE), op);
+    return;
+  }
   for (int64_t polls = 0;; ++polls) {
     int done = 0;
     check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), op);
@@ -148,8 +172,8 @@ void MpiCommunicator::complete(MPI_Request& request, Watchdog::Wait& wait, const
     wait.tick();
     if (polls < 100) continue;
     const double waited = wait.waited_s();
-    if (waited < 1e-3) sched_yield();
-    else if (waited < 0.1) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    if (waited < 1e-3) continue;
+    if (waited < 0.1) sched_yield();
     else std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }

@@ -19,6 +19,12 @@
 //     One fine-tuning step of the MoE layer (forward, backward, AdamW step) with every weight trained,
 //     then with LoRA rank R on all expert projections and the base frozen: time per step and the
 //     memory that training state takes (trainable weights' gradients + AdamW moments), one JSON line each.
+//   mpirun -np P moe-bench collectives [--bytes N] [--warmup N] [--iters N]
+//     Latency of the world communicator's all_reduce_sum and all_to_all_v (N bytes of fp32 per rank, split
+//     evenly over the ranks for the all-to-all; --bytes 0, the default, sweeps 8 B to 4 MiB): median and mean
+//     microseconds over --iters calls, each timed alone between barriers, one JSON line per size from rank 0.
+//     MOETRAIN_MPI_WAIT=block gives the blocking-MPI baseline of the polled, watched waits (docs/reliability.md).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +36,8 @@
 #include "csrc/model/precision.h"
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/cuda_sync_debug.h"
+#include "parallel/launch_env.h"
+#include "parallel/world.h"
 
 #include <torch/cuda.h>
 
@@ -46,9 +54,9 @@ void synchronize() {
 
 int usage(const std::string& message) {
   std::fprintf(stderr,
-               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|gemm|finetune [--tokens N] [--d-model D] [--experts E] "
+               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D] [--experts E] "
                "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1] "
-               "[--device cpu|cuda]\n",
+               "[--bytes N] [--device cpu|cuda]\n",
                message.c_str());
   return 2;
 }
@@ -194,6 +202,54 @@ int bench_finetune(const Args& args) {
   return 0;
 }
 
+// Median and mean of `samples` microseconds.
+std::pair<double, double> median_mean(std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  double sum = 0;
+  for (const double s : samples) sum += s;
+  return {samples[samples.size() / 2], sum / static_cast<double>(samples.size())};
+}
+
+int bench_collectives(const Args& args) {
+  const auto launch = moetrain::parallel::detect_launch();
+  auto world = moetrain::parallel::world_communicator(launch);
+  const int ranks = world->size();
+  const char* wait = std::getenv("MOETRAIN_MPI_WAIT");
+  std::vector<int64_t> sizes{8, 4096, 262144, 4194304};
+  if (args.at("bytes") > 0) sizes = {args.at("bytes")};
+  for (const int64_t bytes : sizes) {
+    const int64_t per_rank = std::max<int64_t>(1, bytes / 4 / ranks);  // fp32 elements sent to each rank
+    const auto x = torch::ones({per_rank * ranks});
+    const std::vector<int64_t> counts(static_cast<size_t>(ranks), per_rank);
+    std::vector<double> reduce_us, a2a_us;
+    for (int64_t i = 0; i < args.at("warmup") + args.at("iters"); ++i) {
+      auto y = x.clone();
+      world->barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      world->all_reduce_sum(y);
+      auto t1 = std::chrono::steady_clock::now();
+      world->barrier();
+      auto t2 = std::chrono::steady_clock::now();
+      auto z = world->all_to_all_v(x, counts, counts);
+      auto t3 = std::chrono::steady_clock::now();
+      if (i < args.at("warmup")) continue;
+      reduce_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+      a2a_us.push_back(std::chrono::duration<double, std::micro>(t3 - t2).count());
+    }
+    const auto [reduce_median, reduce_mean] = median_mean(reduce_us);
+    const auto [a2a_median, a2a_mean] = median_mean(a2a_us);
+    if (world->rank() == 0) {
+      std::printf("{\"bench\": \"collectives\", \"launcher\": \"%s\", \"ranks\": %d, \"wait\": \"%s\", \"bytes\": %lld, "
+                  "\"iters\": %lld, \"all_reduce_us_median\": %.1f, \"all_reduce_us_mean\": %.1f, "
+                  "\"all_to_all_us_median\": %.1f, \"all_to_all_us_mean\": %.1f}\n",
+                  launch.launcher.c_str(), ranks, wait ? wait : "poll", static_cast<long long>(per_rank * ranks * 4),
+                  static_cast<long long>(args.at("iters")), reduce_median, reduce_mean, a2a_median, a2a_mean);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -201,7 +257,7 @@ int main(int argc, char** argv) {
   const std::string name = argv[1];
   std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
                                       {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8},
-                                      {"bf16", 0}};
+                                      {"bf16", 0},      {"bytes", 0}};
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--device") {
@@ -228,7 +284,8 @@ int main(int argc, char** argv) {
     if (name == "finetune") return bench_finetune(args);
     if (name == "dense-swiglu") return bench_dense_swiglu(args);
     if (name == "gemm") return bench_gemm(args);
-    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, gemm, finetune)");
+    if (name == "collectives") return bench_collectives(args);
+    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, gemm, finetune, collectives)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
     return 1;

@@ -1,5 +1,7 @@
 """moe-bench runs: `moe-layer` and `finetune` at tiny sizes each print one JSON line per measurement with
-a positive, finite tokens/s (and the sizes they were asked for). Seconds on one thread."""
+a positive, finite tokens/s (and the sizes they were asked for); `collectives` in one process prints its
+latencies with the polled and the blocking MPI wait, and a bad MOETRAIN_MPI_WAIT is refused by name.
+Seconds on one thread."""
 import json
 import math
 import os
@@ -32,4 +34,16 @@ check(len(bench("moe-layer")) == 1, "moe-layer: expected one JSON line")
 records = bench("finetune", ["--lora-rank", "4"])
 check([r["mode"] for r in records] == ["full", "lora"], f"finetune: expected a full and a LoRA line: {records}")
 check(records[1]["trainable"] < records[0]["trainable"], f"finetune: LoRA should train fewer weights: {records}")
+
+for wait in ("poll", "block"):
+    proc = subprocess.run([os.path.join(BIN, "moe-bench"), "collectives", "--bytes", "4096", "--iters", "3", "--warmup", "1"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "MOETRAIN_MPI_WAIT": wait})
+    check(proc.returncode == 0, f"collectives ({wait}) exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    r = json.loads(proc.stdout)
+    check(r["wait"] == wait and r["ranks"] == 1 and r["bytes"] == 4096 and r["all_reduce_us_median"] >= 0 and
+          r["all_to_all_us_median"] >= 0, f"collectives ({wait}): {r}")
+    print("collectives", wait, r["all_reduce_us_median"], r["all_to_all_us_median"], "us")
+proc = subprocess.run([os.path.join(BIN, "moe-bench"), "collectives", "--iters", "1"], capture_output=True, text=True,
+                      timeout=120, env={**os.environ, "MOETRAIN_MPI_WAIT": "spin"})
+check(proc.returncode == 1 and "MOETRAIN_MPI_WAIT=spin: expected poll" in proc.stderr, f"a bad MOETRAIN_MPI_WAIT: {proc.stderr}")
 print("ok")
