@@ -1,10 +1,14 @@
 #include "parallel/watchdog.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "csrc/util/run_position.h"
@@ -150,6 +154,33 @@ std::vector<std::string> late_peers(const std::string& mine_text, const std::map
   return lines;
 }
 
+std::string this_process() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::string boot;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
+  return std::string(host) + "/" + boot + " " + std::to_string(::getpid());
+}
+
+std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes, const std::map<int, std::string>& answers) {
+  std::vector<int> pids;
+  if (me < 0 || me >= static_cast<int>(processes.size())) return pids;
+  auto split = [](const std::string& p) {
+    std::istringstream in(p);
+    std::string machine;
+    int pid = -1;
+    in >> machine >> pid;
+    return std::make_pair(machine, pid);
+  };
+  const std::string mine = split(processes[static_cast<size_t>(me)]).first;
+  for (int r = 0; r < static_cast<int>(processes.size()); ++r) {
+    if (r == me || answers.count(r)) continue;
+    const auto [machine, pid] = split(processes[static_cast<size_t>(r)]);
+    if (machine == mine && pid > 0) pids.push_back(pid);
+  }
+  return pids;
+}
+
 void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports) {
   const int me = settings_.world_rank;
   const std::string mine = report(in_flight, timed_out);
@@ -215,6 +246,11 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
     } catch (const std::exception& e) {
       text += std::string("\n  (flight record not written: ") + e.what() + ")";
     }
+  }
+  // The silent ranks of this machine are stopped or stuck: a stopped process ignores the launcher's SIGTERM
+  // (torchrun's agent would wait 30 s for it), so end them now. The job is ending; checkpoints are atomic.
+  for (const int pid : settings_.kill_silent_local_ranks ? silent_local_pids(me, processes_, answers) : std::vector<int>{}) {
+    if (::kill(pid, SIGKILL) == 0) text += "\n  killed process " + std::to_string(pid) + " of this machine, a rank that sent no report";
   }
   text += "\n";
   std::fputs(text.c_str(), stderr);

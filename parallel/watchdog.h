@@ -9,7 +9,9 @@
 // peer(s) it waits on (a peer that sent no report is stopped, dead or busy outside communication; one
 // that reported fewer collectives in the group has not reached this one), writes its flight record to
 // RUN_DIR/flight_recorder/rank<N>.json, and exits with kCollectiveTimeoutExitCode. The launcher (mpirun,
-// torchrun) then ends the job.
+// torchrun) then ends the job. Under torchrun it first kills (SIGKILL) the ranks of its own machine that
+// sent no report: a stopped process ignores the agent's SIGTERM, and the agent waits 30 s before SIGKILL
+// (mpirun kills the other ranks at once, and reports the first exit code: 124 stays the job's).
 //
 // All calls come from the thread that runs the collectives (the only one that communicates).
 #pragma once
@@ -50,6 +52,7 @@ struct WatchdogSettings {
   int world_rank = 0;
   double report_window_s = 3;  // after the alarm: how long a rank gathers the others' reports
   double linger_s = 2;         // after printing: how long before exiting (the others print meanwhile)
+  bool kill_silent_local_ranks = false;  // on expiry, SIGKILL this machine's ranks that sent no report (torchrun)
 };
 
 class Watchdog {
@@ -82,6 +85,9 @@ class Watchdog {
   };
 
   void configure(const WatchdogSettings& settings);
+  // Which process each world rank is (this_process() of every rank, by world rank), gathered once the
+  // world exists: on expiry the silent ranks of this machine are killed.
+  void set_world_processes(std::vector<std::string> processes) { processes_ = std::move(processes); }
   const WatchdogSettings& settings() const { return settings_; }
   void set_alarm_channel(std::shared_ptr<AlarmChannel> channel) { channel_ = std::move(channel); }
 
@@ -99,11 +105,20 @@ class Watchdog {
   std::shared_ptr<AlarmChannel> channel_;
   FlightRecorder recorder_;
   std::map<std::string, int64_t> entered_;  // group key → sequence of the last collective entered
+  std::vector<std::string> processes_;      // this_process() by world rank; empty: unknown
   std::chrono::steady_clock::time_point last_probe_;
 };
 
 // The process's watchdog.
 Watchdog& watchdog();
+
+// This process, as "MACHINE PID": MACHINE is the host name and the kernel's boot id, so that two hosts (or
+// containers) with one name are not taken for one machine.
+std::string this_process();
+
+// Pure, for expire() and its tests: the PIDs of the world ranks other than `me` that run on `me`'s machine
+// (`processes`: this_process() by world rank) and gave no report (`answers`, by world rank).
+std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes, const std::map<int, std::string>& answers);
 
 // Pure, for the report and its tests: the lines naming the peers of `mine`'s collective that have not
 // reached it, given the other ranks' reports (JSON texts of Watchdog reports, by rank).

@@ -8,6 +8,7 @@
 #include "csrc/config/recipe_loader.h"
 #include "csrc/util/fault_injection.h"
 #include "csrc/util/run_position.h"
+#include "parallel/agreement.h"
 #include "parallel/data_plane.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
@@ -83,6 +84,7 @@ int main(int argc, char** argv) {
     watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
     watch.run_dir = run_dir;
     watch.world_rank = launch.rank;
+    watch.kill_silent_local_ranks = launch.launcher == "torchrun";  // mpirun and srun end the job themselves
     moetrain::parallel::watchdog().configure(watch);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-train: error%s: %s\n",
@@ -99,6 +101,8 @@ int main(int argc, char** argv) {
       auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(launch), data_plane,
                                                        placement.device);
       mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), sizes);
+      moetrain::parallel::watchdog().set_world_processes(
+          moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
       if (launch.rank != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // progress from rank 0 only
     }
     if (launch.rank == 0 && (placement.device.is_cuda() || nccl)) {

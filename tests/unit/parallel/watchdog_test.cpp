@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -131,3 +132,19 @@ TEST(WatchdogDeathTest, TimeoutReportsTheCollectiveAndExits) {
 
 }  // namespace
 }  // namespace moetrain::parallel
+
+// On expiry a rank kills the ranks of its own machine that sent no report, and only those: not itself,
+// not a rank that answered, not a rank of another machine (same host name, another boot id included).
+TEST(Watchdog, SilentRanksOfThisMachineAreTheOnesKilled) {
+  const std::vector<std::string> processes{"node1/boot-a 100", "node1/boot-a 101", "node1/boot-a 102", "node2/boot-b 100",
+                                           "node1/boot-c 103"};
+  const std::string answer = "{}";
+  EXPECT_EQ(moetrain::parallel::silent_local_pids(0, processes, {{2, answer}}), std::vector<int>{101});
+  EXPECT_EQ(moetrain::parallel::silent_local_pids(0, processes, {}), (std::vector<int>{101, 102}));
+  EXPECT_EQ(moetrain::parallel::silent_local_pids(3, processes, {}), std::vector<int>{});  // alone on node2
+  EXPECT_EQ(moetrain::parallel::silent_local_pids(0, {}, {}), std::vector<int>{});          // processes unknown (one process)
+  const std::string me = moetrain::parallel::this_process();
+  EXPECT_NE(me.find(' '), std::string::npos);
+  EXPECT_EQ(me.substr(me.rfind(' ') + 1), std::to_string(::getpid()));
+}
+
