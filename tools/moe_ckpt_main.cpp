@@ -12,8 +12,10 @@
 
 #include "csrc/config/recipe_loader.h"
 #include "csrc/io/sha256.h"
+#include "parallel/agreement.h"
 #include "parallel/launch_env.h"
 #include "parallel/mesh.h"
+#include "parallel/watchdog.h"
 #include "parallel/world.h"
 #include "trainer/checkpoint.h"
 
@@ -96,7 +98,19 @@ int main(int argc, char** argv) {
     sizes.tp = static_cast<int>(recipe.parallel().tensor());
     sizes.ep = static_cast<int>(recipe.parallel().expert());
     moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
-    if (launch.world_size > 1) mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
+    // Collectives are watched as in moe-train: a rank that stops ends the job after parallel.timeout_s
+    // (the checkpoint's, or --set's), with the report and flight record under RUN_DIR.
+    moetrain::parallel::WatchdogSettings watch;
+    watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
+    watch.run_dir = out;
+    watch.world_rank = launch.rank;
+    watch.kill_silent_local_ranks = launch.launcher == "torchrun";
+    moetrain::parallel::watchdog().configure(watch);
+    if (launch.world_size > 1) {
+      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
+      moetrain::parallel::watchdog().set_world_processes(
+          moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
+    }
     const int ep_rank = mesh ? mesh->ep_rank() : 0, tp_rank = mesh ? mesh->tp_rank() : 0;
     moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe, sizes.ep, ep_rank, sizes.tp, tp_rank));
     torch::optim::AdamW optimizer(model->parameters());
