@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <string>
 
 #include "csrc/config/recipe_loader.h"
@@ -48,15 +49,43 @@ std::vector<std::string> shipped_recipes() {
   return found;
 }
 
+// Recipes whose base is a model that moe-import writes (recipes/finetune/qwen3_moe_lora.textproto) load
+// in a copy of the tree with a stand-in for that model's recipe.
+const std::map<std::string, std::string> kImportedBases{
+    {"../../models/qwen3-moe/recipe.textproto", "tests/unit/config/qwen3_30b_a3b_imported.textproto"}};
+
+std::string with_imported_base(const std::string& path) {
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& [base, stand_in] : kImportedBases) {
+    if (text.find("base: \"" + base + "\"") == std::string::npos) continue;
+    const std::string root = ::testing::TempDir() + "/recipe_imported_base", recipes = root + "/recipes/finetune";
+    const std::string model_dir = root + "/" + base.substr(6, base.rfind('/') - 6);  // without "../../"
+    EXPECT_EQ(std::system(("mkdir -p '" + recipes + "' '" + model_dir + "'").c_str()), 0);
+    std::ofstream(recipes + "/" + path.substr(path.rfind('/') + 1)) << text;
+    std::ifstream model(source_dir() + "/" + stand_in);
+    std::ofstream(root + "/" + base.substr(6)) << model.rdbuf();
+    return recipes + "/" + path.substr(path.rfind('/') + 1);
+  }
+  return path;
+}
+
 TEST(RecipeFiles, EveryShippedRecipeLoadsAndValidates) {
   const auto recipes = shipped_recipes();
   EXPECT_GE(recipes.size(), 20u);
   for (const auto& path : recipes) {
     Recipe r;
-    EXPECT_NO_THROW(r = load_recipe(path, {})) << path;
+    EXPECT_NO_THROW(r = load_recipe(with_imported_base(path), {})) << path;
     EXPECT_GT(r.train().steps(), 0) << path;
     EXPECT_TRUE(r.model().has_d_model()) << path << ": defaults are filled in";
   }
+  // The Qwen3-MoE fine-tuning recipe on Qwen3-30B-A3B's model, under the walk-through's EP 8.
+  const std::string qwen3 = with_imported_base(source_dir() + "/recipes/finetune/qwen3_moe_lora.textproto");
+  Recipe r;
+  EXPECT_NO_THROW(r = load_recipe(qwen3, {"parallel.expert=8"})) << qwen3;
+  EXPECT_EQ(r.model().num_experts(), 128);
+  EXPECT_EQ(r.finetune().lora().rank(), 16);
+  EXPECT_TRUE(r.finetune().freeze_router());
 }
 
 TEST(RecipeFiles, FillDefaultsMakesEveryFieldExplicit) {
