@@ -96,27 +96,6 @@ std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::
   return out;
 }
 
-int64_t write_safetensors_synced(const std::string& path, const NamedTensors& tensors,
-                                 const std::map<std::string, std::string>& metadata,
-                                 std::optional<torch::ScalarType> floats_as) {
-  auto stored = [&](const torch::Tensor& t) {
-    return floats_as && at::isFloatingType(t.scalar_type()) ? *floats_as : t.scalar_type();
-  };
-  const std::string header = header_bytes(tensors, metadata, stored);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw std::runtime_error(path + ": cannot create (" + std::strerror(errno) + ")");
-  write_all(fd, path, header.data(), header.size());
-  int64_t bytes = static_cast<int64_t>(header.size());
-  for (const auto& item : tensors) {  // one converted tensor in memory at a time
-    const auto c = item.second.detach().to(torch::kCPU).to(stored(item.second)).contiguous();
-    const size_t n = c.numel() * c.element_size();
-    write_all(fd, path, static_cast<const char*>(c.data_ptr()), n);
-    bytes += static_cast<int64_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
-  return bytes;
-}
-
 int64_t write_safetensors_synced(const std::string& path, const std::vector<LazyTensor>& tensors,
                                  const std::map<std::string, std::string>& metadata,
                                  std::optional<torch::ScalarType> floats_as) {
@@ -149,20 +128,22 @@ int64_t write_safetensors_synced(const std::string& path, const std::vector<Lazy
   return bytes;
 }
 
+int64_t write_safetensors_synced(const std::string& path, const NamedTensors& tensors,
+                                 const std::map<std::string, std::string>& metadata,
+                                 std::optional<torch::ScalarType> floats_as) {
+  std::vector<LazyTensor> lazy;
+  lazy.reserve(tensors.size());
+  for (const auto& item : tensors) {
+    const torch::Tensor& t = item.second;  // the caller's tensors outlive the call
+    lazy.push_back({item.first, t.sizes().vec(), t.scalar_type(), [&t] { return t; }});
+  }
+  return write_safetensors_synced(path, lazy, metadata, floats_as);
+}
+
 void write_file_synced(const std::string& path, const std::string& bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw std::runtime_error(path + ": cannot create (" + std::strerror(errno) + ")");
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const std::string why = std::strerror(errno);
-      ::close(fd);
-      throw std::runtime_error(path + ": write failed (" + why + "); is the disk full?");
-    }
-    done += static_cast<size_t>(w);
-  }
+  write_all(fd, path, bytes.data(), bytes.size());
   if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
 }
 

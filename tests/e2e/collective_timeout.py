@@ -37,6 +37,19 @@ REPORT = re.compile(r"rank 0: collective timed out after (\d+\.\d) s \(parallel\
                     r"\((\w+), world ranks 0 1\), collective #(\d+) of the group, at step (\d+) \((\w+)\)\n"
                     r"  waiting on rank 1: no answer \(stopped, dead, or busy outside communication\)")
 
+def stop_and_wait(job, pid, mark, name):
+    """SIGSTOPs rank 1 (`pid`) and waits for the job to end: (stdout, stderr, seconds since the stop)."""
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        out, err = job.communicate(timeout=limit + 60)
+    except subprocess.TimeoutExpired:
+        end_leftovers(mark)
+        job.kill()
+        check(False, f"{name}: the job still runs {limit + 60} s after rank 1 was stopped")
+    return out, err, time.time() - stopped_at
+
+
 for name, layout in layouts.items():
     run = fresh_dir(f"timeout_{launcher}_{name}")
     overrides = layout + [f"parallel.timeout_s={TIMEOUT}", f"train.steps={STEPS}", "checkpoint.interval=4",
@@ -48,15 +61,7 @@ for name, layout in layouts.items():
     wait_for_step(run, 6, job)
     ranks = rank_processes(mark)
     check(1 in ranks, f"{name}: found rank 1 ({ranks})")
-    os.kill(ranks[1], signal.SIGSTOP)
-    stopped_at = time.time()
-    try:
-        out, err = job.communicate(timeout=limit + 60)
-    except subprocess.TimeoutExpired:
-        end_leftovers(mark)
-        job.kill()
-        check(False, f"{name}: the job still runs {limit + 60} s after rank 1 was stopped")
-    took = time.time() - stopped_at
+    out, err, took = stop_and_wait(job, ranks[1], mark, name)
     left = end_leftovers(mark)
     check(not left, f"{name}: ranks {sorted(left)} outlived the job")
     check(job.returncode != 0, f"{name}: exit code {job.returncode} after a stopped rank")
@@ -96,15 +101,7 @@ if launcher == "mpirun":  # 4 ranks: the others hear of the timeout and report t
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "MOETRAIN_TEST_MARK": mark})
     wait_for_step(run, 5, job)
-    os.kill(rank_processes(mark)[1], signal.SIGSTOP)
-    stopped_at = time.time()
-    try:
-        out, err = job.communicate(timeout=limit + 60)
-    except subprocess.TimeoutExpired:
-        end_leftovers(mark)
-        job.kill()
-        check(False, f"4 ranks: the job still runs {limit + 60} s after rank 1 was stopped")
-    took = time.time() - stopped_at
+    out, err, took = stop_and_wait(job, rank_processes(mark)[1], mark, "4 ranks")
     check(not end_leftovers(mark), "4 ranks: ranks outlived the job")
     check(job.returncode != 0 and took <= limit, f"4 ranks: exit code {job.returncode} after {took:.1f} s")
     blocks = {int(m.group(1)): m.group(2) for m in BLOCK.finditer(err)}
