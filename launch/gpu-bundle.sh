@@ -9,18 +9,19 @@
 #   MOETRAIN_VENV  the venv whose torch the binaries were built against (default ~/.cache/moetrain/venv)
 #
 # It needs a built tree (launch/setup.sh; the binaries in build/bin and build/tests) and the small test
-# corpus (build/test_corpus: `bash data/prepare_corpus.sh build/test_corpus --small`, made by CTest's
-# corpus_small_prepare). Shared libraries are collected with ldd, resolving against torch's own
-# libraries first as the GPU machine will: what torch's wheel and its nvidia-* wheels provide (libtorch*,
-# libc10*, CUDA runtime, cuBLAS, NCCL, libgomp) and glibc's core libraries stay out; everything else
-# (libstdc++ and libgcc_s included: the target's may be older) goes into lib/.
+# corpus build/test_corpus, which it makes when missing (seconds; CTest's corpus_small_prepare makes it
+# too: `bash data/prepare_corpus.sh build/test_corpus --small`). Shared libraries are collected with
+# ldd, resolving against torch's own libraries first as the GPU machine will: what torch's wheel and its
+# nvidia-* wheels provide (libtorch*, libc10*, CUDA runtime, cuBLAS, NCCL, libgomp) and glibc's core
+# libraries stay out; everything else (libstdc++ and libgcc_s included: the target's may be older) goes
+# into lib/.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$root/build/gpu-bundle" tar=0
 for a in "$@"; do
   case "$a" in
     --tar) tar=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "gpu-bundle: unknown option $a (usage: launch/gpu-bundle.sh [OUT_DIR] [--tar])" >&2; exit 2 ;;
     *) out=$a ;;
   esac
@@ -38,11 +39,19 @@ tests=("$test_dir/gpu_test" "$test_dir/multirank_test")
 for f in "${binaries[@]}" "${tests[@]}"; do
   [ -x "$f" ] || die "$f is missing: build first (bash launch/setup.sh, or cmake --build build --target $(basename "$f"))"
 done
-for f in train.bin train.idx valid.bin valid.idx tokenizer.model; do
-  [ -f "$corpus/$f" ] || die "$corpus/$f is missing: make the small corpus (bash data/prepare_corpus.sh build/test_corpus --small)"
-done
 python="$venv/bin/python"
 [ -x "$python" ] || die "no venv python at $python (run launch/setup.sh or set MOETRAIN_VENV)"
+corpus_files=(train.bin train.idx valid.bin valid.idx tokenizer.model)
+corpus_complete() { local f; for f in "${corpus_files[@]}"; do [ -f "$corpus/$f" ] || return 1; done; }
+if ! corpus_complete; then
+  # A checkout that has only been set up has no test corpus yet: make it (seconds). Only then: CTest's
+  # tests read this folder, and a complete one stays as it is.
+  say "the small test corpus $corpus is missing or incomplete: making it (bash data/prepare_corpus.sh build/test_corpus --small)"
+  rm -f "$corpus/.done"  # an incomplete corpus is remade whatever its stamp says
+  MOETRAIN_BIN="$bin_dir" MOETRAIN_PYTHON="$python" bash "$root/data/prepare_corpus.sh" "$corpus" --small ||
+    die "making the small corpus in $corpus failed (output above); fix that, then run bash data/prepare_corpus.sh build/test_corpus --small"
+  corpus_complete || die "data/prepare_corpus.sh finished but $corpus lacks one of ${corpus_files[*]}"
+fi
 torch_lib=$("$python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 torch_version=$("$python" -c 'import torch; print(torch.__version__)')
 site=$(dirname "$(dirname "$torch_lib")")

@@ -13,7 +13,8 @@
 #                  the bundle and torch on the library path, the system's Open MPI, PMIx, protobuf,
 #                  libstdc++ and every other non-glibc library hidden in a private mount namespace), then runs
 #                  the whole check plan on the CPU with very few steps. Exit 77 (skip) where no mount
-#                  namespace can be made.
+#                  namespace can be made. A checkout that has only been set up is enough: the bundle
+#                  script makes the small test corpus (build/test_corpus) when it is missing.
 #   PYTHON         the Python with torch (default: python3, then python; dry run: the venv's)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +24,7 @@ while (($#)); do
     --bundle) bundle=${2:?--bundle needs a directory}; shift 2 ;;
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (usage: launch/gpu-check.sh [--bundle DIR] [--out REPORT.json] [--dry-run])" >&2; exit 2 ;;
   esac
 done

@@ -1,7 +1,5 @@
 #include "trainer/trainer.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,6 +28,7 @@
 #include "trainer/moe_measures.h"
 #include "trainer/optimizer.h"
 #include "trainer/preemption.h"
+#include "trainer/progress_line.h"
 #include "trainer/schedule.h"
 
 namespace moetrain::trainer {
@@ -218,7 +217,7 @@ TrainSummary Trainer::run() {
   const int64_t tokens_per_step = mbs * accum * seq * dp;
   const double clip = r.optimizer().grad_clip() > 0 ? r.optimizer().grad_clip() : std::numeric_limits<double>::infinity();
   parallel::ProcessMesh* mesh = s_->mesh;
-  const bool tty = isatty(fileno(stdout));
+  const bool redraw = redraw_progress_line();  // one line redrawn in place, else whole lines
   const torch::Device device = s_->placement.device;
 
   // Counts of the whole model: the global size of every parameter (this process holds 1/ep of the
@@ -322,7 +321,7 @@ TrainSummary Trainer::run() {
       if (s_->expert_log) s_->expert_log->write_domains(state.step, layer_names, s_->eval_data.domains, ev.domain_expert_load);
     }
     summary.val_loss = ev.loss, summary.val_ppl = ev.ppl;
-    std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", tty ? "\n" : "", static_cast<long long>(state.step), ev.loss, ev.ppl);
+    std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", redraw ? "\n" : "", static_cast<long long>(state.step), ev.loss, ev.ppl);
     for (const auto& [domain, loss] : ev.domain_loss) std::printf(" %s %.2f", domain.c_str(), std::exp(loss));
     std::printf("\n");
   };
@@ -394,11 +393,11 @@ TrainSummary Trainer::run() {
     const double elapsed = now() - start;
     const double eta = elapsed / (state.step - first_step) * (steps - state.step);
     const bool log_line = state.step % r.logging().log_interval() == 0 || state.step == steps || state.step == first_step + 1;
-    if (log_line || tty) {
+    if (log_line || redraw) {
       std::printf("%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | maxvio %.2f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
-                  tty ? "\r" : "", static_cast<long long>(state.step), static_cast<long long>(steps), rec.get("loss"),
+                  redraw ? "\r" : "", static_cast<long long>(state.step), static_cast<long long>(steps), rec.get("loss"),
                   rec.get("lm_loss"), rec.get("aux_loss"), moe_layers.empty() ? 0.0 : rec.get("max_vio"), lr, grad_norm,
-                  human_count(tokens_per_step / dt).c_str(), human_duration(eta).c_str(), (log_line || !tty) ? "\n" : "");
+                  human_count(tokens_per_step / dt).c_str(), human_duration(eta).c_str(), (log_line || !redraw) ? "\n" : "");
       std::fflush(stdout);
     }
 
@@ -424,7 +423,7 @@ TrainSummary Trainer::run() {
     }
     if (preempted && state.step < steps) {
       std::printf("%spreemption signal received: stopped at step %lld, checkpoint saved in %s; run the same command to resume\n",
-                  tty ? "\n" : "", static_cast<long long>(state.step), saved.c_str());
+                  redraw ? "\n" : "", static_cast<long long>(state.step), saved.c_str());
       std::fflush(stdout);
       summary.preempted = true;
       break;
