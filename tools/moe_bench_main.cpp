@@ -5,6 +5,10 @@
 //                       [--warmup N] [--iters N] [--threads T] [--bf16 0|1] [--device cpu|cuda]
 //     MoE layer forward + backward throughput (tokens/s), printed as one JSON line. --bf16 1: mixed
 //     precision as train.precision=BF16 runs it (fp32 weights and router, bf16 expert GEMMs).
+//     --breakdown 1: a second JSON line, "moe-layer-breakdown", with where the time goes: each phase of
+//     the layer timed alone, forward + backward (router; dispatch; the expert operands: casts to the compute
+//     dtype and the output's cast back; the expert GEMMs with their SwiGLU; combine), their sum and
+//     the rest of the layer (balancing loss, measures), in ms per iteration.
 //     --device cuda: on GPU 0 (the clock is read after torch::cuda::synchronize()). With
 //     MOETRAIN_CUDA_SYNC_DEBUG=warn|error the timed iterations (not the warm-up) run under CUDA's sync
 //     debug mode (csrc/util/cuda_sync_debug.h), and the JSON line says so ("sync_debug").
@@ -34,8 +38,10 @@
 
 #include "csrc/model/layers.h"
 #include "csrc/model/precision.h"
+#include "csrc/moe/balancing.h"
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/cuda_sync_debug.h"
+#include "csrc/util/host_allocator.h"
 #include "parallel/launch_env.h"
 #include "parallel/world.h"
 
@@ -55,10 +61,29 @@ void synchronize() {
 int usage(const std::string& message) {
   std::fprintf(stderr,
                "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D] [--experts E] "
-               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1] "
+               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1] [--breakdown 0|1] "
                "[--bytes N] [--device cpu|cuda]\n",
                message.c_str());
   return 2;
+}
+
+// Runs `step` under bf16 autocast when --bf16 1, one autocast scope per call as the trainer opens one
+// per forward (so casts of weights are cached within a step, never across steps).
+template <typename Step>
+void run_step(const Args& args, Step& step) {
+  moetrain::model::AutocastScope autocast(bench_device.type(), args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
+  step();
+}
+
+// Seconds per call of `step`: warmup calls, then the mean of iters calls.
+template <typename Step>
+double seconds_per_step(const Args& args, Step step) {
+  for (int64_t i = 0; i < args.at("warmup"); ++i) run_step(args, step);
+  synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < args.at("iters"); ++i) run_step(args, step);
+  synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / args.at("iters");
 }
 
 // Runs `step` (forward + backward) warmup + iters times, under bf16 autocast when --bf16 1, and prints
@@ -66,8 +91,7 @@ int usage(const std::string& message) {
 template <typename Step>
 int time_steps(const char* bench, const Args& args, Step step) {
   const bool bf16 = args.at("bf16") != 0;
-  moetrain::model::AutocastScope autocast(bench_device.type(), bf16 ? torch::kBFloat16 : torch::kFloat32);
-  for (int64_t i = 0; i < args.at("warmup"); ++i) step();
+  for (int64_t i = 0; i < args.at("warmup"); ++i) run_step(args, step);
   synchronize();
   // Steady state: the timed iterations run under CUDA's sync debug mode when MOETRAIN_CUDA_SYNC_DEBUG asks.
   const auto sync_debug = bench_device.is_cuda() ? moetrain::util::sync_debug_from_env().mode
@@ -75,7 +99,7 @@ int time_steps(const char* bench, const Args& args, Step step) {
   moetrain::util::set_cuda_sync_debug(sync_debug);
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    for (int64_t i = 0; i < args.at("iters"); ++i) step();
+    for (int64_t i = 0; i < args.at("iters"); ++i) run_step(args, step);
   } catch (...) {
     moetrain::util::set_cuda_sync_debug(moetrain::util::SyncDebugMode::kOff);
     throw;
@@ -98,6 +122,72 @@ int time_steps(const char* bench, const Args& args, Step step) {
   return 0;
 }
 
+// Each phase of the MoE layer timed alone, forward + backward with a random incoming gradient, on the
+// routing of `x`; prints one JSON line, "moe-layer-breakdown", in ms per iteration.
+int print_breakdown(const Args& args, moetrain::moe::MoELayer& layer, const torch::Tensor& x_BSD, double whole_s) {
+  namespace moe = moetrain::moe;
+  const int64_t E = args.at("experts"), D = args.at("d-model");
+  const auto compute = args.at("bf16") ? std::optional<torch::ScalarType>(torch::kBFloat16) : std::nullopt;
+  auto leaf = [](const torch::Tensor& t) { return t.detach().requires_grad_(true); };
+  auto x_TD = leaf(x_BSD.reshape({-1, D}));
+  // One routing, reused by the later phases as their input.
+  moe::Routing route;
+  {
+    torch::NoGradGuard no_grad;
+    route = layer->router(x_TD);
+  }
+  const auto layout = moe::RowLayout::dropless(route.max_kept);
+  const auto rows = moe::dispatch_rows(route.kept_TE, layout);
+  const auto offsets = rows.tokens_per_expert_E.cumsum(0).to(torch::kInt32);
+  const int64_t N = rows.token_N.size(0);
+  auto rows_ND = leaf(x_TD.index_select(0, rows.token_N));
+  const auto g_TE = torch::randn_like(route.gates_TE), g_ND = torch::randn_like(rows_ND), g_TD = torch::randn_like(x_TD);
+  moe::ExpertOperands cast_ops;  // leaves in the compute dtype, the inputs of the GEMM phase
+  {
+    torch::NoGradGuard no_grad;
+    cast_ops = layer->experts->operands(rows_ND, compute);
+  }
+  for (auto* t : {&cast_ops.x_ND, &cast_ops.w1_EDF, &cast_ops.w3_EDF, &cast_ops.w2_EFD}) *t = leaf(*t);
+  const auto g_out = torch::randn({N, D}, cast_ops.x_ND.options().requires_grad(false));
+  auto gates_TE = leaf(route.gates_TE);
+
+  std::vector<std::pair<const char*, double>> phases;
+  phases.emplace_back("router", seconds_per_step(args, [&] {
+    auto r = layer->router(x_TD);
+    ((r.gates_TE * g_TE).sum() + moe::switch_aux_loss(r.probs_TE, r.routed_TE, args.at("top-k"))).backward();
+  }));
+  phases.emplace_back("dispatch", seconds_per_step(args, [&] {
+    moe::LocalDispatcher dispatcher(E);
+    dispatcher.dispatch(x_TD, route.kept_TE, layout).tokens_ND.backward(g_ND);
+  }));
+  phases.emplace_back("operands", seconds_per_step(args, [&] {
+    auto ops = layer->experts->operands(rows_ND, compute);
+    std::vector<torch::Tensor> outs{ops.x_ND, ops.w1_EDF, ops.w3_EDF, ops.w2_EFD}, grads;
+    if (compute) outs.push_back(leaf(cast_ops.x_ND).to(torch::kFloat32));  // the output's cast back
+    for (const auto& t : outs) grads.push_back(torch::ones_like(t));
+    torch::autograd::backward(outs, grads);
+  }));
+  phases.emplace_back("expert_gemms", seconds_per_step(args, [&] {
+    moe::grouped_swiglu(cast_ops, offsets, 0.0).backward(g_out);
+  }));
+  phases.emplace_back("combine", seconds_per_step(args, [&] {
+    moe::combine_rows(rows_ND, rows, gates_TE).backward(g_TD);
+  }));
+  double sum = 0;
+  std::string fields;
+  for (const auto& [name, s] : phases) {
+    sum += s;
+    fields += ", \"" + std::string(name) + "_ms\": " + std::to_string(1e3 * s);
+  }
+  std::printf("{\"bench\": \"moe-layer-breakdown\", \"precision\": \"%s\", \"device\": \"%s\", \"tokens\": %lld, "
+              "\"threads\": %d, \"iters\": %lld%s, \"phases_ms\": %.3f, \"layer_ms\": %.3f, \"rest_ms\": %.3f}\n",
+              compute ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu", static_cast<long long>(x_TD.size(0)),
+              torch::get_num_threads(), static_cast<long long>(args.at("iters")), fields.c_str(), 1e3 * sum,
+              1e3 * whole_s, 1e3 * (whole_s - sum));
+  std::fflush(stdout);
+  return 0;
+}
+
 int bench_moe_layer(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
                 F = args.at("hidden");
@@ -113,10 +203,13 @@ int bench_moe_layer(const Args& args) {
   }
   layer->to(bench_device);
   auto x = torch::randn({1, T, D}, torch::TensorOptions().device(bench_device).requires_grad(true));
-  return time_steps("moe-layer", args, [&] {
+  auto whole_layer = [&] {
     auto out = layer(x);
     (out.y.square().mean() + out.aux_loss).backward();
-  });
+  };
+  const int rc = time_steps("moe-layer", args, whole_layer);
+  if (rc != 0 || !args.at("breakdown")) return rc;
+  return print_breakdown(args, layer, x, seconds_per_step(args, whole_layer));
 }
 
 // A dense SwiGLU with hidden top_k·F: the same matmul FLOPs per token as the MoE layer's experts.
@@ -253,11 +346,12 @@ int bench_collectives(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moetrain::util::keep_freed_host_memory();  // before the first tensor
   if (argc < 2) return usage("name a benchmark");
   const std::string name = argv[1];
   std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
                                       {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8},
-                                      {"bf16", 0},      {"bytes", 0}};
+                                      {"bf16", 0},      {"bytes", 0},   {"breakdown", 0}};
   for (int i = 2; i < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--device") {
@@ -273,6 +367,7 @@ int main(int argc, char** argv) {
     char* end = nullptr;
     const long long v = std::strtoll(argv[i + 1], &end, 10);
     if (*end != '\0' || v < 0) return usage(flag + "=" + argv[i + 1] + " is not a non-negative integer");
+    if ((flag == "--bf16" || flag == "--breakdown") && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 or 1");
     if (flag == "--bf16" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (fp32) or 1 (bf16 mixed precision)");
     args[flag.substr(2)] = v;
   }

@@ -7,6 +7,7 @@
 
 #include "csrc/config/recipe_loader.h"
 #include "csrc/util/fault_injection.h"
+#include "csrc/util/host_allocator.h"
 #include "csrc/util/run_position.h"
 #include "parallel/agreement.h"
 #include "parallel/data_plane.h"
@@ -34,6 +35,7 @@ int usage_error(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moetrain::util::keep_freed_host_memory();  // before the first tensor
   std::string recipe_path, run_dir;
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {

@@ -42,8 +42,11 @@ torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& row
   auto gate_N = gates_TE.reshape({-1}).index_select(0, rows.token_N * E + rows.expert_N) * rows.valid_N;
   // Unused rows were never computed: gate 0 times an undefined value may still be NaN, so mask them.
   auto out_ND = rows.unused_tail ? torch::where(rows.valid_N.unsqueeze(-1), rows_ND, 0) : rows_ND;
-  auto weighted_ND = out_ND * gate_N.to(rows_ND.scalar_type()).unsqueeze(-1);
-  return torch::zeros({gates_TE.size(0), rows_ND.size(1)}, rows_ND.options()).index_add(0, rows.token_N, weighted_ND);
+  // Rows in a narrower dtype than the gates (bf16 expert outputs) are widened inside this product, exactly
+  // as a cast before it would (and its backward rounds the rows' gradient back to theirs): the weighted
+  // rows and their sum are in the gates' dtype.
+  auto weighted_ND = out_ND * gate_N.unsqueeze(-1);
+  return torch::zeros({gates_TE.size(0), rows_ND.size(1)}, weighted_ND.options()).index_add(0, rows.token_N, weighted_ND);
 }
 
 Dispatched LocalDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const RowLayout& layout) {

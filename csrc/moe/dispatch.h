@@ -52,6 +52,7 @@ DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout
 DispatchRows first_rows(const DispatchRows& rows, int64_t n);
 
 // Gate-weighted sum of row outputs into token order: out[token_N[r]] += gate(token, expert) · rows[r].
+// Returns (T, D) in the wider of the two dtypes (fp32 gates with bf16 rows: fp32).
 torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows, const torch::Tensor& gates_TE);
 
 // Contract: dispatch() then combine() once per forward, in that order; combine() uses the state of

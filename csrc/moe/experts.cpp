@@ -24,14 +24,21 @@ GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int
 }
 
 namespace {
-// x·W, plus scale·(x·A)·B when the projection has an adapter.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& a, const torch::Tensor& b,
-                      const torch::Tensor& offsets, double scale) {
-  auto y = at::_grouped_mm(x, w, offsets);
+// y + scale·(x·A)·B when the projection has an adapter, else y.
+torch::Tensor add_adapter(torch::Tensor y, const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& b,
+                          const torch::Tensor& offsets, double scale) {
   if (a.defined()) y = y + at::_grouped_mm(at::_grouped_mm(x, a, offsets), b, offsets) * scale;
   return y;
 }
 }  // namespace
+
+torch::Tensor grouped_swiglu(const ExpertOperands& o, const torch::Tensor& offsets, double s) {
+  auto gate_NF = add_adapter(at::_grouped_mm(o.x_ND, o.w1_EDF, offsets), o.x_ND, o.w1_a, o.w1_b, offsets, s);
+  auto up_NF = add_adapter(at::_grouped_mm(o.x_ND, o.w3_EDF, offsets), o.x_ND, o.w3_a, o.w3_b, offsets, s);
+  // _grouped_mm's backward needs a dense incoming gradient: the product below always provides one.
+  auto h_NF = torch::silu(gate_NF) * up_NF;
+  return add_adapter(at::_grouped_mm(h_NF, o.w2_EFD, offsets), h_NF, o.w2_a, o.w2_b, offsets, s);
+}
 
 void GroupedExpertsImpl::merge_adapters() {
   torch::NoGradGuard no_grad;
@@ -44,20 +51,25 @@ void GroupedExpertsImpl::merge_adapters() {
   }
 }
 
+ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND, std::optional<torch::ScalarType> dtype) const {
+  auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? t.to(*dtype) : t; };
+  ExpertOperands o;
+  o.x_ND = c(tokens_ND);
+  o.w1_EDF = c(w1_EDF), o.w3_EDF = c(w3_EDF);
+  o.w2_EFD = c(w2_EFD);
+  o.w1_a = c(w1_lora_a), o.w1_b = c(w1_lora_b), o.w3_a = c(w3_lora_a), o.w3_b = c(w3_lora_b);
+  o.w2_a = c(w2_lora_a), o.w2_b = c(w2_lora_b);
+  return o;
+}
+
 torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E) {
   auto offsets = tokens_per_expert_E.cumsum(0).to(torch::kInt32);
   const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
   // _grouped_mm is not an autocast operation: under mixed precision cast every operand to the compute
-  // dtype here (the cast's backward returns fp32 gradients to the fp32 master weights), and return the
-  // result in the input's dtype, so the gate-weighted combine accumulates in fp32.
+  // dtype here. The result stays in the compute dtype (half the bytes of an expert-parallel return
+  // trip): combine_rows widens it to fp32 inside its gate product, so the combine accumulates in fp32.
   const auto dtype = model::compute_dtype_for(tokens_ND.device().type());
-  auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? t.to(*dtype) : t; };
-  auto x = c(tokens_ND);
-  auto gate_NF = project(x, c(w1_EDF), c(w1_lora_a), c(w1_lora_b), offsets, s);
-  auto up_NF = project(x, c(w3_EDF), c(w3_lora_a), c(w3_lora_b), offsets, s);
-  // _grouped_mm's backward needs a dense incoming gradient: the product below always provides one.
-  auto y = project(torch::silu(gate_NF) * up_NF, c(w2_EFD), c(w2_lora_a), c(w2_lora_b), offsets, s);
-  return y.to(tokens_ND.scalar_type());
+  return grouped_swiglu(operands(tokens_ND, dtype), offsets, s);
 }
 
 }  // namespace moetrain::moe

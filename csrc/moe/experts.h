@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 namespace moetrain::moe {
 
 // LoRA on the expert projections (recipe finetune.lora): per expert, W (in, out) becomes
@@ -14,14 +16,33 @@ struct ExpertLoraOptions {
   double scale() const { return alpha / static_cast<double>(rank); }
 };
 
-// Weights are stored per expert as (E, in, out) so each group is a plain x·W. One grouped GEMM per
-// projection (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts. Adapters
-// add two thin grouped GEMMs per adapted projection: x·A (N, rank), then ·B.
+// The operands of one grouped SwiGLU, in the dtype the GEMMs run in; adapters (undefined when absent)
+// as in GroupedExpertsImpl. Gate and up stay two GEMMs: one GEMM of width 2F over [w1 | w3] needs that
+// weight concatenated on every call and measured 4% slower on the CPU (docs/benchmarks.md).
+struct ExpertOperands {
+  torch::Tensor x_ND;    // tokens grouped by expert
+  torch::Tensor w1_EDF;  // gate
+  torch::Tensor w3_EDF;  // up
+  torch::Tensor w2_EFD;  // down
+  torch::Tensor w1_a, w1_b, w3_a, w3_b, w2_a, w2_b;
+};
+
+// silu(x·w1) * (x·w3) · w2 per expert group, with the adapters' scale·(x·A)·B added to each adapted
+// projection. offsets_E: int32 cumulative rows per expert. Returns (N, D) in the operands' dtype.
+torch::Tensor grouped_swiglu(const ExpertOperands& ops, const torch::Tensor& offsets_E, double lora_scale);
+
+// Weights are stored per expert as (E, in, out) so each group is a plain x·W. Grouped GEMMs
+// (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts. Adapters add two
+// thin grouped GEMMs per adapted projection: x·A (N, rank), then ·B.
 class GroupedExpertsImpl : public torch::nn::Module {
  public:
   GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden, const ExpertLoraOptions& lora = {});
-  // tokens_ND grouped by expert; tokens_per_expert_E int64 summing to N. Returns (N, D).
+  // tokens_ND grouped by expert; tokens_per_expert_E int64 summing to N. Returns (N, D) in the compute
+  // dtype (model::compute_dtype_for: bf16 under mixed precision, else tokens_ND's dtype).
   torch::Tensor forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E);
+  // forward() in its two parts: the operands cast to `dtype` (std::nullopt: as they are; the casts'
+  // backward returns fp32 gradients to fp32 master weights), then grouped_swiglu. moe-bench times them apart.
+  ExpertOperands operands(const torch::Tensor& tokens_ND, std::optional<torch::ScalarType> dtype) const;
 
   torch::Tensor w1_EDF;  // gate projection
   torch::Tensor w3_EDF;  // up projection

@@ -30,6 +30,18 @@ def bench(name, extra=()):
 
 
 check(len(bench("moe-layer")) == 1, "moe-layer: expected one JSON line")
+# --breakdown 1: the layer's line, then where its time goes, phase by phase (fp32 and bf16).
+for precision in ("0", "1"):
+    proc = subprocess.run([os.path.join(BIN, "moe-bench"), "moe-layer", *SIZES, "--breakdown", "1", "--bf16", precision],
+                          capture_output=True, text=True, timeout=120)
+    check(proc.returncode == 0, f"moe-layer --breakdown 1 --bf16 {precision} exited {proc.returncode}:\n{proc.stderr}")
+    layer, parts = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    phases = ("router_ms", "dispatch_ms", "operands_ms", "expert_gemms_ms", "combine_ms")
+    check(parts["bench"] == "moe-layer-breakdown" and all(parts[p] >= 0 and math.isfinite(parts[p]) for p in phases),
+          f"breakdown: every phase a time: {parts}")
+    check(abs(sum(parts[p] for p in phases) - parts["phases_ms"]) < 1e-2 and parts["layer_ms"] > 0,
+          f"breakdown: phases_ms is their sum: {parts}")
+    print("breakdown", {p: round(parts[p], 3) for p in phases + ("layer_ms",)})
 # Rank 4: torch's grouped matmul needs 16-byte strides, so fp32 sizes are multiples of 4.
 records = bench("finetune", ["--lora-rank", "4"])
 check([r["mode"] for r in records] == ["full", "lora"], f"finetune: expected a full and a LoRA line: {records}")
