@@ -151,13 +151,22 @@ def check_bf16_gpu():
     bf, rb = train("bf16_gpu", common + device() + ["train.precision=BF16"])
     fp, rf = train("bf16_ref_fp32_gpu", common + device() + ["train.precision=FP32"])
     worst, at = worst_rel(bf, fp)
+    # Tracks, as the CPU test (tests/e2e/bf16_tracks_fp32.py, margins in tests/e2e/empirical.py) checks it:
+    # each of the first 10 steps within 0.5% of fp32 (CPU worst 6.6e-4), then the mean of the last 10
+    # within 3% (CPU worst 1.7%). Later single steps are not compared: any rounding difference moves their
+    # loss by a few percent of step noise (16.9% at one step of one CPU run).
+    head, tail = min(10, len(bf)), min(10, len(bf))
+    first_worst, first_at = worst_rel(bf[:head], fp[:head])
+    tail_bf, tail_fp = sum(r["loss"] for r in bf[-tail:]) / tail, sum(r["loss"] for r in fp[-tail:]) / tail
+    tail_rel = abs(tail_bf - tail_fp) / abs(tail_fp)
     k = min(5, len(bf))
     first, last = sum(r["loss"] for r in bf[:k]) / k, sum(r["loss"] for r in bf[-k:]) / k
-    # Tracks: the CPU test's bound (3 % per step, measured 2.0 % on the tiny recipe over 50 steps).
     falls = last < 0.9 * first
-    return {"pass": len(bf) == n and worst <= 0.03 and (falls or DRY), "steps": n, "tolerance_rel_per_step": 0.03,
-            "worst_rel_loss_vs_fp32": worst, "worst_at_step": at, "mean_loss_first5": first, "mean_loss_last5": last,
-            "loss_falls": falls, "bf16_seconds": rb["seconds"], "fp32_seconds": rf["seconds"],
+    return {"pass": len(bf) == n and first_worst <= 0.005 and tail_rel <= 0.03 and (falls or DRY), "steps": n,
+            "tolerance_rel_first10_per_step": 0.005, "worst_rel_first10": first_worst, "worst_first10_at_step": first_at,
+            "tolerance_rel_last10_mean": 0.03, "rel_last10_mean": tail_rel,
+            "worst_rel_loss_vs_fp32_any_step": worst, "worst_at_step": at, "mean_loss_first5": first,
+            "mean_loss_last5": last, "loss_falls": falls, "bf16_seconds": rb["seconds"], "fp32_seconds": rf["seconds"],
             "bf16_tokens_per_s": bf[-1].get("tokens_per_s"), "fp32_tokens_per_s": fp[-1].get("tokens_per_s")}
 
 
