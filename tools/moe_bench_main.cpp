@@ -346,7 +346,12 @@ int bench_collectives(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moetrain::util::keep_freed_host_memory();  // before the first tensor
+  try {
+    moetrain::util::keep_freed_host_memory();  // before the first tensor
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
+    return 2;
+  }
   if (argc < 2) return usage("name a benchmark");
   const std::string name = argv[1];
   std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
@@ -367,8 +372,8 @@ int main(int argc, char** argv) {
     char* end = nullptr;
     const long long v = std::strtoll(argv[i + 1], &end, 10);
     if (*end != '\0' || v < 0) return usage(flag + "=" + argv[i + 1] + " is not a non-negative integer");
-    if ((flag == "--bf16" || flag == "--breakdown") && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 or 1");
     if (flag == "--bf16" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (fp32) or 1 (bf16 mixed precision)");
+    if (flag == "--breakdown" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (the layer only) or 1 (and its phases)");
     args[flag.substr(2)] = v;
   }
   try {

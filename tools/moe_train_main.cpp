@@ -35,7 +35,12 @@ int usage_error(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moetrain::util::keep_freed_host_memory();  // before the first tensor
+  try {
+    moetrain::util::keep_freed_host_memory();  // before the first tensor
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "moe-train: error: %s\n", e.what());
+    return 2;
+  }
   std::string recipe_path, run_dir;
   std::vector<std::string> overrides;
   for (int i = 1; i < argc; ++i) {

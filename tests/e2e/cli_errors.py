@@ -24,4 +24,10 @@ for overrides, code, message in cases:
     check(message in proc.stderr, f"{overrides}: message {message!r} not in:\n{proc.stderr}")
     if code == 2 or overrides[0].startswith(("data.", "model.")):
         check(not os.path.exists(run), f"{overrides}: nothing written for a rejected recipe or rejected data")
+# The host allocator choice is an environment variable: a typo is named, nothing is written.
+run = fresh_dir("e2e_cli_errors")
+proc = moe_train(run, [], env={"MOETRAIN_HOST_MALLOC": "jemalloc"}, check=False)
+check(proc.returncode == 2 and "moe-train: error: MOETRAIN_HOST_MALLOC=jemalloc: must be keep" in proc.stderr,
+      f"MOETRAIN_HOST_MALLOC=jemalloc: exit {proc.returncode}\n{proc.stderr}")
+check(not os.path.exists(run), "MOETRAIN_HOST_MALLOC=jemalloc: nothing written")
 print("ok")

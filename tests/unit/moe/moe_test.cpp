@@ -2,6 +2,7 @@
 // against a dense reference, gradients against finite differences.
 #include <gtest/gtest.h>
 
+#include "csrc/model/precision.h"
 #include "csrc/moe/moe_layer.h"
 
 using namespace moetrain::moe;
@@ -194,4 +195,42 @@ TEST(MoELayer, DroppedTokensContributeNothingAndAuxUsesThePreDropMap) {
     }
   }
   EXPECT_EQ(zero_rows, dropped);
+}
+
+// Mixed precision: the experts return bf16 rows and combine_rows widens them inside its gate product. That
+// must be bitwise what casting the rows to fp32 first gives, forward and backward (the rows' gradient
+// rounded to bf16, the gates' in fp32).
+TEST(Dispatch, Bf16RowsCombineInFp32ExactlyAsRowsCastFirst) {
+  torch::manual_seed(0);
+  auto kept = torch::rand({7, 4}) < 0.5;
+  const auto rows = dispatch_rows(kept, RowLayout::capped(7 * 4));
+  const int64_t N = rows.token_N.size(0);
+  auto values = torch::randn({N, 8}).to(torch::kBFloat16);
+  auto gate_values = torch::rand({7, 4}) * kept;
+  auto rows_a = values.clone().requires_grad_(true), rows_b = values.clone().requires_grad_(true);
+  auto gates_a = gate_values.clone().requires_grad_(true), gates_b = gate_values.clone().requires_grad_(true);
+  auto a = combine_rows(rows_a, rows, gates_a);
+  auto b = combine_rows(rows_b.to(torch::kFloat32), rows, gates_b);
+  EXPECT_EQ(a.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(a, b));
+  auto g = torch::randn_like(a);
+  a.backward(g), b.backward(g);
+  EXPECT_EQ(rows_a.grad().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(rows_a.grad(), rows_b.grad()));
+  EXPECT_TRUE(torch::equal(gates_a.grad(), gates_b.grad()));
+}
+
+// Under bf16 autocast the experts' output stays bf16 (half the bytes of an expert-parallel return trip) and
+// equals their GEMMs on operands cast to bf16; the layer's output is fp32, like the residual stream.
+TEST(GroupedExperts, UnderBf16AutocastReturnBf16AndTheLayerStaysFp32) {
+  auto layer = random_layer(small_options(), 3);
+  auto x = torch::randn({2, 5, 8});
+  moetrain::model::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+  auto rows = torch::randn({6, 8});
+  auto counts = torch::tensor({2, 0, 3, 1}, torch::kInt64);
+  auto y = layer->experts(rows, counts);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  auto direct = grouped_swiglu(layer->experts->operands(rows, torch::kBFloat16), counts.cumsum(0).to(torch::kInt32), 0.0);
+  EXPECT_TRUE(torch::equal(y, direct));
+  EXPECT_EQ(layer(x).y.scalar_type(), torch::kFloat32);
 }
