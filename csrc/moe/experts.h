@@ -18,7 +18,8 @@ struct ExpertLoraOptions {
 
 // The operands of one grouped SwiGLU, in the dtype the GEMMs run in; adapters (undefined when absent)
 // as in GroupedExpertsImpl. Gate and up stay two GEMMs: one GEMM of width 2F over [w1 | w3] needs that
-// weight concatenated on every call and measured 4% slower on the CPU (docs/benchmarks.md).
+// weight concatenated on every call and measured slower on the CPU (tools/bench_gate_up_fusion.py,
+// docs/benchmarks.md).
 struct ExpertOperands {
   torch::Tensor x_ND;    // tokens grouped by expert
   torch::Tensor w1_EDF;  // gate
