@@ -1,11 +1,11 @@
 #include "trainer/moe_measures.h"
 
 #include "csrc/util/host_sync.h"
-#include "parallel/grad_sync.h"
 
 namespace moetrain::trainer {
 
-std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELayer>& layers, parallel::ProcessMesh* mesh) {
+std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELayer>& layers,
+                                                  const moe::MoEParallelContext& context) {
   if (layers.empty()) return {};
   // Per layer: the E counts, then the kNumStepMeasures sums; fp64 holds the integer counts exactly.
   std::vector<torch::Tensor> parts;
@@ -13,12 +13,10 @@ std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELaye
     parts.push_back(layer->step_counts().to(torch::kFloat64));
     parts.push_back(layer->step_measures());
   }
-  auto all = torch::cat(parts);
-  double world = 1, dp = 1;
-  if (mesh && mesh->sizes().world > 1) {
-    parallel::sum_over_world(all, *mesh);  // every rank's tokens (dp, and the tp slices)
-    world = mesh->sizes().world, dp = mesh->sizes().dp();
-  }
+  // Every rank's tokens (dp, and the tp shares).
+  const auto all = context.sum_over_global_batch(torch::cat(parts));
+  const double world = static_cast<double>(context.global_batch_ranks());
+  const double dp = world / static_cast<double>(context.micro_batch_ranks());
   const auto host = util::read_to_host(all, "routing measures of the step");
 
   std::vector<LayerStepMeasures> out(layers.size());

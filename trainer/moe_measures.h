@@ -1,12 +1,12 @@
 // The routing measures of one training step, brought to the host in one read (docs/routing.md, "Host
 // reads"): every MoE layer's step counts and sums (MoELayerImpl::step_counts, step_measures) travel in one
-// tensor, summed over the world when there is one (one all-reduce), and come to the host together.
+// tensor, summed over the global batch's ranks (one all-reduce), and come to the host together.
 #pragma once
 
 #include <vector>
 
 #include "csrc/moe/moe_layer.h"
-#include "parallel/mesh.h"
+#include "csrc/moe/parallel_context.h"
 
 namespace moetrain::trainer {
 
@@ -23,8 +23,9 @@ struct LayerStepMeasures {
   double unchosen_fraction() const { return tokens > 0 ? unchosen / tokens : 0.0; }
 };
 
-// Call after the step's forwards and before the layers' end_step(); every rank calls it (mesh: null for
-// one process). One entry per layer, in layer order.
-std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELayer>& layers, parallel::ProcessMesh* mesh);
+// Call after the step's forwards and before the layers' end_step(); every rank calls it together (the
+// sums over the global batch go through `context`). One entry per layer, in layer order.
+std::vector<LayerStepMeasures> read_step_measures(const std::vector<moe::MoELayer>& layers,
+                                                  const moe::MoEParallelContext& context);
 
 }  // namespace moetrain::trainer

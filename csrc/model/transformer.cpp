@@ -211,7 +211,6 @@ torch::Tensor TransformerImpl::token_losses(const torch::Tensor& logits, const t
 void BlockImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
   attn->set_tensor_parallel(tp);
   if (mlp) mlp->set_tensor_parallel(tp);
-  if (moe) moe->set_tensor_parallel(tp);
   tp_ = std::move(tp);
 }
 

@@ -4,6 +4,10 @@
 
 #include <torch/torch.h>
 
+#include "csrc/config/recipe.pb.h"
+#include "csrc/moe/parallel_context.h"
+#include "csrc/moe/router.h"
+
 namespace moetrain::moe {
 
 // Switch/GShard, generalised to top-k: E · Σ_i f_i · P_i with f_i = routed_i / (T·k), P_i = mean_t p_ti.
@@ -28,6 +32,28 @@ torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor
 
 // ST-MoE router z-loss: mean over tokens of logsumexp(logits)².
 torch::Tensor router_z_loss(const torch::Tensor& logits_TE);
+
+// The training losses of one MoE forward, coefficients applied: aux is the sum of the balancing losses the
+// routing config enables (Switch, sequence, global-batch), z the router z-loss; both fp32 scalars.
+struct LayerLosses {
+  torch::Tensor aux, z;
+};
+
+// The tokens of one forward: B sequences of S (route's T = B·S rows), or under sequence-parallel MoE this
+// rank's share `slice` of the micro-batch. The losses use the router's choice before capacity (routed_TE),
+// never the kept pairs. Each rank's losses are its share: summed over the context's micro-batch ranks
+// they are the one-process losses of the micro-batch, in value and gradient.
+struct ForwardTokens {
+  int64_t B = 0, S = 0;
+  TokenSlice slice;
+};
+
+// `global_counts_E` (int64 (E), this layer's) accumulates the step's global-batch counts over its
+// micro-batches for the global-batch loss: this forward's are added. Collectives through `context`:
+// Switch and sequence losses sum counts over the micro-batch ranks when the tokens are a share, the
+// global-batch loss over the global batch.
+LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens, const config::RoutingConfig& routing,
+                             int64_t top_k, const MoEParallelContext& context, torch::Tensor& global_counts_E);
 
 // Aux-loss-free balancing step: bias_E += rate · sign(mean(counts) − counts), in place, no autograd.
 void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate);

@@ -2,12 +2,12 @@
 // experts), with its balancing losses and load measures.
 #pragma once
 
-#include <functional>
 #include <memory>
 
 #include "csrc/model/layers.h"
 #include "csrc/moe/dispatch.h"
 #include "csrc/moe/experts.h"
+#include "csrc/moe/parallel_context.h"
 #include "csrc/moe/router.h"
 
 namespace moetrain::moe {
@@ -24,12 +24,6 @@ struct MoEOptions {
   int64_t first_local_expert = 0;
   config::RoutingConfig routing;   // defaults filled in
   ExpertLoraOptions lora;          // adapters on the experts (fine-tuning)
-};
-
-// Where this rank's tokens (flattened, consecutive) sit in the micro-batch of `sequences` × `seq_len`
-// tokens; sequences = 0: x is the whole micro-batch.
-struct TokenSlice {
-  int64_t sequences = 0, seq_len = 0, first_token = 0;
 };
 
 // Per-layer measures of one forward: detached tensors on the layer's device, never read on the host in
@@ -79,15 +73,10 @@ class MoELayerImpl : public torch::nn::Module {
   // over the whole global batch) unless the router is frozen, and resets the step's accumulators.
   void end_step(const torch::Tensor& counts_E);
 
-  // Replaces the dispatcher (the expert-parallel layer installs its all-to-all dispatcher here).
-  void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher) { dispatcher_ = std::move(dispatcher); }
+  // Installs how this layer's tokens relate to other processes (parallel_context.h): its dispatcher and
+  // the count sums of the balancing losses. A new layer is one process.
+  void set_parallel_context(std::shared_ptr<const MoEParallelContext> context);
   void set_router_frozen(bool frozen) { router_frozen_ = frozen; }
-  // Sequence-parallel MoE under tensor parallelism: this layer sees 1/tp of the tokens; the Switch aux
-  // loss takes f from the counts of the whole tensor-parallel group and, like the z-loss, is divided by
-  // tp, so the tensor-parallel sum of the ranks' gradients is the gradient of the one-process loss.
-  void set_tensor_parallel(std::shared_ptr<model::TensorParallelOps> tp) { tp_ = std::move(tp); }
-  // Sums routing counts over the data-parallel group (for the global-batch aux loss); identity if unset.
-  void set_count_reducer(std::function<torch::Tensor(const torch::Tensor&)> reducer) { count_reducer_ = std::move(reducer); }
 
   Router router{nullptr};
   GroupedExperts experts{nullptr};
@@ -96,15 +85,16 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   MoEOptions options_;
+  std::shared_ptr<const MoEParallelContext> context_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
+  // This forward's measures (detached; no host read).
+  static MoEStats measures(const Routing& route, const MoEOutput& out);
   // The step's accumulators, on the device of the latest forward (accumulate_step moves them there).
-  void accumulate_step(const torch::Tensor& counts_E, const MoEStats& stats);
+  void accumulate_step(const MoEStats& stats);
   torch::Tensor step_counts_E_;         // int64, this process
   torch::Tensor global_step_counts_E_;  // int64, summed over the data-parallel group (global aux loss)
   torch::Tensor step_measures_;         // fp64 (kNumStepMeasures)
   int64_t step_forwards_ = 0;
-  std::function<torch::Tensor(const torch::Tensor&)> count_reducer_;
-  std::shared_ptr<model::TensorParallelOps> tp_;
   bool router_frozen_ = false;
 };
 TORCH_MODULE(MoELayer);

@@ -7,6 +7,7 @@
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/host_sync.h"
 #include "parallel/alltoall_dispatcher.h"
+#include "parallel/model_parallel.h"
 #include "parallel/communicator_mpi.h"
 #include "parallel/mesh.h"
 
@@ -148,7 +149,7 @@ TEST(AllToAllDispatcher, HostReadsPerLayerForwardAndBackward) {
     torch::manual_seed(3 + rank);
     moe::MoELayer layer(o);
     for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
-    layer->set_dispatcher(std::make_shared<parallel::AllToAllDispatcher>(*world, kE));
+    layer->set_parallel_context(std::make_shared<parallel::MeshMoEContext>(world.get(), nullptr, world.get()));
     auto x = torch::randn({2, kT / 2, kD}, torch::requires_grad());
     util::HostReadCount count;
     auto out = layer(x);

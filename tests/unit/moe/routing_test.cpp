@@ -490,18 +490,16 @@ TEST(ExpertChoice, UnchosenTokensAreCounted) {
 
 namespace {
 
-// Tensor-parallel ops of one rank that count the count all-reduces the MoE layer asks for.
-struct CountingTensorParallel : moetrain::model::TensorParallelOps {
-  int sums = 0;
-  int size() const override { return 1; }
-  int rank() const override { return 0; }
-  torch::Tensor copy_to_tp(const torch::Tensor& x) override { return x; }
-  torch::Tensor reduce_from_tp(const torch::Tensor& x) override { return x; }
-  torch::Tensor scatter_tokens(const torch::Tensor& x) override { return x; }
-  torch::Tensor gather_tokens(const torch::Tensor& x) override { return x; }
-  torch::Tensor sum_counts(const torch::Tensor& counts) override {
-    ++sums;
-    return counts;
+// A one-rank parallel context that counts the count sums the MoE layer asks for.
+struct CountingContext : moetrain::moe::MoEParallelContext {
+  mutable int micro_batch_sums = 0, global_batch_sums = 0;
+  torch::Tensor sum_over_micro_batch(const torch::Tensor& t) const override {
+    ++micro_batch_sums;
+    return t;
+  }
+  torch::Tensor sum_over_global_batch(const torch::Tensor& t) const override {
+    ++global_batch_sums;
+    return t;
   }
 };
 
@@ -516,27 +514,22 @@ TEST(AuxLoss, EvaluationComputesNoBalancingLossAndNoCountCollective) {
   cfg.set_z_loss_coeff(1e-3);
   torch::manual_seed(3);
   MoELayer layer(layer_options(4, 2, cfg));
-  auto tp = std::make_shared<CountingTensorParallel>();
-  layer->set_tensor_parallel(tp);
-  int reductions = 0;
-  layer->set_count_reducer([&](const torch::Tensor& counts) {
-    ++reductions;
-    return counts;
-  });
+  auto context = std::make_shared<CountingContext>();
+  layer->set_parallel_context(context);
   const TokenSlice slice{2, 3, 0};  // the whole micro-batch of 2 sequences × 3 tokens
   auto x = torch::randn({2, 3, 8});
 
   auto train = layer->forward(x, {}, slice);
   EXPECT_GT(train.aux_loss.item<float>(), 0.0f);
   EXPECT_GT(train.z_loss.item<float>(), 0.0f);
-  EXPECT_EQ(tp->sums, 2) << "Switch and sequence losses each sum their counts over tp";
-  EXPECT_EQ(reductions, 1) << "the global-batch loss sums its counts over dp";
+  EXPECT_EQ(context->micro_batch_sums, 2) << "Switch and sequence losses each sum their counts over tp";
+  EXPECT_EQ(context->global_batch_sums, 1) << "the global-batch loss sums its counts over dp";
   layer->eval();
   auto eval = layer->forward(x, {}, slice);
   EXPECT_EQ(eval.aux_loss.item<float>(), 0.0f);
   EXPECT_EQ(eval.z_loss.item<float>(), 0.0f);
-  EXPECT_EQ(tp->sums, 2) << "no count all-reduce in evaluation";
-  EXPECT_EQ(reductions, 1) << "no count all-reduce in evaluation";
+  EXPECT_EQ(context->micro_batch_sums, 2) << "no count all-reduce in evaluation";
+  EXPECT_EQ(context->global_batch_sums, 1) << "no count all-reduce in evaluation";
   // The next training forward sees the step's counts of the training forwards only: the global loss of
   // a second identical micro-batch equals the one of a fresh layer that saw the same two.
   layer->train();

@@ -25,7 +25,7 @@ TEST(MoEMeasures, OneHostReadPerStepForEveryLayerWithThePerForwardValues) {
 
   util::HostReadCount count;
   const auto layers = model->moe_layers();
-  const auto measures = trainer::read_step_measures(layers, nullptr);
+  const auto measures = trainer::read_step_measures(layers, moe::MoEParallelContext());
   EXPECT_EQ(count.reads(), 1) << "one read for both layers";
 
   ASSERT_EQ(measures.size(), 2u);

@@ -1,0 +1,96 @@
+#include "trainer/train_step.h"
+
+#include <chrono>
+#include <limits>
+
+#include "csrc/util/fault_injection.h"
+#include "csrc/util/host_sync.h"
+#include "parallel/grad_sync.h"
+#include "trainer/optimizer.h"
+#include "trainer/schedule.h"
+
+namespace moetrain::trainer {
+namespace {
+
+double now() {
+  using namespace std::chrono;
+  return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
+    : recipe_(recipe), p_(parts), moe_layers_(parts.model.moe_layers()) {
+  micro_batch_ = recipe.train().micro_batch_size();
+  accumulation_ = recipe.train().grad_accum_steps();
+  seq_len_ = recipe.data().seq_len();
+  if (p_.mesh) dp_ = p_.mesh->sizes().dp(), dp_rank_ = p_.mesh->dp_rank();
+  const double clip = recipe.optimizer().grad_clip();
+  clip_ = clip > 0 ? clip : std::numeric_limits<double>::infinity();
+}
+
+StepOutcome TrainStep::run(TrainState& state) {
+  const double start = now();
+  StepOutcome out;
+  out.micro_batches = accumulation_;
+  out.lr = set_learning_rate(state.step);
+  torch::Tensor lm_sum = forward_backward(state);
+  state.samples_consumed += micro_batch_ * accumulation_ * dp_;
+  reduce_gradients();
+  const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh) : local_grad_norm(p_.model);
+  clip_gradients(p_.model, clip_, grad_norm);
+  util::inject_fault(util::FaultPoint::kOptimizerStep);
+  p_.optimizer.step();
+  p_.optimizer.zero_grad();
+  // The step's routing measures and global-batch load, summed over the world, in one host read; then the
+  // aux-loss-free bias update from that load.
+  out.moe = read_step_measures(moe_layers_, p_.moe);
+  for (size_t l = 0; l < moe_layers_.size(); ++l) moe_layers_[l]->end_step(out.moe[l].load_E);
+  // The LM loss is replicated over tp: the mean over the world is the mean over dp. One host read for both.
+  if (p_.mesh && p_.mesh->sizes().world > 1) parallel::sum_over_world(lm_sum, *p_.mesh);
+  const auto scalars = util::read_to_host(torch::stack({lm_sum, grad_norm}), "step loss and gradient norm");
+  out.lm_sum = scalars.data_ptr<double>()[0] / (p_.mesh ? p_.mesh->sizes().world : 1);
+  out.grad_norm = scalars.data_ptr<double>()[1];
+  state.step += 1;
+  out.tokens_per_step = micro_batch_ * accumulation_ * seq_len_ * dp_;
+  state.tokens += out.tokens_per_step;
+  out.step = state.step, out.tokens = state.tokens;
+  out.seconds = now() - start;
+  return out;
+}
+
+double TrainStep::set_learning_rate(int64_t step) {
+  const double lr = learning_rate(recipe_, step);
+  for (auto& group : p_.optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  return lr;
+}
+
+torch::Tensor TrainStep::forward_backward(const TrainState& state) {
+  auto& model = p_.model;
+  torch::Tensor lm_sum = torch::zeros({}, torch::TensorOptions(p_.device).dtype(torch::kFloat64));
+  for (int64_t micro = 0; micro < accumulation_; ++micro) {
+    // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
+    // sequences, in the same routing groups, as one process with dp× the accumulation steps.
+    const int64_t first_sample = state.samples_consumed + (micro * dp_ + dp_rank_) * micro_batch_;
+    auto batch = p_.data.batch(first_sample, micro_batch_)  // (mbs, seq + 1)
+                     .to(p_.device, /*non_blocking=*/p_.device.is_cuda());
+    model.set_first_sample(first_sample);  // router noise keyed by global token
+    auto out = model.forward(batch.narrow(1, 0, seq_len_));
+    auto lm = model.token_losses(out.logits, batch.narrow(1, 1, seq_len_)).mean();
+    auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accumulation_);
+    loss.backward();
+    lm_sum += lm.detach().to(torch::kFloat64);
+  }
+  return lm_sum;
+}
+
+void TrainStep::reduce_gradients() {
+  // Every trainable parameter has a gradient, zero where the step did not use it (a router under RANDOM
+  // routing): AdamW then decays it alike in one process and in every layout's gradient buckets.
+  for (auto& p : p_.model.parameters()) {
+    if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+  }
+  if (p_.mesh) parallel::sync_gradients(p_.model, *p_.mesh);
+}
+
+}  // namespace moetrain::trainer

@@ -1,0 +1,60 @@
+// One optimizer step of the loop, in named phases:
+//   set_learning_rate → forward_backward (the micro-batches) → reduce_gradients → clip → optimizer step
+//   → end_moe_step (routing measures, aux-loss-free bias update) → read_scalars (one host read)
+// and what it produced, before any formatting (StepReporter turns it into the logs).
+#pragma once
+
+#include <vector>
+
+#include "csrc/config/recipe.pb.h"
+#include "csrc/model/transformer.h"
+#include "parallel/mesh.h"
+#include "trainer/checkpoint.h"
+#include "trainer/data_feed.h"
+#include "trainer/moe_measures.h"
+
+namespace moetrain::trainer {
+
+struct StepOutcome {
+  int64_t step = 0;            // optimizer steps completed, this one included
+  int64_t micro_batches = 0;   // train.grad_accum_steps
+  double lr = 0;               // the learning rate the step used
+  double lm_sum = 0;           // Σ over micro-batches of the mean LM loss (the same on every rank)
+  double grad_norm = 0;        // global gradient norm before clipping
+  int64_t tokens_per_step = 0; // global batch: micro-batch × accumulation × sequence length × dp
+  int64_t tokens = 0;          // training tokens seen in total after the step
+  double seconds = 0;          // wall time of the step
+  std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
+};
+
+// What a step works on; every reference outlives the TrainStep.
+struct StepParts {
+  model::TransformerImpl& model;
+  torch::optim::AdamW& optimizer;
+  TrainingData& data;
+  parallel::ProcessMesh* mesh;             // null: one process
+  const moe::MoEParallelContext& moe;
+  torch::Device device;
+};
+
+class TrainStep {
+ public:
+  TrainStep(const config::Recipe& recipe, StepParts parts);
+  // Runs the step after state.step and advances `state` (step, samples consumed, tokens).
+  StepOutcome run(TrainState& state);
+
+ private:
+  double set_learning_rate(int64_t step);
+  // The step's micro-batches, forward and backward; returns Σ of their LM losses, fp64 on the device.
+  torch::Tensor forward_backward(const TrainState& state);
+  // Every gradient final and reduced over its groups (tp, dp, expert dp) as one process would have it.
+  void reduce_gradients();
+
+  const config::Recipe& recipe_;
+  StepParts p_;
+  std::vector<moe::MoELayer> moe_layers_;
+  int64_t micro_batch_ = 0, accumulation_ = 0, seq_len_ = 0, dp_ = 1, dp_rank_ = 0;
+  double clip_ = 0;
+};
+
+}  // namespace moetrain::trainer
