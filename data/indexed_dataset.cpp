@@ -46,6 +46,102 @@ int64_t float_token(double v, const std::string& prefix, int64_t index) {
   return static_cast<int64_t>(v);
 }
 
+// Megatron's .idx header: magic (9 bytes), version (u64), dtype code (u8), sequences (u64), documents (u64).
+constexpr size_t kHeaderBytes = 9 + 8 + 1 + 8 + 8;
+
+struct IndexHeader {
+  uint8_t code;         // token dtype code (dtype_size)
+  uint64_t seqs, docs;  // entries of the sizes and pointers arrays, and of the document index
+};
+
+// The whole of the index file `idx_path`.
+std::vector<char> read_index_file(const std::string& idx_path) {
+  std::ifstream idx(idx_path, std::ios::binary);
+  if (!idx) throw std::runtime_error(idx_path + ": cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
+  return std::vector<char>((std::istreambuf_iterator<char>(idx)), std::istreambuf_iterator<char>());
+}
+
+// The header of the index `raw`, checked: magic, version 1, a known dtype, and arrays that fit the file.
+IndexHeader check_header(const std::vector<char>& raw, const std::string& idx_path) {
+  if (raw.size() < kHeaderBytes) {
+    fail(idx_path, "truncated header (" + std::to_string(raw.size()) + " bytes, need " + std::to_string(kHeaderBytes) + ")");
+  }
+  if (std::memcmp(raw.data(), kMagic, 9) != 0) {
+    std::string found;
+    for (int i = 0; i < 7; ++i) found += std::isprint(static_cast<unsigned char>(raw[i])) ? raw[i] : '?';
+    fail(idx_path, "bad magic '" + found + "' (expected Megatron indexed dataset 'MMIDIDX')");
+  }
+  auto read_u64 = [&](size_t off) { uint64_t v; std::memcpy(&v, raw.data() + off, 8); return v; };
+  const uint64_t version = read_u64(9);
+  if (version != 1) fail(idx_path, "unsupported version " + std::to_string(version) + " (expected 1)");
+  const uint8_t code = static_cast<uint8_t>(raw[17]);
+  if (dtype_size(code) == 0) fail(idx_path, "unknown dtype code " + std::to_string(code) + " (expected 1..8)");
+  const uint64_t seqs = read_u64(18), docs = read_u64(26);
+  const size_t need = kHeaderBytes + seqs * 4 + seqs * 8 + docs * 8;
+  if (seqs > raw.size() || docs > raw.size() || raw.size() < need) {
+    fail(idx_path, "truncated index: " + std::to_string(seqs) + " sequences and " + std::to_string(docs) +
+                       " document entries need " + std::to_string(need) + " bytes, file has " + std::to_string(raw.size()));
+  }
+  return {code, seqs, docs};
+}
+
+// `count` elements of an index array at byte `offset` of `raw` (an empty one has no storage: memcpy must
+// not see its null pointer).
+template <typename T>
+void read_array(const std::vector<char>& raw, std::vector<T>& out, size_t count, size_t offset) {
+  out.resize(count);
+  if (count > 0) std::memcpy(out.data(), raw.data() + offset, count * sizeof(out[0]));
+}
+
+// The size of the token file `bin_path`: a whole number of tokens of item_size bytes.
+size_t bin_file_size(const std::string& bin_path, const std::string& idx_path, size_t item_size) {
+  struct stat st {};
+  if (::stat(bin_path.c_str(), &st) != 0) throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size % item_size != 0) {
+    fail(bin_path, "size " + std::to_string(size) + " is not a multiple of the token size " + std::to_string(item_size));
+  }
+  return size;
+}
+
+// Each sequence's first token in the flat stream (`first`), checking that the pointers (bytes) run on
+// from 0 without gaps; returns the bytes all sequences take.
+int64_t sequence_starts(const std::vector<int32_t>& lengths, const std::vector<int64_t>& pointers,
+                        size_t item_size, const std::string& idx_path, std::vector<int64_t>& first) {
+  int64_t expected = 0;
+  first.resize(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    if (lengths[i] < 0 || pointers[i] != expected) {
+      fail(idx_path, "sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers[i]) + " and length " +
+                         std::to_string(lengths[i]) + " (expected pointer " + std::to_string(expected) + ")");
+    }
+    first[i] = expected / static_cast<int64_t>(item_size);
+    expected += static_cast<int64_t>(lengths[i]) * static_cast<int64_t>(item_size);
+  }
+  return expected;
+}
+
+// The document index runs from 0 to the sequence count `seqs` and never decreases.
+void check_doc_index(const std::vector<int64_t>& doc_index, uint64_t seqs, const std::string& idx_path) {
+  if (doc_index.empty() || doc_index.front() != 0 || doc_index.back() != static_cast<int64_t>(seqs)) {
+    fail(idx_path, "document index must run from 0 to the sequence count " + std::to_string(seqs));
+  }
+  for (size_t d = 1; d < doc_index.size(); ++d) {
+    if (doc_index[d] < doc_index[d - 1]) fail(idx_path, "document index decreases at entry " + std::to_string(d));
+  }
+}
+
+// `size` bytes of `path` mapped read-only; null when empty.
+void* map_readonly(const std::string& path, size_t size) {
+  if (size == 0) return nullptr;
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(path + ": cannot open for reading");
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) throw std::runtime_error(path + ": mmap failed");
+  return map;
+}
+
 }  // namespace
 
 TokenDtype dtype_for_vocab(int64_t vocab_size) {
@@ -116,78 +212,27 @@ void IndexedDatasetWriter::finish() {
 
 IndexedDataset IndexedDataset::open(const std::string& prefix) {
   const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
-  std::ifstream idx(idx_path, std::ios::binary);
-  if (!idx) throw std::runtime_error(idx_path + ": cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
-  std::vector<char> raw((std::istreambuf_iterator<char>(idx)), std::istreambuf_iterator<char>());
-  const size_t header = 9 + 8 + 1 + 8 + 8;
-  if (raw.size() < header) fail(idx_path, "truncated header (" + std::to_string(raw.size()) + " bytes, need " + std::to_string(header) + ")");
-  if (std::memcmp(raw.data(), kMagic, 9) != 0) {
-    std::string found;
-    for (int i = 0; i < 7; ++i) found += std::isprint(static_cast<unsigned char>(raw[i])) ? raw[i] : '?';
-    fail(idx_path, "bad magic '" + found + "' (expected Megatron indexed dataset 'MMIDIDX')");
-  }
-  auto read_u64 = [&](size_t off) { uint64_t v; std::memcpy(&v, raw.data() + off, 8); return v; };
-  const uint64_t version = read_u64(9);
-  if (version != 1) fail(idx_path, "unsupported version " + std::to_string(version) + " (expected 1)");
-  const uint8_t code = static_cast<uint8_t>(raw[17]);
-  if (dtype_size(code) == 0) fail(idx_path, "unknown dtype code " + std::to_string(code) + " (expected 1..8)");
-  const uint64_t seqs = read_u64(18), docs = read_u64(26);
-  const size_t need = header + seqs * 4 + seqs * 8 + docs * 8;
-  if (seqs > raw.size() || docs > raw.size() || raw.size() < need) {
-    fail(idx_path, "truncated index: " + std::to_string(seqs) + " sequences and " + std::to_string(docs) +
-                       " document entries need " + std::to_string(need) + " bytes, file has " + std::to_string(raw.size()));
-  }
+  const std::vector<char> raw = read_index_file(idx_path);
+  const IndexHeader h = check_header(raw, idx_path);
 
   IndexedDataset ds;
   ds.prefix_ = prefix;
-  ds.dtype_ = static_cast<TokenDtype>(code);
-  ds.item_size_ = dtype_size(code);
-  // Arrays of the index (an empty one has no storage: memcpy must not see its null pointer).
-  auto read_array = [&](auto& out, size_t count, size_t offset) {
-    out.resize(count);
-    if (count > 0) std::memcpy(out.data(), raw.data() + offset, count * sizeof(out[0]));
-  };
-  read_array(ds.lengths_, seqs, header);
+  ds.dtype_ = static_cast<TokenDtype>(h.code);
+  ds.item_size_ = dtype_size(h.code);
+  // The arrays: sizes (i32), pointers (i64 bytes into .bin), document index (i64 sequence numbers).
+  read_array(raw, ds.lengths_, h.seqs, kHeaderBytes);
   std::vector<int64_t> pointers;
-  read_array(pointers, seqs, header + seqs * 4);
-  read_array(ds.doc_index_, docs, header + seqs * 12);
+  read_array(raw, pointers, h.seqs, kHeaderBytes + h.seqs * 4);
+  read_array(raw, ds.doc_index_, h.docs, kHeaderBytes + h.seqs * 12);
 
-  struct stat st {};
-  if (::stat(bin_path.c_str(), &st) != 0) throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
-  ds.bin_size_ = static_cast<size_t>(st.st_size);
-  if (ds.bin_size_ % ds.item_size_ != 0) {
-    fail(bin_path, "size " + std::to_string(ds.bin_size_) + " is not a multiple of the token size " + std::to_string(ds.item_size_));
-  }
-  int64_t expected = 0;
-  ds.first_token_.resize(seqs);
-  for (uint64_t i = 0; i < seqs; ++i) {
-    if (ds.lengths_[i] < 0 || pointers[i] != expected) {
-      fail(idx_path, "sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers[i]) + " and length " +
-                         std::to_string(ds.lengths_[i]) + " (expected pointer " + std::to_string(expected) + ")");
-    }
-    ds.first_token_[i] = expected / static_cast<int64_t>(ds.item_size_);
-    expected += static_cast<int64_t>(ds.lengths_[i]) * static_cast<int64_t>(ds.item_size_);
-  }
+  ds.bin_size_ = bin_file_size(bin_path, idx_path, ds.item_size_);
+  const int64_t expected = sequence_starts(ds.lengths_, pointers, ds.item_size_, idx_path, ds.first_token_);
   if (static_cast<size_t>(expected) > ds.bin_size_) {
     fail(bin_path, "truncated: the index needs " + std::to_string(expected) + " bytes, file has " + std::to_string(ds.bin_size_));
   }
   ds.num_tokens_ = expected / static_cast<int64_t>(ds.item_size_);
-  if (docs < 1 || ds.doc_index_.front() != 0 || ds.doc_index_.back() != static_cast<int64_t>(seqs)) {
-    fail(idx_path, "document index must run from 0 to the sequence count " + std::to_string(seqs));
-  }
-  for (size_t d = 1; d < docs; ++d) {
-    if (ds.doc_index_[d] < ds.doc_index_[d - 1]) fail(idx_path, "document index decreases at entry " + std::to_string(d));
-  }
-  if (ds.bin_size_ > 0) {
-    int fd = ::open(bin_path.c_str(), O_RDONLY);
-    if (fd < 0) throw std::runtime_error(bin_path + ": cannot open for reading");
-    ds.bin_map_ = ::mmap(nullptr, ds.bin_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    if (ds.bin_map_ == MAP_FAILED) {
-      ds.bin_map_ = nullptr;
-      throw std::runtime_error(bin_path + ": mmap failed");
-    }
-  }
+  check_doc_index(ds.doc_index_, h.seqs, idx_path);
+  ds.bin_map_ = map_readonly(bin_path, ds.bin_size_);
   return ds;
 }
 

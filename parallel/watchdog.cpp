@@ -181,6 +181,86 @@ std::vector<int> silent_local_pids(int me, const std::vector<std::string>& proce
   return pids;
 }
 
+namespace {
+
+// The other ranks' reports (by rank; one that does not parse is dropped) and the first that timed out.
+struct Answers {
+  std::map<int, std::string> reports;
+  int alarm_from = -1;  // the first rank whose report says it timed out; -1: none
+  void take(int me, const std::vector<std::string>& texts) {
+    for (const auto& text : texts) {
+      try {
+        const json r = json::parse(text);
+        const int rank = r.at("rank").get<int>();
+        if (rank == me) continue;
+        reports[rank] = text;
+        if (alarm_from < 0 && r.value("timed_out", false)) alarm_from = rank;
+      } catch (const std::exception&) {
+      }
+    }
+  }
+};
+
+// Gathers the others' reports for window_s seconds (some may already have come with the alarm: `early`).
+Answers gather_answers(AlarmChannel* channel, int me, double window_s, const std::vector<std::string>& early) {
+  Answers answers;
+  answers.take(me, early);
+  const auto window_end = Clock::now() + std::chrono::duration<double>(window_s);
+  while (channel && Clock::now() < window_end) {
+    try {
+      answers.take(me, channel->receive());
+    } catch (const std::exception&) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return answers;
+}
+
+// "moe-train: rank R: collective timed out after ..." or "...: stopping: rank A reported ...", then one
+// line per peer this rank waits on (`mine`: this rank's report, Watchdog::report).
+std::string expiry_text(const std::string& mine, bool timed_out, const WatchdogSettings& settings,
+                        const Answers& answers) {
+  const json m = json::parse(mine);
+  const std::string where_i_wait = where(m.at("waiting"), m);
+  const double waited_s = m.at("waiting").at("waited_s").get<double>();
+  std::string text = "moe-train: rank " + std::to_string(settings.world_rank) + ": ";
+  if (timed_out) {
+    text += "collective timed out after " + fixed(waited_s) + " s (parallel.timeout_s = " +
+            general(settings.timeout_s) + "): " + where_i_wait;
+  } else {
+    text += "stopping: " +
+            (answers.alarm_from >= 0 ? "rank " + std::to_string(answers.alarm_from) : std::string("another rank")) +
+            " reported a collective timeout; this rank has waited " + fixed(waited_s) + " s in " + where_i_wait;
+  }
+  const auto late = late_peers(mine, answers.reports);
+  if (late.empty()) text += "\n  every member has entered it: the transport itself is stuck";
+  for (const auto& line : late) text += "\n  waiting on " + line;
+  return text;
+}
+
+// Writes RUN_DIR/flight_recorder/rank<N>.json (this rank's report, the others' and its last collectives);
+// returns the line that says where, or why it was not written.
+std::string write_flight_record(const WatchdogSettings& settings, const json& mine, const Answers& answers,
+                                const FlightRecorder& recorder) {
+  try {
+    const auto dir = std::filesystem::path(settings.run_dir) / "flight_recorder";
+    std::filesystem::create_directories(dir);
+    const auto path = dir / ("rank" + std::to_string(settings.world_rank) + ".json");
+    json record = {{"rank", settings.world_rank},
+                   {"timeout_s", settings.timeout_s},
+                   {"report", mine},
+                   {"answers", json::object()},
+                   {"collectives", recorder.to_json()}};
+    for (const auto& [rank, answer] : answers.reports) record["answers"][std::to_string(rank)] = json::parse(answer);
+    std::ofstream(path) << record.dump(1) << "\n";
+    return "\n  the last " + std::to_string(recorder.records().size()) + " collectives of this rank: " + path.string();
+  } catch (const std::exception& e) {
+    return std::string("\n  (flight record not written: ") + e.what() + ")";
+  }
+}
+
+}  // namespace
+
 void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports) {
   const int me = settings_.world_rank;
   const std::string mine = report(in_flight, timed_out);
@@ -190,67 +270,17 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
     } catch (const std::exception&) {
     }
   }
-  // Gather the others' reports for the window (some may already have come with the alarm).
-  std::map<int, std::string> answers;
-  int alarm_from = -1;
-  auto take = [&](const std::vector<std::string>& reports) {
-    for (const auto& text : reports) {
-      try {
-        const json r = json::parse(text);
-        const int rank = r.at("rank").get<int>();
-        if (rank == me) continue;
-        answers[rank] = text;
-        if (alarm_from < 0 && r.value("timed_out", false)) alarm_from = rank;
-      } catch (const std::exception&) {
-      }
-    }
-  };
-  take(early_reports);
-  const auto window_end = Clock::now() + std::chrono::duration<double>(settings_.report_window_s);
-  while (channel_ && Clock::now() < window_end) {
-    try {
-      take(channel_->receive());
-    } catch (const std::exception&) {
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-
-  const json m = json::parse(mine);
-  const std::string where_i_wait = where(m.at("waiting"), m);
-  std::string text = "moe-train: rank " + std::to_string(me) + ": ";
-  if (timed_out) {
-    text += "collective timed out after " + fixed(m.at("waiting").at("waited_s").get<double>()) + " s (parallel.timeout_s = " +
-            general(settings_.timeout_s) + "): " + where_i_wait;
-  } else {
-    text += "stopping: " + (alarm_from >= 0 ? "rank " + std::to_string(alarm_from) : std::string("another rank")) +
-            " reported a collective timeout; this rank has waited " + fixed(m.at("waiting").at("waited_s").get<double>()) +
-            " s in " + where_i_wait;
-  }
-  const auto late = late_peers(mine, answers);
-  if (late.empty()) text += "\n  every member has entered it: the transport itself is stuck";
-  for (const auto& line : late) text += "\n  waiting on " + line;
-
-  if (!settings_.run_dir.empty()) {
-    try {
-      const auto dir = std::filesystem::path(settings_.run_dir) / "flight_recorder";
-      std::filesystem::create_directories(dir);
-      const auto path = dir / ("rank" + std::to_string(me) + ".json");
-      json record = {{"rank", me},
-                     {"timeout_s", settings_.timeout_s},
-                     {"report", m},
-                     {"answers", json::object()},
-                     {"collectives", recorder_.to_json()}};
-      for (const auto& [rank, answer] : answers) record["answers"][std::to_string(rank)] = json::parse(answer);
-      std::ofstream(path) << record.dump(1) << "\n";
-      text += "\n  the last " + std::to_string(recorder_.records().size()) + " collectives of this rank: " + path.string();
-    } catch (const std::exception& e) {
-      text += std::string("\n  (flight record not written: ") + e.what() + ")";
-    }
-  }
+  const Answers answers = gather_answers(channel_.get(), me, settings_.report_window_s, early_reports);
+  std::string text = expiry_text(mine, timed_out, settings_, answers);
+  if (!settings_.run_dir.empty()) text += write_flight_record(settings_, json::parse(mine), answers, recorder_);
   // The silent ranks of this machine are stopped or stuck: a stopped process ignores the launcher's SIGTERM
   // (torchrun's agent would wait 30 s for it), so end them now. The job is ending; checkpoints are atomic.
-  for (const int pid : settings_.kill_silent_local_ranks ? silent_local_pids(me, processes_, answers) : std::vector<int>{}) {
-    if (::kill(pid, SIGKILL) == 0) text += "\n  killed process " + std::to_string(pid) + " of this machine, a rank that sent no report";
+  if (settings_.kill_silent_local_ranks) {
+    for (const int pid : silent_local_pids(me, processes_, answers.reports)) {
+      if (::kill(pid, SIGKILL) == 0) {
+        text += "\n  killed process " + std::to_string(pid) + " of this machine, a rank that sent no report";
+      }
+    }
   }
   text += "\n";
   std::fputs(text.c_str(), stderr);

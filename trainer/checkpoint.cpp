@@ -173,6 +173,299 @@ std::optional<at::Generator> cuda_generator(model::TransformerImpl& model) {
   return std::nullopt;
 }
 
+// "rng/cpu/rank00003": the name of a rank's random-number state; `device` is "cpu" or "cuda".
+std::string rng_name(const char* device, int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "rng/%s/rank%05d", device, rank);
+  return buf;
+}
+
+// What one rank writes into a checkpoint, and what the commit compares across ranks.
+struct RankBlocks {
+  std::vector<Block> blocks;
+  int64_t optimizer_step = 0;  // the largest AdamW step count of the model's parameters
+  std::string replicas;        // bytes of the replicated buffers: every rank must hold the same
+};
+
+// The blocks `ranks` writes: the parameters it owns with their AdamW moments (once stepped), the
+// replicated buffers (rank 0; every rank hashes its copy) and its random-number streams.
+RankBlocks owned_blocks(const Ranks& ranks, model::TransformerImpl& model, torch::optim::AdamW& optimizer) {
+  RankBlocks out;
+  for (const auto& p : model.named_parameters()) {
+    const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+    if (!ranks.writes(box)) continue;
+    out.blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box});
+    if (auto* s = adam_state(optimizer, p.value())) {
+      out.blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box});
+      out.blocks.push_back({"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box});
+    }
+  }
+  for (const auto& p : model.parameters())
+    if (auto* s = adam_state(optimizer, p)) out.optimizer_step = std::max(out.optimizer_step, s->step());
+  for (const auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
+    auto c = host(b.value().detach());
+    if (ranks.rank() == 0) out.blocks.push_back({"model/" + b.key(), c, whole(b.value())});
+    out.replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  }
+  auto rng = at::detail::getDefaultCPUGenerator().get_state();
+  out.blocks.push_back({rng_name("cpu", ranks.rank()), rng, whole(rng)});
+  if (auto gpu = cuda_generator(model)) {  // the GPU's stream too, when training on one
+    auto gpu_rng = gpu->get_state();
+    out.blocks.push_back({rng_name("cuda", ranks.rank()), gpu_rng, whole(gpu_rng)});
+  }
+  return out;
+}
+
+// Writes `owned` to tmp_dir/rankRRRRR.safetensors, fsynced, and returns the rank's report to the commit:
+// {file, bytes, sha256, blocks: [{name, global, offsets, shape}], optimizer_step, buffers_sha256}.
+json write_rank_file(const RankBlocks& owned, const fs::path& tmp_dir, int rank, int64_t step) {
+  io::NamedTensors tensors;
+  json entries = json::array();
+  for (const auto& b : owned.blocks) {
+    tensors.emplace_back(b.name, b.data);
+    entries.push_back({{"name", b.name}, {"global", b.box.global_view}, {"offsets", b.box.offsets}, {"shape", b.box.local_view}});
+  }
+  const std::map<std::string, std::string> metadata{{"format", "moetrain-checkpoint-shard"}};
+  const std::string file = rank_file(rank), path = (tmp_dir / file).string();
+  if (fault_during_save(rank, step)) {
+    const std::string bytes = io::encode_safetensors(tensors, metadata);
+    io::write_file_synced(path, bytes.substr(0, bytes.size() / 2));
+    util::kill_for_fault(util::FaultPoint::kCheckpointWrite);
+  }
+  // Streamed one tensor at a time (the file is never a copy in memory). Floating-point tensors are stored
+  // fp32 whatever their dtype in memory: a bf16 base (finetune.base_dtype) is widened exactly, so every
+  // reader sees one format and a resumed run continues from the same values.
+  const int64_t bytes = io::write_safetensors_synced(path, tensors, metadata, torch::kFloat32);
+  const json report = {{"file", file},
+                       {"bytes", bytes},
+                       {"sha256", io::sha256_file(path)},
+                       {"blocks", entries},
+                       {"optimizer_step", owned.optimizer_step},
+                       {"buffers_sha256", io::sha256_hex(owned.replicas)}};
+  return report;
+}
+
+// Adds every rank's report (write_rank_file) to `manifest`: its file, its shards, the largest optimizer
+// step. Throws when the ranks disagree on the replicated buffers or on a tensor's global shape.
+void add_rank_reports(json& manifest, const std::vector<std::string>& reports) {
+  const std::string rank0_buffers = json::parse(reports[0])["buffers_sha256"];
+  for (size_t rank = 0; rank < reports.size(); ++rank) {
+    const json r = json::parse(reports[rank]);
+    if (r["buffers_sha256"] != rank0_buffers) {
+      throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
+                               " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
+    }
+    manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
+    manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
+    for (const auto& b : r["blocks"]) {
+      auto& t = manifest["tensors"][b["name"].get<std::string>()];
+      if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
+      if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
+      t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
+    }
+  }
+  for (auto& [name, t] : manifest["tensors"].items()) {
+    if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
+    if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
+  }
+}
+
+// Commits root/NAME.tmp as root/NAME with `manifest`, then points root/latest at it. Each rename is
+// fsynced before the next: a crash anywhere leaves the previous checkpoint and pointer.
+void publish(const json& manifest, const fs::path& root, const std::string& name) {
+  const fs::path final_dir = root / name, tmp_dir = root / (name + ".tmp");
+  const fs::path manifest_tmp = tmp_dir / "manifest.json.tmp";
+  io::write_file_synced(manifest_tmp.string(), manifest.dump(1));
+  fs::rename(manifest_tmp, tmp_dir / "manifest.json");
+  fsync_path(tmp_dir);
+  remove_tree(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  fsync_path(root);
+
+  const fs::path pointer_tmp = root / "latest.tmp";
+  io::write_file_synced(pointer_tmp.string(), name + "\n");
+  fs::rename(pointer_tmp, root / "latest");
+  fsync_path(root);
+}
+
+// Keeps the newest keep_last committed checkpoints in `root` (never `current`, the one just written);
+// drops leftovers of interrupted saves.
+void prune(const fs::path& root, int64_t keep_last, const fs::path& current) {
+  std::vector<fs::path> committed;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step_", 0) != 0) continue;
+    if (name.find(".tmp") != std::string::npos) remove_tree(entry.path());
+    else if (fs::exists(entry.path() / "manifest.json")) committed.push_back(entry.path());
+  }
+  std::sort(committed.begin(), committed.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < committed.size(); ++i) {
+    if (committed[i] != current) remove_tree(committed[i]);
+  }
+}
+
+// The manifest of the checkpoint in `dir`; refused when it was written for another model section.
+json checked_manifest(const std::string& dir, const std::string& model_section) {
+  json manifest = json::parse(read_manifest(dir));
+  if (manifest.at("model_digest").get<std::string>() != io::sha256_hex(model_section)) {
+    throw std::runtime_error(dir + " was written for a different model section:\n" + manifest.at("model_section").get<std::string>() +
+                             "the recipe now says:\n" + model_section +
+                             "use a new --run-dir, or --set checkpoint.resume=false to start from scratch");
+  }
+  return manifest;
+}
+
+// The intersection of a saved shard (offsets `off`, shape `shape`) with `box`: its first index `lo` and
+// its extent `len` in each dimension, in the tensor's global coordinates. False when it is empty.
+bool intersect(const std::vector<int64_t>& off, const std::vector<int64_t>& shape, const model::ShardBox& box,
+               std::vector<int64_t>& lo, std::vector<int64_t>& len) {
+  lo.assign(off.size(), 0), len.assign(off.size(), 0);
+  bool empty = false;
+  for (size_t d = 0; d < off.size(); ++d) {
+    lo[d] = std::max(off[d], box.offsets[d]);
+    len[d] = std::min(off[d] + shape[d], box.offsets[d] + box.local_view[d]) - lo[d];
+    empty = empty || len[d] <= 0;
+  }
+  return !empty;
+}
+
+// Reads this process's blocks of a checkpoint's tensors from the shards the manifest lists. Files are
+// verified (size and SHA-256 against the manifest) the first time this rank reads them.
+class ShardReader {
+ public:
+  ShardReader(const std::string& dir, json& manifest) : dir_(dir), manifest_(manifest) {}
+
+  const json& manifest() const { return manifest_; }
+  bool saved(const std::string& name) { return manifest_["tensors"].contains(name); }
+  // The checkpoint's file `file` (dir/file), verified and opened once.
+  io::SafetensorsFile& open(const std::string& file);
+  // This process's block of the saved tensor `name` (shape box.local_view), assembled from the saved
+  // shards that intersect it.
+  torch::Tensor assemble(const std::string& name, const model::ShardBox& box);
+
+ private:
+  // Copies the intersection [lo, lo + len) of the shard of `name` in `file` (offsets `off`, shape `shape`)
+  // into `out`, this rank's block `box`; `out` is created (zeros) by the first shard read.
+  void copy_intersection(const std::string& name, const std::string& file, const std::vector<int64_t>& off,
+                         const std::vector<int64_t>& shape, const std::vector<int64_t>& lo,
+                         const std::vector<int64_t>& len, const model::ShardBox& box, torch::Tensor& out);
+
+  const std::string& dir_;
+  json& manifest_;
+  std::map<std::string, std::unique_ptr<io::SafetensorsFile>> files_;
+};
+
+io::SafetensorsFile& ShardReader::open(const std::string& file) {
+  auto& slot = files_[file];
+  if (slot) return *slot;
+  const fs::path path = fs::path(dir_) / file;
+  if (!manifest_["files"].contains(file)) throw std::runtime_error(dir_ + "/manifest.json does not list " + file);
+  const auto& meta = manifest_["files"][file];
+  if (!fs::exists(path)) throw std::runtime_error(path.string() + " is missing; the checkpoint is incomplete: use an earlier one");
+  const auto size = fs::file_size(path);
+  if (size != meta["bytes"].get<uint64_t>()) {
+    throw std::runtime_error(path.string() + " has " + std::to_string(size) + " bytes, the manifest says " + meta["bytes"].dump() +
+                             " (truncated?); the checkpoint is damaged: use an earlier one");
+  }
+  if (io::sha256_file(path.string()) != meta["sha256"].get<std::string>()) {
+    throw std::runtime_error(path.string() + " does not match its SHA-256 in the manifest; the checkpoint is corrupted: use an earlier one");
+  }
+  slot = std::make_unique<io::SafetensorsFile>(path.string());
+  return *slot;
+}
+
+torch::Tensor ShardReader::assemble(const std::string& name, const model::ShardBox& box) {
+  if (!saved(name)) throw std::runtime_error(dir_ + " has no tensor " + name);
+  const auto& t = manifest_["tensors"][name];
+  if (t["shape"].get<std::vector<int64_t>>() != box.global_view) {
+    throw std::runtime_error(dir_ + ": " + name + " has shape " + shape_text(t["shape"].get<std::vector<int64_t>>()) +
+                             ", the model expects " + shape_text(box.global_view));
+  }
+  torch::Tensor out;
+  int64_t covered = 0;
+  for (const auto& s : t["shards"]) {
+    const auto off = s["offsets"].get<std::vector<int64_t>>(), shape = s["shape"].get<std::vector<int64_t>>();
+    std::vector<int64_t> lo, len;
+    if (!intersect(off, shape, box, lo, len)) continue;
+    copy_intersection(name, s["file"].get<std::string>(), off, shape, lo, len, box, out);
+    covered += volume(len);
+  }
+  if (covered != volume(box.local_view)) {
+    throw std::runtime_error(dir_ + ": the shards of " + name + " cover " + std::to_string(covered) + " of the " +
+                             std::to_string(volume(box.local_view)) + " elements this rank needs; the checkpoint is incomplete");
+  }
+  return out;
+}
+
+void ShardReader::copy_intersection(const std::string& name, const std::string& file, const std::vector<int64_t>& off,
+                                    const std::vector<int64_t>& shape, const std::vector<int64_t>& lo,
+                                    const std::vector<int64_t>& len, const model::ShardBox& box, torch::Tensor& out) {
+  const io::SafetensorsFile& f = open(file);
+  if (f.shape(name) != shape) throw std::runtime_error(dir_ + ": " + name + " in " + file + " does not have the shape the manifest says");
+  // Read only the rows of dim 0 this rank needs (its experts of an expert-sharded tensor, any layout's).
+  torch::Tensor src = off.empty() ? f.get(name) : f.get_rows(name, lo[0] - off[0], len[0]);
+  if (!out.defined()) out = torch::zeros(box.local_view, src.options());
+  torch::Tensor dst = out;
+  for (size_t d = 0; d < off.size(); ++d) {
+    src = src.narrow(static_cast<int64_t>(d), d == 0 ? 0 : lo[d] - off[d], len[d]);
+    dst = dst.narrow(static_cast<int64_t>(d), lo[d] - box.offsets[d], len[d]);
+  }
+  dst.copy_(src);
+}
+
+// Copies the saved weights and buffers into `model` (LoRA adapters the checkpoint lacks keep their
+// values when options.adapters_may_be_missing).
+void restore_model(ShardReader& reader, model::TransformerImpl& model, const LoadOptions& options) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.named_parameters()) {
+    if (options.adapters_may_be_missing && p.key().find("_lora_") != std::string::npos &&
+        !reader.saved("model/" + p.key())) {
+      continue;
+    }
+    const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+    p.value().copy_(reader.assemble("model/" + p.key(), box).reshape(p.value().sizes()));
+  }
+  for (auto& b : model.named_buffers()) b.value().copy_(reader.assemble("model/" + b.key(), whole(b.value())));
+}
+
+// Replaces the AdamW state of every parameter the checkpoint has moments for (the others never stepped).
+void restore_optimizer(ShardReader& reader, model::TransformerImpl& model, torch::optim::AdamW& optimizer,
+                       int64_t optimizer_step) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.named_parameters()) {
+    if (!reader.saved("optim/exp_avg/" + p.key())) continue;  // never stepped
+    const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
+    auto s = std::make_unique<torch::optim::AdamWParamState>();
+    s->step(optimizer_step);
+    s->exp_avg(reader.assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
+    s->exp_avg_sq(reader.assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
+    optimizer.state()[p.value().unsafeGetTensorImpl()] = std::move(s);
+  }
+}
+
+// The saved step and data position; sets this process's random-number streams. Same layout: each rank
+// continues its own stream. New layout: every rank takes rank 0's (router jitter and random routing draw
+// from it; the streams cannot map onto a new layout).
+TrainState restore_train_state(ShardReader& reader, model::TransformerImpl& model, const Ranks& ranks) {
+  const json& manifest = reader.manifest();
+  TrainState state;
+  state.step = manifest.at("step").get<int64_t>();
+  state.samples_consumed = manifest.at("samples_consumed").get<int64_t>();
+  state.tokens = manifest.at("tokens").get<int64_t>();
+  const auto& layout = manifest.at("layout");
+  const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() && layout.at("ep") == ranks.ep();
+  const int source = same_layout ? ranks.rank() : 0;
+  const std::string file = rank_file(source);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(reader.open(file).get(rng_name("cpu", source)));
+  // A run saved on the CPU has no GPU stream: the GPU keeps its seeded one (and a run saved on a GPU
+  // that resumes on the CPU leaves its GPU stream unused).
+  auto gpu = cuda_generator(model);
+  const std::string gpu_rng = rng_name("cuda", source);
+  if (gpu && reader.saved(gpu_rng)) gpu->set_state(reader.open(file).get(gpu_rng));
+  return state;
+}
+
 }  // namespace
 
 std::string model_section_text(const config::Recipe& recipe) {
@@ -203,54 +496,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   // 1. Every rank writes the blocks it owns.
   json report;
   ranks.agree(attempt([&] {
-    std::vector<Block> blocks;
-    int64_t optimizer_step = 0;
-    for (const auto& p : model.named_parameters()) {
-      const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
-      if (!ranks.writes(box)) continue;
-      blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box});
-      if (auto* s = adam_state(optimizer, p.value())) {
-        blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box});
-        blocks.push_back({"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box});
-      }
-    }
-    for (const auto& p : model.parameters())
-      if (auto* s = adam_state(optimizer, p)) optimizer_step = std::max(optimizer_step, s->step());
-    std::string replicas;  // bytes of the replicated buffers: every rank must hold the same
-    for (const auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
-      auto c = host(b.value().detach());
-      if (ranks.rank() == 0) blocks.push_back({"model/" + b.key(), c, whole(b.value())});
-      replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
-    }
-    char rng_name[32];
-    std::snprintf(rng_name, sizeof(rng_name), "rng/cpu/rank%05d", ranks.rank());
-    auto rng = at::detail::getDefaultCPUGenerator().get_state();
-    blocks.push_back({rng_name, rng, whole(rng)});
-    if (auto gpu = cuda_generator(model)) {  // the GPU's stream too, when training on one
-      std::snprintf(rng_name, sizeof(rng_name), "rng/cuda/rank%05d", ranks.rank());
-      auto gpu_rng = gpu->get_state();
-      blocks.push_back({rng_name, gpu_rng, whole(gpu_rng)});
-    }
-
-    io::NamedTensors tensors;
-    json entries = json::array();
-    for (const auto& b : blocks) {
-      tensors.emplace_back(b.name, b.data);
-      entries.push_back({{"name", b.name}, {"global", b.box.global_view}, {"offsets", b.box.offsets}, {"shape", b.box.local_view}});
-    }
-    const std::map<std::string, std::string> metadata{{"format", "moetrain-checkpoint-shard"}};
-    const std::string file = rank_file(ranks.rank()), path = (tmp_dir / file).string();
-    if (fault_during_save(ranks.rank(), state.step)) {
-      const std::string bytes = io::encode_safetensors(tensors, metadata);
-      io::write_file_synced(path, bytes.substr(0, bytes.size() / 2));
-      util::kill_for_fault(util::FaultPoint::kCheckpointWrite);
-    }
-    // Streamed one tensor at a time (the file is never a copy in memory). Floating-point tensors are stored
-    // fp32 whatever their dtype in memory: a bf16 base (finetune.base_dtype) is widened exactly, so every
-    // reader sees one format and a resumed run continues from the same values.
-    const int64_t bytes = io::write_safetensors_synced(path, tensors, metadata, torch::kFloat32);
-    report = {{"file", file}, {"bytes", bytes}, {"sha256", io::sha256_file(path)}, {"blocks", entries},
-              {"optimizer_step", optimizer_step}, {"buffers_sha256", io::sha256_hex(replicas)}};
+    report = write_rank_file(owned_blocks(ranks, model, optimizer), tmp_dir, ranks.rank(), state.step);
   }));
 
   // 2. Rank 0 checks coverage, writes the manifest and commits.
@@ -303,8 +549,6 @@ std::string Checkpointer::save_streamed(const TrainState& state, const model::Tr
 }
 
 void Checkpointer::commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep) const {
-  const fs::path final_dir = fs::path(root_) / step_name(state.step);
-  const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
   json manifest = {{"format", "moetrain-checkpoint"},
                    {"version", kCheckpointFormatVersion},
                    {"step", state.step},
@@ -318,52 +562,9 @@ void Checkpointer::commit(const TrainState& state, const std::vector<std::string
                    {"recipe", recipe_text_},
                    {"files", json::object()},
                    {"tensors", json::object()}};
-  const std::string rank0_buffers = json::parse(reports[0])["buffers_sha256"];
-  for (size_t rank = 0; rank < reports.size(); ++rank) {
-    const json r = json::parse(reports[rank]);
-    if (r["buffers_sha256"] != rank0_buffers) {
-      throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
-                               " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
-    }
-    manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
-    manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
-    for (const auto& b : r["blocks"]) {
-      auto& t = manifest["tensors"][b["name"].get<std::string>()];
-      if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
-      if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
-      t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
-    }
-  }
-  for (auto& [name, t] : manifest["tensors"].items()) {
-    if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
-    if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
-  }
-  const fs::path manifest_tmp = tmp_dir / "manifest.json.tmp";
-  io::write_file_synced(manifest_tmp.string(), manifest.dump(1));
-  fs::rename(manifest_tmp, tmp_dir / "manifest.json");
-  fsync_path(tmp_dir);
-  remove_tree(final_dir);
-  fs::rename(tmp_dir, final_dir);
-  fsync_path(root_);
-
-  const fs::path pointer_tmp = fs::path(root_) / "latest.tmp";
-  io::write_file_synced(pointer_tmp.string(), step_name(state.step) + "\n");
-  fs::rename(pointer_tmp, fs::path(root_) / "latest");
-  fsync_path(root_);
-
-  // Keep the newest keep_last committed checkpoints (never the one just written); drop leftovers of
-  // interrupted saves.
-  std::vector<fs::path> committed;
-  for (const auto& entry : fs::directory_iterator(root_)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind("step_", 0) != 0) continue;
-    if (name.find(".tmp") != std::string::npos) remove_tree(entry.path());
-    else if (fs::exists(entry.path() / "manifest.json")) committed.push_back(entry.path());
-  }
-  std::sort(committed.begin(), committed.end());
-  for (size_t i = 0; i + static_cast<size_t>(keep_last_) < committed.size(); ++i) {
-    if (committed[i] != final_dir) remove_tree(committed[i]);
-  }
+  add_rank_reports(manifest, reports);
+  publish(manifest, root_, step_name(state.step));
+  prune(root_, keep_last_, fs::path(root_) / step_name(state.step));
 }
 
 std::optional<std::string> Checkpointer::latest() const {
@@ -396,118 +597,17 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
                               const LoadOptions& options) {
   const Ranks ranks{mesh_};
   json manifest;
-  ranks.agree(attempt([&] {
-    manifest = json::parse(read_manifest(dir));
-    if (manifest.at("model_digest").get<std::string>() != io::sha256_hex(model_section_)) {
-      throw std::runtime_error(dir + " was written for a different model section:\n" + manifest.at("model_section").get<std::string>() +
-                               "the recipe now says:\n" + model_section_ +
-                               "use a new --run-dir, or --set checkpoint.resume=false to start from scratch");
-    }
-  }));
+  ranks.agree(attempt([&] { manifest = checked_manifest(dir, model_section_); }));
 
   TrainState state;
   ranks.agree(attempt([&] {
-    // Files are verified (size and SHA-256 against the manifest) the first time this rank reads them.
-    std::map<std::string, std::unique_ptr<io::SafetensorsFile>> files;
-    auto open = [&](const std::string& file) -> io::SafetensorsFile& {
-      auto& slot = files[file];
-      if (slot) return *slot;
-      const fs::path path = fs::path(dir) / file;
-      if (!manifest["files"].contains(file)) throw std::runtime_error(dir + "/manifest.json does not list " + file);
-      const auto& meta = manifest["files"][file];
-      if (!fs::exists(path)) throw std::runtime_error(path.string() + " is missing; the checkpoint is incomplete: use an earlier one");
-      const auto size = fs::file_size(path);
-      if (size != meta["bytes"].get<uint64_t>()) {
-        throw std::runtime_error(path.string() + " has " + std::to_string(size) + " bytes, the manifest says " + meta["bytes"].dump() +
-                                 " (truncated?); the checkpoint is damaged: use an earlier one");
-      }
-      if (io::sha256_file(path.string()) != meta["sha256"].get<std::string>()) {
-        throw std::runtime_error(path.string() + " does not match its SHA-256 in the manifest; the checkpoint is corrupted: use an earlier one");
-      }
-      slot = std::make_unique<io::SafetensorsFile>(path.string());
-      return *slot;
-    };
-    // This process's block of a saved tensor, assembled from the saved shards that intersect it.
-    auto assemble = [&](const std::string& name, const model::ShardBox& box) {
-      if (!manifest["tensors"].contains(name)) throw std::runtime_error(dir + " has no tensor " + name);
-      const auto& t = manifest["tensors"][name];
-      if (t["shape"].get<std::vector<int64_t>>() != box.global_view) {
-        throw std::runtime_error(dir + ": " + name + " has shape " + shape_text(t["shape"].get<std::vector<int64_t>>()) +
-                                 ", the model expects " + shape_text(box.global_view));
-      }
-      torch::Tensor out;
-      int64_t covered = 0;
-      for (const auto& s : t["shards"]) {
-        const auto off = s["offsets"].get<std::vector<int64_t>>(), shape = s["shape"].get<std::vector<int64_t>>();
-        std::vector<int64_t> lo(off.size()), len(off.size());
-        bool empty = false;
-        for (size_t d = 0; d < off.size(); ++d) {
-          lo[d] = std::max(off[d], box.offsets[d]);
-          len[d] = std::min(off[d] + shape[d], box.offsets[d] + box.local_view[d]) - lo[d];
-          empty = empty || len[d] <= 0;
-        }
-        if (empty) continue;
-        const io::SafetensorsFile& f = open(s["file"].get<std::string>());
-        if (f.shape(name) != shape) throw std::runtime_error(dir + ": " + name + " in " + s["file"].get<std::string>() + " does not have the shape the manifest says");
-        // Read only the rows of dim 0 this rank needs (its experts of an expert-sharded tensor, any layout's).
-        torch::Tensor src = off.empty() ? f.get(name) : f.get_rows(name, lo[0] - off[0], len[0]);
-        if (!out.defined()) out = torch::zeros(box.local_view, src.options());
-        torch::Tensor dst = out;
-        for (size_t d = 0; d < off.size(); ++d) {
-          src = src.narrow(static_cast<int64_t>(d), d == 0 ? 0 : lo[d] - off[d], len[d]);
-          dst = dst.narrow(static_cast<int64_t>(d), lo[d] - box.offsets[d], len[d]);
-        }
-        dst.copy_(src);
-        covered += volume(len);
-      }
-      if (covered != volume(box.local_view)) {
-        throw std::runtime_error(dir + ": the shards of " + name + " cover " + std::to_string(covered) + " of the " +
-                                 std::to_string(volume(box.local_view)) + " elements this rank needs; the checkpoint is incomplete");
-      }
-      return out;
-    };
-
-    torch::NoGradGuard no_grad;
-    for (auto& p : model.named_parameters()) {
-      if (options.adapters_may_be_missing && p.key().find("_lora_") != std::string::npos &&
-          !manifest["tensors"].contains("model/" + p.key())) {
-        continue;
-      }
-      const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
-      p.value().copy_(assemble("model/" + p.key(), box).reshape(p.value().sizes()));
-    }
-    for (auto& b : model.named_buffers()) b.value().copy_(assemble("model/" + b.key(), whole(b.value())));
+    ShardReader reader(dir, manifest);
+    restore_model(reader, model, options);
     const int64_t optimizer_step = manifest.value("optimizer_step", int64_t{0});
     if (optimizer && options.optimizer && optimizer_step > 0) {
-      for (auto& p : model.named_parameters()) {
-        if (!manifest["tensors"].contains("optim/exp_avg/" + p.key())) continue;  // never stepped
-        const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
-        auto s = std::make_unique<torch::optim::AdamWParamState>();
-        s->step(optimizer_step);
-        s->exp_avg(assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
-        s->exp_avg_sq(assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
-        optimizer->state()[p.value().unsafeGetTensorImpl()] = std::move(s);
-      }
+      restore_optimizer(reader, model, *optimizer, optimizer_step);
     }
-    if (options.train_state) {
-      state.step = manifest.at("step").get<int64_t>();
-      state.samples_consumed = manifest.at("samples_consumed").get<int64_t>();
-      state.tokens = manifest.at("tokens").get<int64_t>();
-      // Same layout: each rank continues its own random stream. New layout: every rank takes rank 0's
-      // (router jitter and random routing draw from it; the streams cannot map onto a new layout).
-      const auto& layout = manifest.at("layout");
-      const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() && layout.at("ep") == ranks.ep();
-      char rng_name[32];
-      std::snprintf(rng_name, sizeof(rng_name), "rng/cpu/rank%05d", same_layout ? ranks.rank() : 0);
-      const std::string file = same_layout ? rank_file(ranks.rank()) : rank_file(0);
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
-      generator.set_state(open(file).get(rng_name));
-      // A run saved on the CPU has no GPU stream: the GPU keeps its seeded one (and a run saved on a GPU
-      // that resumes on the CPU leaves its GPU stream unused).
-      std::snprintf(rng_name, sizeof(rng_name), "rng/cuda/rank%05d", same_layout ? ranks.rank() : 0);
-      auto gpu = cuda_generator(model);
-      if (gpu && manifest["tensors"].contains(rng_name)) gpu->set_state(open(file).get(rng_name));
-    }
+    if (options.train_state) state = restore_train_state(reader, model, ranks);
   }));
   return state;
 }

@@ -119,6 +119,49 @@ Recipe parse_with_locations(const std::string& text, const std::string& source, 
   return recipe;
 }
 
+// The text form of the value of a --set of field `f`. Strings may be given bare: a bare word is quoted
+// (" and \ escaped) and a list of bare words, [gate,up], becomes ["gate","up"]. Anything else is as written.
+std::string value_text(const pb::FieldDescriptor* f, const std::string& value) {
+  const bool is_string = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING;
+  const bool bare_list = !value.empty() && value[0] == '[' && value.find('"') == std::string::npos;
+  if (f->is_repeated() && is_string && bare_list) {
+    std::string quoted = "[";
+    std::string item;
+    auto flush = [&] {
+      while (!item.empty() && item.back() == ' ') item.pop_back();
+      if (!item.empty()) quoted += (quoted.size() > 1 ? ",\"" : "\"") + item + "\"";
+      item.clear();
+    };
+    for (size_t c = 1; c < value.size(); ++c) {
+      if (value[c] == ',' || value[c] == ']') flush();
+      else if (!(item.empty() && value[c] == ' ')) item += value[c];
+    }
+    return quoted + "]";
+  }
+  if (is_string && (value.empty() || (value[0] != '"' && !(f->is_repeated() && value[0] == '[')))) {
+    std::string quoted = "\"";
+    for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+    return quoted + "\"";
+  }
+  return value;
+}
+
+// Sets field `f` of `msg` from `text` ("leaf: value"): parsed into a scratch message of msg's type, then
+// the field is moved across, so type errors come from the same parser as the file's ("WHERE: error").
+void set_field(pb::Message* msg, const pb::FieldDescriptor* f, const std::string& text,
+               const std::string& where) {
+  std::unique_ptr<pb::Message> scratch(msg->New());
+  pb::TextFormat::Parser parser;
+  CollectErrors errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, scratch.get())) {
+    throw RecipeError(where + ": " + errors.message());
+  }
+  msg->GetReflection()->ClearField(msg, f);
+  std::vector<const pb::FieldDescriptor*> only{f};
+  msg->GetReflection()->SwapFields(msg, scratch.get(), only);
+}
+
 // origins[path] = "source:line:col" for every field set in `msg` (sections are walked into).
 void record_origins(const pb::Message& msg, const pb::TextFormat::ParseInfoTree* tree, const std::string& prefix,
                     const std::string& source, FieldOrigins& origins) {
@@ -150,7 +193,7 @@ void apply_override(Recipe& recipe, const std::string& assignment) {
     throw RecipeError(where + ": expected field.path=value, for example --set train.steps=100");
   }
   const std::string path = assignment.substr(0, eq);
-  std::string value = assignment.substr(eq + 1);
+  const std::string value = assignment.substr(eq + 1);
 
   // Walk the path through the schema so an unknown name is reported with its parent's fields.
   std::vector<std::string> parts;
@@ -178,38 +221,7 @@ void apply_override(Recipe& recipe, const std::string& assignment) {
                         known_fields(f->message_type()));
     }
     if (last) {
-      if (f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && !value.empty() && value[0] == '[' &&
-          value.find('"') == std::string::npos) {
-        // A list of bare words, [gate,up]: quote each element.
-        std::string quoted = "[";
-        std::string item;
-        auto flush = [&] {
-          while (!item.empty() && item.back() == ' ') item.pop_back();
-          if (!item.empty()) quoted += (quoted.size() > 1 ? ",\"" : "\"") + item + "\"";
-          item.clear();
-        };
-        for (size_t c = 1; c < value.size(); ++c) {
-          if (value[c] == ',' || value[c] == ']') flush();
-          else if (!(item.empty() && value[c] == ' ')) item += value[c];
-        }
-        value = quoted + "]";
-      } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && (value.empty() || (value[0] != '"' && !(f->is_repeated() && value[0] == '[')))) {
-        std::string quoted = "\"";
-        for (char c : value) quoted += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
-        value = quoted + "\"";
-      }
-      // Parse "leaf: value" into a scratch message of the leaf's type, then copy the field across,
-      // so type errors come from the same parser as the file's.
-      std::unique_ptr<pb::Message> scratch(msg->New());
-      pb::TextFormat::Parser parser;
-      CollectErrors errors;
-      parser.RecordErrorsTo(&errors);
-      if (!parser.ParseFromString(parts[i] + ": " + value, scratch.get())) {
-        throw RecipeError(where + ": " + errors.message());
-      }
-      msg->GetReflection()->ClearField(msg, f);
-      std::vector<const pb::FieldDescriptor*> only{f};
-      msg->GetReflection()->SwapFields(msg, scratch.get(), only);
+      set_field(msg, f, parts[i] + ": " + value_text(f, value), where);
       return;
     }
     msg = msg->GetReflection()->MutableMessage(msg, f);

@@ -45,13 +45,8 @@ std::string num(double v) {
   return s.str();
 }
 
-void check_model(const ModelConfig& m, Problems& p) {
-  p.at_least<int64_t>("model.vocab_size", m.vocab_size(), 2);
-  p.at_least<int64_t>("model.d_model", m.d_model(), 1);
-  p.at_least<int64_t>("model.num_layers", m.num_layers(), 1);
-  p.at_least<int64_t>("model.num_heads", m.num_heads(), 1);
-  p.at_least<int64_t>("model.num_kv_heads", m.num_kv_heads(), 0);
-  p.at_least<int64_t>("model.head_dim", m.head_dim(), 0);
+// Heads: query and key/value head counts that divide, and an even head size for rotary embeddings.
+void check_attention(const ModelConfig& m, Problems& p) {
   if (m.num_heads() >= 1 && m.num_kv_heads() >= 1 && m.num_heads() % m.num_kv_heads() != 0) {
     p.add("model.num_kv_heads", m.num_kv_heads(),
           "model.num_heads (" + std::to_string(m.num_heads()) + ") must be divisible by num_kv_heads (each key/value head "
@@ -71,6 +66,10 @@ void check_model(const ModelConfig& m, Problems& p) {
                 " must be even for rotary embeddings; change num_heads or d_model, or set model.head_dim");
     }
   }
+}
+
+// Experts: sizes, the grouped GEMM's alignment, top_k, the MoE layers and the shared expert.
+void check_experts(const ModelConfig& m, Problems& p) {
   if (m.shared_expert_gate() && m.num_shared_experts() == 0) {
     p.add("model.shared_expert_gate", "true", "gates the shared expert, but model.num_shared_experts is 0; set "
                                                 "num_shared_experts (Qwen2-MoE: 1) or leave the gate off");
@@ -103,6 +102,17 @@ void check_model(const ModelConfig& m, Problems& p) {
   }
   p.at_least<int64_t>("model.num_shared_experts", m.num_shared_experts(), 0);
   p.at_least<int64_t>("model.shared_expert_ffn_hidden", m.shared_expert_ffn_hidden(), 0);
+}
+
+void check_model(const ModelConfig& m, Problems& p) {
+  p.at_least<int64_t>("model.vocab_size", m.vocab_size(), 2);
+  p.at_least<int64_t>("model.d_model", m.d_model(), 1);
+  p.at_least<int64_t>("model.num_layers", m.num_layers(), 1);
+  p.at_least<int64_t>("model.num_heads", m.num_heads(), 1);
+  p.at_least<int64_t>("model.num_kv_heads", m.num_kv_heads(), 0);
+  p.at_least<int64_t>("model.head_dim", m.head_dim(), 0);
+  check_attention(m, p);
+  check_experts(m, p);
   if (!(m.rope_theta() > 0)) p.add("model.rope_theta", num(m.rope_theta()), "must be > 0; 10000 is usual");
   if (!(m.norm_eps() > 0)) p.add("model.norm_eps", num(m.norm_eps()), "must be > 0; 1e-5 is usual");
   if (!(m.init_std() > 0)) p.add("model.init_std", num(m.init_std()), "must be > 0; 0.02 is usual");
@@ -120,42 +130,53 @@ void check_optimizer(const OptimizerConfig& o, Problems& p) {
   if (!(o.grad_clip() >= 0)) p.add("optimizer.grad_clip", num(o.grad_clip()), "must be >= 0 (0 disables clipping)");
 }
 
-void check_routing(const Recipe& recipe, Problems& p) {
-  const RoutingConfig& r = recipe.routing();
-  const ModelConfig& m = recipe.model();
-  const std::string type = RoutingConfig::RouterType_Name(r.router_type());
-  const bool learned = r.router_type() == RoutingConfig::TOPK || r.router_type() == RoutingConfig::EXPERT_CHOICE;
-  const bool choice = r.router_type() == RoutingConfig::EXPERT_CHOICE;
+// How routing.router_type routes: its name, whether a learned router scores the experts (TOPK,
+// EXPERT_CHOICE) and whether each expert picks its tokens (EXPERT_CHOICE).
+struct RouterKind {
+  std::string type;
+  bool learned, choice;
+};
+
+// The balancing losses and bias updates: >= 0, and 0 where the router has nothing to balance.
+void check_balancing(const RoutingConfig& r, const RouterKind& kind, Problems& p) {
   for (const auto& [field, value] : std::vector<std::pair<std::string, double>>{
            {"routing.aux_loss_coeff", r.aux_loss_coeff()}, {"routing.seq_aux_loss_coeff", r.seq_aux_loss_coeff()},
            {"routing.global_aux_loss_coeff", r.global_aux_loss_coeff()}, {"routing.z_loss_coeff", r.z_loss_coeff()},
            {"routing.bias_update_rate", r.bias_update_rate()}}) {
     if (!(value >= 0)) {
       p.add(field, num(value), "must be >= 0 (0 turns it off)");
-    } else if (value > 0 && !learned && field != "routing.z_loss_coeff") {
-      p.add(field, num(value), "balancing means nothing for routing.router_type " + type +
+    } else if (value > 0 && !kind.learned && field != "routing.z_loss_coeff") {
+      p.add(field, num(value), "balancing means nothing for routing.router_type " + kind.type +
                                    " (its routing is not learned); set it to 0");
-    } else if (value > 0 && choice && field != "routing.z_loss_coeff") {
+    } else if (value > 0 && kind.choice && field != "routing.z_loss_coeff") {
       p.add(field, num(value), "EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
                                "number of tokens); set it to 0");
-    } else if (value > 0 && !learned) {
-      p.add(field, num(value), "routing.router_type " + type + " has no router logits; set it to 0");
+    } else if (value > 0 && !kind.learned) {
+      p.add(field, num(value), "routing.router_type " + kind.type + " has no router logits; set it to 0");
     }
   }
+}
+
+// Gate scaling, router jitter, and the order of top-k and softmax.
+void check_gates(const RoutingConfig& r, const RouterKind& kind, Problems& p) {
   if (!(r.gate_scale() > 0)) p.add("routing.gate_scale", num(r.gate_scale()), "must be > 0; 1 leaves the gates as they are");
   if (!(r.jitter_eps() >= 0 && r.jitter_eps() < 1)) p.add("routing.jitter_eps", num(r.jitter_eps()), "must be in [0, 1); 0.01 is Switch's value, 0 turns it off");
   if (r.score_function() == RoutingConfig::SIGMOID && r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
     p.add("routing.topk_order", "TOPK_THEN_SOFTMAX", "applies to SOFTMAX scores only; with score_function SIGMOID use "
                                                      "SOFTMAX_THEN_TOPK and normalize_gates: true");
-  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX && !r.normalize_gates() && learned && !choice) {
+  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX && !r.normalize_gates() && kind.learned && !kind.choice) {
     p.add("routing.normalize_gates", "false", "routing.topk_order TOPK_THEN_SOFTMAX makes the k gates a softmax, which "
                                               "always sums to 1, so false would be ignored; set normalize_gates: true, or "
                                               "topk_order: SOFTMAX_THEN_TOPK for unnormalised probabilities");
   }
+}
+
+// Group-limited routing: num_groups divides the experts and the best group_topk groups hold top_k experts.
+void check_groups(const RoutingConfig& r, const ModelConfig& m, const RouterKind& kind, Problems& p) {
   if (r.num_groups() < 0) p.add("routing.num_groups", r.num_groups(), "must be >= 0 (0 or 1 = no group limit)");
   if (r.num_groups() > 1) {
     if (r.router_type() != RoutingConfig::TOPK) {
-      p.add("routing.num_groups", r.num_groups(), "group-limited routing needs routing.router_type TOPK, not " + type);
+      p.add("routing.num_groups", r.num_groups(), "group-limited routing needs routing.router_type TOPK, not " + kind.type);
     }
     if (m.num_experts() % r.num_groups() != 0) {
       p.add("routing.num_groups", r.num_groups(), "model.num_experts (" + std::to_string(m.num_experts()) +
@@ -170,11 +191,15 @@ void check_routing(const Recipe& recipe, Problems& p) {
   } else if (r.group_topk() != 0) {
     p.add("routing.group_topk", r.group_topk(), "needs routing.num_groups > 1; set num_groups or leave group_topk at 0");
   }
+}
+
+// Expert capacity, padding and the drop policy, and EXPERT_CHOICE's token count per expert.
+void check_capacity(const RoutingConfig& r, const ModelConfig& m, const RouterKind& kind, Problems& p) {
   if (!(r.expert_choice_factor() > 0)) p.add("routing.expert_choice_factor", num(r.expert_choice_factor()), "must be > 0; 1 gives each expert T/E tokens");
   if (!(r.capacity_factor() >= 0)) p.add("routing.capacity_factor", num(r.capacity_factor()), "must be >= 0 (0 = dropless)");
   if (!(r.eval_capacity_factor() >= 0)) p.add("routing.eval_capacity_factor", num(r.eval_capacity_factor()), "must be >= 0 (0 = dropless at evaluation)");
   if (r.min_capacity() < 0) p.add("routing.min_capacity", r.min_capacity(), "must be >= 0");
-  if (choice && (r.capacity_factor() > 0 || r.eval_capacity_factor() > 0 || r.pad_to_capacity())) {
+  if (kind.choice && (r.capacity_factor() > 0 || r.eval_capacity_factor() > 0 || r.pad_to_capacity())) {
     p.add("routing.capacity_factor", num(r.capacity_factor()), "EXPERT_CHOICE sets each expert's token count itself "
                                                                 "(routing.expert_choice_factor); leave capacity_factor, "
                                                                 "eval_capacity_factor at 0 and pad_to_capacity false");
@@ -185,18 +210,18 @@ void check_routing(const Recipe& recipe, Problems& p) {
   const bool has_capacity = r.capacity_factor() > 0 || r.eval_capacity_factor() > 0;
   if (r.min_capacity() > 0 && !has_capacity) {
     p.add("routing.min_capacity", r.min_capacity(),
-          choice ? "EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token count); leave "
-                   "min_capacity at 0"
-                 : "applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, or leave "
-                   "min_capacity at 0");
+          kind.choice ? "EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token "
+                        "count); leave min_capacity at 0"
+                      : "applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, "
+                        "or leave min_capacity at 0");
   }
   // The PROBS policy drops the pairs with the lowest final gate; it needs gates that differ between tokens.
   if (has_capacity && r.drop_policy() == RoutingConfig::PROBS) {
-    if (!learned) {
-      p.add("routing.drop_policy", "PROBS", "routing.router_type " + type + " gives every pair the same gate (gate_scale/k), so "
+    if (!kind.learned) {
+      p.add("routing.drop_policy", "PROBS", "routing.router_type " + kind.type + " gives every pair the same gate (gate_scale/k), so "
                                             "there is no lowest gate to drop; set drop_policy: POSITION, or leave "
                                             "capacity_factor and eval_capacity_factor at 0");
-    } else if (!choice && m.top_k() == 1 && (r.normalize_gates() || r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX)) {
+    } else if (!kind.choice && m.top_k() == 1 && (r.normalize_gates() || r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX)) {
       p.add("routing.drop_policy", "PROBS", "with model.top_k 1 and normalised gates every gate equals gate_scale, so "
                                             "there is no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with "
                                             "normalize_gates: false (Switch's top-1 gate), or drop_policy: POSITION");
@@ -204,17 +229,27 @@ void check_routing(const Recipe& recipe, Problems& p) {
   }
 }
 
-}  // namespace
+void check_routing(const Recipe& recipe, Problems& p) {
+  const RoutingConfig& r = recipe.routing();
+  const bool learned = r.router_type() == RoutingConfig::TOPK || r.router_type() == RoutingConfig::EXPERT_CHOICE;
+  const bool choice = r.router_type() == RoutingConfig::EXPERT_CHOICE;
+  const RouterKind kind{RoutingConfig::RouterType_Name(r.router_type()), learned, choice};
+  check_balancing(r, kind, p);
+  check_gates(r, kind, p);
+  check_groups(r, recipe.model(), kind, p);
+  check_capacity(r, recipe.model(), kind, p);
+}
 
-void validate_recipe(const Recipe& r, const std::string& source, const FieldOrigins* origins) {
-  Problems p(origins);
-  check_model(r.model(), p);
-  check_routing(r, p);
+// The training data: a train prefix and a sequence length.
+void check_data(const Recipe& r, Problems& p) {
   if (r.data().train_prefix().empty()) {
     p.add("data.train_prefix", "\"\"", "is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode");
   }
   p.at_least<int64_t>("data.seq_len", r.data().seq_len(), 1);
-  check_optimizer(r.optimizer(), p);
+}
+
+// The learning-rate schedule's steps and the training loop's sizes and intervals.
+void check_training(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("schedule.warmup_steps", r.schedule().warmup_steps(), 0);
   p.at_least<int64_t>("schedule.decay_steps", r.schedule().decay_steps(), 0);
   p.at_least<int64_t>("train.steps", r.train().steps(), 1);
@@ -224,6 +259,10 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
   p.at_least<int64_t>("train.eval_sequences", r.train().eval_sequences(), 1);
   p.at_least<int64_t>("train.threads", r.train().threads(), 0);
   p.at_least<int64_t>("train.exit_interval", r.train().exit_interval(), 0);
+}
+
+// The mesh: sizes that divide the experts and the heads, and the collective timeout.
+void check_parallel(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
   if (r.parallel().timeout_s() <= 0) {
@@ -243,9 +282,10 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
           "model.num_kv_heads (" + std::to_string(kv) + ") must be divisible by the tensor-parallel size (each rank holds "
           "whole key/value heads and their query heads); use a parallel.tensor that divides " + std::to_string(kv));
   }
-  p.at_least<int64_t>("checkpoint.interval", r.checkpoint().interval(), 0);
-  p.at_least<int64_t>("checkpoint.keep_last", r.checkpoint().keep_last(), 1);
-  p.at_least<int64_t>("logging.log_interval", r.logging().log_interval(), 1);
+}
+
+// LoRA adapters: rank, alpha and targets (attention targets only without tensor parallelism).
+void check_lora(const Recipe& r, Problems& p) {
   const auto& lora = r.finetune().lora();
   p.at_least<int64_t>("finetune.lora.rank", lora.rank(), 0);
   if (lora.rank() > 0 && !(lora.alpha() > 0)) p.add("finetune.lora.alpha", num(lora.alpha()), "must be > 0 (16 is common)");
@@ -270,17 +310,37 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
   if (lora.targets_size() > 0 && lora.rank() == 0) {
     p.add("finetune.lora.rank", "0", "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
   }
-  if (r.finetune().base_dtype() == TrainConfig::BF16) {  // the frozen base in bf16 (trainer/base_dtype.h)
-    if (lora.rank() == 0) {
-      p.add("finetune.base_dtype", "BF16", "holds the frozen base weights of a LoRA run and needs finetune.lora.rank > 0 "
-                                           "(without adapters the base weights train, in fp32); set finetune.lora.rank "
-                                           "(for example 8) or leave base_dtype at FP32");
-    }
-    if (r.train().precision() != TrainConfig::BF16) {
-      p.add("finetune.base_dtype", "BF16", "needs train.precision = BF16: the bf16 base weights enter bf16 matmuls "
-                                           "(fp32 matmuls would need an fp32 copy of each weight); set train.precision: BF16");
-    }
+}
+
+// finetune.base_dtype BF16, the frozen base in bf16 (trainer/base_dtype.h): a LoRA run at bf16 precision.
+void check_base_dtype(const Recipe& r, Problems& p) {
+  if (r.finetune().base_dtype() != TrainConfig::BF16) return;
+  if (r.finetune().lora().rank() == 0) {
+    p.add("finetune.base_dtype", "BF16", "holds the frozen base weights of a LoRA run and needs finetune.lora.rank > 0 "
+                                         "(without adapters the base weights train, in fp32); set finetune.lora.rank "
+                                         "(for example 8) or leave base_dtype at FP32");
   }
+  if (r.train().precision() != TrainConfig::BF16) {
+    p.add("finetune.base_dtype", "BF16", "needs train.precision = BF16: the bf16 base weights enter bf16 matmuls "
+                                         "(fp32 matmuls would need an fp32 copy of each weight); set train.precision: BF16");
+  }
+}
+
+}  // namespace
+
+void validate_recipe(const Recipe& r, const std::string& source, const FieldOrigins* origins) {
+  Problems p(origins);
+  check_model(r.model(), p);
+  check_routing(r, p);
+  check_data(r, p);
+  check_optimizer(r.optimizer(), p);
+  check_training(r, p);
+  check_parallel(r, p);
+  p.at_least<int64_t>("checkpoint.interval", r.checkpoint().interval(), 0);
+  p.at_least<int64_t>("checkpoint.keep_last", r.checkpoint().keep_last(), 1);
+  p.at_least<int64_t>("logging.log_interval", r.logging().log_interval(), 1);
+  check_lora(r, p);
+  check_base_dtype(r, p);
   if (!p.empty()) throw RecipeError(source + ": invalid recipe:" + p.joined());
 }
 

@@ -85,6 +85,46 @@ void write_all(int fd, const std::string& path, const char* data, size_t size) {
   }
 }
 
+[[noreturn]] void invalid(const std::string& path, const std::string& why) {
+  throw std::runtime_error(path + ": not a valid safetensors file: " + why);
+}
+
+// One tensor's entry of a header.
+struct TensorEntry {
+  torch::ScalarType dtype;
+  std::vector<int64_t> shape;
+  size_t begin = 0, end = 0;  // data_offsets, from the end of the header
+};
+
+// The entry `name` of the header of `path`, {"dtype", "shape", "data_offsets"}, checked: a known dtype,
+// shape and offsets integers >= 0, offsets inside the `data_bytes` after the header, and a byte count that
+// matches the shape (computed without overflow: a huge shape must not wrap around to the stored size).
+// A missing or mistyped field throws nlohmann::json::exception.
+TensorEntry parse_entry(const std::string& path, const std::string& name, const json& value,
+                        size_t data_bytes) {
+  TensorEntry e;
+  const std::string dtype = value.at("dtype").get<std::string>();
+  bool known = false;
+  for (const auto& [type, type_name] : dtype_names())
+    if (type_name == dtype) e.dtype = type, known = true;
+  if (!known) invalid(path, "tensor " + name + " has unsupported dtype " + dtype);
+  const auto shape = counts(value.at("shape")), offsets = counts(value.at("data_offsets"));
+  if (!shape) invalid(path, "tensor " + name + " has shape " + value.at("shape").dump().substr(0, 80) + ": must be integers >= 0");
+  if (!offsets || offsets->size() != 2 || (*offsets)[0] > (*offsets)[1] || (*offsets)[1] > data_bytes) {
+    invalid(path, "tensor " + name + " has data_offsets outside the file (truncated?)");
+  }
+  e.begin = (*offsets)[0], e.end = (*offsets)[1];
+  uint64_t bytes = c10::elementSize(e.dtype);
+  for (uint64_t d : *shape) {
+    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(bytes, d, &bytes)) {
+      invalid(path, "tensor " + name + " has a shape too large for any file");
+    }
+    e.shape.push_back(static_cast<int64_t>(d));
+  }
+  if (bytes != e.end - e.begin) invalid(path, "tensor " + name + " byte count does not match its shape and dtype");
+  return e;
+}
+
 }  // namespace
 
 std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
@@ -161,7 +201,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 
 void SafetensorsFile::read_header() {
   const std::string& path = path_;
-  auto fail = [&](const std::string& why) { throw std::runtime_error(path + ": not a valid safetensors file: " + why); };
+  auto fail = [&](const std::string& why) { invalid(path, why); };
   struct stat st {};
   ::fstat(fd_, &st);
   size_ = static_cast<size_t>(st.st_size);
@@ -192,30 +232,8 @@ void SafetensorsFile::read_header() {
       continue;
     }
     try {
-      Entry e;
-      const std::string dtype = it->at("dtype").get<std::string>();
-      bool known = false;
-      for (const auto& [type, name] : dtype_names())
-        if (name == dtype) e.dtype = type, known = true;
-      if (!known) fail("tensor " + it.key() + " has unsupported dtype " + dtype);
-      // Shape and offsets: integers >= 0 only, and the byte count computed without overflow (a huge
-      // shape must not wrap around to the stored size).
-      const auto shape = counts(it->at("shape")), offsets = counts(it->at("data_offsets"));
-      if (!shape) fail("tensor " + it.key() + " has shape " + it->at("shape").dump().substr(0, 80) + ": must be integers >= 0");
-      if (!offsets || offsets->size() != 2 || (*offsets)[0] > (*offsets)[1] || (*offsets)[1] > size_ - data_start_) {
-        fail("tensor " + it.key() + " has data_offsets outside the file (truncated?)");
-      }
-      e.begin = (*offsets)[0], e.end = (*offsets)[1];
-      uint64_t bytes = c10::elementSize(e.dtype);
-      for (uint64_t d : *shape) {
-        if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(bytes, d, &bytes)) {
-          fail("tensor " + it.key() + " has a shape too large for any file");
-        }
-        e.shape.push_back(static_cast<int64_t>(d));
-      }
-      if (bytes != e.end - e.begin) fail("tensor " + it.key() + " byte count does not match its shape and dtype");
-      e.order = order++;
-      entries_[it.key()] = e;
+      TensorEntry e = parse_entry(path, it.key(), *it, size_ - data_start_);
+      entries_[it.key()] = {e.dtype, std::move(e.shape), e.begin, e.end, order++};
     } catch (const nlohmann::json::exception& ex) {
       fail("tensor " + it.key() + ": " + ex.what());
     }
