@@ -15,7 +15,7 @@ mkdir -p "$cache"
 say() { printf '[setup] %s\n' "$*"; }
 
 # 1. Debian packages (installed only when one is missing).
-packages=(build-essential cmake ccache pkg-config python3-venv
+packages=(build-essential cmake ccache pkg-config python3-venv clang-format
   openmpi-bin libopenmpi-dev protobuf-compiler libprotobuf-dev
   libgtest-dev nlohmann-json3-dev libssl-dev libsentencepiece-dev sentencepiece
   fortunes fortunes-min fortunes-de fortunes-it fortunes-es fortunes-ru)
