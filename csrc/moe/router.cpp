@@ -114,58 +114,60 @@ torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torc
 }
 
 Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& token_ids_T) {
-  const auto& r = options_.routing;
-  const int64_t E = options_.num_experts, k = options_.top_k;
   model::AutocastScope fp32_router(x_TD.device().type(), std::nullopt);  // logits, scores, top-k, losses: fp32
-  auto x = x_TD.to(torch::kFloat32);
   const int64_t first_token = noise_position_;  // global index of row 0 (keys the noise)
-  if (is_training()) noise_position_ += x.size(0);
-  if (is_training() && r.jitter_eps() > 0) {
-    const double eps = r.jitter_eps();
-    auto u = uniform_noise(noise_stream_key(noise_seed_, noise_layer_, NoisePurpose::kJitter), first_token,
-                           x.size(0), x.size(1), x.device());
-    x = x * ((1.0 - eps) + (2.0 * eps) * u);  // U(1 − ε, 1 + ε)
-  }
+  if (is_training()) noise_position_ += x_TD.size(0);
   Routing out;
-  out.logits_TE = torch::matmul(x, weight.t());
-  const int64_t T = out.logits_TE.size(0);
+  out.logits_TE = torch::matmul(jittered(x_TD.to(torch::kFloat32), first_token), weight.t());
   torch::Tensor scores_TE;
-  if (r.score_function() == RoutingConfig::SIGMOID) {
+  if (options_.routing.score_function() == RoutingConfig::SIGMOID) {
     scores_TE = torch::sigmoid(out.logits_TE);
     out.probs_TE = scores_TE / scores_TE.sum(-1, /*keepdim=*/true);
   } else {
     scores_TE = torch::softmax(out.logits_TE, -1);
     out.probs_TE = scores_TE;
   }
-
-  torch::Tensor gates_TE;
-  if (r.router_type() == RoutingConfig::EXPERT_CHOICE) {
-    const int64_t c = std::min<int64_t>(T, static_cast<int64_t>(std::ceil(T * r.expert_choice_factor() / E)));
-    auto chosen = std::get<1>(scores_TE.topk(c, /*dim=*/0));  // (c, E)
-    out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(0, chosen, true);
-    out.kept_TE = out.routed_TE;
-    out.gates_TE = scores_TE * out.kept_TE * r.gate_scale();
-    out.max_kept = E * c;
-    return out;
+  if (options_.routing.router_type() == RoutingConfig::EXPERT_CHOICE) {
+    choose_by_experts(out, scores_TE);
+  } else {
+    choose_by_tokens(out, scores_TE, token_ids_T, first_token);
   }
+  return out;
+}
 
-  torch::Tensor idx_TK;
+torch::Tensor RouterImpl::jittered(const torch::Tensor& x_TD, int64_t first_token) const {
+  const double eps = options_.routing.jitter_eps();
+  if (!is_training() || eps <= 0) return x_TD;
+  auto u = uniform_noise(noise_stream_key(noise_seed_, noise_layer_, NoisePurpose::kJitter), first_token, x_TD.size(0),
+                         x_TD.size(1), x_TD.device());
+  return x_TD * ((1.0 - eps) + (2.0 * eps) * u);  // U(1 − ε, 1 + ε)
+}
+
+void RouterImpl::choose_by_experts(Routing& out, const torch::Tensor& scores_TE) const {
+  const auto& r = options_.routing;
+  const int64_t T = scores_TE.size(0), E = options_.num_experts;
+  const int64_t c = std::min<int64_t>(T, static_cast<int64_t>(std::ceil(T * r.expert_choice_factor() / E)));
+  auto chosen = std::get<1>(scores_TE.topk(c, /*dim=*/0));  // (c, E)
+  out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(0, chosen, true);
+  out.kept_TE = out.routed_TE;
+  out.gates_TE = scores_TE * out.kept_TE * r.gate_scale();
+  out.max_kept = E * c;
+}
+
+void RouterImpl::choose_by_tokens(Routing& out, const torch::Tensor& scores_TE, const torch::Tensor& token_ids_T,
+                                  int64_t first_token) const {
+  const auto& r = options_.routing;
+  const int64_t T = scores_TE.size(0), E = options_.num_experts, k = options_.top_k;
+  const bool fixed_gates = r.router_type() == RoutingConfig::HASH || r.router_type() == RoutingConfig::RANDOM;
+  torch::Tensor idx_TK, gates_TK;
   if (r.router_type() == RoutingConfig::HASH) {
     idx_TK = hash_experts(token_ids_T, E, k);
   } else if (r.router_type() == RoutingConfig::RANDOM) {
-    // k distinct experts uniformly at random: the k largest of E independent keys per token. The keys
-    // are hash · E + e (below 2^32 · E), so they never tie. Evaluation routes at random too (the
-    // baseline has no other routing), from its own stream keyed by the evaluation batch's position.
-    const auto purpose = is_training() ? NoisePurpose::kRandomRouting : NoisePurpose::kRandomRoutingEval;
-    auto keys = noise_bits(noise_stream_key(noise_seed_, noise_layer_, purpose), first_token, T, E, x.device()) * E +
-                torch::arange(E, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
-    idx_TK = std::get<1>(keys.topk(k, -1));
+    idx_TK = random_experts(first_token, T, scores_TE.device());
   } else {
     idx_TK = select_topk(out.logits_TE, scores_TE);
   }
-
-  torch::Tensor gates_TK;
-  if (r.router_type() == RoutingConfig::HASH || r.router_type() == RoutingConfig::RANDOM) {
+  if (fixed_gates) {
     gates_TK = torch::full({T, k}, 1.0 / static_cast<double>(k), scores_TE.options());  // fixed, no router gradient
   } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
     gates_TK = torch::softmax(out.logits_TE.gather(1, idx_TK), -1);
@@ -174,25 +176,40 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
     if (r.normalize_gates()) gates_TK = gates_TK / gates_TK.sum(-1, /*keepdim=*/true);
   }
   gates_TK = gates_TK * r.gate_scale();
-
   out.routed_TE = torch::zeros_like(scores_TE, torch::kBool).scatter_(1, idx_TK, true);
   out.gates_TE = torch::zeros_like(scores_TE).scatter(1, idx_TK, gates_TK);
+  apply_token_capacity(out);
+}
+
+torch::Tensor RouterImpl::random_experts(int64_t first_token, int64_t T, const torch::Device& device) const {
+  // k distinct experts uniformly at random: the k largest of E independent keys per token. The keys are
+  // hash · E + e (below 2^32 · E), so they never tie. Evaluation routes at random too (the baseline has
+  // no other routing), from its own stream keyed by the evaluation batch's position.
+  const int64_t E = options_.num_experts;
+  const auto purpose = is_training() ? NoisePurpose::kRandomRouting : NoisePurpose::kRandomRoutingEval;
+  auto keys = noise_bits(noise_stream_key(noise_seed_, noise_layer_, purpose), first_token, T, E, device) * E +
+              torch::arange(E, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  return std::get<1>(keys.topk(options_.top_k, -1));
+}
+
+void RouterImpl::apply_token_capacity(Routing& out) const {
+  const auto& r = options_.routing;
+  const int64_t T = out.routed_TE.size(0), E = options_.num_experts, k = options_.top_k;
   const double factor = is_training() ? r.capacity_factor() : r.eval_capacity_factor();
   out.capacity = expert_capacity(factor, T, k, E, r.min_capacity());
-  if (out.capacity > 0) {
-    // PROBS ranks each expert's pairs by their final gate (after normalisation and scaling), as
-    // Megatron-Core does; not by the raw score, whose order can differ once the gates are normalised.
-    auto priority = r.drop_policy() == RoutingConfig::POSITION
-                        ? -torch::arange(T, scores_TE.options()).unsqueeze(1).expand({T, E})
-                        : out.gates_TE.detach();
-    out.kept_TE = apply_capacity(out.routed_TE, priority, out.capacity);
-    out.gates_TE = out.gates_TE * out.kept_TE;
-    out.max_kept = std::min(T * k, E * out.capacity);
-  } else {
+  if (out.capacity == 0) {
     out.kept_TE = out.routed_TE;
     out.max_kept = T * k;
+    return;
   }
-  return out;
+  // PROBS ranks each expert's pairs by their final gate (after normalisation and scaling), as Megatron-Core
+  // does; not by the raw score, whose order can differ once the gates are normalised.
+  auto priority = r.drop_policy() == RoutingConfig::POSITION
+                      ? -torch::arange(T, out.gates_TE.options()).unsqueeze(1).expand({T, E})
+                      : out.gates_TE.detach();
+  out.kept_TE = apply_capacity(out.routed_TE, priority, out.capacity);
+  out.gates_TE = out.gates_TE * out.kept_TE;
+  out.max_kept = std::min(T * k, E * out.capacity);
 }
 
 }  // namespace moetrain::moe

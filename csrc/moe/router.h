@@ -66,6 +66,14 @@ class RouterImpl : public torch::nn::Module {
 
  private:
   torch::Tensor select_topk(const torch::Tensor& logits_TE, const torch::Tensor& scores_TE) const;
+  // Phases of forward(): x_TD fp32 with the training jitter applied; expert choice (each expert takes c
+  // tokens) or token choice (top-k, HASH, RANDOM) filling routed/kept/gates; the capacity of token choice.
+  torch::Tensor jittered(const torch::Tensor& x_TD, int64_t first_token) const;
+  void choose_by_experts(Routing& out, const torch::Tensor& scores_TE) const;
+  void choose_by_tokens(Routing& out, const torch::Tensor& scores_TE, const torch::Tensor& token_ids_T,
+                        int64_t first_token) const;
+  torch::Tensor random_experts(int64_t first_token, int64_t T, const torch::Device& device) const;  // int64 (T, k)
+  void apply_token_capacity(Routing& out) const;
   RouterOptions options_;
   uint64_t noise_seed_ = 0;
   int64_t noise_layer_ = 0, noise_position_ = 0;
