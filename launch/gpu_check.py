@@ -258,10 +258,10 @@ def check_moe_bench():
             ["--tokens", "16384", "--d-model", "2048", "--experts", "8", "--top-k", "2", "--hidden", "4096",
              "--warmup", "3", "--iters", "20"])
     dev = ["--device", "cpu" if DRY else "cuda"]
-    moe_bf16 = bench(["moe-layer"] + size + dev + ["--bf16", "1"])
-    gemm_bf16 = bench(["gemm"] + size + dev + ["--bf16", "1"])
-    moe_fp32 = bench(["moe-layer"] + size + dev + ["--bf16", "0"])
-    dense_bf16 = bench(["dense-swiglu"] + size + dev + ["--bf16", "1"])
+    moe_bf16 = bench(["moe-layer"] + size + dev + ["--precision", "bf16"])
+    gemm_bf16 = bench(["gemm"] + size + dev + ["--precision", "bf16"])
+    moe_fp32 = bench(["moe-layer"] + size + dev + ["--precision", "fp32"])
+    dense_bf16 = bench(["dense-swiglu"] + size + dev + ["--precision", "bf16"])
     ratio_gemm = moe_bf16["matmul_gflop_per_s"] / gemm_bf16["matmul_gflop_per_s"]
     vals = dict(zip(size[0::2], size[1::2]))
     r = run([sys.executable, os.path.join(B, "launch/mixtral_bench.py"), "--device", "cpu" if DRY else "cuda",

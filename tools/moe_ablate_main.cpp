@@ -16,19 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "tools/cli.h"
 #include "trainer/ablation/report.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: moe-ablate DIR [--out OUT] [--set field.path=value]... [--launcher \"mpirun -np 2\"]\n"
-    "  DIR         folder of variant recipes (*.textproto; base.textproto is the shared base, not a variant)\n"
-    "  --out OUT   output folder: OUT/runs/<variant>/ and OUT/report.md (default: runs/ablation-<DIR name>)\n"
-    "  --set A=V   override applied to every variant (for example train.steps=200)\n"
-    "  --launcher  command prefix for each moe-train run (several ranks per variant)\n"
-    "  --parallel N  train up to N variants at once (each its own process or launcher job; console output\n"
-    "              goes to OUT/runs/<variant>/train.log); give each a share of the cores with\n"
-    "              --set train.threads=T\n";
+namespace cli = moetrain::tools::cli;
 
 bool exists(const std::string& path) {
   struct stat st {};
@@ -86,100 +79,108 @@ std::string self_dir() {
   return path.substr(0, path.rfind('/'));
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+struct Plan {
   std::string dir, out, launcher;
   std::vector<std::string> sets;
   long parallel = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
+};
+using Variants = std::vector<std::pair<std::string, std::string>>;  // (name, run directory)
+
+// moe-train's command line for one variant, behind the launcher's words.
+std::vector<std::string> train_command(const Plan& plan, const std::string& name,
+                                       const std::string& run_dir) {
+  std::vector<std::string> cmd;
+  std::stringstream prefix(plan.launcher);
+  for (std::string w; prefix >> w;) cmd.push_back(w);
+  cmd.insert(cmd.end(), {self_dir() + "/moe-train", "--recipe", plan.dir + "/" + name + ".textproto",
+                         "--run-dir", run_dir});
+  for (const auto& s : plan.sets) cmd.insert(cmd.end(), {"--set", s});
+  return cmd;
+}
+
+// Trains the variants `pending` indexes, up to plan.parallel at once; after a failure starts nothing new
+// and lets the running ones finish. Returns the names of those that failed.
+std::vector<std::string> train_variants(const Plan& plan, const Variants& variants,
+                                        const std::vector<size_t>& pending) {
+  std::map<pid_t, size_t> running;
+  std::vector<std::string> failed;
+  size_t next = 0, started = 0;
+  while (next < pending.size() || !running.empty()) {
+    while (next < pending.size() && static_cast<long>(running.size()) < plan.parallel) {
+      const auto& [name, run_dir] = variants[pending[next]];
+      make_dirs(run_dir);
+      std::printf("[ablate] %s: training (%zu of %zu to run)%s\n", name.c_str(), ++started, pending.size(),
+                  plan.parallel > 1 ? (", log in " + run_dir + "/train.log").c_str() : "");
+      running[start(train_command(plan, name, run_dir), plan.parallel > 1 ? run_dir + "/train.log" : "")] =
+          pending[next++];
     }
-    if ((a == "--out" || a == "--set" || a == "--launcher") && i + 1 < argc) {
-      (a == "--out" ? out : a == "--launcher" ? launcher : sets.emplace_back()) = argv[++i];
-    } else if (a == "--parallel" && i + 1 < argc) {
-      char* end = nullptr;
-      parallel = std::strtol(argv[++i], &end, 10);
-      if (*end != '\0' || parallel < 1) {
-        std::fprintf(stderr, "moe-ablate: error: --parallel %s: give a whole number of variants >= 1\n%s", argv[i], kUsage);
-        return 2;
-      }
-    } else if (a.rfind("--", 0) == 0 || !dir.empty()) {
-      std::fprintf(stderr, "moe-ablate: error: unexpected argument \"%s\"\n%s", a.c_str(), kUsage);
-      return 2;
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) throw std::runtime_error("waitpid failed");
+    auto it = running.find(pid);
+    if (it == running.end()) continue;
+    const auto& [name, run_dir] = variants[it->second];
+    running.erase(it);
+    if (const int rc = exit_code(status); rc != 0) {
+      std::fprintf(stderr, "moe-ablate: variant %s failed (exit %d)%s\n", name.c_str(), rc,
+                   plan.parallel > 1 ? ("; see " + run_dir + "/train.log").c_str() : "");
+      failed.push_back(name);
+      next = pending.size();
     } else {
-      dir = a;
+      std::ofstream(run_dir + "/.complete") << "done\n";
+      if (plan.parallel > 1) std::printf("[ablate] %s: finished\n", name.c_str());
     }
   }
-  if (dir.empty()) {
-    std::fprintf(stderr, "moe-ablate: error: name the folder of variant recipes\n%s", kUsage);
-    return 2;
+  return failed;
+}
+
+// Trains what is not finished yet, then writes OUT/report.md.
+int ablate(const Plan& plan) {
+  Variants variants;
+  std::vector<size_t> pending;  // indices into variants
+  for (const auto& file : variant_files(plan.dir)) {
+    const std::string name = file.substr(0, file.size() - 10), run_dir = plan.out + "/runs/" + name;
+    variants.emplace_back(name, run_dir);
+    if (exists(run_dir + "/.complete")) std::printf("[ablate] %s: already finished, skipped\n", name.c_str());
+    else pending.push_back(variants.size() - 1);
   }
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  if (out.empty()) out = "runs/ablation-" + dir.substr(dir.rfind('/') + 1);
-  try {
-    const auto files = variant_files(dir);
-    std::vector<std::pair<std::string, std::string>> variants;
-    std::vector<size_t> pending;  // indices into variants
-    for (const auto& file : files) {
-      const std::string name = file.substr(0, file.size() - 10), run_dir = out + "/runs/" + name;
-      variants.emplace_back(name, run_dir);
-      if (exists(run_dir + "/.complete")) {
-        std::printf("[ablate] %s: already finished, skipped\n", name.c_str());
-      } else {
-        pending.push_back(variants.size() - 1);
-      }
-    }
-    std::map<pid_t, size_t> running;
-    std::vector<std::string> failed;
-    size_t next = 0, started = 0;
-    while (next < pending.size() || !running.empty()) {
-      while (next < pending.size() && static_cast<long>(running.size()) < parallel) {
-        const auto& [name, run_dir] = variants[pending[next]];
-        make_dirs(run_dir);
-        std::vector<std::string> cmd;
-        std::stringstream prefix(launcher);
-        for (std::string w; prefix >> w;) cmd.push_back(w);
-        cmd.insert(cmd.end(), {self_dir() + "/moe-train", "--recipe", dir + "/" + name + ".textproto", "--run-dir", run_dir});
-        for (const auto& s : sets) cmd.insert(cmd.end(), {"--set", s});
-        std::printf("[ablate] %s: training (%zu of %zu to run)%s\n", name.c_str(), ++started, pending.size(),
-                    parallel > 1 ? (", log in " + run_dir + "/train.log").c_str() : "");
-        running[start(cmd, parallel > 1 ? run_dir + "/train.log" : "")] = pending[next++];
-      }
-      int status = 0;
-      const pid_t pid = ::waitpid(-1, &status, 0);
-      if (pid < 0) throw std::runtime_error("waitpid failed");
-      auto it = running.find(pid);
-      if (it == running.end()) continue;
-      const auto& [name, run_dir] = variants[it->second];
-      running.erase(it);
-      if (const int rc = exit_code(status); rc != 0) {
-        std::fprintf(stderr, "moe-ablate: variant %s failed (exit %d)%s\n", name.c_str(), rc,
-                     parallel > 1 ? ("; see " + run_dir + "/train.log").c_str() : "");
-        failed.push_back(name);
-        next = pending.size();  // start nothing new; let the running ones finish
-      } else {
-        std::ofstream(run_dir + "/.complete") << "done\n";
-        if (parallel > 1) std::printf("[ablate] %s: finished\n", name.c_str());
-      }
-    }
-    if (!failed.empty()) {
-      std::fprintf(stderr, "moe-ablate: error: %zu variant(s) failed (first: %s); finished variants are kept, rerun to "
-                           "continue from their checkpoints\n", failed.size(), failed[0].c_str());
-      return 1;
-    }
-    std::string command = "moe-ablate " + dir + " --out " + out;
-    for (const auto& s : sets) command += " --set " + s;
-    if (!launcher.empty()) command += " --launcher \"" + launcher + "\"";
-    if (parallel > 1) command += " --parallel " + std::to_string(parallel);
-    const auto summaries = moetrain::trainer::write_report(variants, out, command);
-    std::printf("[ablate] report: %s/report.md (%zu variants)\n", out.c_str(), summaries.size());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-ablate: error: %s\n", e.what());
+  const auto failed = train_variants(plan, variants, pending);
+  if (!failed.empty()) {
+    std::fprintf(stderr, "moe-ablate: error: %zu variant(s) failed (first: %s); finished variants are kept, rerun to "
+                         "continue from their checkpoints\n", failed.size(), failed[0].c_str());
     return 1;
   }
+  std::string command = "moe-ablate " + plan.dir + " --out " + plan.out;
+  for (const auto& s : plan.sets) command += " --set " + s;
+  if (!plan.launcher.empty()) command += " --launcher \"" + plan.launcher + "\"";
+  if (plan.parallel > 1) command += " --parallel " + std::to_string(plan.parallel);
+  const auto summaries = moetrain::trainer::write_report(variants, plan.out, command);
+  std::printf("[ablate] report: %s/report.md (%zu variants)\n", plan.out.c_str(), summaries.size());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cli::Command cmd("moe-ablate",
+                   "usage: moe-ablate DIR [--out OUT] [--set field.path=value]... [--launcher \"mpirun -np "
+                   "2\"] [--parallel N]\n");
+  cmd.operand("DIR",
+              "folder of variant recipes (*.textproto; base.textproto is the shared base, not a variant)",
+              "name the folder of variant recipes")
+      .option("--out", "OUT",
+              "output folder: OUT/runs/<variant>/ and OUT/report.md (default: runs/ablation-<DIR name>)")
+      .repeated("--set", "A=V", "override applied to every variant (for example train.steps=200)")
+      .option("--launcher", "CMD", "command prefix for each moe-train run (several ranks per variant)")
+      .option("--parallel", "N",
+              "train up to N variants at once (each its own process or launcher job; console output\n"
+              "goes to OUT/runs/<variant>/train.log); give each a share of the cores with\n"
+              "--set train.threads=T");
+  return cmd.run(argc, argv, [&] {
+    Plan plan{cmd.operand(0), cmd.get("--out"), cmd.get("--launcher"), cmd.all("--set"), 1};
+    plan.parallel = cmd.integer("--parallel", 1, 1, "give a whole number of variants >= 1");
+    while (plan.dir.size() > 1 && plan.dir.back() == '/') plan.dir.pop_back();
+    if (plan.out.empty()) plan.out = "runs/ablation-" + plan.dir.substr(plan.dir.rfind('/') + 1);
+    return ablate(plan);
+  });
 }

@@ -2,10 +2,10 @@
 // command and machine that produced them.
 //
 //   moe-bench moe-layer [--tokens N] [--d-model D] [--experts E] [--top-k K] [--hidden F]
-//                       [--warmup N] [--iters N] [--threads T] [--bf16 0|1] [--device cpu|cuda]
-//     MoE layer forward + backward throughput (tokens/s), printed as one JSON line. --bf16 1: mixed
+//                       [--warmup N] [--iters N] [--threads T] [--precision fp32|bf16] [--device cpu|cuda]
+//     MoE layer forward + backward throughput (tokens/s), printed as one JSON line. --precision bf16: mixed
 //     precision as train.precision=BF16 runs it (fp32 weights and router, bf16 expert GEMMs).
-//     --breakdown 1: a second JSON line, "moe-layer-breakdown", with where the time goes: each phase of
+//     --breakdown: a second JSON line, "moe-layer-breakdown", with where the time goes: each phase of
 //     the layer timed alone, forward + backward (router; dispatch; the expert operands: casts to the compute
 //     dtype and the output's cast back; the expert GEMMs with their SwiGLU; combine), their sum and
 //     the rest of the layer (balancing loss, measures), in ms per iteration.
@@ -17,7 +17,7 @@
 //     matmul FLOPs per token as the MoE layer's experts (the router's D·E is not counted).
 //   moe-bench gemm [same options]
 //     One dense GEMM with exactly the matmul FLOPs of the MoE layer's forward + backward: (T, D) × (D, 9·K·F),
-//     in bf16 with --bf16 1 (torch::mm on bf16 tensors), else fp32. The GPU target compares the MoE layer's
+//     in bf16 with --precision bf16 (torch::mm on bf16 tensors), else fp32. The GPU target compares the MoE layer's
 //     matmul_gflop_per_s with this one's (docs/gpu.md).
 //   moe-bench finetune [same options] [--lora-rank R]
 //     One fine-tuning step of the MoE layer (forward, backward, AdamW step) with every weight trained,
@@ -44,30 +44,25 @@
 #include "csrc/util/host_allocator.h"
 #include "parallel/launch_env.h"
 #include "parallel/world.h"
+#include "tools/cli.h"
 
 #include <torch/cuda.h>
 
 namespace {
 
+namespace cli = moetrain::tools::cli;
+
+// The integer options by name without "--", and "bf16" (1 for --precision bf16).
 using Args = std::map<std::string, int64_t>;
 
-// --device: the one string option; every other option is a non-negative integer.
+// --device.
 torch::Device bench_device = torch::kCPU;
 
 void synchronize() {
   if (bench_device.is_cuda()) torch::cuda::synchronize();
 }
 
-int usage(const std::string& message) {
-  std::fprintf(stderr,
-               "moe-bench: error: %s\nusage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D] [--experts E] "
-               "[--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T] [--lora-rank R] [--bf16 0|1] [--breakdown 0|1] "
-               "[--bytes N] [--device cpu|cuda]\n",
-               message.c_str());
-  return 2;
-}
-
-// Runs `step` under bf16 autocast when --bf16 1, one autocast scope per call as the trainer opens one
+// Runs `step` under bf16 autocast with --precision bf16, one autocast scope per call as the trainer opens one
 // per forward (so casts of weights are cached within a step, never across steps).
 template <typename Step>
 void run_step(const Args& args, Step& step) {
@@ -86,7 +81,7 @@ double seconds_per_step(const Args& args, Step step) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / args.at("iters");
 }
 
-// Runs `step` (forward + backward) warmup + iters times, under bf16 autocast when --bf16 1, and prints
+// Runs `step` (forward + backward) warmup + iters times, under bf16 autocast with --precision bf16, and prints
 // one JSON line with the time per iteration and tokens/s.
 template <typename Step>
 int time_steps(const char* bench, const Args& args, Step step) {
@@ -343,51 +338,72 @@ int bench_collectives(const Args& args) {
   return 0;
 }
 
+// Integer flags: name, default, help.
+struct IntFlag {
+  const char* name;
+  int64_t fallback;
+  const char* help;
+};
+constexpr IntFlag kIntFlags[] = {
+    {"tokens", 4096, "tokens per step"},
+    {"d-model", 256, "model width D"},
+    {"experts", 8, "experts E"},
+    {"top-k", 2, "experts per token K"},
+    {"hidden", 512, "expert hidden size F"},
+    {"warmup", 2, "untimed iterations first"},
+    {"iters", 10, "timed iterations"},
+    {"threads", 0, "CPU threads (0: torch's default)"},
+    {"lora-rank", 8, "finetune: LoRA rank R, a multiple of 4"},
+    {"bytes", 0, "collectives: bytes per rank (0: sweep 8 B to 4 MiB)"},
+};
+
+void declare(cli::Command& cmd) {
+  cmd.operand("BENCHMARK", "moe-layer, dense-swiglu, gemm, finetune or collectives", "name a benchmark");
+  for (const auto& f : kIntFlags) cmd.option(std::string("--") + f.name, "N", f.help);
+  cmd.option("--precision", "P", "fp32 (default) or bf16: mixed precision as train.precision=BF16 runs it")
+      .toggle("--breakdown", "moe-layer: also where the layer's time goes, phase by phase")
+      .option("--device", "D", "cpu (default) or cuda (GPU 0)")
+      .retired("--bf16",
+               "moe-bench spells precision as moe-eval does: pass --precision fp32 (was --bf16 0) or "
+               "--precision bf16 (was --bf16 1)");
+}
+
+int run_benchmark(const std::string& name, const Args& args) {
+  if (name == "moe-layer") return bench_moe_layer(args);
+  if (name == "finetune") return bench_finetune(args);
+  if (name == "dense-swiglu") return bench_dense_swiglu(args);
+  if (name == "gemm") return bench_gemm(args);
+  return bench_collectives(args);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    moetrain::util::keep_freed_host_memory();  // before the first tensor
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
-    return 2;
-  }
-  if (argc < 2) return usage("name a benchmark");
-  const std::string name = argv[1];
-  std::map<std::string, int64_t> args{{"tokens", 4096}, {"d-model", 256}, {"experts", 8}, {"top-k", 2},
-                                      {"hidden", 512},  {"warmup", 2},    {"iters", 10},  {"threads", 0}, {"lora-rank", 8},
-                                      {"bf16", 0},      {"bytes", 0},   {"breakdown", 0}};
-  for (int i = 2; i < argc; i += 2) {
-    std::string flag = argv[i];
-    if (flag == "--device") {
-      if (i + 1 >= argc) return usage("--device needs a value");
-      const std::string d = argv[i + 1];
-      if (d == "cpu") bench_device = torch::kCPU;
-      else if (d == "cuda") bench_device = torch::Device(torch::kCUDA, 0);
-      else return usage("--device " + d + ": must be cpu or cuda");
-      continue;
+  // Before the first tensor; a malformed MOETRAIN_HOST_MALLOC is a usage error.
+  if (const int rc = cli::setup_error("moe-bench", moetrain::util::keep_freed_host_memory)) return rc;
+  cli::Command cmd(
+      "moe-bench",
+      "usage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D]\n"
+      "                 [--experts E] [--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T]\n"
+      "                 [--lora-rank R] [--precision fp32|bf16] [--breakdown] [--bytes N]\n"
+      "                 [--device cpu|cuda]\n");
+  declare(cmd);
+  return cmd.run(argc, argv, [&] {
+    const std::string name = cmd.operand(0);
+    const std::vector<std::string> known{"moe-layer", "dense-swiglu", "gemm", "finetune", "collectives"};
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      throw cli::UsageError("unknown benchmark \"" + name +
+                            "\" (known: moe-layer, dense-swiglu, gemm, finetune, collectives)");
     }
-    if (flag.rfind("--", 0) != 0 || !args.count(flag.substr(2))) return usage("unknown option " + flag);
-    if (i + 1 >= argc) return usage(flag + " needs a value");
-    char* end = nullptr;
-    const long long v = std::strtoll(argv[i + 1], &end, 10);
-    if (*end != '\0' || v < 0) return usage(flag + "=" + argv[i + 1] + " is not a non-negative integer");
-    if (flag == "--bf16" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (fp32) or 1 (bf16 mixed precision)");
-    if (flag == "--breakdown" && v > 1) return usage(flag + "=" + argv[i + 1] + ": must be 0 (the layer only) or 1 (and its phases)");
-    args[flag.substr(2)] = v;
-  }
-  try {
+    Args args;
+    for (const auto& f : kIntFlags) args[f.name] = cmd.integer(std::string("--") + f.name, f.fallback, 0);
+    args["bf16"] = cmd.choice("--precision", {"fp32", "bf16"}, "fp32") == "bf16";
+    args["breakdown"] = cmd.has("--breakdown");
+    if (cmd.choice("--device", {"cpu", "cuda"}, "cpu") == "cuda")
+      bench_device = torch::Device(torch::kCUDA, 0);
     if (bench_device.is_cuda() && !torch::cuda::is_available()) {
       throw std::invalid_argument("--device cuda: no GPU is visible (torch::cuda::is_available() is false)");
     }
-    if (name == "moe-layer") return bench_moe_layer(args);
-    if (name == "finetune") return bench_finetune(args);
-    if (name == "dense-swiglu") return bench_dense_swiglu(args);
-    if (name == "gemm") return bench_gemm(args);
-    if (name == "collectives") return bench_collectives(args);
-    return usage("unknown benchmark \"" + name + "\" (known: moe-layer, dense-swiglu, gemm, finetune, collectives)");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-bench: error: %s\n", e.what());
-    return 1;
-  }
+    return run_benchmark(name, args);
+  });
 }

@@ -1,5 +1,5 @@
 // moe-ckpt: inspect, verify and reshard moetrain checkpoints.
-//   moe-ckpt verify STEP_DIR
+//   moe-ckpt verify --checkpoint STEP_DIR
 //       checks every file against the manifest (size, SHA-256) and every tensor's coverage; prints a summary
 //   [mpirun -np N] moe-ckpt reshard --checkpoint STEP_DIR --out RUN_DIR [--set field.path=value]...
 //       loads the checkpoint (weights, expert biases, optimizer moments, train state) into the layout of
@@ -17,18 +17,16 @@
 #include "parallel/mesh.h"
 #include "parallel/watchdog.h"
 #include "parallel/world.h"
+#include "tools/cli.h"
 #include "trainer/checkpoint.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: moe-ckpt verify STEP_DIR\n"
-    "       [mpirun -np N] moe-ckpt reshard --checkpoint STEP_DIR --out RUN_DIR [--set field.path=value]...\n";
+namespace cli = moetrain::tools::cli;
 
-int usage_error(const std::string& message) {
-  std::fprintf(stderr, "moe-ckpt: error: %s\n%s", message.c_str(), kUsage);
-  return 2;
-}
+constexpr const char* kSynopsis =
+    "usage: moe-ckpt verify --checkpoint STEP_DIR\n"
+    "       [mpirun -np N] moe-ckpt reshard --checkpoint STEP_DIR --out RUN_DIR [--set field.path=value]...\n";
 
 int verify(const std::string& dir) {
   const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(dir));
@@ -55,57 +53,43 @@ int verify(const std::string& dir) {
   return 0;
 }
 
-}  // namespace
+// The checkpoint's recipe with the overrides applied (the layout of the launch among them), checked.
+moetrain::config::Recipe resharded_recipe(const std::string& source,
+                                          const std::vector<std::string>& overrides) {
+  const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(source));
+  auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(), source + "/manifest.json");
+  for (const auto& o : overrides) moetrain::config::apply_override(recipe, o);
+  moetrain::config::fill_defaults(recipe);
+  moetrain::config::validate_recipe(recipe, source + "/manifest.json");
+  return recipe;
+}
 
-int main(int argc, char** argv) {
-  if (argc < 2) return usage_error("a command is required");
-  const std::string command = argv[1];
-  if (command == "--help" || command == "-h") return std::printf("%s", kUsage), 0;
-  if (command == "verify") {
-    if (argc != 3) return usage_error("verify takes one STEP_DIR");
-    try {
-      return verify(argv[2]);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "moe-ckpt: error: %s\n", e.what());
-      return 1;
-    }
-  }
-  if (command != "reshard") return usage_error("unknown command \"" + command + "\"");
+// Collectives are watched as in moe-train: a rank that stops ends the job after parallel.timeout_s (the
+// checkpoint's, or --set's), with the report and flight record under RUN_DIR.
+void watch_collectives(const moetrain::config::Recipe& recipe, const moetrain::parallel::LaunchInfo& launch,
+                       const std::string& out) {
+  moetrain::parallel::WatchdogSettings watch;
+  watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
+  watch.run_dir = out;
+  watch.world_rank = launch.rank;
+  watch.kill_silent_local_ranks = launch.launcher == "torchrun";
+  moetrain::parallel::watchdog().configure(watch);
+}
 
-  std::string source, out;
-  std::vector<std::string> overrides;
-  for (int i = 2; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (i + 1 >= argc) return usage_error(arg + " needs a value");
-    if (arg == "--checkpoint") source = argv[++i];
-    else if (arg == "--out") out = argv[++i];
-    else if (arg == "--set") overrides.emplace_back(argv[++i]);
-    else return usage_error("unknown argument \"" + arg + "\"");
-  }
-  if (source.empty() || out.empty()) return usage_error("reshard needs --checkpoint STEP_DIR and --out RUN_DIR");
-
+// Loads `source` into the layout of the launch and saves it under `out`; 0, or 1 after reporting the
+// error (and taking the whole job down).
+int reshard(const std::string& source, const std::string& out, const std::vector<std::string>& overrides) {
   moetrain::parallel::LaunchInfo launch;
   std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
     launch = moetrain::parallel::detect_launch();
-    const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(source));
-    auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(), source + "/manifest.json");
-    for (const auto& o : overrides) moetrain::config::apply_override(recipe, o);
-    moetrain::config::fill_defaults(recipe);
-    moetrain::config::validate_recipe(recipe, source + "/manifest.json");
+    const auto recipe = resharded_recipe(source, overrides);
     moetrain::parallel::MeshSizes sizes;
     sizes.world = launch.world_size;
     sizes.tp = static_cast<int>(recipe.parallel().tensor());
     sizes.ep = static_cast<int>(recipe.parallel().expert());
     moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
-    // Collectives are watched as in moe-train: a rank that stops ends the job after parallel.timeout_s
-    // (the checkpoint's, or --set's), with the report and flight record under RUN_DIR.
-    moetrain::parallel::WatchdogSettings watch;
-    watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
-    watch.run_dir = out;
-    watch.world_rank = launch.rank;
-    watch.kill_silent_local_ranks = launch.launcher == "torchrun";
-    moetrain::parallel::watchdog().configure(watch);
+    watch_collectives(recipe, launch, out);
     if (launch.world_size > 1) {
       mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
       moetrain::parallel::watchdog().set_world_processes(
@@ -122,10 +106,40 @@ int main(int argc, char** argv) {
     if (launch.rank == 0) std::printf("resharded %s into %s (world %d, tp %d, ep %d)\n", source.c_str(), saved.c_str(), sizes.world, sizes.tp, sizes.ep);
     if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-ckpt: error%s: %s\n", launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
+    cli::print_error("moe-ckpt", e.what(), launch.world_size > 1 ? launch.rank : -1);
     std::fflush(stderr);
     if (mesh) moetrain::parallel::abort_job(launch, 1);
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string command = argc > 1 ? argv[1] : "";
+  cli::Command cmd("moe-ckpt", kSynopsis);
+  const std::string step_help = "a checkpoint: RUN_DIR/checkpoints/step_NNNNNNNN";
+  if (command == "verify") {
+    cmd.required("--checkpoint", "STEP_DIR", step_help + "; checks every file against the manifest (size,\n"
+                 "SHA-256) and every tensor's coverage, prints a JSON summary");
+    if (argc == 3 && std::string(argv[2]).rfind("-", 0) != 0) {
+      return cmd.fail(std::string("verify ") + argv[2] +
+                      ": the checkpoint is a flag, as in reshard; pass verify --checkpoint " + argv[2]);
+    }
+    return cmd.run(argc, argv, [&] { return verify(cmd.get("--checkpoint")); }, 2);
+  }
+  if (command == "reshard") {
+    cmd.required("--checkpoint", "STEP_DIR", step_help + ", loaded into the layout of the launch")
+        .required("--out", "RUN_DIR", "run directory the resharded checkpoint is saved in")
+        .repeated("--set", "A.B=V",
+                  "override of the checkpoint's recipe, such as parallel.expert=E or parallel.tensor=T");
+    return cmd.run(
+        argc, argv, [&] { return reshard(cmd.get("--checkpoint"), cmd.get("--out"), cmd.all("--set")); }, 2);
+  }
+  cmd.operand("COMMAND", "verify (a checkpoint's files and coverage) or reshard (into the launch's layout)",
+              "a command is required: verify or reshard");
+  return cmd.run(argc, argv, [&]() -> int {
+    throw cli::UsageError("unknown command \"" + command + "\"; pass verify or reshard");
+  });
 }

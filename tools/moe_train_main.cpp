@@ -15,107 +15,85 @@
 #include "parallel/mesh.h"
 #include "parallel/watchdog.h"
 #include "parallel/world.h"
+#include "tools/cli.h"
 #include "trainer/placement.h"
 #include "trainer/trainer.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]\n"
-    "  --recipe FILE   recipe in Protobuf text format (schema: csrc/config/recipe.proto, docs/recipes.md)\n"
-    "  --set A.B=V     override one recipe field, typed like the file (repeatable)\n"
-    "  --run-dir DIR   where metrics, TensorBoard events, checkpoints and the resolved recipe go\n"
-    "                  (default: runs/<recipe file name>); an existing run there is resumed\n";
+namespace cli = moetrain::tools::cli;
 
-int usage_error(const std::string& message) {
-  std::fprintf(stderr, "moe-train: error: %s\n%s", message.c_str(), kUsage);
-  return 2;
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  try {
-    moetrain::util::keep_freed_host_memory();  // before the first tensor
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "moe-train: error: %s\n", e.what());
-    return 2;
-  }
-  std::string recipe_path, run_dir;
-  std::vector<std::string> overrides;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    if (arg == "--help" || arg == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    } else if (arg == "--recipe" || arg == "--set" || arg == "--run-dir") {
-      const char* v = value();
-      if (!v) return usage_error(arg + " needs a value");
-      if (arg == "--recipe") recipe_path = v;
-      else if (arg == "--set") overrides.emplace_back(v);
-      else run_dir = v;
-    } else {
-      return usage_error("unknown argument \"" + arg + "\"");
-    }
-  }
-  if (recipe_path.empty()) return usage_error("--recipe is required");
-  if (run_dir.empty()) run_dir = "runs/" + std::filesystem::path(recipe_path).stem().string();
-
+// What a run needs, resolved and checked before any allocation or collective.
+struct Setup {
   moetrain::config::Recipe recipe;
   moetrain::parallel::LaunchInfo launch;
   moetrain::parallel::MeshSizes sizes;
   moetrain::trainer::Placement placement;
   moetrain::parallel::DataPlane data_plane = moetrain::parallel::DataPlane::HOST;
-  try {
-    launch = moetrain::parallel::detect_launch();
-    recipe = moetrain::config::load_recipe(recipe_path, overrides);
-    sizes.world = launch.world_size;
-    sizes.tp = static_cast<int>(recipe.parallel().tensor());
-    sizes.ep = static_cast<int>(recipe.parallel().expert());
-    // Same verdict on every rank, before any allocation or collective.
-    moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
-    moetrain::parallel::validate_tensor_parallel_recipe(sizes, recipe);
-    placement = moetrain::trainer::resolve_placement(recipe.train().device(), launch.local_rank, launch.local_world_size,
-                                                     moetrain::trainer::visible_gpu_count());
-    data_plane = moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(), placement.device.is_cuda(),
-                                                        placement.shares_gpu, moetrain::parallel::nccl_built());
-    if (launch.world_size > 1 && launch.launcher == "torchrun" && (launch.master_addr.empty() || launch.master_port == 0)) {
-      throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
-                                  "options (--standalone, or --rdzv-endpoint HOST:PORT)");
-    }
-    moetrain::util::set_run_rank(launch.rank);
-    moetrain::util::armed_fault();  // a malformed MOETRAIN_FAULT is refused here, on every rank
-    // Every collective from here on is watched (docs/reliability.md).
-    moetrain::parallel::WatchdogSettings watch;
-    watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
-    watch.run_dir = run_dir;
-    watch.world_rank = launch.rank;
-    watch.kill_silent_local_ranks = launch.launcher == "torchrun";  // mpirun and srun end the job themselves
-    moetrain::parallel::watchdog().configure(watch);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-train: error%s: %s\n",
-                 launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
-    return 2;
-  }
+  int error_rank() const { return launch.world_size > 1 ? launch.rank : -1; }  // for cli::print_error
+};
 
+// Loads the recipe and checks the launch against it: the same verdict on every rank. Throws.
+void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::string>& overrides,
+             const std::string& run_dir) {
+  s.launch = moetrain::parallel::detect_launch();
+  s.recipe = moetrain::config::load_recipe(recipe_path, overrides);
+  const auto& recipe = s.recipe;
+  s.sizes.world = s.launch.world_size;
+  s.sizes.tp = static_cast<int>(recipe.parallel().tensor());
+  s.sizes.ep = static_cast<int>(recipe.parallel().expert());
+  moetrain::parallel::validate_mesh(s.sizes, recipe.model().num_experts(), recipe.model().num_heads());
+  moetrain::parallel::validate_tensor_parallel_recipe(s.sizes, recipe);
+  s.placement =
+      moetrain::trainer::resolve_placement(recipe.train().device(), s.launch.local_rank,
+                                           s.launch.local_world_size, moetrain::trainer::visible_gpu_count());
+  s.data_plane =
+      moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(), s.placement.device.is_cuda(),
+                                             s.placement.shares_gpu, moetrain::parallel::nccl_built());
+  if (s.launch.world_size > 1 && s.launch.launcher == "torchrun" &&
+      (s.launch.master_addr.empty() || s.launch.master_port == 0)) {
+    throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
+                                "options (--standalone, or --rdzv-endpoint HOST:PORT)");
+  }
+  moetrain::util::set_run_rank(s.launch.rank);
+  moetrain::util::armed_fault();  // a malformed MOETRAIN_FAULT is refused here, on every rank
+  // Every collective from here on is watched (docs/reliability.md).
+  moetrain::parallel::WatchdogSettings watch;
+  watch.timeout_s = static_cast<double>(recipe.parallel().timeout_s());
+  watch.run_dir = run_dir;
+  watch.world_rank = s.launch.rank;
+  watch.kill_silent_local_ranks = s.launch.launcher == "torchrun";  // mpirun and srun end the job themselves
+  moetrain::parallel::watchdog().configure(watch);
+}
+
+// Builds the process mesh (when there are several processes, or an explicit NCCL data plane, so that a
+// one-rank run checks it); rank 0 alone keeps its stdout. Null for one process.
+std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
+  const bool nccl = s.data_plane == moetrain::parallel::DataPlane::NCCL;
+  if (s.launch.world_size == 1 && !nccl) return nullptr;
+  auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(s.launch),
+                                                   s.data_plane, s.placement.device);
+  auto mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), s.sizes);
+  moetrain::parallel::watchdog().set_world_processes(
+      moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
+  if (s.launch.rank != 0 && !std::freopen("/dev/null", "w", stdout))
+    throw std::runtime_error("cannot silence stdout");
+  return mesh;
+}
+
+// Trains; 0, or 1 after reporting the error (and taking the whole job down: peers may be blocked in a
+// collective with us).
+int train(const Setup& s, const std::string& run_dir) {
   std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
-    moetrain::trainer::bind_device(placement);
-    // An explicit NCCL data plane builds the mesh even for one process, so that a one-rank run checks it.
-    const bool nccl = data_plane == moetrain::parallel::DataPlane::NCCL;
-    if (launch.world_size > 1 || nccl) {
-      auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(launch), data_plane,
-                                                       placement.device);
-      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), sizes);
-      moetrain::parallel::watchdog().set_world_processes(
-          moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
-      if (launch.rank != 0 && !std::freopen("/dev/null", "w", stdout)) return 1;  // progress from rank 0 only
+    moetrain::trainer::bind_device(s.placement);
+    mesh = make_mesh(s);
+    if (s.launch.rank == 0 &&
+        (s.placement.device.is_cuda() || s.data_plane == moetrain::parallel::DataPlane::NCCL)) {
+      std::printf("device: %s; data plane: %s\n", s.placement.describe().c_str(),
+                  moetrain::parallel::data_plane_name(s.data_plane));
     }
-    if (launch.rank == 0 && (placement.device.is_cuda() || nccl)) {
-      std::printf("device: %s; data plane: %s\n", placement.describe().c_str(), moetrain::parallel::data_plane_name(data_plane));
-    }
-    moetrain::trainer::Trainer trainer(recipe, run_dir, mesh.get(), placement);
+    moetrain::trainer::Trainer trainer(s.recipe, run_dir, mesh.get(), s.placement);
     const auto summary = trainer.run();
     if (summary.val_ppl == summary.val_ppl) {
       std::printf("final: step %lld | train loss %.4f | validation loss %.4f | validation perplexity %.2f "
@@ -125,12 +103,38 @@ int main(int argc, char** argv) {
     }
     if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-train: error%s: %s\n",
-                 launch.world_size > 1 ? (" (rank " + std::to_string(launch.rank) + ")").c_str() : "", e.what());
+    cli::print_error("moe-train", e.what(), s.error_rank());
     std::fflush(stderr);
-    // Peers may be blocked in a collective with us: take the whole job down rather than hang.
-    if (mesh) moetrain::parallel::abort_job(launch, 1);
+    if (mesh) moetrain::parallel::abort_job(s.launch, 1);
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Before the first tensor; a malformed MOETRAIN_HOST_MALLOC is a usage error.
+  if (const int rc = cli::setup_error("moe-train", moetrain::util::keep_freed_host_memory)) return rc;
+  cli::Command cmd("moe-train",
+                   "usage: moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]\n");
+  cmd.required("--recipe", "FILE",
+               "recipe in Protobuf text format (schema: csrc/config/recipe.proto, docs/recipes.md)")
+      .repeated("--set", "A.B=V", "override one recipe field, typed like the file (repeatable)")
+      .option("--run-dir", "DIR",
+              "where metrics, TensorBoard events, checkpoints and the resolved recipe go\n"
+              "(default: runs/<recipe file name>); an existing run there is resumed");
+  return cmd.run(argc, argv, [&] {
+    const std::string recipe_path = cmd.get("--recipe");
+    std::string run_dir = cmd.get("--run-dir");
+    if (run_dir.empty()) run_dir = "runs/" + std::filesystem::path(recipe_path).stem().string();
+    Setup setup;
+    try {
+      prepare(setup, recipe_path, cmd.all("--set"), run_dir);
+    } catch (const std::exception& e) {
+      cli::print_error("moe-train", e.what(), setup.error_rank());
+      return 2;
+    }
+    return train(setup, run_dir);
+  });
 }

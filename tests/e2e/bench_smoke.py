@@ -30,11 +30,11 @@ def bench(name, extra=()):
 
 
 check(len(bench("moe-layer")) == 1, "moe-layer: expected one JSON line")
-# --breakdown 1: the layer's line, then where its time goes, phase by phase (fp32 and bf16).
-for precision in ("0", "1"):
-    proc = subprocess.run([os.path.join(BIN, "moe-bench"), "moe-layer", *SIZES, "--breakdown", "1", "--bf16", precision],
+# --breakdown: the layer's line, then where its time goes, phase by phase (fp32 and bf16).
+for precision in ("fp32", "bf16"):
+    proc = subprocess.run([os.path.join(BIN, "moe-bench"), "moe-layer", *SIZES, "--breakdown", "--precision", precision],
                           capture_output=True, text=True, timeout=120)
-    check(proc.returncode == 0, f"moe-layer --breakdown 1 --bf16 {precision} exited {proc.returncode}:\n{proc.stderr}")
+    check(proc.returncode == 0, f"moe-layer --breakdown --precision {precision} exited {proc.returncode}:\n{proc.stderr}")
     layer, parts = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     phases = ("router_ms", "dispatch_ms", "operands_ms", "expert_gemms_ms", "combine_ms")
     check(parts["bench"] == "moe-layer-breakdown" and all(parts[p] >= 0 and math.isfinite(parts[p]) for p in phases),

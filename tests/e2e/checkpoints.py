@@ -78,7 +78,7 @@ def same_tensors(a, b, label):
 # 1. Save at EP=2 after 6 steps; continue to 10 at EP=2, at EP=1 and at TP=2.
 ep2 = fresh_dir("e2e_ckpt_ep2")
 train(ep2, ["train.steps=6", "parallel.expert=2"], np=2)
-ckpt("verify", step_dir(ep2, 6))
+ckpt("verify", "--checkpoint", step_dir(ep2, 6))
 copies = {}
 for name in ("ep1", "tp2"):
     copies[name] = fresh_dir(f"e2e_ckpt_{name}")

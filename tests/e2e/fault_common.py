@@ -87,7 +87,7 @@ def latest_step(run):
 def verify_latest(run):
     """moe-ckpt verify on checkpoints/latest; returns its step directory name."""
     name = latest_step(run)
-    proc = subprocess.run([os.path.join(BIN, "moe-ckpt"), "verify", os.path.join(run, "checkpoints", name)],
+    proc = subprocess.run([os.path.join(BIN, "moe-ckpt"), "verify", "--checkpoint", os.path.join(run, "checkpoints", name)],
                           capture_output=True, text=True, timeout=120)
     check(proc.returncode == 0, f"moe-ckpt verify {name} failed:\n{proc.stdout}\n{proc.stderr}")
     return name

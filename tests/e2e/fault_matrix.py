@@ -68,8 +68,8 @@ for point in points:
     kept = sorted(d for d in os.listdir(os.path.join(run, "checkpoints")) if d.startswith("step_") and not d.endswith(".tmp"))
     check(kept == [f"step_{s:08d}" for s in range(2, saved + 1, 2)], f"{fault}: checkpoints kept {kept}")
     for d in kept[:-1]:
-        subprocess.run([os.path.join(os.environ["MOETRAIN_BIN"], "moe-ckpt"), "verify", os.path.join(run, "checkpoints", d)],
-                       check=True, capture_output=True)
+        subprocess.run([os.path.join(os.environ["MOETRAIN_BIN"], "moe-ckpt"), "verify", "--checkpoint",
+                        os.path.join(run, "checkpoints", d)], check=True, capture_output=True)
     before = values(run)
     for s in range(1, saved + 1):
         check(before.get(s) == ref_values[s], f"{fault}: step {s} of metrics.jsonl lost or changed by the fault")

@@ -16,38 +16,18 @@
 #include "hf/families.h"
 #include "hf/weights.h"
 #include "hf/tokenizer.h"
+#include "tests/unit/hf/hf_test_util.h"
 
 namespace moetrain::hf {
 namespace {
 
 using nlohmann::json;
 
-std::string temp_dir(const std::string& name) {
-  char tmpl[256];
-  std::snprintf(tmpl, sizeof(tmpl), "/tmp/moetrain_hf_%s_XXXXXX", name.c_str());
-  return ::mkdtemp(tmpl);
-}
+using testing::error_of;
+using testing::small_recipe;
+using testing::temp_dir;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// A small all-MoE recipe (defaults filled) and its one-process model with seeded weights.
-config::Recipe small_recipe(const std::vector<std::string>& overrides = {}) {
-  config::Recipe r = config::parse_recipe(
-      "model { vocab_size: 40 d_model: 16 num_layers: 2 num_heads: 2 ffn_hidden: 24 num_experts: 4 top_k: 2 "
-      "moe_ffn_hidden: 8 } data { train_prefix: \"x\" seq_len: 8 }",
-      "<test>");
-  for (const auto& o : overrides) config::apply_override(r, o);
-  config::fill_defaults(r);
-  return r;
-}
-
+// A small recipe's one-process model with seeded weights.
 model::Transformer small_model(const config::Recipe& r) {
   model::Transformer m(model::TransformerOptions::from_recipe(r));
   model::init_weights(*m, 7, 0.5);
