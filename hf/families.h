@@ -19,7 +19,7 @@
 //   model.embed_tokens.weight (V, D), model.norm.weight (D), lm_head.weight (V, D) unless tied
 //   model.layers.L.{input_layernorm,post_attention_layernorm}.weight (D)
 //   model.layers.L.self_attn.q_proj.weight (H·Dh, D), {k,v}_proj.weight (Hkv·Dh, D), o_proj.weight (D, H·Dh):
-//       attn.wqkv in its slot layout (csrc/model/layers.h; hf::fuse_qkv), attn.wo
+//       attn.wqkv in its slot layout (csrc/model/attention.h; hf::fuse_qkv), attn.wo
 //   Qwen2-MoE:  self_attn.{q,k,v}_proj.bias = attn.wqkv.bias (zeros when the model has none)
 //   Qwen3-MoE, OLMoE: self_attn.{q,k}_norm.weight = attn.{q,k}_norm.weight ((Dh) per head; (H·Dh), (Hkv·Dh))
 //   MoE block:  Mixtral model.layers.L.block_sparse_moe., the others model.layers.L.mlp.:

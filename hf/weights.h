@@ -14,7 +14,7 @@ torch::Tensor parameter(const model::TransformerImpl& model, const std::string& 
 // Throws std::logic_error naming `who` unless `model` is a one-process model (tp 1, all experts local).
 void require_one_process(const model::TransformerImpl& model, const std::string& who);
 
-// Hugging Face's separate projections <-> moetrain's fused wqkv (csrc/model/layers.h): q (H·Dh[, C]), k and
+// Hugging Face's separate projections <-> moetrain's fused wqkv (csrc/model/attention.h): q (H·Dh[, C]), k and
 // v (Hkv·Dh[, C]) with head h at rows [h·Dh, (h+1)·Dh); fused ((G + 2)·Hkv·Dh[, C]), G = H / Hkv, slot
 // s < G holding query head j·G + s for each key/value head j, then the keys, then the values. Works for
 // weights (C = D), biases (no C) and LoRA B matrices (C = rank).

@@ -34,7 +34,7 @@ moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const to
   // preprocess: rows grouped by global expert (so by destination rank), tokens in order within each.
   rows_ = moe::dispatch_rows(kept_TE, layout);
   torch::Tensor recv_counts_PEl;  // rows arriving from each source rank for each local expert (device)
-  if (layout.kind == moe::RowLayout::PADDED) {
+  if (layout.kind == moe::RowLayout::Kind::kPadded) {
     recv_counts_PEl = torch::full({P, El}, layout.capacity, rows_.tokens_per_expert_E.options());
     send_rows_.assign(P, El * layout.capacity);
     recv_rows_ = send_rows_;

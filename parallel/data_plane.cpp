@@ -18,8 +18,8 @@ bool nccl_built() {
 }
 
 DataPlane resolve_data_plane(config::ParallelConfig::DataPlane setting, bool on_cuda, bool shares_gpu, bool with_nccl) {
-  if (setting == config::ParallelConfig::HOST) return DataPlane::HOST;
-  if (setting == config::ParallelConfig::AUTO) return on_cuda && !shares_gpu && with_nccl ? DataPlane::NCCL : DataPlane::HOST;
+  if (setting == config::ParallelConfig::HOST) return DataPlane::kHost;
+  if (setting == config::ParallelConfig::AUTO) return on_cuda && !shares_gpu && with_nccl ? DataPlane::kNccl : DataPlane::kHost;
   if (!on_cuda) {
     throw std::invalid_argument("parallel.data_plane = NCCL needs the model on GPUs, but train.device resolved to the CPU; "
                                 "set parallel.data_plane = AUTO or HOST, or train on GPUs");
@@ -33,12 +33,12 @@ DataPlane resolve_data_plane(config::ParallelConfig::DataPlane setting, bool on_
     throw std::invalid_argument("parallel.data_plane = NCCL, but this build has no NCCL (CMake found no CUDA toolkit or "
                                 "NCCL); rebuild on a machine with both, or set parallel.data_plane = AUTO or HOST");
   }
-  return DataPlane::NCCL;
+  return DataPlane::kNccl;
 }
 
-const char* data_plane_name(DataPlane plane) { return plane == DataPlane::NCCL ? "nccl" : "host"; }
+const char* data_plane_name(DataPlane plane) { return plane == DataPlane::kNccl ? "nccl" : "host"; }
 
-PlanedCommunicator::PlanedCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data,
+TwoPlaneCommunicator::TwoPlaneCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data,
                                        torch::Device data_device)
     : host_(std::move(host)), data_(std::move(data)), data_device_(data_device) {
   if (host_->size() != data_->size() || host_->rank() != data_->rank()) {
@@ -50,7 +50,7 @@ PlanedCommunicator::PlanedCommunicator(std::unique_ptr<Communicator> host, std::
 
 // The byte counters of this communicator are the sums over its two planes.
 template <typename Op>
-torch::Tensor PlanedCommunicator::counted(Communicator& p, Op&& op) {
+torch::Tensor TwoPlaneCommunicator::counted(Communicator& p, Op&& op) {
   const int64_t a = p.all_to_all_bytes_sent(), g = p.all_gather_bytes_sent(), s = p.reduce_scatter_bytes_sent();
   auto out = op(p);
   a2a_bytes_ += p.all_to_all_bytes_sent() - a;
@@ -59,34 +59,34 @@ torch::Tensor PlanedCommunicator::counted(Communicator& p, Op&& op) {
   return out;
 }
 
-torch::Tensor PlanedCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+torch::Tensor TwoPlaneCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                                                const std::vector<int64_t>& recv_counts) {
   return counted(plane(send), [&](Communicator& p) { return p.all_to_all_v(send, send_counts, recv_counts); });
 }
 
-torch::Tensor PlanedCommunicator::all_gather_rows(const torch::Tensor& rows) {
+torch::Tensor TwoPlaneCommunicator::all_gather_rows(const torch::Tensor& rows) {
   return counted(plane(rows), [&](Communicator& p) { return p.all_gather_rows(rows); });
 }
 
-torch::Tensor PlanedCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
+torch::Tensor TwoPlaneCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
   return counted(plane(t), [&](Communicator& p) { return p.reduce_scatter_rows_sum(t); });
 }
 
-std::unique_ptr<Communicator> PlanedCommunicator::split(int color, int key, const std::string& name) {
+std::unique_ptr<Communicator> TwoPlaneCommunicator::split(int color, int key, const std::string& name) {
   auto host = host_->split(color, key, name);
   auto data = data_->split(color, key, name);
-  return std::make_unique<PlanedCommunicator>(std::move(host), std::move(data), data_device_);
+  return std::make_unique<TwoPlaneCommunicator>(std::move(host), std::move(data), data_device_);
 }
 
 std::unique_ptr<Communicator> with_data_plane(std::unique_ptr<Communicator> host_world, DataPlane plane,
                                               const torch::Device& cuda_device) {
-  if (plane == DataPlane::HOST) return host_world;
+  if (plane == DataPlane::kHost) return host_world;
 #ifdef MOETRAIN_WITH_NCCL
   // NCCL's own last deadline lies a minute past the watchdog's (parallel.timeout_s), which reports first.
   const double watched = watchdog().settings().timeout_s;
   const auto last_deadline = std::chrono::seconds(watched > 0 ? static_cast<int64_t>(watched) + 60 : 600);
   std::unique_ptr<Communicator> nccl = NcclCommunicator::create(*host_world, cuda_device.index(), last_deadline);
-  return std::make_unique<PlanedCommunicator>(std::move(host_world), std::move(nccl), cuda_device);
+  return std::make_unique<TwoPlaneCommunicator>(std::move(host_world), std::move(nccl), cuda_device);
 #else
   (void)cuda_device;
   throw std::invalid_argument("parallel.data_plane = NCCL, but this build has no NCCL");

@@ -2,7 +2,7 @@
 //
 // Tensors on the device move over the data plane (NCCL on GPUs); everything the host holds (agreement,
 // metrics, counts read for logging, checkpoint reports) over the host backend (MPI or the TCP store).
-// PlanedCommunicator routes each operation by where its tensor lives, so the rest of moetrain calls one
+// TwoPlaneCommunicator routes each operation by where its tensor lives, so the rest of moetrain calls one
 // Communicator per group and never chooses a backend itself.
 #pragma once
 
@@ -14,7 +14,7 @@
 
 namespace moetrain::parallel {
 
-enum class DataPlane { HOST, NCCL };
+enum class DataPlane { kHost, kNccl };
 
 // Whether this build has the NCCL backend (CMake found CUDA and NCCL).
 bool nccl_built();
@@ -29,9 +29,9 @@ const char* data_plane_name(DataPlane plane);  // "host" or "nccl"
 // Routes tensors on `data_device` to `data`, every other tensor and barriers to `host`. Both groups have
 // the same ranks in the same order. Every rank passes tensors on the same kind of device for the same
 // operation (all ranks of a run compute on the same kind of device).
-class PlanedCommunicator : public Communicator {
+class TwoPlaneCommunicator : public Communicator {
  public:
-  PlanedCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data, torch::Device data_device);
+  TwoPlaneCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data, torch::Device data_device);
 
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }
@@ -58,7 +58,7 @@ class PlanedCommunicator : public Communicator {
 };
 
 // Gives the host world communicator its data plane: `host_world` itself for HOST; for NCCL a
-// PlanedCommunicator whose NCCL communicator on `cuda_device` is created over host_world (collective).
+// TwoPlaneCommunicator whose NCCL communicator on `cuda_device` is created over host_world (collective).
 std::unique_ptr<Communicator> with_data_plane(std::unique_ptr<Communicator> host_world, DataPlane plane,
                                               const torch::Device& cuda_device);
 

@@ -1,4 +1,4 @@
-// The one place a model learns of other processes: tensor parallelism (csrc/model/tensor_parallel_ops.h)
+// The one place a model learns of other processes: tensor parallelism (csrc/layers/tensor_parallel_ops.h)
 // and the MoE layers' parallel context (csrc/moe/parallel_context.h), both over the process mesh.
 #pragma once
 

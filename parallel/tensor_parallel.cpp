@@ -76,6 +76,5 @@ torch::Tensor TensorParallel::scatter_tokens(const torch::Tensor& x_TD) {
 torch::Tensor TensorParallel::gather_tokens(const torch::Tensor& x_TD) {
   return GatherTokens::apply(x_TD, reinterpret_cast<int64_t>(&tp_));
 }
-torch::Tensor TensorParallel::sum_counts(const torch::Tensor& counts) { return all_reduce_copy(tp_, counts); }
 
 }  // namespace moetrain::parallel

@@ -1,13 +1,13 @@
-// Megatron-style tensor-parallel communication (see csrc/model/tensor_parallel_ops.h for what each
+// Megatron-style tensor-parallel communication (see csrc/layers/tensor_parallel_ops.h for what each
 // operation does forward and backward) over the mesh's tensor-parallel group.
 #pragma once
 
-#include "csrc/model/tensor_parallel_ops.h"
+#include "csrc/layers/tensor_parallel_ops.h"
 #include "parallel/communicator.h"
 
 namespace moetrain::parallel {
 
-class TensorParallel : public model::TensorParallelOps {
+class TensorParallel : public layers::TensorParallelOps {
  public:
   explicit TensorParallel(Communicator& tp_group) : tp_(tp_group) {}
   int size() const override { return tp_.size(); }
@@ -16,7 +16,6 @@ class TensorParallel : public model::TensorParallelOps {
   torch::Tensor reduce_from_tp(const torch::Tensor& x) override;
   torch::Tensor scatter_tokens(const torch::Tensor& x_TD) override;
   torch::Tensor gather_tokens(const torch::Tensor& x_TD) override;
-  torch::Tensor sum_counts(const torch::Tensor& counts) override;
 
  private:
   Communicator& tp_;

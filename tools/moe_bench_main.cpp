@@ -36,8 +36,8 @@
 #include <vector>
 #include <string>
 
-#include "csrc/model/layers.h"
-#include "csrc/model/precision.h"
+#include "csrc/model/attention.h"
+#include "csrc/layers/precision.h"
 #include "csrc/moe/balancing.h"
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/cuda_sync_debug.h"
@@ -66,7 +66,7 @@ void synchronize() {
 // per forward (so casts of weights are cached within a step, never across steps).
 template <typename Step>
 void run_step(const Args& args, Step& step) {
-  moetrain::model::AutocastScope autocast(bench_device.type(), args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
+  moetrain::layers::AutocastScope autocast(bench_device.type(), args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
   step();
 }
 
@@ -212,7 +212,7 @@ int bench_dense_swiglu(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), K = args.at("top-k"), F = args.at("hidden");
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
   torch::manual_seed(0);
-  moetrain::model::SwiGLU mlp(D, K * F);
+  moetrain::layers::SwiGLU mlp(D, K * F);
   {
     torch::NoGradGuard no_grad;
     for (auto& p : mlp->parameters()) p.normal_(0.0, 0.02);

@@ -29,7 +29,7 @@ struct Setup {
   moetrain::parallel::LaunchInfo launch;
   moetrain::parallel::MeshSizes sizes;
   moetrain::trainer::Placement placement;
-  moetrain::parallel::DataPlane data_plane = moetrain::parallel::DataPlane::HOST;
+  moetrain::parallel::DataPlane data_plane = moetrain::parallel::DataPlane::kHost;
   int error_rank() const { return launch.world_size > 1 ? launch.rank : -1; }  // for cli::print_error
 };
 
@@ -69,7 +69,7 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
 // Builds the process mesh (when there are several processes, or an explicit NCCL data plane, so that a
 // one-rank run checks it); rank 0 alone keeps its stdout. Null for one process.
 std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
-  const bool nccl = s.data_plane == moetrain::parallel::DataPlane::NCCL;
+  const bool nccl = s.data_plane == moetrain::parallel::DataPlane::kNccl;
   if (s.launch.world_size == 1 && !nccl) return nullptr;
   auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(s.launch),
                                                    s.data_plane, s.placement.device);
@@ -89,7 +89,7 @@ int train(const Setup& s, const std::string& run_dir) {
     moetrain::trainer::bind_device(s.placement);
     mesh = make_mesh(s);
     if (s.launch.rank == 0 &&
-        (s.placement.device.is_cuda() || s.data_plane == moetrain::parallel::DataPlane::NCCL)) {
+        (s.placement.device.is_cuda() || s.data_plane == moetrain::parallel::DataPlane::kNccl)) {
       std::printf("device: %s; data plane: %s\n", s.placement.describe().c_str(),
                   moetrain::parallel::data_plane_name(s.data_plane));
     }

@@ -4,7 +4,7 @@
 // Which tensors: every frozen matrix the model multiplies by: attention projections, dense MLP, routed
 // and shared experts (and the shared expert's gate), the LM head. They stay fp32: the LoRA adapters
 // (trainable: their gradients and AdamW state stay fp32), the embedding (its rows start the fp32 residual
-// stream), norm weights and biases (vectors), the router (fp32 by contract, csrc/model/precision.h).
+// stream), norm weights and biases (vectors), the router (fp32 by contract, csrc/layers/precision.h).
 // Contract: the recipe has train.precision = BF16 (recipe validation checks it), so nothing in the
 // forward casts these weights: autocast takes bf16 operands as they are and the experts' explicit casts
 // (csrc/moe/experts.cpp) are no-ops. Under that precision an fp32 base is rounded to bf16 at every use,

@@ -104,8 +104,8 @@ struct Ranks {
   // the first data-parallel replica; replicated tensors by rank 0.
   bool writes(const model::ShardBox& box) const {
     switch (box.kind) {
-      case model::ShardBox::kExpertSharded: return tp_rank() == 0 && dp_rank() < ep();
-      case model::ShardBox::kTensorParallel: return dp_rank() == 0;
+      case model::ShardBox::Kind::kExpertSharded: return tp_rank() == 0 && dp_rank() < ep();
+      case model::ShardBox::Kind::kTensorParallel: return dp_rank() == 0;
       default: return rank() == 0;
     }
   }

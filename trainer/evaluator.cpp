@@ -26,8 +26,8 @@ EvalResult evaluate(model::TransformerImpl& model, const EvalWindows& data, int6
       model.set_first_sample(windows_before + begin);
       auto out = model.forward(inputs);
       auto& logits = out.logits;
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        const auto& c = out.moe_stats[l].tokens_per_expert_E;
+      for (size_t l = 0; l < out.moe_measures.size(); ++l) {
+        const auto& c = out.moe_measures[l].tokens_per_expert_E;
         if (domain_load.size() <= l) domain_load.push_back(torch::zeros_like(c));
         domain_load[l] += c;
       }

@@ -13,12 +13,12 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
   box.offsets.assign(local_shape.size(), 0);
   const int64_t tp = o.tp_size, tr = o.tp_rank;
   if (name.find(".experts.") != std::string::npos) {
-    box.kind = ShardBox::kExpertSharded;
+    box.kind = ShardBox::Kind::kExpertSharded;
     box.global_view[0] = o.moe.num_experts;
     box.offsets[0] = o.moe.first_local_expert;
   } else if (ends_with(name, "attn.wqkv.weight") || ends_with(name, "attn.wqkv.bias")) {
     // (R, D) or (R) with R = (G + 2)·Hkv/tp·Dh: G + 2 slots (query heads, keys, values) of this rank's
-    // Hkv/tp key/value heads (csrc/model/layers.h); globally (G + 2, Hkv·Dh[, D]), this rank's rows of each slot.
+    // Hkv/tp key/value heads (csrc/model/attention.h); globally (G + 2, Hkv·Dh[, D]), this rank's rows of each slot.
     const int64_t slots = o.attention().groups() + 2, rows = local_shape[0] / slots;
     box.local_view = {slots, rows};
     box.global_view = {slots, rows * tp};
@@ -27,21 +27,21 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
       for (auto* v : {&box.local_view, &box.global_view}) v->push_back(local_shape[1]);
       box.offsets.push_back(0);
     }
-    if (tp > 1) box.kind = ShardBox::kTensorParallel;
+    if (tp > 1) box.kind = ShardBox::Kind::kTensorParallel;
   } else if (tp > 1 && o.qk_norm == QkNorm::kFullWidth && (ends_with(name, "attn.q_norm.weight") || ends_with(name, "attn.k_norm.weight"))) {
-    box.kind = ShardBox::kTensorParallel;  // full-width q/k norm: split like the heads
+    box.kind = ShardBox::Kind::kTensorParallel;  // full-width q/k norm: split like the heads
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
   } else if (tp > 1 && (name == "embed.weight" || name == "lm_head.weight")) {  // vocab parallel: rows
-    box.kind = ShardBox::kTensorParallel;
+    box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
   } else if (tp > 1 && name.find(".mlp.") != std::string::npos && (ends_with(name, "w1.weight") || ends_with(name, "w3.weight"))) {
-    box.kind = ShardBox::kTensorParallel;
+    box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
   } else if (tp > 1 && (ends_with(name, "attn.wo.weight") || (name.find(".mlp.") != std::string::npos && ends_with(name, "w2.weight")))) {
-    box.kind = ShardBox::kTensorParallel;
+    box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[1] *= tp;
     box.offsets[1] = tr * local_shape[1];
   }

@@ -23,7 +23,7 @@ struct ShardBox {
   std::vector<int64_t> global_view;  // shape of the global tensor
   std::vector<int64_t> offsets;      // where this process's block starts, per dim of global_view
   std::vector<int64_t> local_view;   // shape of this process's block (its numel equals the parameter's)
-  enum Kind { kReplicated, kExpertSharded, kTensorParallel } kind = kReplicated;
+  enum class Kind { kReplicated, kExpertSharded, kTensorParallel } kind = Kind::kReplicated;
 };
 
 ShardBox shard_box(const TransformerOptions& options, const std::string& name, const std::vector<int64_t>& local_shape);

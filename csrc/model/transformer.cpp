@@ -1,6 +1,6 @@
 #include "csrc/model/transformer.h"
 
-#include "csrc/model/precision.h"
+#include "csrc/layers/precision.h"
 
 #include "csrc/model/sharding.h"
 
@@ -81,7 +81,7 @@ BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
   if (is_moe) {
     moe = register_module("moe", moe::MoELayer(o.moe));
   } else {
-    mlp = register_module("mlp", SwiGLU(o.d_model, o.ffn_hidden, o.tp_size));
+    mlp = register_module("mlp", layers::SwiGLU(o.d_model, o.ffn_hidden, o.tp_size));
   }
 }
 
@@ -135,7 +135,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& to
                            moe::TokenSlice{h.size(0), h.size(1), first});
     out.aux_loss = out.aux_loss + m.aux_loss;
     out.z_loss = out.z_loss + m.z_loss;
-    out.moe_stats.push_back(m.stats);
+    out.moe_measures.push_back(m.measures);
     auto y_TD = m.y.reshape({count, D});
     if (T % p == 0) return h + tp_->gather_tokens(y_TD).view(h.sizes());
     y_TD = torch::constant_pad_nd(y_TD, {0, 0, 0, split.rows - count});  // zero rows up to L
@@ -145,7 +145,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& to
   moe::MoEOutput m = moe(ffn_norm(h), tokens);
   out.aux_loss = out.aux_loss + m.aux_loss;
   out.z_loss = out.z_loss + m.z_loss;
-  out.moe_stats.push_back(m.stats);
+  out.moe_measures.push_back(m.measures);
   return h + m.y;
 }
 
@@ -166,7 +166,7 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
 
 ModelOutput TransformerImpl::forward(const torch::Tensor& tokens_BS) {
   // Mixed precision: matmuls in the compute dtype, everything else fp32 (a no-op for fp32).
-  AutocastScope autocast(tokens_BS.device().type(), options_.compute_dtype);
+  layers::AutocastScope autocast(tokens_BS.device().type(), options_.compute_dtype);
   ModelOutput out;
   torch::Tensor x;
   if (tp_) {  // vocab-parallel embedding: rows of other ranks' vocabulary count 0, then sum over tp
@@ -208,13 +208,13 @@ torch::Tensor TransformerImpl::token_losses(const torch::Tensor& logits, const t
   return lse - tp_->reduce_from_tp(picked);
 }
 
-void BlockImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
+void BlockImpl::set_tensor_parallel(std::shared_ptr<layers::TensorParallelOps> tp) {
   attn->set_tensor_parallel(tp);
   if (mlp) mlp->set_tensor_parallel(tp);
   tp_ = std::move(tp);
 }
 
-void TransformerImpl::set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) {
+void TransformerImpl::set_tensor_parallel(std::shared_ptr<layers::TensorParallelOps> tp) {
   for (const auto& layer : *layers) layer->as<Block>()->set_tensor_parallel(tp);
   tp_ = std::move(tp);
 }

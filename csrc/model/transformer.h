@@ -6,7 +6,8 @@
 #include <vector>
 
 #include "csrc/config/recipe.pb.h"
-#include "csrc/model/layers.h"
+#include "csrc/layers/swiglu.h"
+#include "csrc/model/attention.h"
 #include "csrc/moe/moe_layer.h"
 
 namespace moetrain::model {
@@ -24,7 +25,7 @@ struct TransformerOptions {
   AttentionImpl::Lora attn_lora;  // adapters on the attention projections (fine-tuning)
   AttentionOptions attention() const;  // this process's attention (local heads under TP)
   // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
-  // (csrc/model/precision.h). Parameters stay fp32 either way.
+  // (csrc/layers/precision.h). Parameters stay fp32 either way.
   torch::ScalarType compute_dtype = torch::kFloat32;
   uint64_t seed = 0;  // train.seed: keys the routers' noise streams (jitter, RANDOM routing) with the layer index
 
@@ -41,7 +42,7 @@ struct ModelOutput {
   torch::Tensor logits;                 // (B, S, V)
   torch::Tensor aux_loss;               // scalar: Σ over MoE layers of the balancing losses (coefficients applied)
   torch::Tensor z_loss;                 // scalar: Σ over MoE layers of the router z-loss (coefficient applied)
-  std::vector<moe::MoEStats> moe_stats;  // one per MoE layer, in layer order
+  std::vector<moe::MoEMeasures> moe_measures;  // one per MoE layer, in layer order
 };
 
 class BlockImpl : public torch::nn::Module {
@@ -52,14 +53,14 @@ class BlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out,
                         int64_t first_token = 0);
 
-  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
+  void set_tensor_parallel(std::shared_ptr<layers::TensorParallelOps> tp);
 
   RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Attention attn{nullptr};
-  SwiGLU mlp{nullptr};     // dense layers
+  layers::SwiGLU mlp{nullptr};  // dense layers
   moe::MoELayer moe{nullptr};  // MoE layers
  private:
-  std::shared_ptr<TensorParallelOps> tp_;
+  std::shared_ptr<layers::TensorParallelOps> tp_;
 };
 TORCH_MODULE(Block);
 
@@ -76,7 +77,7 @@ class TransformerImpl : public torch::nn::Module {
   const TransformerOptions& options() const { return options_; }
   std::vector<moe::MoELayer> moe_layers() const;  // in layer order
   // Installs the tensor-parallel communication in every layer (options().tp_size > 1).
-  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp);
+  void set_tensor_parallel(std::shared_ptr<layers::TensorParallelOps> tp);
   // Cross-entropy of each token, fp32, flattened (B·S): logits from forward(), targets (B, S). Under
   // tensor parallelism the logits are this rank's vocabulary slice and the loss is computed without
   // gathering them (vocab-parallel cross-entropy); every tp rank returns the same values.
@@ -91,7 +92,7 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   TransformerOptions options_;
-  std::shared_ptr<TensorParallelOps> tp_;
+  std::shared_ptr<layers::TensorParallelOps> tp_;
   int64_t first_sample_ = 0;
 };
 TORCH_MODULE(Transformer);

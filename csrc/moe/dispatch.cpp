@@ -11,7 +11,7 @@ DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout
   rows.tokens_per_expert_E = ones_ET.sum(1);
   // Row of every kept pair; the pairs not kept all go to a spare row n, cut off below.
   torch::Tensor row_ET;
-  if (layout.kind == RowLayout::PADDED) {
+  if (layout.kind == RowLayout::Kind::kPadded) {
     at::_assert_async(rows.tokens_per_expert_E.max() <= layout.capacity, "capacity must be applied before padding");
     row_ET = torch::arange(E, i64).unsqueeze(1) * layout.capacity + ones_ET.cumsum(1) - 1;
   } else {
@@ -23,8 +23,8 @@ DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout
   rows.valid_N = torch::zeros({n + 1}, kept_TE.options()).scatter_(0, row_ET, kept_ET.view({-1})).narrow(0, 0, n);
   rows.expert_N = pair_N.div(T, "floor");
   rows.token_N = pair_N - rows.expert_N * T;
-  if (layout.kind == RowLayout::PADDED) rows.tokens_per_expert_E = torch::full({E}, layout.capacity, i64);
-  rows.unused_tail = layout.kind == RowLayout::CAPPED;
+  if (layout.kind == RowLayout::Kind::kPadded) rows.tokens_per_expert_E = torch::full({E}, layout.capacity, i64);
+  rows.unused_tail = layout.kind == RowLayout::Kind::kCapped;
   return rows;
 }
 

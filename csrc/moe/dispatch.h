@@ -20,30 +20,30 @@ namespace moetrain::moe {
 
 // How the rows of a dispatch are laid out; see Note [Static dispatch sizes].
 struct RowLayout {
-  enum Kind { DROPLESS, CAPPED, PADDED };
-  Kind kind = DROPLESS;
-  int64_t rows = 0;      // rows sent to the experts: the kept pairs (DROPLESS), a bound on them (CAPPED), E·capacity (PADDED)
-  int64_t capacity = 0;  // PADDED: rows per expert
+  enum class Kind { kDropless, kCapped, kPadded };
+  Kind kind = Kind::kDropless;
+  int64_t rows = 0;      // rows sent to the experts: the kept pairs (dropless), a bound on them (capped), E·capacity (padded)
+  int64_t capacity = 0;  // padded: rows per expert
 
-  static RowLayout dropless(int64_t kept_pairs) { return {DROPLESS, kept_pairs, 0}; }
-  static RowLayout capped(int64_t max_kept_pairs) { return {CAPPED, max_kept_pairs, 0}; }
-  static RowLayout padded(int64_t num_experts, int64_t capacity) { return {PADDED, num_experts * capacity, capacity}; }
+  static RowLayout dropless(int64_t kept_pairs) { return {Kind::kDropless, kept_pairs, 0}; }
+  static RowLayout capped(int64_t max_kept_pairs) { return {Kind::kCapped, max_kept_pairs, 0}; }
+  static RowLayout padded(int64_t num_experts, int64_t capacity) { return {Kind::kPadded, num_experts * capacity, capacity}; }
 };
 
 struct Dispatched {
   torch::Tensor tokens_ND;             // N rows grouped by local expert (expert 0 first)
-  torch::Tensor tokens_per_expert_El;  // int64 (E_local): rows the experts compute; sums to N, or less (CAPPED: unused tail)
+  torch::Tensor tokens_per_expert_El;  // int64 (E_local): rows the experts compute; sums to N, or less (capped: unused tail)
 };
 
-// The rows a dispatcher sends to the experts: the kept pairs in (expert, token) order. PADDED: expert e's
-// pairs fill rows [e·capacity, e·capacity + its count), the rest of its block are fillers. CAPPED: the
+// The rows a dispatcher sends to the experts: the kept pairs in (expert, token) order. Padded: expert e's
+// pairs fill rows [e·capacity, e·capacity + its count), the rest of its block are fillers. Capped: the
 // kept pairs first, then unused rows. Fillers and unused rows are token 0, expert 0, valid false.
 struct DispatchRows {
   torch::Tensor token_N;               // int64 token of each row
   torch::Tensor expert_N;              // int64 (global) expert of each row
   torch::Tensor valid_N;               // bool, false for fillers and unused rows
-  torch::Tensor tokens_per_expert_E;   // int64 rows per expert (PADDED: capacity)
-  bool unused_tail = false;            // CAPPED: rows past Σ tokens_per_expert_E are never computed
+  torch::Tensor tokens_per_expert_E;   // int64 rows per expert (padded: capacity)
+  bool unused_tail = false;            // capped: rows past Σ tokens_per_expert_E are never computed
 };
 // kept_TE: bool (T, E). No host read; the device checks the layout holds every kept pair.
 DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout);

@@ -1,6 +1,6 @@
 #include "csrc/moe/experts.h"
 
-#include "csrc/model/precision.h"
+#include "csrc/layers/precision.h"
 
 #include <tuple>
 
@@ -62,13 +62,13 @@ ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND, std:
   return o;
 }
 
-torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E) {
-  auto offsets = tokens_per_expert_E.cumsum(0).to(torch::kInt32);
+torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_El) {
+  auto offsets = tokens_per_expert_El.cumsum(0).to(torch::kInt32);
   const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
   // _grouped_mm is not an autocast operation: under mixed precision cast every operand to the compute
   // dtype here. The result stays in the compute dtype (half the bytes of an expert-parallel return
   // trip): combine_rows widens it to fp32 inside its gate product, so the combine accumulates in fp32.
-  const auto dtype = model::compute_dtype_for(tokens_ND.device().type());
+  const auto dtype = layers::compute_dtype_for(tokens_ND.device().type());
   return grouped_swiglu(operands(tokens_ND, dtype), offsets, s);
 }
 

@@ -32,15 +32,16 @@ struct ExpertOperands {
 // projection. offsets_E: int32 cumulative rows per expert. Returns (N, D) in the operands' dtype.
 torch::Tensor grouped_swiglu(const ExpertOperands& ops, const torch::Tensor& offsets_E, double lora_scale);
 
-// Weights are stored per expert as (E, in, out) so each group is a plain x·W. Grouped GEMMs
+// E in this file is this rank's local experts (all of them without expert parallelism). Weights are
+// stored per expert as (E, in, out) so each group is a plain x·W. Grouped GEMMs
 // (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts. Adapters add two
 // thin grouped GEMMs per adapted projection: x·A (N, rank), then ·B.
 class GroupedExpertsImpl : public torch::nn::Module {
  public:
   GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden, const ExpertLoraOptions& lora = {});
-  // tokens_ND grouped by expert; tokens_per_expert_E int64 summing to N. Returns (N, D) in the compute
-  // dtype (model::compute_dtype_for: bf16 under mixed precision, else tokens_ND's dtype).
-  torch::Tensor forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_E);
+  // tokens_ND grouped by expert; tokens_per_expert_El int64 (E_local) summing to N. Returns (N, D) in the compute
+  // dtype (layers::compute_dtype_for: bf16 under mixed precision, else tokens_ND's dtype).
+  torch::Tensor forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_El);
   // forward() in its two parts: the operands cast to `dtype` (std::nullopt: as they are; the casts'
   // backward returns fp32 gradients to fp32 master weights), then grouped_swiglu. moe-bench times them apart.
   ExpertOperands operands(const torch::Tensor& tokens_ND, std::optional<torch::ScalarType> dtype) const;

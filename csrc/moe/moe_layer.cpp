@@ -12,7 +12,7 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
   experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
   if (options.shared_hidden > 0) {
-    shared = register_module("shared", model::SwiGLU(options.d_model, options.shared_hidden));
+    shared = register_module("shared", layers::SwiGLU(options.d_model, options.shared_hidden));
     if (options.shared_gate) {
       shared_gate = register_module("shared_gate", torch::nn::Linear(torch::nn::LinearOptions(options.d_model, 1).bias(false)));
     }
@@ -66,34 +66,34 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
   } else {
     out.aux_loss = out.z_loss = torch::zeros({}, route.probs_TE.options());
   }
-  out.stats = measures(route, out);
-  if (is_training()) accumulate_step(out.stats);
+  out.measures = forward_measures(route, out);
+  if (is_training()) accumulate_step(out.measures);
   return out;
 }
 
-MoEStats MoELayerImpl::measures(const Routing& route, const MoEOutput& out) {
-  MoEStats stats;
+MoEMeasures MoELayerImpl::forward_measures(const Routing& route, const MoEOutput& out) {
+  MoEMeasures measures;
   auto counts_E = route.routed_TE.sum(0);  // int64
-  stats.tokens_per_expert_E = counts_E.detach();
-  stats.routed_pairs = counts_E.sum();
-  stats.dropped_pairs = stats.routed_pairs - route.kept_TE.sum();
-  stats.tokens = torch::full({}, route.kept_TE.size(0), counts_E.options());
-  stats.unchosen_tokens = route.kept_TE.any(-1).logical_not().sum();
-  stats.entropy = router_entropy(route.probs_TE);
-  stats.aux_loss = out.aux_loss.detach();
-  stats.z_loss = out.z_loss.detach();
-  return stats;
+  measures.tokens_per_expert_E = counts_E.detach();
+  measures.routed_pairs = counts_E.sum();
+  measures.dropped_pairs = measures.routed_pairs - route.kept_TE.sum();
+  measures.tokens = torch::full({}, route.kept_TE.size(0), counts_E.options());
+  measures.unchosen_tokens = route.kept_TE.any(-1).logical_not().sum();
+  measures.entropy = router_entropy(route.probs_TE);
+  measures.aux_loss = out.aux_loss.detach();
+  measures.z_loss = out.z_loss.detach();
+  return measures;
 }
 
-void MoELayerImpl::accumulate_step(const MoEStats& stats) {
+void MoELayerImpl::accumulate_step(const MoEMeasures& measures) {
   torch::NoGradGuard no_grad;
-  const auto& counts_E = stats.tokens_per_expert_E;
+  const auto& counts_E = measures.tokens_per_expert_E;
   keep_on(step_counts_E_, counts_E.device());
   keep_on(step_measures_, counts_E.device());
   step_counts_E_ += counts_E;
   auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
-  step_measures_ += torch::stack({f64(stats.routed_pairs), f64(stats.dropped_pairs), stats.entropy, f64(stats.aux_loss),
-                                  f64(stats.z_loss), f64(stats.tokens), f64(stats.unchosen_tokens)});
+  step_measures_ += torch::stack({f64(measures.routed_pairs), f64(measures.dropped_pairs), measures.entropy, f64(measures.aux_loss),
+                                  f64(measures.z_loss), f64(measures.tokens), f64(measures.unchosen_tokens)});
   ++step_forwards_;
 }
 

@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "csrc/model/layers.h"
+#include "csrc/layers/swiglu.h"
 #include "csrc/moe/dispatch.h"
 #include "csrc/moe/experts.h"
 #include "csrc/moe/parallel_context.h"
@@ -29,7 +29,7 @@ struct MoEOptions {
 // Per-layer measures of one forward: detached tensors on the layer's device, never read on the host in
 // the forward (docs/routing.md, "Host reads"). Training forwards also add them to the step's sums
 // (MoELayerImpl::step_measures), which the trainer reads once per step.
-struct MoEStats {
+struct MoEMeasures {
   torch::Tensor tokens_per_expert_E;  // int64 (E) routed pairs per expert, before capacity (the router's load)
   torch::Tensor routed_pairs;         // int64 scalar: Σ routed
   torch::Tensor dropped_pairs;        // int64 scalar: routed but over capacity
@@ -42,7 +42,7 @@ struct MoEStats {
   torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer (0 in evaluation)
 };
 
-// Layout of MoELayerImpl::step_measures.
+// Layout of MoELayerImpl::step_measures (unscoped: the values index that tensor).
 enum StepMeasure : int64_t {
   kRoutedPairs, kDroppedPairs, kEntropySum, kAuxLossSum, kZLossSum, kTokens, kUnchosenTokens, kNumStepMeasures
 };
@@ -52,7 +52,7 @@ struct MoEOutput {
   // Training only: in evaluation (is_training() false) both are 0 and no balancing collective runs.
   torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
   torch::Tensor z_loss;    // scalar: z-loss, coefficient applied
-  MoEStats stats;
+  MoEMeasures measures;
 };
 
 class MoELayerImpl : public torch::nn::Module {
@@ -65,7 +65,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   // Routed counts of every training forward since the last end_step() (the step's load): int64 (E).
   const torch::Tensor& step_counts() const { return step_counts_E_; }
-  // Sums of every training forward's MoEStats since the last end_step(): fp64 (kNumStepMeasures),
+  // Sums of every training forward's MoEMeasures since the last end_step(): fp64 (kNumStepMeasures),
   // indexed by StepMeasure, on the layer's device; step_forwards() training forwards.
   const torch::Tensor& step_measures() const { return step_measures_; }
   int64_t step_forwards() const { return step_forwards_; }
@@ -80,7 +80,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   Router router{nullptr};
   GroupedExperts experts{nullptr};
-  model::SwiGLU shared{nullptr};  // null unless options.shared_hidden > 0
+  layers::SwiGLU shared{nullptr};  // null unless options.shared_hidden > 0
   torch::nn::Linear shared_gate{nullptr};  // weight (1, D); null unless options.shared_gate
 
  private:
@@ -88,9 +88,9 @@ class MoELayerImpl : public torch::nn::Module {
   std::shared_ptr<const MoEParallelContext> context_;
   std::shared_ptr<TokenDispatcher> dispatcher_;
   // This forward's measures (detached; no host read).
-  static MoEStats measures(const Routing& route, const MoEOutput& out);
+  static MoEMeasures forward_measures(const Routing& route, const MoEOutput& out);
   // The step's accumulators, on the device of the latest forward (accumulate_step moves them there).
-  void accumulate_step(const MoEStats& stats);
+  void accumulate_step(const MoEMeasures& measures);
   torch::Tensor step_counts_E_;         // int64, this process
   torch::Tensor global_step_counts_E_;  // int64, summed over the data-parallel group (global aux loss)
   torch::Tensor step_measures_;         // fp64 (kNumStepMeasures)

@@ -1,6 +1,6 @@
 #include "csrc/moe/router.h"
 
-#include "csrc/model/precision.h"
+#include "csrc/layers/precision.h"
 
 #include <cmath>
 
@@ -114,7 +114,7 @@ torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torc
 }
 
 Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& token_ids_T) {
-  model::AutocastScope fp32_router(x_TD.device().type(), std::nullopt);  // logits, scores, top-k, losses: fp32
+  layers::AutocastScope fp32_router(x_TD.device().type(), std::nullopt);  // logits, scores, top-k, losses: fp32
   const int64_t first_token = noise_position_;  // global index of row 0 (keys the noise)
   if (is_training()) noise_position_ += x_TD.size(0);
   Routing out;

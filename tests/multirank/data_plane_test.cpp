@@ -1,4 +1,4 @@
-// PlanedCommunicator on real ranks: tensors on the data device travel over the data plane, all others
+// TwoPlaneCommunicator on real ranks: tensors on the data device travel over the data plane, all others
 // (and barriers) over the host plane; its subgroups route the same way. Both planes are CPU backends
 // here (MPI and the TCP store); on GPUs the data plane is NCCL and the data device the rank's GPU.
 #include <gtest/gtest.h>
@@ -24,7 +24,7 @@ TEST(DataPlane, TensorsOnTheDataDeviceTakeTheDataPlane) {
   auto host = mpi_group("host"), data = mpi_group("data");
   parallel::Communicator* host_plane = host.get();
   parallel::Communicator* data_plane = data.get();
-  parallel::PlanedCommunicator group(std::move(host), std::move(data), torch::Device(torch::kCPU));
+  parallel::TwoPlaneCommunicator group(std::move(host), std::move(data), torch::Device(torch::kCPU));
   const int n = group.size(), me = group.rank();
   auto gathered = group.all_gather_rows(rows_of(me));
   for (int r = 0; r < n; ++r) EXPECT_TRUE(torch::equal(gathered.narrow(0, 2 * r, 2), rows_of(r)));
@@ -41,7 +41,7 @@ TEST(DataPlane, HostTensorsTakeTheHostPlaneWhenTheDataDeviceIsAGpu) {
   auto host = mpi_group("host"), data = mpi_group("data");
   parallel::Communicator* host_plane = host.get();
   parallel::Communicator* data_plane = data.get();
-  parallel::PlanedCommunicator group(std::move(host), std::move(data), torch::Device(torch::kCUDA, 0));
+  parallel::TwoPlaneCommunicator group(std::move(host), std::move(data), torch::Device(torch::kCUDA, 0));
   const int n = group.size(), me = group.rank();
   auto summed = group.reduce_scatter_rows_sum(torch::ones({2 * n, 3}, torch::kFloat32) * (me + 1));
   EXPECT_TRUE(torch::equal(summed, torch::full({2, 3}, n * (n + 1) / 2.0, torch::kFloat32)));
@@ -57,10 +57,10 @@ TEST(DataPlane, HostTensorsTakeTheHostPlaneWhenTheDataDeviceIsAGpu) {
 
 TEST(DataPlane, SubgroupsKeepBothPlanesAndTheRouting) {
   auto host = mpi_group("host"), data = mpi_group("data");
-  parallel::PlanedCommunicator world(std::move(host), std::move(data), torch::Device(torch::kCPU));
+  parallel::TwoPlaneCommunicator world(std::move(host), std::move(data), torch::Device(torch::kCPU));
   const int me = world.rank();
   auto pairs = world.split(me / 2, me % 2, "ep");  // {0,1} {2,3}
-  auto* planed = dynamic_cast<parallel::PlanedCommunicator*>(pairs.get());
+  auto* planed = dynamic_cast<parallel::TwoPlaneCommunicator*>(pairs.get());
   ASSERT_NE(planed, nullptr);
   EXPECT_EQ(pairs->name(), "ep");
   EXPECT_EQ(planed->host().rank(), planed->data().rank());
@@ -77,7 +77,7 @@ TEST(DataPlane, PlanesOfDifferentGroupsAreRefused) {
   auto host = world->split(0, world->rank(), "host");
   auto data = world->split(world->rank() % 2, world->rank(), "data");  // half the ranks
   try {
-    parallel::PlanedCommunicator bad(std::move(host), std::move(data), torch::Device(torch::kCPU));
+    parallel::TwoPlaneCommunicator bad(std::move(host), std::move(data), torch::Device(torch::kCPU));
     FAIL() << "expected a CommError";
   } catch (const parallel::CommError& e) {
     EXPECT_NE(std::string(e.what()).find("does not match the host plane"), std::string::npos) << e.what();

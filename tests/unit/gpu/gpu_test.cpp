@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <map>
 
-#include "csrc/model/precision.h"
+#include "csrc/layers/precision.h"
 #include "csrc/model/transformer.h"
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/cuda_sync_debug.h"
@@ -155,7 +155,7 @@ TEST_F(Cuda, MoELayerBf16TracksFp32AndKeepsFp32Gradients) {
   auto fp32 = run_layer(layer, x, torch::kCUDA);
   LayerRun bf16;
   {
-    model::AutocastScope autocast(torch::kCUDA, torch::kBFloat16);
+    layers::AutocastScope autocast(torch::kCUDA, torch::kBFloat16);
     bf16 = run_layer(layer, x, torch::kCUDA);
   }
   EXPECT_EQ(bf16.y.scalar_type(), torch::kFloat32);

@@ -69,9 +69,9 @@ TEST(Transformer, ShapesAuxLossAndExpertCounts) {
   auto tokens = torch::randint(0, 64, {3, 10});
   auto out = model(tokens);
   EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{3, 10, 64}));
-  ASSERT_EQ(out.moe_stats.size(), 1u) << "moe_layer_freq 2 over 2 layers: layer 0 only";
-  EXPECT_EQ(out.moe_stats[0].tokens_per_expert_E.sum().item<int64_t>(), 3 * 10 * 2);
-  EXPECT_EQ(out.moe_stats[0].dropped_pairs.item<int64_t>(), 0) << "dropless by default";
+  ASSERT_EQ(out.moe_measures.size(), 1u) << "moe_layer_freq 2 over 2 layers: layer 0 only";
+  EXPECT_EQ(out.moe_measures[0].tokens_per_expert_E.sum().item<int64_t>(), 3 * 10 * 2);
+  EXPECT_EQ(out.moe_measures[0].dropped_pairs.item<int64_t>(), 0) << "dropless by default";
   auto loss = lm_loss(out.logits, tokens);
   EXPECT_NEAR(loss.item<float>(), std::log(64.0f), 0.1f) << "small init predicts close to uniform";
 }
@@ -87,9 +87,9 @@ TEST(Transformer, AuxLossIsTheSumOfTheLayersCoefficientTimesLossInTrainingOnly) 
   for (auto& layer : model->moe_layers()) layer->router->weight.data().zero_();
   auto tokens = torch::randint(0, 64, {2, 8});
   auto out = model(tokens);
-  ASSERT_EQ(out.moe_stats.size(), 2u);
+  ASSERT_EQ(out.moe_measures.size(), 2u);
   const float alpha = 0.01f;
-  for (const auto& stats : out.moe_stats) EXPECT_EQ(stats.aux_loss.item<float>(), alpha);
+  for (const auto& measures : out.moe_measures) EXPECT_EQ(measures.aux_loss.item<float>(), alpha);
   EXPECT_EQ(out.aux_loss.item<float>(), alpha + alpha) << "Σ over the two MoE layers";
   EXPECT_EQ(out.z_loss.item<float>(), 0.0f) << "z_loss_coeff 0";
   model->eval();
@@ -158,7 +158,7 @@ torch::Tensor reference_attention(const torch::Tensor& x, const torch::Tensor& w
   return torch::linear(torch::cat(heads, -1), wo);
 }
 
-// Copies HF-layout projections into the fused slot layout of wqkv (csrc/model/layers.h).
+// Copies HF-layout projections into the fused slot layout of wqkv (csrc/model/attention.h).
 void load_attention(AttentionImpl& a, const torch::Tensor& wq, const torch::Tensor& wk, const torch::Tensor& wv,
                     const torch::Tensor& bq, const torch::Tensor& bk, const torch::Tensor& bv, const torch::Tensor& wo) {
   const auto& o = a.options();

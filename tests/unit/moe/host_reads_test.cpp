@@ -119,7 +119,7 @@ TEST(MoELayer, StepMeasuresSumTheTrainingForwardsAndResetAtEndStep) {
   RoutingConfig cfg;
   cfg.set_aux_loss_coeff(0.01), cfg.set_z_loss_coeff(1e-3), cfg.set_capacity_factor(0.5);
   MoELayer layer = layer_with(cfg);
-  auto a = layer(torch::randn({2, 6, 8})).stats, b = layer(torch::randn({2, 6, 8})).stats;
+  auto a = layer(torch::randn({2, 6, 8})).measures, b = layer(torch::randn({2, 6, 8})).measures;
   layer->eval();
   layer(torch::randn({2, 6, 8}));  // evaluation forwards are not the step's
   layer->train();

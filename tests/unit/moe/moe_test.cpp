@@ -2,7 +2,7 @@
 // against a dense reference, gradients against finite differences.
 #include <gtest/gtest.h>
 
-#include "csrc/model/precision.h"
+#include "csrc/layers/precision.h"
 #include "csrc/moe/moe_layer.h"
 
 using namespace moetrain::moe;
@@ -180,10 +180,10 @@ TEST(MoELayer, DroppedTokensContributeNothingAndAuxUsesThePreDropMap) {
   auto x = torch::randn({1, 16, 8});
   auto out = layer(x);
   auto full = reference(x);
-  const int64_t dropped = out.stats.dropped_pairs.item<int64_t>();
-  EXPECT_EQ(out.stats.routed_pairs.item<int64_t>(), 16);
-  EXPECT_EQ(dropped, 16 - (out.stats.tokens_per_expert_E > 0).sum().item<int64_t>());
-  EXPECT_TRUE(torch::equal(out.stats.aux_loss, full.stats.aux_loss)) << "aux loss from the routing before drops";
+  const int64_t dropped = out.measures.dropped_pairs.item<int64_t>();
+  EXPECT_EQ(out.measures.routed_pairs.item<int64_t>(), 16);
+  EXPECT_EQ(dropped, 16 - (out.measures.tokens_per_expert_E > 0).sum().item<int64_t>());
+  EXPECT_TRUE(torch::equal(out.measures.aux_loss, full.measures.aux_loss)) << "aux loss from the routing before drops";
   // Each row is either the dropless output (kept) or exactly zero (dropped: residual only).
   int64_t zero_rows = 0;
   for (int64_t t = 0; t < 16; ++t) {
@@ -225,7 +225,7 @@ TEST(Dispatch, Bf16RowsCombineInFp32ExactlyAsRowsCastFirst) {
 TEST(GroupedExperts, UnderBf16AutocastReturnBf16AndTheLayerStaysFp32) {
   auto layer = random_layer(small_options(), 3);
   auto x = torch::randn({2, 5, 8});
-  moetrain::model::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
+  moetrain::layers::AutocastScope autocast(torch::kCPU, torch::kBFloat16);
   auto rows = torch::randn({6, 8});
   auto counts = torch::tensor({2, 0, 3, 1}, torch::kInt64);
   auto y = layer->experts(rows, counts);

@@ -446,7 +446,7 @@ TEST(AuxLoss, UniformRouterMoELayerGivesExactlyTheCoefficient) {
       layer->router->weight.data().zero_();
       auto out = layer(x);
       EXPECT_EQ(out.aux_loss.item<float>(), static_cast<float>(alpha)) << "alpha " << alpha << ", loss " << which;
-      EXPECT_EQ(out.stats.aux_loss.item<float>(), static_cast<float>(alpha));
+      EXPECT_EQ(out.measures.aux_loss.item<float>(), static_cast<float>(alpha));
       EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
     }
   }
@@ -466,7 +466,7 @@ TEST(ExpertChoice, UnchosenTokensAreCounted) {
   MoELayer choice(layer_options(2, 1, ec));
   choice->router->weight.data().zero_();
   choice->router->weight.data().select(1, 0).fill_(1.0f);
-  auto s = choice(x).stats;
+  auto s = choice(x).measures;
   EXPECT_EQ(s.tokens.item<int64_t>(), 4);
   EXPECT_EQ(s.unchosen_tokens.item<int64_t>(), 2) << "tokens 2 and 3";
   EXPECT_EQ(s.dropped_pairs.item<int64_t>(), 0) << "expert choice drops nothing: dropped_frac cannot see it";
@@ -482,10 +482,10 @@ TEST(ExpertChoice, UnchosenTokensAreCounted) {
   capped->router->weight.data().zero_();
   capped->router->weight.data()[0][0] = 1.0f;
   x[0].select(1, 0).copy_(torch::tensor({2.0f, 3.0f, 1.0f, 4.0f}));
-  EXPECT_EQ(capped(x).stats.unchosen_tokens.item<int64_t>(), 3);
+  EXPECT_EQ(capped(x).measures.unchosen_tokens.item<int64_t>(), 3);
   // Dropless top-2: every token has its two experts.
   MoELayer dropless(layer_options(4, 2, RoutingConfig()));
-  EXPECT_EQ(dropless(torch::randn({2, 5, 8})).stats.unchosen_tokens.item<int64_t>(), 0);
+  EXPECT_EQ(dropless(torch::randn({2, 5, 8})).measures.unchosen_tokens.item<int64_t>(), 0);
 }
 
 namespace {
@@ -554,7 +554,7 @@ TEST(BiasBalancing, EndStepMovesEachBiasByExactlyUAndLeavesRouterAndGatesAlone) 
   for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
   layer->router->expert_bias.copy_(torch::tensor({0.5f, 0.0f, -0.25f, 0.125f}));
   auto x1 = torch::randn({2, 6, 8}), x2 = torch::randn({2, 6, 8});
-  auto c1 = layer(x1).stats.tokens_per_expert_E, c2 = layer(x2).stats.tokens_per_expert_E;  // two micro-batches
+  auto c1 = layer(x1).measures.tokens_per_expert_E, c2 = layer(x2).measures.tokens_per_expert_E;  // two micro-batches
   const auto counts = layer->step_counts().clone();
   ASSERT_TRUE(torch::equal(counts, c1 + c2)) << "the step's load: every micro-batch's routed pairs";
 

@@ -30,8 +30,8 @@ TEST(MoEMeasures, OneHostReadPerStepForEveryLayerWithThePerForwardValues) {
 
   ASSERT_EQ(measures.size(), 2u);
   for (size_t l = 0; l < 2; ++l) {
-    const auto& a = outs[0].moe_stats[l];
-    const auto& b = outs[1].moe_stats[l];
+    const auto& a = outs[0].moe_measures[l];
+    const auto& b = outs[1].moe_measures[l];
     EXPECT_TRUE(torch::equal(measures[l].load_E, a.tokens_per_expert_E + b.tokens_per_expert_E)) << l;
     EXPECT_TRUE(torch::equal(measures[l].host_load_E, measures[l].load_E)) << l;
     EXPECT_EQ(measures[l].routed, (a.routed_pairs + b.routed_pairs).item<double>()) << l;

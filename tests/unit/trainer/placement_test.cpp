@@ -61,12 +61,12 @@ TEST(Placement, ThisMachineSeesNoGpu) {
 
 TEST(DataPlaneChoice, AutoTakesNcclOnlyForOneGpuPerRankInABuildWithNccl) {
   using parallel::DataPlane;
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, true), DataPlane::NCCL);
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, true, true), DataPlane::HOST) << "shared GPU";
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, false, false, true), DataPlane::HOST) << "CPU";
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, false), DataPlane::HOST) << "no NCCL built";
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::HOST, true, false, true), DataPlane::HOST);
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::NCCL, true, false, true), DataPlane::NCCL);
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, true), DataPlane::kNccl);
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, true, true), DataPlane::kHost) << "shared GPU";
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, false, false, true), DataPlane::kHost) << "CPU";
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, false), DataPlane::kHost) << "no NCCL built";
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::HOST, true, false, true), DataPlane::kHost);
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::NCCL, true, false, true), DataPlane::kNccl);
 }
 
 TEST(DataPlaneChoice, NcclThatCannotWorkIsRefusedWithTheReasonAndTheFix) {

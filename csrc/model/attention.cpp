@@ -1,4 +1,4 @@
-#include "csrc/model/layers.h"
+#include "csrc/model/attention.h"
 
 namespace moetrain::model {
 
@@ -102,19 +102,6 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
                                               /*is_causal=*/true);  // (B, H, S, Dh)
   // Back to the residual stream's dtype (fp32 under mixed precision) before the tensor-parallel sum.
   auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s).to(input.scalar_type());
-  return tp_ ? tp_->reduce_from_tp(y) : y;
-}
-
-SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
-  const int64_t local = hidden / tp_size;
-  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
-  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
-  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(local, d_model).bias(false)));
-}
-
-torch::Tensor SwiGLUImpl::forward(const torch::Tensor& input) {
-  auto x = tp_ ? tp_->copy_to_tp(input) : input;
-  auto y = w2(torch::silu(w1(x)) * w3(x)).to(input.scalar_type());  // residual dtype, as in attention
   return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 

@@ -13,7 +13,7 @@
 
 #include <optional>
 
-namespace moetrain::model {
+namespace moetrain::layers {
 
 // Sets autocast for one device type for the lifetime of the scope and restores the previous state.
 // dtype: the compute dtype to autocast to; std::nullopt turns autocast off (fp32 regions such as the
@@ -56,4 +56,4 @@ inline std::optional<at::ScalarType> compute_dtype_for(c10::DeviceType device) {
   return at::autocast::get_autocast_dtype(device);
 }
 
-}  // namespace moetrain::model
+}  // namespace moetrain::layers

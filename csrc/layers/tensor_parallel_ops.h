@@ -12,7 +12,7 @@
 
 #include <torch/torch.h>
 
-namespace moetrain::model {
+namespace moetrain::layers {
 
 class TensorParallelOps {
  public:
@@ -23,8 +23,6 @@ class TensorParallelOps {
   virtual torch::Tensor reduce_from_tp(const torch::Tensor& x) = 0;
   virtual torch::Tensor scatter_tokens(const torch::Tensor& x_TD) = 0;  // (T, D) -> (T/tp, D)
   virtual torch::Tensor gather_tokens(const torch::Tensor& x_TD) = 0;   // (T/tp, D) -> (T, D)
-  // Sums routing counts over the tensor-parallel group (no autograd).
-  virtual torch::Tensor sum_counts(const torch::Tensor& counts) = 0;
 };
 
-}  // namespace moetrain::model
+}  // namespace moetrain::layers

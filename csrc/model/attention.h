@@ -1,4 +1,5 @@
-// Transformer building blocks: RMSNorm, rotary embedding, causal self-attention, SwiGLU MLP.
+// Attention and its parts: RMSNorm, rotary embedding, causal self-attention (the dense SwiGLU is
+// csrc/layers/swiglu.h).
 // Shapes: B batch, S sequence, D d_model, H heads, Dh head size, F hidden size.
 #pragma once
 
@@ -6,7 +7,7 @@
 
 #include <memory>
 
-#include "csrc/model/tensor_parallel_ops.h"
+#include "csrc/layers/tensor_parallel_ops.h"
 
 namespace moetrain::model {
 
@@ -72,7 +73,7 @@ class AttentionImpl : public torch::nn::Module {
   using Lora = AttentionLora;
   explicit AttentionImpl(const AttentionOptions& options);
   torch::Tensor forward(const torch::Tensor& x);  // (B, S, D) -> (B, S, D)
-  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) { tp_ = std::move(tp); }
+  void set_tensor_parallel(std::shared_ptr<layers::TensorParallelOps> tp) { tp_ = std::move(tp); }
   // Folds the adapters into wqkv and wo and zeroes B (export of a LoRA run).
   void merge_adapters();
 
@@ -88,24 +89,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor full_width_norm(const torch::Tensor& x, const torch::Tensor& weight) const;
   AttentionOptions options_;
   int64_t local_kv_heads_, head_dim_, groups_;
-  std::shared_ptr<TensorParallelOps> tp_;
+  std::shared_ptr<layers::TensorParallelOps> tp_;
 };
 TORCH_MODULE(Attention);
-
-// SwiGLU feed-forward: w2(silu(w1 x) * w3 x). Tensor parallel (tp > 1): w1, w3 column-parallel
-// (F/tp hidden units each), w2 row-parallel, output all-reduced.
-class SwiGLUImpl : public torch::nn::Module {
- public:
-  SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size = 1);
-  torch::Tensor forward(const torch::Tensor& x);  // (..., D) -> (..., D)
-  void set_tensor_parallel(std::shared_ptr<TensorParallelOps> tp) { tp_ = std::move(tp); }
-
-  torch::nn::Linear w1{nullptr};  // gate projection, weight (F/tp, D)
-  torch::nn::Linear w3{nullptr};  // up projection, weight (F/tp, D)
-  torch::nn::Linear w2{nullptr};  // down projection, weight (D, F/tp)
- private:
-  std::shared_ptr<TensorParallelOps> tp_;
-};
-TORCH_MODULE(SwiGLU);
 
 }  // namespace moetrain::model

@@ -1,0 +1,18 @@
+#include "csrc/layers/swiglu.h"
+
+namespace moetrain::layers {
+
+SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
+  const int64_t local = hidden / tp_size;
+  w1 = register_module("w1", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
+  w3 = register_module("w3", torch::nn::Linear(torch::nn::LinearOptions(d_model, local).bias(false)));
+  w2 = register_module("w2", torch::nn::Linear(torch::nn::LinearOptions(local, d_model).bias(false)));
+}
+
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& input) {
+  auto x = tp_ ? tp_->copy_to_tp(input) : input;
+  auto y = w2(torch::silu(w1(x)) * w3(x)).to(input.scalar_type());  // residual dtype, as in attention
+  return tp_ ? tp_->reduce_from_tp(y) : y;
+}
+
+}  // namespace moetrain::layers
