@@ -23,15 +23,17 @@ struct ConfigReader {
   int64_t integer(const std::string& key, int64_t fallback, int64_t most = (int64_t{1} << 31) - 1) {
     if (!has(key)) return fallback;
     const json& v = c[key];
-    if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(most)
-                                                          : v.get<int64_t>() < 0 || v.get<int64_t>() > most)) {
+    if (!v.is_number_integer() ||
+        (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(most)
+                                : v.get<int64_t>() < 0 || v.get<int64_t>() > most)) {
       problems.push_back(key + " = " + v.dump() + ": must be an integer from 0 to " + std::to_string(most));
       return fallback;
     }
     return v.get<int64_t>();
   }
   // A string field (model_type, hidden_act, rope_type, _name_or_path) of `obj`.
-  std::string text(const json& obj, const std::string& key, const std::string& fallback, const std::string& shown) {
+  std::string text(const json& obj, const std::string& key, const std::string& fallback,
+                   const std::string& shown) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     if (!obj[key].is_string()) {
       problems.push_back(shown + " = " + obj[key].dump() + ": must be a string");
@@ -80,14 +82,17 @@ void read_sizes(const FamilySpec& s, ConfigReader& in, HfModel& h) {
   h.hidden = in.integer("hidden_size", d.hidden_size);
   h.layers = in.integer("num_hidden_layers", d.num_hidden_layers, 1 << 16);
   h.heads = in.integer("num_attention_heads", d.num_attention_heads);
-  h.kv_heads = in.integer("num_key_value_heads", d.num_key_value_heads >= 0 ? d.num_key_value_heads : h.heads);
+  h.kv_heads =
+      in.integer("num_key_value_heads", d.num_key_value_heads >= 0 ? d.num_key_value_heads : h.heads);
   h.head_dim = in.integer("head_dim", h.heads > 0 ? h.hidden / h.heads : 0);
   h.ffn = in.integer("intermediate_size", d.intermediate_size);
-  h.moe_ffn = same(s.moe_ffn_key, "intermediate_size") ? h.ffn : in.integer(s.moe_ffn_key, d.moe_intermediate_size);
+  h.moe_ffn =
+      same(s.moe_ffn_key, "intermediate_size") ? h.ffn : in.integer(s.moe_ffn_key, d.moe_intermediate_size);
   h.experts = s.experts_alias ? in.integer(s.experts_key, in.integer(s.experts_alias, d.num_experts))
                               : in.integer(s.experts_key, d.num_experts);
   h.top_k = in.integer("num_experts_per_tok", d.num_experts_per_tok);
-  h.shared_ffn = s.shared_expert.size_key ? in.integer(s.shared_expert.size_key, d.shared_expert_intermediate_size) : 0;
+  h.shared_ffn =
+      s.shared_expert.size_key ? in.integer(s.shared_expert.size_key, d.shared_expert_intermediate_size) : 0;
   h.norm_topk = !s.norm_topk_key || in.boolean(s.norm_topk_key, false);
   h.eps = in.real(in.c, "rms_norm_eps", d.rms_norm_eps, "rms_norm_eps");
   h.init_std = in.real(in.c, "initializer_range", 0.02, "initializer_range");
@@ -102,12 +107,14 @@ void read_rope(const FamilySpec& s, ConfigReader& in, HfModel& h) {
     h.theta = in.real(rp, "rope_theta", h.theta, "rope_parameters.rope_theta");
     const std::string type = in.text(rp, "rope_type", "default", "rope_parameters.rope_type");
     if (type != "default") {
-      in.problems.push_back("rope_parameters.rope_type = \"" + type + "\": moetrain's rotary embedding is the plain "
+      in.problems.push_back("rope_parameters.rope_type = \"" + type +
+                            "\": moetrain's rotary embedding is the plain "
                             "(\"default\") RoPE; scaled variants are not supported");
     }
   }
   if (in.has("rope_scaling")) {  // transformers 4.x
-    in.problems.push_back("rope_scaling = " + c["rope_scaling"].dump() + ": moetrain's rotary embedding is the plain RoPE "
+    in.problems.push_back("rope_scaling = " + c["rope_scaling"].dump() +
+                          ": moetrain's rotary embedding is the plain RoPE "
                           "(rope_scaling null)");
   }
 }
@@ -117,8 +124,12 @@ void check(const FamilySpec& s, const Restriction& r, ConfigReader& in, const Hf
   const json& c = in.c;
   if (!r.why) return;
   switch (r.kind) {
-    case Restriction::kNull: in.refuse_unless(!in.has(r.key), r.key, r.why); break;
-    case Restriction::kFalse: in.refuse_unless(!in.boolean(r.key, false), r.key, r.why); break;
+    case Restriction::kNull:
+      in.refuse_unless(!in.has(r.key), r.key, r.why);
+      break;
+    case Restriction::kFalse:
+      in.refuse_unless(!in.boolean(r.key, false), r.key, r.why);
+      break;
     case Restriction::kFullAttention:
       if (!c.contains(r.key) || !c[r.key].is_array()) break;
       for (const auto& t : c[r.key])
@@ -129,12 +140,14 @@ void check(const FamilySpec& s, const Restriction& r, ConfigReader& in, const Hf
       break;
     case Restriction::kHeadSizeFromHidden:
       if (h.heads > 0 && h.head_dim * h.heads != h.hidden) {
-        in.problems.push_back("head_dim = " + std::to_string(h.head_dim) + ": " + s.names.title + "'s " + r.why +
-                              ", so its head size is hidden_size / num_attention_heads = " + std::to_string(h.hidden / h.heads));
+        in.problems.push_back("head_dim = " + std::to_string(h.head_dim) + ": " + s.names.title + "'s " +
+                              r.why + ", so its head size is hidden_size / num_attention_heads = " +
+                              std::to_string(h.hidden / h.heads));
       }
       break;
     case Restriction::kZero:
-    case Restriction::kLayerCount: break;  // written only
+    case Restriction::kLayerCount:
+      break;  // written only
   }
 }
 
@@ -146,15 +159,22 @@ void read_moe_layers(const FamilySpec& s, ConfigReader& in, HfModel& h) {
   }
   const json& c = in.c;
   const int64_t step = in.integer("decoder_sparse_step", 1);
-  if (step < 1) in.problems.push_back("decoder_sparse_step = " + std::to_string(step) + ": must be at least 1");
+  if (step < 1) {
+    in.problems.push_back("decoder_sparse_step = " + std::to_string(step) + ": must be at least 1");
+  }
   std::set<int64_t> dense;
   if (in.has("mlp_only_layers")) {
     if (!c["mlp_only_layers"].is_array()) {
-      in.problems.push_back("mlp_only_layers = " + c["mlp_only_layers"].dump() + ": must be a list of layer indices");
+      in.problems.push_back("mlp_only_layers = " + c["mlp_only_layers"].dump() +
+                            ": must be a list of layer indices");
     } else {
       for (const auto& l : c["mlp_only_layers"]) {
-        if (l.is_number_integer()) dense.insert(l.get<int64_t>());
-        else in.problems.push_back("mlp_only_layers = " + c["mlp_only_layers"].dump() + ": must be a list of layer indices");
+        if (l.is_number_integer()) {
+          dense.insert(l.get<int64_t>());
+        } else {
+          in.problems.push_back("mlp_only_layers = " + c["mlp_only_layers"].dump() +
+                                ": must be a list of layer indices");
+        }
       }
     }
   }
@@ -169,11 +189,13 @@ HfModel read_config(const FamilySpec& s, const json& c, const std::string& sourc
   read_sizes(s, in, h);
   read_rope(s, in, h);
   if (h.heads > 0 && h.kv_heads > 0 && h.heads % h.kv_heads != 0) {
-    in.problems.push_back("num_key_value_heads = " + std::to_string(h.kv_heads) + ": must divide num_attention_heads = " +
-                          std::to_string(h.heads));
+    in.problems.push_back("num_key_value_heads = " + std::to_string(h.kv_heads) +
+                          ": must divide num_attention_heads = " + std::to_string(h.heads));
   }
   const std::string act = in.text(c, "hidden_act", "silu", "hidden_act");
-  if (act != "silu") in.problems.push_back("hidden_act = \"" + act + "\": moetrain's experts are SwiGLU (\"silu\")");
+  if (act != "silu") {
+    in.problems.push_back("hidden_act = \"" + act + "\": moetrain's experts are SwiGLU (\"silu\")");
+  }
   for (const auto& r : s.restrictions) check(s, r, in, h);
   h.qkv_bias = s.qkv_bias_key && in.boolean(s.qkv_bias_key, true);
   read_moe_layers(s, in, h);
@@ -239,11 +261,12 @@ void validate(const FamilySpec& s, const config::Recipe& recipe, const std::stri
   try {
     config::validate_recipe(probe, source);
   } catch (const config::RecipeError& e) {
-    throw std::runtime_error(std::string(e.what()) + "\n(from " + source +
-                             ": model.vocab_size = vocab_size, model.d_model = hidden_size, "
-                             "model.num_layers = num_hidden_layers, model.num_heads = num_attention_heads, "
-                             "model.num_kv_heads = num_key_value_heads, model.head_dim = head_dim, model.moe_ffn_hidden = " +
-                             s.moe_ffn_key + ", model.num_experts = " + s.experts_key + ", model.top_k = num_experts_per_tok)");
+    throw std::runtime_error(
+        std::string(e.what()) + "\n(from " + source +
+        ": model.vocab_size = vocab_size, model.d_model = hidden_size, "
+        "model.num_layers = num_hidden_layers, model.num_heads = num_attention_heads, "
+        "model.num_kv_heads = num_key_value_heads, model.head_dim = head_dim, model.moe_ffn_hidden = " +
+        s.moe_ffn_key + ", model.num_experts = " + s.experts_key + ", model.top_k = num_experts_per_tok)");
   }
 }
 
@@ -254,7 +277,8 @@ std::string family_list(bool with_architecture) {
   for (size_t i = 0; i < all.size(); ++i) {
     const FamilyInfo& f = info(all[i]);
     out += !i ? "" : !with_architecture ? ", " : i + 1 < all.size() ? ", " : " and ";
-    out += with_architecture ? std::string(f.model_type) + " (" + f.architecture + ")" : "\"" + std::string(f.model_type) + "\"";
+    out += with_architecture ? std::string(f.model_type) + " (" + f.architecture + ")"
+                             : "\"" + std::string(f.model_type) + "\"";
   }
   return out;
 }
@@ -273,7 +297,9 @@ config::Recipe recipe_from_hf_config(const FamilySpec& s, const json& c, const s
 }
 
 ImportedConfig recipe_from_hf_config(const json& c, const std::string& source) {
-  if (!c.is_object()) throw std::runtime_error(source + ": not a JSON object; expected a Hugging Face config.json");
+  if (!c.is_object()) {
+    throw std::runtime_error(source + ": not a JSON object; expected a Hugging Face config.json");
+  }
   if (c.contains("model_type") && !c["model_type"].is_string()) {
     throw std::runtime_error(source + ": model_type = " + c["model_type"].dump() +
                              ": must be a string naming the model family (" + family_list(false) + ")");
@@ -281,7 +307,8 @@ ImportedConfig recipe_from_hf_config(const json& c, const std::string& source) {
   const std::string model_type = c.value("model_type", std::string());
   const auto family = family_named(model_type);
   if (!family) {
-    throw std::runtime_error(source + ": model_type = \"" + model_type + "\"; moe-import reads " + family_list(true));
+    throw std::runtime_error(source + ": model_type = \"" + model_type + "\"; moe-import reads " +
+                             family_list(true));
   }
   return {*family, recipe_from_hf_config(spec(*family), c, source)};
 }

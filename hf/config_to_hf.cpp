@@ -16,7 +16,9 @@ bool normalised(const RoutingConfig& r) {
 }
 
 int64_t kv_heads_of(const ModelConfig& m) { return m.num_kv_heads() > 0 ? m.num_kv_heads() : m.num_heads(); }
-int64_t head_dim_of(const ModelConfig& m) { return m.head_dim() > 0 ? m.head_dim() : m.d_model() / m.num_heads(); }
+int64_t head_dim_of(const ModelConfig& m) {
+  return m.head_dim() > 0 ? m.head_dim() : m.d_model() / m.num_heads();
+}
 
 const Restriction* restriction_of(const FamilySpec& s, Restriction::Kind kind) {
   for (const auto& r : s.restrictions)
@@ -31,15 +33,17 @@ std::string qk_norm_text(ModelConfig::QkNorm n) {
 }
 
 // The layer structure: dense layers, shared experts, gate renormalisation.
-void add_block_problems(const FamilySpec& s, const config::Recipe& recipe, const model::TransformerImpl& model,
-                        std::vector<std::string>& out) {
+void add_block_problems(const FamilySpec& s, const config::Recipe& recipe,
+                        const model::TransformerImpl& model, std::vector<std::string>& out) {
   const auto& m = recipe.model();
   const auto& r = recipe.routing();
   const std::string title = s.names.title;
   if (const auto dense = dense_layers(model); !dense.empty() && s.dense_layers == DenseLayers::kNone) {
-    out.push_back(moe_layers_field(m) + (dense.size() == 1 ? ": layer " + join(dense) + " is a dense SwiGLU layer"
-                                                             : ": layers " + join(dense) + " are dense SwiGLU layers") +
-                  "; " + title + " has a routed MoE block in every layer (model.moe_layer_freq 1, or "
+    out.push_back(moe_layers_field(m) +
+                  (dense.size() == 1 ? ": layer " + join(dense) + " is a dense SwiGLU layer"
+                                     : ": layers " + join(dense) + " are dense SwiGLU layers") +
+                  "; " + title +
+                  " has a routed MoE block in every layer (model.moe_layer_freq 1, or "
                   "every layer listed in model.moe_layers)");
   }
   if (m.num_shared_experts() > 0 && !s.shared_expert.size_key) {
@@ -48,7 +52,8 @@ void add_block_problems(const FamilySpec& s, const config::Recipe& recipe, const
   }
   if (!s.norm_topk_key && r.score_function() == RoutingConfig::SOFTMAX &&
       r.topk_order() == RoutingConfig::SOFTMAX_THEN_TOPK && !r.normalize_gates()) {
-    out.push_back("routing.normalize_gates = false: " + title + " renormalises the k selected probabilities to sum to 1 "
+    out.push_back("routing.normalize_gates = false: " + title +
+                  " renormalises the k selected probabilities to sum to 1 "
                   "(normalize_gates true; topk_order TOPK_THEN_SOFTMAX computes the same gates)");
   }
 }
@@ -57,16 +62,18 @@ void add_block_problems(const FamilySpec& s, const config::Recipe& recipe, const
 void add_attention_problems(const FamilySpec& s, const ModelConfig& m, std::vector<std::string>& out) {
   const std::string title = s.names.title;
   if (m.qk_norm() != s.qk_norm) {
-    out.push_back("model.qk_norm = " + ModelConfig::QkNorm_Name(m.qk_norm()) + ": " + title + "'s attention has " +
-                  qk_norm_text(s.qk_norm));
+    out.push_back("model.qk_norm = " + ModelConfig::QkNorm_Name(m.qk_norm()) + ": " + title +
+                  "'s attention has " + qk_norm_text(s.qk_norm));
   }
   if (m.qkv_bias() && !s.qkv_bias_key) {
-    out.push_back("model.qkv_bias = true: " + title + "'s q/k/v projections have no biases (Qwen2-MoE has them)");
+    out.push_back("model.qkv_bias = true: " + title +
+                  "'s q/k/v projections have no biases (Qwen2-MoE has them)");
   }
   const Restriction* head = restriction_of(s, Restriction::kHeadSizeFromHidden);
   if (head && m.num_heads() > 0 && head_dim_of(m) * m.num_heads() != m.d_model()) {
-    out.push_back("model.head_dim = " + std::to_string(m.head_dim()) + ": " + title + "'s " + head->why +
-                  ", so its head size must be d_model / num_heads = " + std::to_string(m.d_model() / m.num_heads()));
+    out.push_back(
+        "model.head_dim = " + std::to_string(m.head_dim()) + ": " + title + "'s " + head->why +
+        ", so its head size must be d_model / num_heads = " + std::to_string(m.d_model() / m.num_heads()));
   }
 }
 
@@ -109,12 +116,18 @@ json common_config(const FamilySpec& s, const config::Recipe& recipe, const Spec
 // A restriction's neutral value; null json for one that writes nothing.
 json neutral_value(const Restriction& r, int64_t num_layers) {
   switch (r.kind) {
-    case Restriction::kNull: return nullptr;
-    case Restriction::kFalse: return false;
-    case Restriction::kZero: return 0.0;
-    case Restriction::kLayerCount: return num_layers;
-    case Restriction::kFullAttention: return std::vector<std::string>(static_cast<size_t>(num_layers), "full_attention");
-    case Restriction::kHeadSizeFromHidden: break;
+    case Restriction::kNull:
+      return nullptr;
+    case Restriction::kFalse:
+      return false;
+    case Restriction::kZero:
+      return 0.0;
+    case Restriction::kLayerCount:
+      return num_layers;
+    case Restriction::kFullAttention:
+      return std::vector<std::string>(static_cast<size_t>(num_layers), "full_attention");
+    case Restriction::kHeadSizeFromHidden:
+      break;
   }
   return nullptr;
 }
@@ -135,7 +148,8 @@ json export_config(const FamilySpec& s, const config::Recipe& recipe, const mode
   const auto& m = recipe.model();
   json c = common_config(s, recipe, special, dtype);
   c[s.moe_ffn_key] = m.moe_ffn_hidden();
-  if (std::strcmp(s.moe_ffn_key, "intermediate_size") != 0) c["intermediate_size"] = m.ffn_hidden();  // dense layers
+  if (std::strcmp(s.moe_ffn_key, "intermediate_size") != 0)
+    c["intermediate_size"] = m.ffn_hidden();  // dense layers
   c[s.experts_key] = m.num_experts();
   if (s.norm_topk_key) c[s.norm_topk_key] = normalised(recipe.routing());
   if (s.dense_layers == DenseLayers::kQwenSparseStep) {

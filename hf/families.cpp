@@ -14,7 +14,8 @@ const FamilySpec& spec(Family family) {
 }
 
 const std::vector<Family>& all_families() {
-  static const std::vector<Family> all{Family::kMixtral, Family::kQwen2Moe, Family::kQwen3Moe, Family::kOlmoe};
+  static const std::vector<Family> all{Family::kMixtral, Family::kQwen2Moe, Family::kQwen3Moe,
+                                       Family::kOlmoe};
   return all;
 }
 
@@ -32,13 +33,16 @@ Family auto_family(const config::Recipe& recipe, const model::TransformerImpl& m
   std::vector<Family> candidates;
   for (Family f : all_families())
     if (spec(f).qk_norm == recipe.model().qk_norm()) candidates.push_back(f);
-  if (candidates.empty()) throw std::logic_error("no Hugging Face family has model.qk_norm " + std::to_string(recipe.model().qk_norm()));
+  if (candidates.empty())
+    throw std::logic_error("no Hugging Face family has model.qk_norm " +
+                           std::to_string(recipe.model().qk_norm()));
   for (Family f : candidates)
     if (export_problems(f, recipe, model).empty()) return f;
   return candidates.back();
 }
 
-std::vector<std::string> export_problems(Family family, const config::Recipe& recipe, const model::TransformerImpl& model) {
+std::vector<std::string> export_problems(Family family, const config::Recipe& recipe,
+                                         const model::TransformerImpl& model) {
   return export_problems(spec(family), recipe, model);
 }
 

@@ -26,9 +26,9 @@ namespace moetrain::hf {
 // transformers' config-class defaults: what from_pretrained assumes for an absent config.json field.
 struct ConfigDefaults {
   int64_t vocab_size = 0, hidden_size = 0, num_hidden_layers = 0, num_attention_heads = 0;
-  int64_t num_key_value_heads = -1;       // -1: num_attention_heads
-  int64_t intermediate_size = 0;          // read always (the dense layers', or the experts' size)
-  int64_t moe_intermediate_size = 0;      // read when FamilySpec::moe_ffn_key names it
+  int64_t num_key_value_heads = -1;   // -1: num_attention_heads
+  int64_t intermediate_size = 0;      // read always (the dense layers', or the experts' size)
+  int64_t moe_intermediate_size = 0;  // read when FamilySpec::moe_ffn_key names it
   int64_t num_experts = 0, num_experts_per_tok = 0;
   int64_t shared_expert_intermediate_size = 0;  // read when the family has a shared expert
   double rms_norm_eps = 0, rope_theta = 0;
@@ -53,15 +53,15 @@ struct Restriction {
 
 // Which layers are dense (SwiGLU, no experts).
 enum class DenseLayers {
-  kNone,          // every layer has a routed MoE block
+  kNone,           // every layer has a routed MoE block
   kQwenSparseStep  // mlp_only_layers and decoder_sparse_step; intermediate_size is the dense layers' size
 };
 
 // The shared (always-on) expert, when the family has one: a SwiGLU of its own size with a sigmoid gate.
 struct SharedExpertSpec {
-  const char* size_key = nullptr;  // config.json key of its hidden size; null = the family has none
-  const char* prefix = "shared_expert.";            // + {gate,up,down}_proj.weight, under the MoE block
-  const char* gate = "shared_expert_gate.weight";   // (1, D), under the MoE block
+  const char* size_key = nullptr;         // config.json key of its hidden size; null = the family has none
+  const char* prefix = "shared_expert.";  // + {gate,up,down}_proj.weight, under the MoE block
+  const char* gate = "shared_expert_gate.weight";  // (1, D), under the MoE block
   int64_t empty_size = 8;  // hidden size of the all-zero shared expert written for a model without one
 };
 
@@ -69,7 +69,7 @@ struct SharedExpertSpec {
 struct LayerNames {
   const char* input_norm = "input_layernorm.weight";
   const char* post_attention_norm = "post_attention_layernorm.weight";
-  const char* attention = "self_attn.";                            // + the four below, and q_norm / k_norm
+  const char* attention = "self_attn.";  // + the four below, and q_norm / k_norm
   const char *q = "q_proj", *k = "k_proj", *v = "v_proj", *o = "o_proj";  // + .weight / .bias
   const char *q_norm = "q_norm.weight", *k_norm = "k_norm.weight";
   const char* dense = "mlp.";  // + {gate,up,down}_proj.weight in a dense layer
@@ -89,13 +89,15 @@ struct FamilySpec {
   // config.json keys of the experts' hidden size, their count, and top-k renormalisation.
   const char* moe_ffn_key = "moe_intermediate_size";  // "intermediate_size": the same key as the dense size
   const char* experts_key = "num_experts";
-  const char* experts_alias = nullptr;  // read on import when experts_key is absent (transformers 5 may save it)
+  // Read on import when experts_key is absent (transformers 5 may save the count under it).
+  const char* experts_alias = nullptr;
   const char* norm_topk_key = "norm_topk_prob";  // null: the family always renormalises the top-k gates
   // Architecture.
   DenseLayers dense_layers = DenseLayers::kNone;
   SharedExpertSpec shared_expert;
   config::ModelConfig::QkNorm qk_norm = config::ModelConfig::NO_QK_NORM;  // q/k RMSNorm before RoPE
-  const char* qkv_bias_key = nullptr;  // q/k/v biases: the config key (default true); always written, zeros if none
+  // q/k/v biases: their config key (absent = true); written always, zeros when the model has none.
+  const char* qkv_bias_key = nullptr;
   std::vector<Restriction> restrictions;  // in the order import reports them
   LayerNames layer;
 };
@@ -112,11 +114,14 @@ FamilySpec olmoe_spec();
 // ---- hf/families.h's functions for a spec (same contracts) ---------------------------------------------
 std::vector<std::string> export_problems(const FamilySpec& spec, const config::Recipe& recipe,
                                          const model::TransformerImpl& model);
-nlohmann::json export_config(const FamilySpec& spec, const config::Recipe& recipe, const model::TransformerImpl& model,
-                             const SpecialTokens& special, torch::ScalarType dtype);
+nlohmann::json export_config(const FamilySpec& spec, const config::Recipe& recipe,
+                             const model::TransformerImpl& model, const SpecialTokens& special,
+                             torch::ScalarType dtype);
 io::NamedTensors export_tensors(const FamilySpec& spec, const model::TransformerImpl& model);
 // `config`'s model_type is the spec's (not checked here).
-config::Recipe recipe_from_hf_config(const FamilySpec& spec, const nlohmann::json& config, const std::string& source);
-ImportPlan import_plan(const FamilySpec& spec, const HfWeights& weights, const model::TransformerOptions& options);
+config::Recipe recipe_from_hf_config(const FamilySpec& spec, const nlohmann::json& config,
+                                     const std::string& source);
+ImportPlan import_plan(const FamilySpec& spec, const HfWeights& weights,
+                       const model::TransformerOptions& options);
 
 }  // namespace moetrain::hf

@@ -26,17 +26,22 @@ struct Get {
 // directory's ("model.layers.L.").
 class Planner {
  public:
-  Planner(const FamilySpec& s, const HfWeights& w, const model::TransformerOptions& o) : s_(s), w_(w), o_(o), get_{&w} {}
+  Planner(const FamilySpec& s, const HfWeights& w, const model::TransformerOptions& o)
+      : s_(s), w_(w), o_(o), get_{&w} {}
 
   ImportPlan plan() {
     const int64_t V = o_.vocab_size, D = o_.d_model;
     const std::string embed = need("model.embed_tokens.weight", {V, D});
     add("embed.weight", {V, D}, [get = get_, embed] { return get(embed); });
     for (int64_t l = 0; l < o_.num_layers; ++l) {
-      const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
+      const std::string ours = "layers." + std::to_string(l) + ".",
+                        hf = "model.layers." + std::to_string(l) + ".";
       attention(ours, hf);
-      if (o_.is_moe.at(l)) moe(ours, hf, l);
-      else dense(ours, hf + s_.layer.dense);
+      if (o_.is_moe.at(l)) {
+        moe(ours, hf, l);
+      } else {
+        dense(ours, hf + s_.layer.dense);
+      }
     }
     copy("norm.weight", "model.norm.weight", {D});
     lm_head(embed);
@@ -49,11 +54,13 @@ class Planner {
   // returns the name for the reader to fetch later.
   std::string need(const std::string& name, const std::vector<int64_t>& shape) {
     if (!w_.contains(name)) {
-      throw std::runtime_error(w_.dir() + " has no tensor " + name + "; it is not a complete " + s_.names.title + " checkpoint");
+      throw std::runtime_error(w_.dir() + " has no tensor " + name + "; it is not a complete " +
+                               s_.names.title + " checkpoint");
     }
     if (w_.shape(name) != shape) {
-      throw std::runtime_error(w_.dir() + "/" + w_.file_of(name) + ": " + name + " has shape " + shape_text(w_.shape(name)) +
-                               ", config.json implies " + shape_text(shape) + "; the weights belong to another config");
+      throw std::runtime_error(w_.dir() + "/" + w_.file_of(name) + ": " + name + " has shape " +
+                               shape_text(w_.shape(name)) + ", config.json implies " + shape_text(shape) +
+                               "; the weights belong to another config");
     }
     used_.insert(name);
     return name;
@@ -84,12 +91,16 @@ class Planner {
 // Norms, q/k/v fused into our slot layout (hf::fuse_qkv), biases and q/k norms as the model has them, o.
 void Planner::attention(const std::string& ours, const std::string& hf) {
   const LayerNames& n = s_.layer;
-  const int64_t D = o_.d_model, H = o_.num_heads, Hkv = o_.attention().kv_heads(), Dh = o_.attention().head_size();
+  const int64_t D = o_.d_model, H = o_.num_heads, Hkv = o_.attention().kv_heads(),
+                Dh = o_.attention().head_size();
   const std::string at = hf + n.attention;
   copy(ours + "attn_norm.weight", hf + n.input_norm, {D});
   auto fused = [&](const std::string& suffix, std::vector<int64_t> cols) {
-    auto shape = [&](int64_t rows) { return cols.empty() ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols[0]}; };
-    const std::string q = need(at + n.q + suffix, shape(H * Dh)), k = need(at + n.k + suffix, shape(Hkv * Dh)),
+    auto shape = [&](int64_t rows) {
+      return cols.empty() ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols[0]};
+    };
+    const std::string q = need(at + n.q + suffix, shape(H * Dh)),
+                      k = need(at + n.k + suffix, shape(Hkv * Dh)),
                       v = need(at + n.v + suffix, shape(Hkv * Dh));
     add(ours + "attn.wqkv" + suffix, shape((H + 2 * Hkv) * Dh),
         [get = get_, q, k, v, H, Hkv] { return fuse_qkv(get(q), get(k), get(v), H, Hkv); });
@@ -119,7 +130,8 @@ void Planner::moe(const std::string& ours, const std::string& hf, int64_t layer)
   const std::string own = hf + s_.layer.moe_block;
   const std::string block = w_.contains(own + "gate.weight") ? own : hf + s_.layer.fused_block;
   copy(ours + "moe.router.weight", block + "gate.weight", {E, D});
-  plan_.buffers.push_back({ours + "moe.router.expert_bias", {E}, torch::kFloat32, [E] { return torch::zeros({E}); }});
+  plan_.buffers.push_back(
+      {ours + "moe.router.expert_bias", {E}, torch::kFloat32, [E] { return torch::zeros({E}); }});
   experts(ours, block, layer);
   if (s_.shared_expert.size_key) shared(ours, block);
 }
@@ -128,7 +140,8 @@ void Planner::moe(const std::string& ours, const std::string& hf, int64_t layer)
 void Planner::experts(const std::string& ours, const std::string& block, int64_t layer) {
   const LayerNames& n = s_.layer;
   const int64_t D = o_.d_model, E = o_.moe.num_experts, F = o_.moe.expert_hidden;
-  const std::string fused_gate_up = block + "experts." + n.fused_gate_up, fused_down = block + "experts." + n.fused_down;
+  const std::string fused_gate_up = block + "experts." + n.fused_gate_up,
+                    fused_down = block + "experts." + n.fused_down;
   if (w_.contains(block + "experts.0." + n.expert_gate + ".weight")) {
     std::vector<std::string> g, u, d;
     for (int64_t e = 0; e < E; ++e) {
@@ -150,12 +163,16 @@ void Planner::experts(const std::string& ours, const std::string& block, int64_t
   } else if (w_.contains(fused_gate_up)) {
     const std::string gate_up = need(fused_gate_up, {E, 2 * F, D});  // per expert [gate; up] rows
     const std::string down = need(fused_down, {E, D, F});
-    add(ours + "moe.experts.w1", {E, D, F}, [get = get_, gate_up, F] { return get(gate_up).narrow(1, 0, F).transpose(1, 2).contiguous(); });
-    add(ours + "moe.experts.w3", {E, D, F}, [get = get_, gate_up, F] { return get(gate_up).narrow(1, F, F).transpose(1, 2).contiguous(); });
-    add(ours + "moe.experts.w2", {E, F, D}, [get = get_, down] { return get(down).transpose(1, 2).contiguous(); });
+    add(ours + "moe.experts.w1", {E, D, F},
+        [get = get_, gate_up, F] { return get(gate_up).narrow(1, 0, F).transpose(1, 2).contiguous(); });
+    add(ours + "moe.experts.w3", {E, D, F},
+        [get = get_, gate_up, F] { return get(gate_up).narrow(1, F, F).transpose(1, 2).contiguous(); });
+    add(ours + "moe.experts.w2", {E, F, D},
+        [get = get_, down] { return get(down).transpose(1, 2).contiguous(); });
   } else {
-    throw std::runtime_error(w_.dir() + " has neither " + block + "experts.0." + n.expert_gate + ".weight (per-expert layout) nor " +
-                             fused_gate_up + " (transformers 5 fused layout) for layer " + std::to_string(layer));
+    throw std::runtime_error(w_.dir() + " has neither " + block + "experts.0." + n.expert_gate +
+                             ".weight (per-expert layout) nor " + fused_gate_up +
+                             " (transformers 5 fused layout) for layer " + std::to_string(layer));
   }
 }
 
@@ -175,7 +192,8 @@ void Planner::lm_head(const std::string& embed) {
     copy("lm_head.weight", "lm_head.weight", {V, D});
   } else if (w_.contains("lm_head.weight")) {
     if (!torch::equal(get_(need("lm_head.weight", {V, D})), get_(embed))) {
-      throw std::runtime_error(w_.dir() + ": config.json says tie_word_embeddings true, but lm_head.weight differs from "
+      throw std::runtime_error(w_.dir() +
+                               ": config.json says tie_word_embeddings true, but lm_head.weight differs from "
                                "model.embed_tokens.weight; set tie_word_embeddings false in config.json");
     }
   }
@@ -186,16 +204,17 @@ void Planner::require_all_used() const {
   std::vector<std::string> unused;
   for (const auto& name : w_.names()) {
     const std::string cache = "rotary_emb.inv_freq";  // a non-persistent buffer some old checkpoints hold
-    const bool rotary_cache = name.size() >= cache.size() && name.compare(name.size() - cache.size(), cache.size(), cache) == 0;
+    const bool rotary_cache =
+        name.size() >= cache.size() && name.compare(name.size() - cache.size(), cache.size(), cache) == 0;
     if (!used_.count(name) && !rotary_cache) unused.push_back(name);
   }
   if (unused.empty()) return;
   std::string list;
   for (size_t i = 0; i < unused.size() && i < 5; ++i) list += (i ? ", " : "") + unused[i];
   if (unused.size() > 5) list += ", ... (" + std::to_string(unused.size()) + " in all)";
-  throw std::runtime_error(w_.dir() + " holds tensors a " + s_.names.title + " model of its config.json does not have: " + list +
-                           "; it is not a plain " + s_.names.architecture +
-                           " checkpoint (adapters or extra heads are not imported)");
+  throw std::runtime_error(w_.dir() + " holds tensors a " + s_.names.title +
+                           " model of its config.json does not have: " + list + "; it is not a plain " +
+                           s_.names.architecture + " checkpoint (adapters or extra heads are not imported)");
 }
 
 }  // namespace
@@ -214,7 +233,8 @@ void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model
     torch::Tensor* p = where.find(t.name);
     if (!p || p->sizes().vec() != t.shape) {
       throw std::logic_error("the import plan's " + t.name + " " + shape_text(t.shape) +
-                             (p ? " has another shape than the model's " + shape_text(p->sizes().vec()) : " is not in the model") +
+                             (p ? " has another shape than the model's " + shape_text(p->sizes().vec())
+                                : " is not in the model") +
                              " (a bug in hf/tensors_from_hf.cpp)");
     }
     p->copy_(t.read());
@@ -223,7 +243,8 @@ void load_hf_tensors(Family f, const HfWeights& w, model::TransformerImpl& model
   for (const auto& t : plan.parameters) fill(t, params);
   for (const auto& t : plan.buffers) fill(t, buffers);
   for (const auto& item : params) {
-    if (!filled.count(item.key())) throw std::logic_error("the import plan misses " + item.key() + " (a bug in hf/tensors_from_hf.cpp)");
+    if (!filled.count(item.key()))
+      throw std::logic_error("the import plan misses " + item.key() + " (a bug in hf/tensors_from_hf.cpp)");
   }
 }
 

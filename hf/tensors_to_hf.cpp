@@ -31,7 +31,8 @@ struct LayerWriter {
     if (s.qkv_bias_key) {  // the family always has the biases: the model's, or zeros
       const torch::Tensor* bias = model.named_parameters().find(ours + "attn.wqkv.bias");
       const auto b = bias ? split_qkv(bias->detach(), o.num_heads, o.attention().kv_heads())
-                          : QkvParts{torch::zeros({qkv.q.size(0)}), torch::zeros({qkv.k.size(0)}), torch::zeros({qkv.v.size(0)})};
+                          : QkvParts{torch::zeros({qkv.q.size(0)}), torch::zeros({qkv.k.size(0)}),
+                                     torch::zeros({qkv.v.size(0)})};
       put(at + n.q + ".bias", b.q);
       put(at + n.k + ".bias", b.k);
       put(at + n.v + ".bias", b.v);
@@ -109,11 +110,15 @@ io::NamedTensors export_tensors(const FamilySpec& s, const model::TransformerImp
   io::NamedTensors out;
   out.emplace_back("model.embed_tokens.weight", parameter(model, "embed.weight"));
   for (int64_t l = 0; l < o.num_layers; ++l) {
-    LayerWriter layer{s, model, "layers." + std::to_string(l) + ".", "model.layers." + std::to_string(l) + ".", out};
+    LayerWriter layer{s, model, "layers." + std::to_string(l) + ".",
+                      "model.layers." + std::to_string(l) + ".", out};
     require_merged_attention(model, layer.ours);
     layer.attention();
-    if (o.is_moe.at(l)) layer.moe(l);
-    else layer.dense();
+    if (o.is_moe.at(l)) {
+      layer.moe(l);
+    } else {
+      layer.dense();
+    }
   }
   out.emplace_back("model.norm.weight", parameter(model, "norm.weight"));
   if (!o.tie_embeddings) out.emplace_back("lm_head.weight", parameter(model, "lm_head.weight"));

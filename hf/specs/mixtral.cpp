@@ -22,7 +22,8 @@ FamilySpec mixtral_spec() {
   s.experts_key = "num_local_experts";
   s.norm_topk_key = nullptr;
   s.restrictions = {
-      {"sliding_window", Restriction::kNull, "moetrain's attention is full causal attention (sliding_window null)"},
+      {"sliding_window", Restriction::kNull,
+       "moetrain's attention is full causal attention (sliding_window null)"},
       {"router_jitter_noise", Restriction::kZero, nullptr},  // training-time noise; inference ignores it
   };
   s.layer.moe_block = "block_sparse_moe.";

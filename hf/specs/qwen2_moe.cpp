@@ -26,7 +26,7 @@ FamilySpec qwen2_moe_spec() {
   s.restrictions = {
       {"use_sliding_window", Restriction::kFalse,
        "moetrain's attention is full causal attention (use_sliding_window false)"},
-      {"sliding_window", Restriction::kNull, nullptr},       // unused while use_sliding_window is false
+      {"sliding_window", Restriction::kNull, nullptr},  // unused while use_sliding_window is false
       {"max_window_layers", Restriction::kLayerCount, nullptr},
       {"layer_types", Restriction::kFullAttention,
        "moetrain's attention is full causal attention in every layer (\"full_attention\")"},

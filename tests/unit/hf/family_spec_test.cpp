@@ -41,11 +41,16 @@ model::Transformer small_model(const config::Recipe& r) {
 
 // A recipe each spec can export exactly, with values other than the spec's defaults for every key it names.
 config::Recipe recipe_for(const FamilySpec& s) {
-  std::vector<std::string> o = {"model.num_experts=6", "model.top_k=3", "model.moe_ffn_hidden=16", "model.num_heads=4",
-                                "model.num_kv_heads=2", "routing.normalize_gates=" + std::string(s.norm_topk_key ? "false" : "true")};
+  std::vector<std::string> o = {"model.num_experts=6",
+                                "model.top_k=3",
+                                "model.moe_ffn_hidden=16",
+                                "model.num_heads=4",
+                                "model.num_kv_heads=2",
+                                "routing.normalize_gates=" + std::string(s.norm_topk_key ? "false" : "true")};
   o.push_back("model.qk_norm=" + ModelConfig::QkNorm_Name(s.qk_norm));
   if (s.dense_layers != DenseLayers::kNone) o.push_back("model.moe_layers=[0,2]");
-  if (s.shared_expert.size_key) o.insert(o.end(), {"model.num_shared_experts=1", "model.shared_expert_gate=true"});
+  if (s.shared_expert.size_key)
+    o.insert(o.end(), {"model.num_shared_experts=1", "model.shared_expert_gate=true"});
   if (s.qkv_bias_key) o.push_back("model.qkv_bias=true");
   return three_layer_recipe(o);
 }
@@ -126,8 +131,9 @@ TEST(HfFamilySpec, AbsentKeysTakeTheSpecsDefaults) {
     EXPECT_EQ(m.num_heads(), d.num_attention_heads);
     EXPECT_EQ(m.num_kv_heads(), d.num_key_value_heads < 0 ? 0 : d.num_key_value_heads) << info(f).title;
     EXPECT_EQ(m.ffn_hidden(), d.intermediate_size);
-    EXPECT_EQ(m.moe_ffn_hidden(), spec(f).moe_ffn_key == std::string("intermediate_size") ? d.intermediate_size
-                                                                                           : d.moe_intermediate_size);
+    EXPECT_EQ(m.moe_ffn_hidden(), spec(f).moe_ffn_key == std::string("intermediate_size")
+                                      ? d.intermediate_size
+                                      : d.moe_intermediate_size);
     EXPECT_EQ(m.num_experts(), d.num_experts);
     EXPECT_EQ(m.top_k(), d.num_experts_per_tok);
     EXPECT_EQ(m.shared_expert_ffn_hidden(), d.shared_expert_intermediate_size);
@@ -148,14 +154,24 @@ TEST(HfFamilySpec, EveryRestrictionIsRefusedWithItsReason) {
       json c = exported;
       std::string shown;
       switch (r.kind) {
-        case Restriction::kNull: c[r.key] = 64, shown = "64"; break;
-        case Restriction::kFalse: c[r.key] = true, shown = "true"; break;
-        case Restriction::kFullAttention: c[r.key][1] = "sliding_attention", shown = c[r.key].dump(); break;
-        case Restriction::kHeadSizeFromHidden: c[r.key] = 8, shown = "8"; break;
-        default: FAIL() << r.key << " has a reason but is written only";
+        case Restriction::kNull:
+          c[r.key] = 64, shown = "64";
+          break;
+        case Restriction::kFalse:
+          c[r.key] = true, shown = "true";
+          break;
+        case Restriction::kFullAttention:
+          c[r.key][1] = "sliding_attention", shown = c[r.key].dump();
+          break;
+        case Restriction::kHeadSizeFromHidden:
+          c[r.key] = 8, shown = "8";
+          break;
+        default:
+          FAIL() << r.key << " has a reason but is written only";
       }
       const std::string e = error_of([&] { recipe_from_hf_config(c, "config.json"); });
-      EXPECT_NE(e.find(std::string(r.key) + " = " + shown + ": "), std::string::npos) << s.names.title << ": " << e;
+      EXPECT_NE(e.find(std::string(r.key) + " = " + shown + ": "), std::string::npos)
+          << s.names.title << ": " << e;
       EXPECT_NE(e.find(r.why), std::string::npos) << s.names.title << ": " << e;
     }
   }
@@ -173,7 +189,8 @@ FamilySpec toy_spec() {
   s.experts_alias = nullptr;
   s.shared_expert.size_key = "shared_intermediate_size";
   s.shared_expert.prefix = "shared_experts.";
-  s.restrictions.push_back({"attn_logit_softcapping", Restriction::kNull, "moetrain does not cap attention logits"});
+  s.restrictions.push_back(
+      {"attn_logit_softcapping", Restriction::kNull, "moetrain does not cap attention logits"});
   s.layer.moe_block = "moe.";
   s.layer.expert_gate = "w_gate", s.layer.expert_up = "w_up", s.layer.expert_down = "w_down";
   return s;
@@ -208,7 +225,8 @@ TEST(HfFamilySpec, ANewFamilyIsOneSpec) {
   json softcapped = c;
   softcapped["attn_logit_softcapping"] = 30.0;
   EXPECT_NE(error_of([&] { recipe_from_hf_config(s, softcapped, "config.json"); })
-                .find("this Toy-MoE model cannot be imported:\n  attn_logit_softcapping = 30.0: moetrain does not cap"),
+                .find("this Toy-MoE model cannot be imported:\n  attn_logit_softcapping = 30.0: moetrain "
+                      "does not cap"),
             std::string::npos);
   auto lora = small_model(three_layer_recipe({"finetune.lora.rank=2", "model.qk_norm=PER_HEAD"}));
   const auto adapter = peft_adapter(s, *lora);
