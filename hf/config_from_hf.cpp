@@ -23,9 +23,8 @@ struct ConfigReader {
   int64_t integer(const std::string& key, int64_t fallback, int64_t most = (int64_t{1} << 31) - 1) {
     if (!has(key)) return fallback;
     const json& v = c[key];
-    if (!v.is_number_integer() ||
-        (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(most)
-                                : v.get<int64_t>() < 0 || v.get<int64_t>() > most)) {
+    if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(most)
+                                                          : v.get<int64_t>() < 0 || v.get<int64_t>() > most)) {
       problems.push_back(key + " = " + v.dump() + ": must be an integer from 0 to " + std::to_string(most));
       return fallback;
     }
@@ -82,17 +81,17 @@ void read_sizes(const FamilySpec& s, ConfigReader& in, HfModel& h) {
   h.hidden = in.integer("hidden_size", d.hidden_size);
   h.layers = in.integer("num_hidden_layers", d.num_hidden_layers, 1 << 16);
   h.heads = in.integer("num_attention_heads", d.num_attention_heads);
-  h.kv_heads =
-      in.integer("num_key_value_heads", d.num_key_value_heads >= 0 ? d.num_key_value_heads : h.heads);
+  h.kv_heads = in.integer("num_key_value_heads", d.num_key_value_heads >= 0 ? d.num_key_value_heads : h.heads);
   h.head_dim = in.integer("head_dim", h.heads > 0 ? h.hidden / h.heads : 0);
   h.ffn = in.integer("intermediate_size", d.intermediate_size);
-  h.moe_ffn =
-      same(s.moe_ffn_key, "intermediate_size") ? h.ffn : in.integer(s.moe_ffn_key, d.moe_intermediate_size);
+  h.moe_ffn = same(s.moe_ffn_key, "intermediate_size") ? h.ffn
+                                                       : in.integer(s.moe_ffn_key, d.moe_intermediate_size);
   h.experts = s.experts_alias ? in.integer(s.experts_key, in.integer(s.experts_alias, d.num_experts))
                               : in.integer(s.experts_key, d.num_experts);
   h.top_k = in.integer("num_experts_per_tok", d.num_experts_per_tok);
-  h.shared_ffn =
-      s.shared_expert.size_key ? in.integer(s.shared_expert.size_key, d.shared_expert_intermediate_size) : 0;
+  h.shared_ffn = s.shared_expert.size_key
+                     ? in.integer(s.shared_expert.size_key, d.shared_expert_intermediate_size)
+                     : 0;
   h.norm_topk = !s.norm_topk_key || in.boolean(s.norm_topk_key, false);
   h.eps = in.real(in.c, "rms_norm_eps", d.rms_norm_eps, "rms_norm_eps");
   h.init_std = in.real(in.c, "initializer_range", 0.02, "initializer_range");
@@ -124,12 +123,8 @@ void check(const FamilySpec& s, const Restriction& r, ConfigReader& in, const Hf
   const json& c = in.c;
   if (!r.why) return;
   switch (r.kind) {
-    case Restriction::kNull:
-      in.refuse_unless(!in.has(r.key), r.key, r.why);
-      break;
-    case Restriction::kFalse:
-      in.refuse_unless(!in.boolean(r.key, false), r.key, r.why);
-      break;
+    case Restriction::kNull: in.refuse_unless(!in.has(r.key), r.key, r.why); break;
+    case Restriction::kFalse: in.refuse_unless(!in.boolean(r.key, false), r.key, r.why); break;
     case Restriction::kFullAttention:
       if (!c.contains(r.key) || !c[r.key].is_array()) break;
       for (const auto& t : c[r.key])
@@ -140,14 +135,13 @@ void check(const FamilySpec& s, const Restriction& r, ConfigReader& in, const Hf
       break;
     case Restriction::kHeadSizeFromHidden:
       if (h.heads > 0 && h.head_dim * h.heads != h.hidden) {
-        in.problems.push_back("head_dim = " + std::to_string(h.head_dim) + ": " + s.names.title + "'s " +
-                              r.why + ", so its head size is hidden_size / num_attention_heads = " +
-                              std::to_string(h.hidden / h.heads));
+        in.problems.push_back(
+            "head_dim = " + std::to_string(h.head_dim) + ": " + s.names.title + "'s " + r.why +
+            ", so its head size is hidden_size / num_attention_heads = " + std::to_string(h.hidden / h.heads));
       }
       break;
     case Restriction::kZero:
-    case Restriction::kLayerCount:
-      break;  // written only
+    case Restriction::kLayerCount: break;  // written only
   }
 }
 

@@ -116,18 +116,13 @@ json common_config(const FamilySpec& s, const config::Recipe& recipe, const Spec
 // A restriction's neutral value; null json for one that writes nothing.
 json neutral_value(const Restriction& r, int64_t num_layers) {
   switch (r.kind) {
-    case Restriction::kNull:
-      return nullptr;
-    case Restriction::kFalse:
-      return false;
-    case Restriction::kZero:
-      return 0.0;
-    case Restriction::kLayerCount:
-      return num_layers;
+    case Restriction::kNull: return nullptr;
+    case Restriction::kFalse: return false;
+    case Restriction::kZero: return 0.0;
+    case Restriction::kLayerCount: return num_layers;
     case Restriction::kFullAttention:
       return std::vector<std::string>(static_cast<size_t>(num_layers), "full_attention");
-    case Restriction::kHeadSizeFromHidden:
-      break;
+    case Restriction::kHeadSizeFromHidden: break;
   }
   return nullptr;
 }

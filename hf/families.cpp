@@ -14,8 +14,7 @@ const FamilySpec& spec(Family family) {
 }
 
 const std::vector<Family>& all_families() {
-  static const std::vector<Family> all{Family::kMixtral, Family::kQwen2Moe, Family::kQwen3Moe,
-                                       Family::kOlmoe};
+  static const std::vector<Family> all{Family::kMixtral, Family::kQwen2Moe, Family::kQwen3Moe, Family::kOlmoe};
   return all;
 }
 

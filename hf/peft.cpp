@@ -24,8 +24,8 @@ void add_attention_adapters(const FamilySpec& s, const model::TransformerImpl& m
   int64_t layer_index = 0;
   for (const auto& module : *model.layers) {
     const auto& at = *module->as<model::BlockImpl>()->attn;
-    const std::string prefix =
-        "base_model.model.model.layers." + std::to_string(layer_index++) + "." + n.attention;
+    const std::string prefix = "base_model.model.model.layers." + std::to_string(layer_index++) + "." +
+                               n.attention;
     auto pad_a = [&](const torch::Tensor& a) {
       return torch::cat({a.detach(), torch::zeros({rho, a.size(1)})}, 0).contiguous();
     };
@@ -72,8 +72,8 @@ void add_expert_adapters(const FamilySpec& s, const model::TransformerImpl& mode
     auto b_d = torch::zeros({D, r, E});
     b_d.narrow(1, 0, rho).copy_(b2.permute({2, 1, 0}));
     // PEFT wraps gate_up_proj first (it is registered first), so down_proj's wrapper is the outer one.
-    const std::string prefix =
-        "base_model.model.model.layers." + std::to_string(layer) + "." + s.layer.fused_block + "experts.";
+    const std::string prefix = "base_model.model.model.layers." + std::to_string(layer) + "." +
+                               s.layer.fused_block + "experts.";
     out.emplace_back(prefix + "base_layer.lora_A.weight", a_gu.contiguous());
     out.emplace_back(prefix + "base_layer.lora_B.weight", b_gu.reshape({2 * F, r * E}).contiguous());
     out.emplace_back(prefix + "lora_A.weight", a_d.contiguous());
@@ -83,33 +83,32 @@ void add_expert_adapters(const FamilySpec& s, const model::TransformerImpl& mode
 
 // adapter_config.json: rank r = 2ρ, lora_alpha = 2α (the scale α/ρ), the family's module and parameter
 // names.
-nlohmann::json adapter_config(const FamilySpec& s, const model::TransformerOptions& o, int64_t r,
-                              bool experts) {
+nlohmann::json adapter_config(const FamilySpec& s, const model::TransformerOptions& o, int64_t r, bool experts) {
   const LayerNames& n = s.layer;
   const std::string fused = std::string(n.fused_block) + "experts.";
   const std::string module = s.names.module;
-  nlohmann::json config = {
-      {"peft_type", "LORA"},
-      {"task_type", nullptr},
-      {"base_model_name_or_path", nullptr},
-      {"r", r},
-      {"lora_alpha", 2.0 * o.moe.lora.alpha},
-      {"lora_dropout", 0.0},
-      {"bias", "none"},
-      {"fan_in_fan_out", false},
-      {"use_rslora", false},
-      {"use_dora", false},
-      {"init_lora_weights", true},
-      {"inference_mode", true},
-      {"target_modules", nlohmann::json::array()},
-      {"target_parameters",
-       experts ? nlohmann::json{fused + n.fused_gate_up, fused + n.fused_down} : nlohmann::json::array()},
-      {"rank_pattern", nlohmann::json::object()},
-      {"alpha_pattern", nlohmann::json::object()},
-      {"modules_to_save", nullptr},
-      {"auto_mapping",
-       {{"base_model_class", s.names.architecture},
-        {"parent_library", "transformers.models." + module + ".modeling_" + module}}}};
+  nlohmann::json config = {{"peft_type", "LORA"},
+                           {"task_type", nullptr},
+                           {"base_model_name_or_path", nullptr},
+                           {"r", r},
+                           {"lora_alpha", 2.0 * o.moe.lora.alpha},
+                           {"lora_dropout", 0.0},
+                           {"bias", "none"},
+                           {"fan_in_fan_out", false},
+                           {"use_rslora", false},
+                           {"use_dora", false},
+                           {"init_lora_weights", true},
+                           {"inference_mode", true},
+                           {"target_modules", nlohmann::json::array()},
+                           {"target_parameters",
+                            experts ? nlohmann::json{fused + n.fused_gate_up, fused + n.fused_down}
+                                    : nlohmann::json::array()},
+                           {"rank_pattern", nlohmann::json::object()},
+                           {"alpha_pattern", nlohmann::json::object()},
+                           {"modules_to_save", nullptr},
+                           {"auto_mapping",
+                            {{"base_model_class", s.names.architecture},
+                             {"parent_library", "transformers.models." + module + ".modeling_" + module}}}};
   if (o.attn_lora.qkv) config["target_modules"] = {n.q, n.k, n.v};
   if (o.attn_lora.out) config["target_modules"].push_back(n.o);
   return config;

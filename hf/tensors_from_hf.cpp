@@ -99,8 +99,7 @@ void Planner::attention(const std::string& ours, const std::string& hf) {
     auto shape = [&](int64_t rows) {
       return cols.empty() ? std::vector<int64_t>{rows} : std::vector<int64_t>{rows, cols[0]};
     };
-    const std::string q = need(at + n.q + suffix, shape(H * Dh)),
-                      k = need(at + n.k + suffix, shape(Hkv * Dh)),
+    const std::string q = need(at + n.q + suffix, shape(H * Dh)), k = need(at + n.k + suffix, shape(Hkv * Dh)),
                       v = need(at + n.v + suffix, shape(Hkv * Dh));
     add(ours + "attn.wqkv" + suffix, shape((H + 2 * Hkv) * Dh),
         [get = get_, q, k, v, H, Hkv] { return fuse_qkv(get(q), get(k), get(v), H, Hkv); });
@@ -204,8 +203,8 @@ void Planner::require_all_used() const {
   std::vector<std::string> unused;
   for (const auto& name : w_.names()) {
     const std::string cache = "rotary_emb.inv_freq";  // a non-persistent buffer some old checkpoints hold
-    const bool rotary_cache =
-        name.size() >= cache.size() && name.compare(name.size() - cache.size(), cache.size(), cache) == 0;
+    const bool rotary_cache = name.size() >= cache.size() &&
+                              name.compare(name.size() - cache.size(), cache.size(), cache) == 0;
     if (!used_.count(name) && !rotary_cache) unused.push_back(name);
   }
   if (unused.empty()) return;

@@ -16,9 +16,9 @@ namespace moetrain::hf {
 namespace {
 
 using config::ModelConfig;
+using nlohmann::json;
 using testing::error_of;
 using testing::temp_dir;
-using nlohmann::json;
 
 // hf_test_util.h's small_recipe with three layers (so a dense layer can sit between two MoE layers).
 config::Recipe three_layer_recipe(const std::vector<std::string>& overrides) {
@@ -154,20 +154,11 @@ TEST(HfFamilySpec, EveryRestrictionIsRefusedWithItsReason) {
       json c = exported;
       std::string shown;
       switch (r.kind) {
-        case Restriction::kNull:
-          c[r.key] = 64, shown = "64";
-          break;
-        case Restriction::kFalse:
-          c[r.key] = true, shown = "true";
-          break;
-        case Restriction::kFullAttention:
-          c[r.key][1] = "sliding_attention", shown = c[r.key].dump();
-          break;
-        case Restriction::kHeadSizeFromHidden:
-          c[r.key] = 8, shown = "8";
-          break;
-        default:
-          FAIL() << r.key << " has a reason but is written only";
+        case Restriction::kNull: c[r.key] = 64, shown = "64"; break;
+        case Restriction::kFalse: c[r.key] = true, shown = "true"; break;
+        case Restriction::kFullAttention: c[r.key][1] = "sliding_attention", shown = c[r.key].dump(); break;
+        case Restriction::kHeadSizeFromHidden: c[r.key] = 8, shown = "8"; break;
+        default: FAIL() << r.key << " has a reason but is written only";
       }
       const std::string e = error_of([&] { recipe_from_hf_config(c, "config.json"); });
       EXPECT_NE(e.find(std::string(r.key) + " = " + shown + ": "), std::string::npos)
