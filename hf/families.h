@@ -1,7 +1,8 @@
 // moetrain <-> the Hugging Face MoE families: Mixtral (MixtralForCausalLM), Qwen2-MoE (Qwen2MoeForCausalLM),
-// Qwen3-MoE (Qwen3MoeForCausalLM) and OLMoE (OlmoeForCausalLM). One place for their config.json fields,
-// tensor names and layouts, and what each computes that moetrain does not (docs/huggingface.md has the
-// per-family table).
+// Qwen3-MoE (Qwen3MoeForCausalLM) and OLMoE (OlmoeForCausalLM). Each family is described once, as data: a
+// FamilySpec (hf/family_spec.h) in hf/specs/<model_type>.cpp with its config.json fields and defaults,
+// tensor names and layouts, and what it computes that moetrain does not; the code reads the spec. Below,
+// the overview (docs/huggingface.md has the per-family table).
 //
 // What the families compute (transformers 5), and moetrain's recipe for it:
 //   all:        RMSNorm (fp32 inside), RoPE rotate-half (default type only), GQA (model.num_kv_heads,

@@ -27,6 +27,8 @@ struct PeftAdapter {
 
 // `model`: one process, every MoE layer with adapters (throws naming finetune.lora when it has none).
 PeftAdapter peft_adapter(Family family, const model::TransformerImpl& model);
+struct FamilySpec;
+PeftAdapter peft_adapter(const FamilySpec& spec, const model::TransformerImpl& model);  // a spec not registered
 
 // Writes DIR/adapter_config.json and DIR/adapter_model.safetensors.
 void write_peft_adapter(const PeftAdapter& adapter, const std::string& dir);
