@@ -1,11 +1,11 @@
 // moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]
 //            [--dtype fp32|bf16] [--tokenizer FILE|DIR | --no-tokenizer] [--max-shard-bytes N] [--adapter-out DIR]
 // Writes a Hugging Face model directory from a moetrain checkpoint saved in any parallel layout:
-// hf::export_checkpoint (hf/export.h) does the work, complete or not at all; prints its summary as one
+// tools::export_checkpoint (tools/hf_export.h) does the work, complete or not at all; prints its summary as one
 // JSON line. Usage errors exit 2, a refused or failed export 1.
 #include <cstdio>
 
-#include "hf/export.h"
+#include "tools/hf_export.h"
 #include "tools/cli.h"
 
 namespace cli = moetrain::tools::cli;
@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
               "(adapter_config.json, adapter_model.safetensors) to DIR; without it the adapters\n"
               "are merged into HF_DIR's expert weights");
   return cmd.run(argc, argv, [&] {
-    moetrain::hf::ExportOptions options;
+    moetrain::tools::ExportOptions options;
     options.checkpoint = cmd.get("--checkpoint");
     options.out = cmd.get("--out");
     const std::string format =
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     options.note = [](const std::string& note) {
       std::fprintf(stderr, "moe-export: note: %s\n", note.c_str());
     };
-    std::printf("%s\n", moetrain::hf::export_checkpoint(options).summary().dump().c_str());
+    std::printf("%s\n", moetrain::tools::export_checkpoint(options).summary().dump().c_str());
     return 0;
   });
 }

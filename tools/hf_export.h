@@ -17,14 +17,14 @@
 
 #include "hf/families.h"
 
-namespace moetrain::hf {
+namespace moetrain::tools {
 
 struct ExportOptions {
   std::string checkpoint;  // RUN_DIR/checkpoints/step_NNNNNNNN, or RUN_DIR (its latest)
   std::string out;         // the model directory to write: must not exist, or be empty
   // The format: nullopt (auto) is the family whose attention the model has (q/k norm per head: Qwen3-MoE,
   // full width: OLMoE), else Mixtral when it computes the model exactly, else Qwen2-MoE (hf::auto_family).
-  std::optional<Family> family;
+  std::optional<hf::Family> family;
   torch::ScalarType dtype = torch::kFloat32;  // of the written weights: kFloat32 or kBFloat16 (rounded)
   // The tokenizer shipped: a SentencePiece .model or a Hugging Face tokenizer directory; empty: the recipe's
   // data.tokenizer (none when the recipe names none). ship_tokenizer = false: weights and configs only.
@@ -41,7 +41,7 @@ struct ExportOptions {
 struct ExportResult {
   std::string out;
   std::string adapter_out;  // empty when no adapter was written
-  Family family;
+  hf::Family family;
   torch::ScalarType dtype;
   std::string checkpoint;  // the step_* directory read
   int64_t step = 0;
@@ -62,4 +62,4 @@ struct ExportResult {
 // without LoRA adapters.
 ExportResult export_checkpoint(const ExportOptions& options);
 
-}  // namespace moetrain::hf
+}  // namespace moetrain::tools

@@ -1,7 +1,7 @@
-// hf::export_checkpoint (hf/export.h) as a call: what it writes from a checkpoint on disk, and that a refused
+// tools::export_checkpoint (tools/hf_export.h) as a call: what it writes from a checkpoint on disk, and that a refused
 // or failed export leaves nothing behind. (tests/e2e/hf_bridge.py, hf_peft.py and finetune_walkthrough.py
 // load what moe-export writes with transformers and peft.)
-#include "hf/export.h"
+#include "tools/hf_export.h"
 
 #include <dirent.h>
 #include <gtest/gtest.h>
@@ -21,6 +21,9 @@
 
 namespace moetrain::hf {
 namespace {
+
+using tools::ExportOptions;
+using tools::export_checkpoint;
 
 using testing::error_of;
 using testing::small_recipe;

@@ -1,4 +1,4 @@
-#include "hf/export.h"
+#include "tools/hf_export.h"
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -16,7 +16,8 @@
 #include "hf/weights.h"
 #include "tools/checkpoint_model.h"
 
-namespace moetrain::hf {
+namespace moetrain::tools {
+using namespace moetrain::hf;  // the bridge this call drives
 namespace {
 
 using Note = std::function<void(const std::string&)>;
@@ -266,4 +267,4 @@ ExportResult export_checkpoint(const ExportOptions& options) {
   return result;
 }
 
-}  // namespace moetrain::hf
+}  // namespace moetrain::tools
