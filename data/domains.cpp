@@ -39,8 +39,9 @@ std::vector<std::string> read_domains(const std::string& prefix, const IndexedDa
   std::vector<std::string> domains;
   while (std::getline(in, line)) domains.push_back(line);
   if (static_cast<int64_t>(domains.size()) != dataset.num_documents()) {
-    throw std::runtime_error(path + ": names " + std::to_string(domains.size()) + " documents but the dataset has " +
-                             std::to_string(dataset.num_documents()) + "; it belongs to another dataset: re-create it with moe-data encode");
+    throw std::runtime_error(path + ": names " + std::to_string(domains.size()) +
+                             " documents but the dataset has " + std::to_string(dataset.num_documents()) +
+                             "; it belongs to another dataset: re-create it with moe-data encode");
   }
   return domains;
 }

@@ -22,10 +22,14 @@ const char* kRemake = "re-create it with moe-data encode (or Megatron's preproce
 
 size_t dtype_size(uint8_t code) {
   switch (code) {
-    case 1: case 2: return 1;
-    case 3: case 8: return 2;
-    case 4: case 7: return 4;
-    case 5: case 6: return 8;
+    case 1:
+    case 2: return 1;
+    case 3:
+    case 8: return 2;
+    case 4:
+    case 7: return 4;
+    case 5:
+    case 6: return 8;
     default: return 0;
   }
 }
@@ -35,13 +39,16 @@ size_t dtype_size(uint8_t code) {
 }
 
 template <typename T>
-void put(std::ofstream& out, const T& v) { out.write(reinterpret_cast<const char*>(&v), sizeof(T)); }
+void put(std::ofstream& out, const T& v) {
+  out.write(reinterpret_cast<const char*>(&v), sizeof(T));
+}
 
 // A token stored as a float (dtype codes 6, 7): an integer value, converted exactly; anything else (NaN,
 // infinity, a fraction, beyond int64) is not a token id and an error.
 int64_t float_token(double v, const std::string& prefix, int64_t index) {
   if (!(std::fabs(v) < 9.2e18) || v != std::floor(v)) {
-    fail(prefix + ".bin", "token " + std::to_string(index) + " is " + std::to_string(v) + ", not an integer token id");
+    fail(prefix + ".bin",
+         "token " + std::to_string(index) + " is " + std::to_string(v) + ", not an integer token id");
   }
   return static_cast<int64_t>(v);
 }
@@ -57,30 +64,39 @@ struct IndexHeader {
 // The whole of the index file `idx_path`.
 std::vector<char> read_index_file(const std::string& idx_path) {
   std::ifstream idx(idx_path, std::ios::binary);
-  if (!idx) throw std::runtime_error(idx_path + ": cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
+  if (!idx)
+    throw std::runtime_error(idx_path +
+                             ": cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
   return std::vector<char>((std::istreambuf_iterator<char>(idx)), std::istreambuf_iterator<char>());
 }
 
 // The header of the index `raw`, checked: magic, version 1, a known dtype, and arrays that fit the file.
 IndexHeader check_header(const std::vector<char>& raw, const std::string& idx_path) {
   if (raw.size() < kHeaderBytes) {
-    fail(idx_path, "truncated header (" + std::to_string(raw.size()) + " bytes, need " + std::to_string(kHeaderBytes) + ")");
+    fail(idx_path, "truncated header (" + std::to_string(raw.size()) + " bytes, need " +
+                       std::to_string(kHeaderBytes) + ")");
   }
   if (std::memcmp(raw.data(), kMagic, 9) != 0) {
     std::string found;
     for (int i = 0; i < 7; ++i) found += std::isprint(static_cast<unsigned char>(raw[i])) ? raw[i] : '?';
     fail(idx_path, "bad magic '" + found + "' (expected Megatron indexed dataset 'MMIDIDX')");
   }
-  auto read_u64 = [&](size_t off) { uint64_t v; std::memcpy(&v, raw.data() + off, 8); return v; };
+  auto read_u64 = [&](size_t off) {
+    uint64_t v;
+    std::memcpy(&v, raw.data() + off, 8);
+    return v;
+  };
   const uint64_t version = read_u64(9);
   if (version != 1) fail(idx_path, "unsupported version " + std::to_string(version) + " (expected 1)");
   const uint8_t code = static_cast<uint8_t>(raw[17]);
-  if (dtype_size(code) == 0) fail(idx_path, "unknown dtype code " + std::to_string(code) + " (expected 1..8)");
+  if (dtype_size(code) == 0)
+    fail(idx_path, "unknown dtype code " + std::to_string(code) + " (expected 1..8)");
   const uint64_t seqs = read_u64(18), docs = read_u64(26);
   const size_t need = kHeaderBytes + seqs * 4 + seqs * 8 + docs * 8;
   if (seqs > raw.size() || docs > raw.size() || raw.size() < need) {
     fail(idx_path, "truncated index: " + std::to_string(seqs) + " sequences and " + std::to_string(docs) +
-                       " document entries need " + std::to_string(need) + " bytes, file has " + std::to_string(raw.size()));
+                       " document entries need " + std::to_string(need) + " bytes, file has " +
+                       std::to_string(raw.size()));
   }
   return {code, seqs, docs};
 }
@@ -96,10 +112,12 @@ void read_array(const std::vector<char>& raw, std::vector<T>& out, size_t count,
 // The size of the token file `bin_path`: a whole number of tokens of item_size bytes.
 size_t bin_file_size(const std::string& bin_path, const std::string& idx_path, size_t item_size) {
   struct stat st {};
-  if (::stat(bin_path.c_str(), &st) != 0) throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
+  if (::stat(bin_path.c_str(), &st) != 0)
+    throw std::runtime_error(bin_path + ": cannot open; the .bin file belongs next to " + idx_path);
   const size_t size = static_cast<size_t>(st.st_size);
   if (size % item_size != 0) {
-    fail(bin_path, "size " + std::to_string(size) + " is not a multiple of the token size " + std::to_string(item_size));
+    fail(bin_path,
+         "size " + std::to_string(size) + " is not a multiple of the token size " + std::to_string(item_size));
   }
   return size;
 }
@@ -112,8 +130,9 @@ int64_t sequence_starts(const std::vector<int32_t>& lengths, const std::vector<i
   first.resize(lengths.size());
   for (size_t i = 0; i < lengths.size(); ++i) {
     if (lengths[i] < 0 || pointers[i] != expected) {
-      fail(idx_path, "sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers[i]) + " and length " +
-                         std::to_string(lengths[i]) + " (expected pointer " + std::to_string(expected) + ")");
+      fail(idx_path, "sequence " + std::to_string(i) + " has pointer " + std::to_string(pointers[i]) +
+                         " and length " + std::to_string(lengths[i]) + " (expected pointer " +
+                         std::to_string(expected) + ")");
     }
     first[i] = expected / static_cast<int64_t>(item_size);
     expected += static_cast<int64_t>(lengths[i]) * static_cast<int64_t>(item_size);
@@ -127,7 +146,8 @@ void check_doc_index(const std::vector<int64_t>& doc_index, uint64_t seqs, const
     fail(idx_path, "document index must run from 0 to the sequence count " + std::to_string(seqs));
   }
   for (size_t d = 1; d < doc_index.size(); ++d) {
-    if (doc_index[d] < doc_index[d - 1]) fail(idx_path, "document index decreases at entry " + std::to_string(d));
+    if (doc_index[d] < doc_index[d - 1])
+      fail(idx_path, "document index decreases at entry " + std::to_string(d));
   }
 }
 
@@ -151,7 +171,8 @@ TokenDtype dtype_for_vocab(int64_t vocab_size) {
 IndexedDatasetWriter::IndexedDatasetWriter(std::string prefix, int64_t vocab_size)
     : prefix_(std::move(prefix)), vocab_size_(vocab_size), dtype_(dtype_for_vocab(vocab_size)) {
   bin_ = std::fopen((prefix_ + ".bin.tmp").c_str(), "wb");
-  if (!bin_) throw std::runtime_error(prefix_ + ".bin: cannot create; check the output directory exists and is writable");
+  if (!bin_)
+    throw std::runtime_error(prefix_ + ".bin: cannot create; check the output directory exists and is writable");
 }
 
 IndexedDatasetWriter::~IndexedDatasetWriter() {
@@ -195,7 +216,8 @@ void IndexedDatasetWriter::finish() {
     put<uint8_t>(idx, static_cast<uint8_t>(dtype_));
     put<uint64_t>(idx, n);
     put<uint64_t>(idx, n + 1);
-    idx.write(reinterpret_cast<const char*>(lengths_.data()), static_cast<std::streamsize>(n * sizeof(int32_t)));
+    idx.write(reinterpret_cast<const char*>(lengths_.data()),
+              static_cast<std::streamsize>(n * sizeof(int32_t)));
     int64_t pointer = 0;
     for (int32_t len : lengths_) put<int64_t>(idx, pointer), pointer += len * item;
     for (uint64_t d = 0; d <= n; ++d) put<int64_t>(idx, static_cast<int64_t>(d));
@@ -228,7 +250,8 @@ IndexedDataset IndexedDataset::open(const std::string& prefix) {
   ds.bin_size_ = bin_file_size(bin_path, idx_path, ds.item_size_);
   const int64_t expected = sequence_starts(ds.lengths_, pointers, ds.item_size_, idx_path, ds.first_token_);
   if (static_cast<size_t>(expected) > ds.bin_size_) {
-    fail(bin_path, "truncated: the index needs " + std::to_string(expected) + " bytes, file has " + std::to_string(ds.bin_size_));
+    fail(bin_path, "truncated: the index needs " + std::to_string(expected) + " bytes, file has " +
+                       std::to_string(ds.bin_size_));
   }
   ds.num_tokens_ = expected / static_cast<int64_t>(ds.item_size_);
   check_doc_index(ds.doc_index_, h.seqs, idx_path);
@@ -237,9 +260,15 @@ IndexedDataset IndexedDataset::open(const std::string& prefix) {
 }
 
 IndexedDataset::IndexedDataset(IndexedDataset&& o) noexcept
-    : prefix_(std::move(o.prefix_)), dtype_(o.dtype_), item_size_(o.item_size_), lengths_(std::move(o.lengths_)),
-      first_token_(std::move(o.first_token_)), doc_index_(std::move(o.doc_index_)), num_tokens_(o.num_tokens_),
-      bin_map_(o.bin_map_), bin_size_(o.bin_size_) {
+    : prefix_(std::move(o.prefix_)),
+      dtype_(o.dtype_),
+      item_size_(o.item_size_),
+      lengths_(std::move(o.lengths_)),
+      first_token_(std::move(o.first_token_)),
+      doc_index_(std::move(o.doc_index_)),
+      num_tokens_(o.num_tokens_),
+      bin_map_(o.bin_map_),
+      bin_size_(o.bin_size_) {
   o.bin_map_ = nullptr;
 }
 
@@ -248,7 +277,8 @@ IndexedDataset::~IndexedDataset() {
 }
 
 std::pair<int64_t, int64_t> IndexedDataset::document_range(int64_t doc) const {
-  if (doc < 0 || doc >= num_documents()) throw std::out_of_range(prefix_ + ": document " + std::to_string(doc) + " out of range");
+  if (doc < 0 || doc >= num_documents())
+    throw std::out_of_range(prefix_ + ": document " + std::to_string(doc) + " out of range");
   const int64_t first_seq = doc_index_[doc], end_seq = doc_index_[doc + 1];
   if (first_seq == end_seq) return {first_seq < num_sequences() ? first_token_[first_seq] : num_tokens_, 0};
   const int64_t first = first_token_[first_seq];
@@ -258,8 +288,9 @@ std::pair<int64_t, int64_t> IndexedDataset::document_range(int64_t doc) const {
 
 void IndexedDataset::read_tokens(int64_t first, int64_t count, int64_t* out) const {
   if (first < 0 || count < 0 || first + count > num_tokens_) {
-    throw std::out_of_range(prefix_ + ": tokens [" + std::to_string(first) + ", " + std::to_string(first + count) +
-                            ") outside the " + std::to_string(num_tokens_) + "-token stream");
+    throw std::out_of_range(prefix_ + ": tokens [" + std::to_string(first) + ", " +
+                            std::to_string(first + count) + ") outside the " + std::to_string(num_tokens_) +
+                            "-token stream");
   }
   const auto* base = static_cast<const unsigned char*>(bin_map_);
   for (int64_t i = 0; i < count; ++i) {
@@ -267,12 +298,42 @@ void IndexedDataset::read_tokens(int64_t first, int64_t count, int64_t* out) con
     switch (dtype_) {
       case TokenDtype::kUInt8: out[i] = *p; break;
       case TokenDtype::kInt8: out[i] = *reinterpret_cast<const int8_t*>(p); break;
-      case TokenDtype::kInt16: { int16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
-      case TokenDtype::kUInt16: { uint16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
-      case TokenDtype::kInt32: { int32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
-      case TokenDtype::kInt64: { int64_t v; std::memcpy(&v, p, 8); out[i] = v; break; }
-      case TokenDtype::kFloat32: { float v; std::memcpy(&v, p, 4); out[i] = float_token(v, prefix_, first + i); break; }
-      case TokenDtype::kFloat64: { double v; std::memcpy(&v, p, 8); out[i] = float_token(v, prefix_, first + i); break; }
+      case TokenDtype::kInt16: {
+        int16_t v;
+        std::memcpy(&v, p, 2);
+        out[i] = v;
+        break;
+      }
+      case TokenDtype::kUInt16: {
+        uint16_t v;
+        std::memcpy(&v, p, 2);
+        out[i] = v;
+        break;
+      }
+      case TokenDtype::kInt32: {
+        int32_t v;
+        std::memcpy(&v, p, 4);
+        out[i] = v;
+        break;
+      }
+      case TokenDtype::kInt64: {
+        int64_t v;
+        std::memcpy(&v, p, 8);
+        out[i] = v;
+        break;
+      }
+      case TokenDtype::kFloat32: {
+        float v;
+        std::memcpy(&v, p, 4);
+        out[i] = float_token(v, prefix_, first + i);
+        break;
+      }
+      case TokenDtype::kFloat64: {
+        double v;
+        std::memcpy(&v, p, 8);
+        out[i] = float_token(v, prefix_, first + i);
+        break;
+      }
     }
   }
 }

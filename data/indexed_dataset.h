@@ -17,7 +17,16 @@
 
 namespace moetrain::data {
 
-enum class TokenDtype : uint8_t { kUInt8 = 1, kInt8 = 2, kInt16 = 3, kInt32 = 4, kInt64 = 5, kFloat64 = 6, kFloat32 = 7, kUInt16 = 8 };
+enum class TokenDtype : uint8_t {
+  kUInt8 = 1,
+  kInt8 = 2,
+  kInt16 = 3,
+  kInt32 = 4,
+  kInt64 = 5,
+  kFloat64 = 6,
+  kFloat32 = 7,
+  kUInt16 = 8
+};
 
 // Megatron's rule: uint16 when the vocabulary fits (< 65500), else int32.
 TokenDtype dtype_for_vocab(int64_t vocab_size);

@@ -18,7 +18,8 @@ uint64_t splitmix64(uint64_t& state) {
 uint64_t bounded(uint64_t& state, uint64_t bound) {
   const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   uint64_t r;
-  do r = splitmix64(state); while (r >= limit);
+  do r = splitmix64(state);
+  while (r >= limit);
   return r % bound;
 }
 
@@ -34,23 +35,26 @@ uint64_t epoch_state(uint64_t seed, uint64_t epoch) {
 
 SequenceSampler::SequenceSampler(const IndexedDataset& dataset, int64_t seq_len, uint64_t seed)
     : dataset_(dataset), seq_len_(seq_len), chunks_(0), seed_(seed) {
-  if (seq_len < 1) throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
+  if (seq_len < 1)
+    throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
   if (dataset.num_tokens() < seq_len + 1) {
     throw std::runtime_error(dataset.prefix() + ": " + std::to_string(dataset.num_tokens()) +
-                             " tokens, fewer than one sequence of data.seq_len + 1 = " + std::to_string(seq_len + 1) +
-                             "; use more data or a smaller data.seq_len");
+                             " tokens, fewer than one sequence of data.seq_len + 1 = " +
+                             std::to_string(seq_len + 1) + "; use more data or a smaller data.seq_len");
   }
   chunks_ = (dataset.num_tokens() - 1) / seq_len;
 }
 
 int64_t SequenceSampler::chunk_at(int64_t position) const {
-  if (position < 0) throw std::out_of_range("SequenceSampler: position " + std::to_string(position) + " is negative");
+  if (position < 0)
+    throw std::out_of_range("SequenceSampler: position " + std::to_string(position) + " is negative");
   const int64_t epoch = position / chunks_;
   if (epoch != cached_epoch_) {
     perm_.resize(chunks_);
     for (int64_t i = 0; i < chunks_; ++i) perm_[i] = i;
     uint64_t state = epoch_state(seed_, static_cast<uint64_t>(epoch));
-    for (int64_t i = chunks_ - 1; i > 0; --i) std::swap(perm_[i], perm_[bounded(state, static_cast<uint64_t>(i) + 1)]);
+    for (int64_t i = chunks_ - 1; i > 0; --i)
+      std::swap(perm_[i], perm_[bounded(state, static_cast<uint64_t>(i) + 1)]);
     cached_epoch_ = epoch;
   }
   return perm_[position % chunks_];
@@ -62,7 +66,8 @@ void SequenceSampler::sample(int64_t position, int64_t* out) const {
 
 EvalSequences eval_sequences(const IndexedDataset& dataset, const std::vector<std::string>& domain_per_document,
                              int64_t seq_len, int64_t max_per_domain) {
-  if (seq_len < 1) throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
+  if (seq_len < 1)
+    throw std::runtime_error("data.seq_len is " + std::to_string(seq_len) + "; it must be at least 1");
   if (static_cast<int64_t>(domain_per_document.size()) != dataset.num_documents()) {
     throw std::runtime_error(dataset.prefix() + ": " + std::to_string(domain_per_document.size()) +
                              " domain names for " + std::to_string(dataset.num_documents()) +

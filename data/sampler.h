@@ -35,9 +35,9 @@ class SequenceSampler {
 // Validation windows per domain: each domain's documents concatenated in order, cut into
 // non-overlapping windows of seq_len + 1 tokens (stride seq_len), at most max_per_domain per domain.
 struct EvalSequences {
-  std::vector<std::string> domains;           // sorted by name
-  std::vector<int64_t> counts;                // windows per domain
-  std::vector<std::vector<int64_t>> tokens;   // per domain: counts[d] × (seq_len + 1), row-major
+  std::vector<std::string> domains;          // sorted by name
+  std::vector<int64_t> counts;               // windows per domain
+  std::vector<std::vector<int64_t>> tokens;  // per domain: counts[d] × (seq_len + 1), row-major
 };
 EvalSequences eval_sequences(const IndexedDataset& dataset, const std::vector<std::string>& domain_per_document,
                              int64_t seq_len, int64_t max_per_domain);

@@ -19,7 +19,8 @@ std::string join(const std::vector<int64_t>& v) {
 }
 
 std::string moe_layers_field(const config::ModelConfig& m) {
-  if (m.moe_layers_size() > 0) return "model.moe_layers = [" + join({m.moe_layers().begin(), m.moe_layers().end()}) + "]";
+  if (m.moe_layers_size() > 0)
+    return "model.moe_layers = [" + join({m.moe_layers().begin(), m.moe_layers().end()}) + "]";
   return "model.moe_layer_freq = " + std::to_string(m.moe_layer_freq());
 }
 
@@ -39,8 +40,8 @@ std::vector<std::string> routing_problems(const config::Recipe& recipe, const mo
                   " routes every token to its top-k experts by a learned linear router (TOPK)");
   }
   if (r.score_function() != RoutingConfig::SOFTMAX) {
-    out.push_back("routing.score_function = " + RoutingConfig::ScoreFunction_Name(r.score_function()) + ": " + target +
-                  " scores experts with a softmax over all experts (SOFTMAX)");
+    out.push_back("routing.score_function = " + RoutingConfig::ScoreFunction_Name(r.score_function()) + ": " +
+                  target + " scores experts with a softmax over all experts (SOFTMAX)");
   }
   if (r.gate_scale() != 1.0) {
     out.push_back("routing.gate_scale = " + number_text(r.gate_scale()) + ": " + target +
@@ -63,9 +64,9 @@ std::vector<std::string> routing_problems(const config::Recipe& recipe, const mo
     }
   }
   if (!biased.empty()) {
-    out.push_back("routing.bias_update_rate = " + number_text(r.bias_update_rate()) + ": the expert selection biases of layers " +
-                  join(biased) + " are non-zero (max |bias| " + number_text(max_bias) +
-                  ") and change which experts tokens select; " + target +
+    out.push_back("routing.bias_update_rate = " + number_text(r.bias_update_rate()) +
+                  ": the expert selection biases of layers " + join(biased) + " are non-zero (max |bias| " +
+                  number_text(max_bias) + ") and change which experts tokens select; " + target +
                   "'s router has no selection bias (export a model trained with bias_update_rate 0)");
   }
   return out;

@@ -25,7 +25,7 @@ std::vector<int64_t> dense_layers(const model::TransformerImpl& model);
 // "model.moe_layer_freq = 2" or "model.moe_layers = [0, 2]": the field that decides the dense layers.
 std::string moe_layers_field(const config::ModelConfig& model);
 
-std::string number_text(double v);                 // shortest readable form: 2.5, 0.001
-std::string join(const std::vector<int64_t>& v);   // "1, 3"
+std::string number_text(double v);                // shortest readable form: 2.5, 0.001
+std::string join(const std::vector<int64_t>& v);  // "1, 3"
 
 }  // namespace moetrain::hf

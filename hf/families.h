@@ -68,7 +68,8 @@ struct SpecialTokens {
 // ---- export --------------------------------------------------------------------------------------------
 // Every reason `family` cannot compute `recipe` (with `model`'s trained expert biases) exactly: one line
 // each naming the recipe field, its value and what the family supports. Empty = exportable.
-std::vector<std::string> export_problems(Family family, const config::Recipe& recipe, const model::TransformerImpl& model);
+std::vector<std::string> export_problems(Family family, const config::Recipe& recipe,
+                                         const model::TransformerImpl& model);
 
 // The family `moe-export --format auto` picks: the one whose attention the model has (q/k norm per head:
 // Qwen3-MoE; full width: OLMoE), else Mixtral when it is exact, else Qwen2-MoE.

@@ -30,7 +30,8 @@ int64_t tensor_bytes(const torch::Tensor& t) { return t.numel() * static_cast<in
 
 WrittenWeights write_weights(const std::string& dir, const io::NamedTensors& tensors, int64_t max_shard_bytes) {
   if (max_shard_bytes <= 0) {
-    throw std::invalid_argument("--max-shard-bytes " + std::to_string(max_shard_bytes) + ": must be > 0 (for example 5000000000)");
+    throw std::invalid_argument("--max-shard-bytes " + std::to_string(max_shard_bytes) +
+                                ": must be > 0 (for example 5000000000)");
   }
   // Greedy split in order: a shard closes when the next tensor would take it over the limit.
   std::vector<io::NamedTensors> shards(1);
@@ -93,16 +94,19 @@ HfWeights::HfWeights(const std::string& dir) : dir_(dir) {
       throw std::runtime_error(index_path + " has no \"weight_map\" object; it is not a safetensors index");
     }
     for (const auto& [name, file] : index["weight_map"].items()) {
-      if (!file.is_string()) throw std::runtime_error(index_path + ": weight_map[\"" + name + "\"] is not a file name");
+      if (!file.is_string())
+        throw std::runtime_error(index_path + ": weight_map[\"" + name + "\"] is not a file name");
       if (!open(file.get<std::string>())->contains(name)) {
-        throw std::runtime_error(index_path + " puts " + name + " in " + file.get<std::string>() + ", which does not hold it");
+        throw std::runtime_error(index_path + " puts " + name + " in " + file.get<std::string>() +
+                                 ", which does not hold it");
       }
       where_[name] = file.get<std::string>();
     }
   } else if (file_exists(dir + "/model.safetensors")) {
     for (const auto& name : open("model.safetensors")->names()) where_[name] = "model.safetensors";
   } else {
-    const bool has_bin = file_exists(dir + "/pytorch_model.bin") || file_exists(dir + "/pytorch_model.bin.index.json");
+    const bool has_bin = file_exists(dir + "/pytorch_model.bin") ||
+                         file_exists(dir + "/pytorch_model.bin.index.json");
     throw std::runtime_error(dir + " has neither model.safetensors nor model.safetensors.index.json" +
                              std::string(has_bin ? "; it holds PyTorch pickles (pytorch_model.bin): re-save it with "
                                                    "save_pretrained(dir, safe_serialization=True)"
@@ -122,7 +126,9 @@ std::string HfWeights::file_of(const std::string& name) const {
   return it->second;
 }
 
-std::vector<int64_t> HfWeights::shape(const std::string& name) const { return files_.at(file_of(name))->shape(name); }
+std::vector<int64_t> HfWeights::shape(const std::string& name) const {
+  return files_.at(file_of(name))->shape(name);
+}
 
 torch::Tensor HfWeights::get(const std::string& name) const { return files_.at(file_of(name))->get(name); }
 

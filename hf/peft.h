@@ -21,7 +21,7 @@
 namespace moetrain::hf {
 
 struct PeftAdapter {
-  nlohmann::json config;  // adapter_config.json
+  nlohmann::json config;     // adapter_config.json
   io::NamedTensors tensors;  // adapter_model.safetensors
 };
 

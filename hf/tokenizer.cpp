@@ -101,9 +101,12 @@ SentencePieceModel read_sentencepiece(const std::string& path) {
       }
     }
   } catch (const std::exception& e) {
-    throw std::runtime_error(path + ": not a SentencePiece model (" + e.what() + "); pass the tokenizer.model that made the data");
+    throw std::runtime_error(path + ": not a SentencePiece model (" + e.what() +
+                             "); pass the tokenizer.model that made the data");
   }
-  if (out.pieces.empty()) throw std::runtime_error(path + ": not a SentencePiece model (no pieces); pass the tokenizer.model that made the data");
+  if (out.pieces.empty())
+    throw std::runtime_error(
+        path + ": not a SentencePiece model (no pieces); pass the tokenizer.model that made the data");
   return out;
 }
 
@@ -111,11 +114,14 @@ void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp,
                            const std::string& path, const std::string& flag) {
   const auto n = static_cast<int64_t>(sp.pieces.size());
   if (n > model_vocab) {
-    throw std::runtime_error(flag + " " + path + ": the tokenizer has " + std::to_string(n) + " pieces but the model's vocab_size is " +
-                             std::to_string(model_vocab) + "; pass the tokenizer the training data was encoded with");
+    throw std::runtime_error(flag + " " + path + ": the tokenizer has " + std::to_string(n) +
+                             " pieces but the model's vocab_size is " + std::to_string(model_vocab) +
+                             "; pass the tokenizer the training data was encoded with");
   }
   const SpecialTokens s = sp.special();
-  auto piece = [&](int64_t id) { return id >= 0 ? json(sp.pieces[static_cast<size_t>(id)].text) : json(nullptr); };
+  auto piece = [&](int64_t id) {
+    return id >= 0 ? json(sp.pieces[static_cast<size_t>(id)].text) : json(nullptr);
+  };
   // LlamaTokenizer reads tokenizer.model with the `sentencepiece` package. moetrain's data carries no
   // <s> at document starts and </s> at document ends (appended by moe-data), so the tokenizer adds
   // neither; add_prefix_space mirrors the model's add_dummy_prefix.
@@ -132,7 +138,10 @@ void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp,
       {"pad_token", piece(s.pad)},
   };
   json special = json::object();
-  for (const auto& [key, id] : {std::pair<const char*, int64_t>{"bos_token", s.bos}, {"eos_token", s.eos}, {"unk_token", s.unk}, {"pad_token", s.pad}}) {
+  for (const auto& [key, id] : {std::pair<const char*, int64_t>{"bos_token", s.bos},
+                                {"eos_token", s.eos},
+                                {"unk_token", s.unk},
+                                {"pad_token", s.pad}}) {
     if (id >= 0) special[key] = sp.pieces[static_cast<size_t>(id)].text;
   }
   io::write_file_synced(dir + "/tokenizer.model", sp.bytes);
@@ -143,9 +152,15 @@ void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp,
 namespace {
 
 // What AutoTokenizer and generate() read from a model directory besides the weights and config.json.
-constexpr const char* kHfTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-                                             "vocab.json",       "merges.txt",            "added_tokens.json",
-                                             "chat_template.jinja", "chat_template.json", "generation_config.json"};
+constexpr const char* kHfTokenizerFiles[] = {"tokenizer.json",
+                                             "tokenizer_config.json",
+                                             "special_tokens_map.json",
+                                             "vocab.json",
+                                             "merges.txt",
+                                             "added_tokens.json",
+                                             "chat_template.jinja",
+                                             "chat_template.json",
+                                             "generation_config.json"};
 
 bool is_file(const std::string& path) {
   struct stat st {};
@@ -175,7 +190,8 @@ HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& 
   out.dir = dir;
   const std::string main = dir + "/tokenizer.json";
   if (!is_file(main)) {
-    throw std::runtime_error(flag + " " + dir + ": has no tokenizer.json; pass a Hugging Face model or tokenizer directory "
+    throw std::runtime_error(flag + " " + dir +
+                             ": has no tokenizer.json; pass a Hugging Face model or tokenizer directory "
                              "(as Qwen2, Qwen3 and OLMoE ship them) or a SentencePiece .model file");
   }
   for (const char* name : kHfTokenizerFiles)
@@ -186,7 +202,9 @@ HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& 
   const json tok = parse_json_file(main, flag);
   std::map<std::string, int64_t> ids;
   auto note = [&](const std::string& piece, int64_t id) {
-    if (id < 0) throw std::runtime_error(flag + ": " + main + " gives \"" + piece + "\" the negative id " + std::to_string(id));
+    if (id < 0)
+      throw std::runtime_error(flag + ": " + main + " gives \"" + piece + "\" the negative id " +
+                               std::to_string(id));
     ids.emplace(piece, id);
     out.size = std::max(out.size, id + 1);
   };
@@ -195,12 +213,15 @@ HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& 
     if (vocab.is_object()) {
       for (const auto& [piece, id] : vocab.items()) note(piece, id.get<int64_t>());
     } else {
-      for (size_t i = 0; i < vocab.size(); ++i) note(vocab[i].at(0).get<std::string>(), static_cast<int64_t>(i));
+      for (size_t i = 0; i < vocab.size(); ++i)
+        note(vocab[i].at(0).get<std::string>(), static_cast<int64_t>(i));
     }
     if (tok.contains("added_tokens"))
-      for (const auto& t : tok.at("added_tokens")) note(t.at("content").get<std::string>(), t.at("id").get<int64_t>());
+      for (const auto& t : tok.at("added_tokens"))
+        note(t.at("content").get<std::string>(), t.at("id").get<int64_t>());
   } catch (const json::exception& e) {
-    throw std::runtime_error(flag + ": " + main + " is not a tokenizers file (model.vocab, added_tokens: " + e.what() + ")");
+    throw std::runtime_error(flag + ": " + main +
+                             " is not a tokenizers file (model.vocab, added_tokens: " + e.what() + ")");
   }
   if (out.size == 0) throw std::runtime_error(flag + ": " + main + " has no tokens");
 
@@ -208,14 +229,19 @@ HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& 
   const std::string config_path = dir + "/tokenizer_config.json";
   if (is_file(config_path)) {
     const json config = parse_json_file(config_path, flag);
-    for (const auto& [key, slot] : {std::pair<const char*, int64_t*>{"bos_token", &out.special.bos}, {"eos_token", &out.special.eos},
-                                    {"pad_token", &out.special.pad}, {"unk_token", &out.special.unk}}) {
+    for (const auto& [key, slot] : {std::pair<const char*, int64_t*>{"bos_token", &out.special.bos},
+                                    {"eos_token", &out.special.eos},
+                                    {"pad_token", &out.special.pad},
+                                    {"unk_token", &out.special.unk}}) {
       if (!config.contains(key) || config[key].is_null()) continue;
       const json& v = config[key];
-      const std::string piece = v.is_string() ? v.get<std::string>() : v.is_object() && v.contains("content") ? v["content"].get<std::string>() : "";
+      const std::string piece = v.is_string()                            ? v.get<std::string>()
+                                : v.is_object() && v.contains("content") ? v["content"].get<std::string>()
+                                                                         : "";
       const auto found = ids.find(piece);
       if (found == ids.end()) {
-        throw std::runtime_error(flag + ": " + config_path + " names " + key + " \"" + piece + "\", which is not a token of " + main +
+        throw std::runtime_error(flag + ": " + config_path + " names " + key + " \"" + piece +
+                                 "\", which is not a token of " + main +
                                  "; the files belong to different tokenizers");
       }
       *slot = found->second;
@@ -224,13 +250,16 @@ HfTokenizerDir read_hf_tokenizer_dir(const std::string& dir, const std::string& 
   return out;
 }
 
-void copy_hf_tokenizer_files(const std::string& out_dir, const HfTokenizerDir& tokenizer, int64_t model_vocab, const std::string& flag) {
+void copy_hf_tokenizer_files(const std::string& out_dir, const HfTokenizerDir& tokenizer, int64_t model_vocab,
+                             const std::string& flag) {
   if (tokenizer.size > model_vocab) {
-    throw std::runtime_error(flag + " " + tokenizer.dir + ": the tokenizer has ids up to " + std::to_string(tokenizer.size - 1) +
-                             " but the model's vocab_size is " + std::to_string(model_vocab) +
+    throw std::runtime_error(flag + " " + tokenizer.dir + ": the tokenizer has ids up to " +
+                             std::to_string(tokenizer.size - 1) + " but the model's vocab_size is " +
+                             std::to_string(model_vocab) +
                              "; pass the tokenizer the training data was encoded with");
   }
-  for (const auto& name : tokenizer.files) io::write_file_synced(out_dir + "/" + name, read_text(tokenizer.dir + "/" + name));
+  for (const auto& name : tokenizer.files)
+    io::write_file_synced(out_dir + "/" + name, read_text(tokenizer.dir + "/" + name));
 }
 
 }  // namespace moetrain::hf

@@ -15,9 +15,9 @@ struct SentencePieceModel {
     std::string text;
     int type = 1;  // SentencePiece's ModelProto.SentencePiece.Type: 1 normal, 2 unknown, 3 control, 4 user, 5 unused, 6 byte
   };
-  std::vector<Piece> pieces;  // index = token id
-  bool add_dummy_prefix = true;  // NormalizerSpec.add_dummy_prefix (SentencePiece's default: true)
-  std::string bytes;             // the whole file
+  std::vector<Piece> pieces;      // index = token id
+  bool add_dummy_prefix = true;   // NormalizerSpec.add_dummy_prefix (SentencePiece's default: true)
+  std::string bytes;              // the whole file
   SpecialTokens special() const;  // ids of <s>, </s>, <pad>, <unk> (control/unknown pieces), -1 if absent
 };
 
@@ -35,8 +35,8 @@ void write_tokenizer_files(const std::string& dir, const SentencePieceModel& sp,
 struct HfTokenizerDir {
   std::string dir;
   std::vector<std::string> files;  // which of kHfTokenizerFiles the directory has (tokenizer.json always)
-  SpecialTokens special;           // ids of tokenizer_config.json's bos/eos/pad/unk tokens in tokenizer.json, -1 if unset
-  int64_t size = 0;                // 1 + the largest id of tokenizer.json (its model's vocabulary and added tokens)
+  SpecialTokens special;  // ids of tokenizer_config.json's bos/eos/pad/unk tokens in tokenizer.json, -1 if unset
+  int64_t size = 0;       // 1 + the largest id of tokenizer.json (its model's vocabulary and added tokens)
 };
 
 // Throws naming `flag` and the file when tokenizer.json is missing or not a tokenizer, or a special token

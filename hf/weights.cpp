@@ -18,7 +18,8 @@ void require_one_process(const model::TransformerImpl& model, const std::string&
   }
 }
 
-torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads, int64_t kv_heads) {
+torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads,
+                       int64_t kv_heads) {
   const int64_t G = heads / kv_heads, cols = q.dim() == 2 ? q.size(1) : 1, Dh = q.size(0) / heads;
   auto slots = q.reshape({kv_heads, G, Dh, cols}).transpose(0, 1).reshape({G * kv_heads * Dh, cols});
   auto fused = torch::cat({slots, k.reshape({kv_heads * Dh, cols}), v.reshape({kv_heads * Dh, cols})}, 0);
@@ -32,7 +33,8 @@ QkvParts split_qkv(const torch::Tensor& fused, int64_t heads, int64_t kv_heads) 
   auto shape = [&](const torch::Tensor& t, int64_t rows) {
     return (fused.dim() == 2 ? t.reshape({rows, cols}) : t.reshape({rows})).contiguous();
   };
-  return {shape(f.narrow(0, 0, G).transpose(0, 1), heads * Dh), shape(f[G], kv_heads * Dh), shape(f[G + 1], kv_heads * Dh)};
+  return {shape(f.narrow(0, 0, G).transpose(0, 1), heads * Dh), shape(f[G], kv_heads * Dh),
+          shape(f[G + 1], kv_heads * Dh)};
 }
 
 ExpertWeights expert_weights(const model::TransformerImpl& model, int64_t layer) {

@@ -18,7 +18,8 @@ void require_one_process(const model::TransformerImpl& model, const std::string&
 // v (Hkv·Dh[, C]) with head h at rows [h·Dh, (h+1)·Dh); fused ((G + 2)·Hkv·Dh[, C]), G = H / Hkv, slot
 // s < G holding query head j·G + s for each key/value head j, then the keys, then the values. Works for
 // weights (C = D), biases (no C) and LoRA B matrices (C = rank).
-torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads, int64_t kv_heads);
+torch::Tensor fuse_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads,
+                       int64_t kv_heads);
 struct QkvParts {
   torch::Tensor q, k, v;
 };

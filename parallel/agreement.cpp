@@ -18,7 +18,8 @@ std::vector<std::string> all_gather_strings(Communicator& group, const std::stri
   // Bytes travel as int32 so the sum of zeros and one writer is exact on every backend.
   auto bytes = torch::zeros({std::max<int64_t>(total, 1)}, torch::kInt32);
   auto* b = bytes.data_ptr<int32_t>();
-  for (size_t i = 0; i < mine.size(); ++i) b[start + static_cast<int64_t>(i)] = static_cast<unsigned char>(mine[i]);
+  for (size_t i = 0; i < mine.size(); ++i)
+    b[start + static_cast<int64_t>(i)] = static_cast<unsigned char>(mine[i]);
   group.all_reduce_sum(bytes);
   std::vector<std::string> out(n);
   int64_t offset = 0;

@@ -13,7 +13,8 @@ namespace {
 // Built on the device: no host read.
 torch::Tensor expert_major_order(const torch::Tensor& block_rows_PEl, int64_t rows) {
   const int64_t P = block_rows_PEl.size(0), El = block_rows_PEl.size(1);
-  auto block_N = torch::repeat_interleave(torch::arange(P * El, block_rows_PEl.options()), block_rows_PEl.reshape({-1}),
+  auto block_N = torch::repeat_interleave(torch::arange(P * El, block_rows_PEl.options()),
+                                          block_rows_PEl.reshape({-1}),
                                           /*dim=*/0, /*output_size=*/rows);  // source-major block of each row
   auto expert_major_block_N = block_N.remainder(El) * P + block_N.div(El, "floor");
   return std::get<1>(expert_major_block_N.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
@@ -29,7 +30,8 @@ std::vector<int64_t> row_sums(const torch::Tensor& counts_PEl) {  // host (P, El
 AllToAllDispatcher::AllToAllDispatcher(Communicator& ep_group, int64_t num_experts)
     : ep_(ep_group), num_experts_(num_experts), local_experts_(num_experts / ep_group.size()) {}
 
-moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const moe::RowLayout& layout) {
+moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE,
+                                             const moe::RowLayout& layout) {
   const int64_t P = ep_.size(), El = local_experts_;
   // preprocess: rows grouped by global expert (so by destination rank), tokens in order within each.
   rows_ = moe::dispatch_rows(kept_TE, layout);
@@ -41,10 +43,12 @@ moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const to
   } else {
     const auto send_counts_PEl = rows_.tokens_per_expert_E.view({P, El});
     // exchange_counts: rank r receives, from every source, the counts for r's local experts.
-    recv_counts_PEl = ep_.all_to_all_v(send_counts_PEl.contiguous(), std::vector<int64_t>(P, 1), std::vector<int64_t>(P, 1))
+    recv_counts_PEl = ep_.all_to_all_v(send_counts_PEl.contiguous(), std::vector<int64_t>(P, 1),
+                                       std::vector<int64_t>(P, 1))
                           .view({P, El});
     // read_counts: all-to-all-v takes its row counts on the host; one read brings both matrices.
-    const auto counts_2PEl = util::read_to_host(torch::stack({send_counts_PEl, recv_counts_PEl}), "all-to-all count matrix");
+    const auto counts_2PEl = util::read_to_host(torch::stack({send_counts_PEl, recv_counts_PEl}),
+                                                "all-to-all count matrix");
     send_rows_ = row_sums(counts_2PEl[0]);
     recv_rows_ = row_sums(counts_2PEl[1]);
     int64_t sent = 0;

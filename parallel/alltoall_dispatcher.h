@@ -20,16 +20,17 @@ namespace moetrain::parallel {
 class AllToAllDispatcher : public moe::TokenDispatcher {
  public:
   AllToAllDispatcher(Communicator& ep_group, int64_t num_experts);
-  moe::Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const moe::RowLayout& layout) override;
+  moe::Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE,
+                           const moe::RowLayout& layout) override;
   torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TE) override;
 
  private:
   Communicator& ep_;
   int64_t num_experts_, local_experts_;
   // State of the latest dispatch.
-  moe::DispatchRows rows_;                            // rows this rank sent, in send order
-  std::vector<int64_t> send_rows_, recv_rows_;        // per EP rank
-  torch::Tensor sort_order_;                          // expert-major position → received row
+  moe::DispatchRows rows_;                      // rows this rank sent, in send order
+  std::vector<int64_t> send_rows_, recv_rows_;  // per EP rank
+  torch::Tensor sort_order_;                    // expert-major position → received row
 };
 
 }  // namespace moetrain::parallel

@@ -27,7 +27,8 @@ struct AllToAllV : public torch::autograd::Function<AllToAllV> {
 
 }  // namespace
 
-torch::Tensor all_to_all_v_autograd(Communicator& comm, const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+torch::Tensor all_to_all_v_autograd(Communicator& comm, const torch::Tensor& send,
+                                    const std::vector<int64_t>& send_counts,
                                     const std::vector<int64_t>& recv_counts) {
   return AllToAllV::apply(send, reinterpret_cast<int64_t>(&comm), send_counts, recv_counts);
 }

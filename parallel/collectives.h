@@ -7,7 +7,8 @@ namespace moetrain::parallel {
 
 // Rows exchanged as in Communicator::all_to_all_v; the backward is the reverse exchange of the
 // gradient rows (send and receive counts swapped).
-torch::Tensor all_to_all_v_autograd(Communicator& comm, const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+torch::Tensor all_to_all_v_autograd(Communicator& comm, const torch::Tensor& send,
+                                    const std::vector<int64_t>& send_counts,
                                     const std::vector<int64_t>& recv_counts);
 
 }  // namespace moetrain::parallel

@@ -10,7 +10,8 @@ constexpr int64_t kMaxDims = 8, kFields = 2 + kMaxDims;
 
 std::string describe(const int64_t* header) {
   std::string s = "[";
-  for (int64_t d = 0; d < std::min(header[1], kMaxDims); ++d) s += (d ? ", " : "") + std::to_string(header[2 + d]);
+  for (int64_t d = 0; d < std::min(header[1], kMaxDims); ++d)
+    s += (d ? ", " : "") + std::to_string(header[2 + d]);
   if (header[1] > kMaxDims) s += ", ...";
   return s + "] " + c10::toString(static_cast<c10::ScalarType>(header[0]));
 }
@@ -35,13 +36,15 @@ void Communicator::agree_on_rows(const std::string& op, const torch::Tensor& t, 
     same = same && std::equal(h, h + kFields, h + r * kFields);
     shapes += (r ? ", rank " : "rank ") + std::to_string(r) + " " + describe(h + r * kFields);
   }
-  if (!same) fail(op, "ranks pass different shapes or dtypes (" + shapes + "); every rank must pass the same");
+  if (!same)
+    fail(op, "ranks pass different shapes or dtypes (" + shapes + "); every rank must pass the same");
   if (t.dim() == 0 || t.dim() > kMaxDims) {
-    fail(op, "shape " + describe(h) + ": needs 1 to " + std::to_string(kMaxDims) + " dimensions, rows along dim 0");
+    fail(op, "shape " + describe(h) + ": needs 1 to " + std::to_string(kMaxDims) +
+                 " dimensions, rows along dim 0");
   }
   if (divisible_rows && t.size(0) % size() != 0) {
-    fail(op, "shape " + describe(h) + ": dim 0 (" + std::to_string(t.size(0)) + " rows) is not divisible by the group size " +
-                 std::to_string(size()));
+    fail(op, "shape " + describe(h) + ": dim 0 (" + std::to_string(t.size(0)) +
+                 " rows) is not divisible by the group size " + std::to_string(size()));
   }
 }
 

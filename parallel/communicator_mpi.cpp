@@ -16,9 +16,12 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
     case torch::kFloat64: return MPI_DOUBLE;
     case torch::kInt64: return MPI_INT64_T;
     case torch::kInt32: return MPI_INT32_T;
-    case torch::kUInt8: case torch::kBool: return MPI_UINT8_T;
-    case torch::kBFloat16: case torch::kHalf: return MPI_UINT16_T;  // moved bit for bit; summed as fp32 (staged)
-    default: throw CommError("MPI communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
+    case torch::kUInt8:
+    case torch::kBool: return MPI_UINT8_T;
+    case torch::kBFloat16:
+    case torch::kHalf: return MPI_UINT16_T;  // moved bit for bit; summed as fp32 (staged)
+    default:
+      throw CommError("MPI communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
   }
 }
 
@@ -127,11 +130,13 @@ void MpiCommunicator::check(int rc, const char* op) const {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, text, &len);
-  throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": MPI " + op + " failed: " + std::string(text, len));
+  throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": MPI " + op +
+                  " failed: " + std::string(text, len));
 }
 
 int MpiCommunicator::count(int64_t elements, const char* op) const {
-  if (elements >= INT32_MAX) fail(op, "message of " + std::to_string(elements) + " elements, over MPI's 2^31 - 1");
+  if (elements >= INT32_MAX)
+    fail(op, "message of " + std::to_string(elements) + " elements, over MPI's 2^31 - 1");
   return static_cast<int>(elements);
 }
 
@@ -147,7 +152,8 @@ static bool blocking_wait() {
     const char* v = std::getenv("MOETRAIN_MPI_WAIT");
     const std::string mode = v ? v : "poll";
     if (mode != "poll" && mode != "block") {
-      throw CommError("MOETRAIN_MPI_WAIT=" + mode + ": expected poll (the default: collectives time out after "
+      throw CommError("MOETRAIN_MPI_WAIT=" + mode +
+                      ": expected poll (the default: collectives time out after "
                       "parallel.timeout_s) or block (MPI_Wait, no timeout); unset it or pick one");
     }
     return mode == "block";
@@ -182,8 +188,8 @@ void MpiCommunicator::all_reduce_sum(torch::Tensor& t) {
   auto host = staged(t, /*summed=*/true);
   auto wait = watched("all_reduce_sum", static_cast<int64_t>(host.nbytes()));
   MPI_Request request;
-  check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host), MPI_SUM, comm_,
-                       &request),
+  check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host),
+                       MPI_SUM, comm_, &request),
         "Iallreduce");
   complete(request, wait, "Iallreduce");
   write_back(t, host);
@@ -193,7 +199,8 @@ void MpiCommunicator::broadcast(torch::Tensor& t, int root) {
   auto host = staged(t, /*summed=*/false);
   auto wait = watched("broadcast", static_cast<int64_t>(host.nbytes()));
   MPI_Request request;
-  check(MPI_Ibcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_, &request), "Ibcast");
+  check(MPI_Ibcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_, &request),
+        "Ibcast");
   complete(request, wait, "Ibcast");
   write_back(t, host);
 }
@@ -208,20 +215,22 @@ torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
   int64_t s_off = 0, r_off = 0, r_rows = 0;
   for (int r = 0; r < size_; ++r) {
-    TORCH_CHECK(send_counts[r] * row < INT32_MAX && s_off < INT32_MAX && r_off < INT32_MAX, "all_to_all_v: message over 2^31 elements");
+    TORCH_CHECK(send_counts[r] * row < INT32_MAX && s_off < INT32_MAX && r_off < INT32_MAX,
+                "all_to_all_v: message over 2^31 elements");
     sc[r] = static_cast<int>(send_counts[r] * row), sd[r] = static_cast<int>(s_off), s_off += sc[r];
     rc[r] = static_cast<int>(recv_counts[r] * row), rd[r] = static_cast<int>(r_off), r_off += rc[r];
     r_rows += recv_counts[r];
     if (r != rank_) a2a_bytes_ += sc[r] * static_cast<int64_t>(in.element_size());
   }
-  TORCH_CHECK(s_off == in.numel(), "all_to_all_v: send counts cover ", s_off, " elements, tensor has ", in.numel());
+  TORCH_CHECK(s_off == in.numel(), "all_to_all_v: send counts cover ", s_off, " elements, tensor has ",
+              in.numel());
   auto shape = in.sizes().vec();
   shape[0] = r_rows;
   auto out = torch::empty(shape, in.options());
   auto wait = watched("all_to_all_v", static_cast<int64_t>(in.nbytes()));
   MPI_Request request;
-  check(MPI_Ialltoallv(in.data_ptr(), sc.data(), sd.data(), mpi_type(in), out.data_ptr(), rc.data(), rd.data(),
-                       mpi_type(in), comm_, &request),
+  check(MPI_Ialltoallv(in.data_ptr(), sc.data(), sd.data(), mpi_type(in), out.data_ptr(), rc.data(),
+                       rd.data(), mpi_type(in), comm_, &request),
         "Ialltoallv");
   complete(request, wait, "Ialltoallv");
   return unstaged(out, send);
@@ -237,7 +246,8 @@ torch::Tensor MpiCommunicator::all_gather_rows(const torch::Tensor& rows) {
   count(out.numel(), "all_gather_rows");
   auto wait = watched("all_gather_rows", static_cast<int64_t>(in.nbytes()));
   MPI_Request request;
-  check(MPI_Iallgather(in.data_ptr(), n, mpi_type(in), out.data_ptr(), n, mpi_type(in), comm_, &request), "Iallgather");
+  check(MPI_Iallgather(in.data_ptr(), n, mpi_type(in), out.data_ptr(), n, mpi_type(in), comm_, &request),
+        "Iallgather");
   complete(request, wait, "Iallgather");
   all_gather_bytes_ += (size_ - 1) * static_cast<int64_t>(in.nbytes());
   return unstaged(out, rows);
@@ -252,8 +262,8 @@ torch::Tensor MpiCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
   count(in.numel(), "reduce_scatter_rows_sum");
   auto wait = watched("reduce_scatter_rows_sum", static_cast<int64_t>(in.nbytes()));
   MPI_Request request;
-  check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"), mpi_type(in),
-                                  MPI_SUM, comm_, &request),
+  check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"),
+                                  mpi_type(in), MPI_SUM, comm_, &request),
         "Ireduce_scatter_block");
   complete(request, wait, "Ireduce_scatter_block");
   reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());

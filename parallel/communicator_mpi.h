@@ -40,7 +40,7 @@ class MpiCommunicator : public Communicator {
 
  private:
   void check(int rc, const char* op) const;
-  int count(int64_t elements, const char* op) const;  // MPI's int count, or CommError
+  int count(int64_t elements, const char* op) const;      // MPI's int count, or CommError
   Watchdog::Wait watched(const char* op, int64_t bytes);  // announces the next collective of this group
   void complete(MPI_Request& request, Watchdog::Wait& wait, const char* op) const;  // polls it to completion
   MPI_Comm comm_;

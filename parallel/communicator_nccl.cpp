@@ -18,14 +18,17 @@ ncclDataType_t nccl_type(const torch::Tensor& t) {
     case torch::kFloat16: return ncclFloat16;
     case torch::kInt64: return ncclInt64;
     case torch::kInt32: return ncclInt32;
-    case torch::kUInt8: case torch::kBool: return ncclUint8;
-    default: throw CommError("NCCL communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
+    case torch::kUInt8:
+    case torch::kBool: return ncclUint8;
+    default:
+      throw CommError("NCCL communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
   }
 }
 
 }  // namespace
 
-std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstrap, int device, std::chrono::seconds timeout) {
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstrap, int device,
+                                                           std::chrono::seconds timeout) {
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   ncclUniqueId id;
   if (bootstrap.rank() == 0 && ncclGetUniqueId(&id) != ncclSuccess) {
@@ -38,16 +41,16 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstr
   ncclComm_t comm;
   const ncclResult_t rc = ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank());
   if (rc != ncclSuccess) {
-    throw CommError("rank " + std::to_string(bootstrap.rank()) + " of group world: ncclCommInitRank failed: " +
-                    ncclGetErrorString(rc));
+    throw CommError("rank " + std::to_string(bootstrap.rank()) +
+                    " of group world: ncclCommInitRank failed: " + ncclGetErrorString(rc));
   }
   std::vector<int> world_ranks(bootstrap.size());
   for (int r = 0; r < bootstrap.size(); ++r) world_ranks[r] = r;
   return std::make_unique<NcclCommunicator>(comm, "world", device, timeout, world_ranks);
 }
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, std::string name, int device, std::chrono::seconds timeout,
-                                   std::vector<int> world_ranks)
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, std::string name, int device,
+                                   std::chrono::seconds timeout, std::vector<int> world_ranks)
     : comm_(comm), name_(std::move(name)), device_(device), timeout_(timeout) {
   ncclCommUserRank(comm_, &rank_);
   ncclCommCount(comm_, &size_);
@@ -67,8 +70,8 @@ void NcclCommunicator::check(ncclResult_t rc, const char* op) {
   if (rc == ncclSuccess || rc == ncclInProgress) return;
   ncclCommAbort(comm_);
   aborted_ = true;
-  throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": NCCL " + op + " failed: " +
-                  ncclGetErrorString(rc) + " (" + ncclGetLastError(comm_) + ")");
+  throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": NCCL " + op +
+                  " failed: " + ncclGetErrorString(rc) + " (" + ncclGetLastError(comm_) + ")");
 }
 
 void NcclCommunicator::wait(const char* op, Watchdog::Wait& watch) {
@@ -79,8 +82,8 @@ void NcclCommunicator::wait(const char* op, Watchdog::Wait& watch) {
     const cudaError_t done = cudaStreamQuery(stream);
     if (done == cudaSuccess) return;
     if (done != cudaErrorNotReady) {
-      throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": CUDA error after " + op + ": " +
-                      cudaGetErrorString(done));
+      throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": CUDA error after " + op +
+                      ": " + cudaGetErrorString(done));
     }
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(comm_, &async);
@@ -88,8 +91,9 @@ void NcclCommunicator::wait(const char* op, Watchdog::Wait& watch) {
     if (std::chrono::steady_clock::now() > deadline) {
       ncclCommAbort(comm_);
       aborted_ = true;
-      throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": NCCL " + op + " timed out after " +
-                      std::to_string(timeout_.count()) + " s; a peer has probably failed");
+      throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": NCCL " + op +
+                      " timed out after " + std::to_string(timeout_.count()) +
+                      " s; a peer has probably failed");
     }
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
@@ -99,7 +103,8 @@ void NcclCommunicator::all_reduce_sum(torch::Tensor& t) {
   TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "NCCL all_reduce_sum needs a contiguous CUDA tensor");
   auto stream = c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
   auto watch = watched("all_reduce_sum", static_cast<int64_t>(t.nbytes()));
-  check(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), ncclSum, comm_, stream), "AllReduce");
+  check(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), ncclSum, comm_, stream),
+        "AllReduce");
   wait("AllReduce", watch);
 }
 
@@ -194,7 +199,8 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key, const 
   check(ncclCommSplit(comm_, color, key, &sub, nullptr), "CommSplit");
   // The new group's members by their world ranks (for the watchdog): an all-gather over the new group of
   // each member's world rank, which this group knows.
-  auto mine = torch::full({1}, identity_.world_ranks[rank_], torch::TensorOptions().dtype(torch::kInt32).device(torch::kCUDA, device_));
+  auto mine = torch::full({1}, identity_.world_ranks[rank_],
+                          torch::TensorOptions().dtype(torch::kInt32).device(torch::kCUDA, device_));
   auto group = std::make_unique<NcclCommunicator>(sub, name, device_, timeout_, std::vector<int>{});
   auto all = group->all_gather_rows(mine).to(torch::kCPU);
   group->identity_.world_ranks.assign(all.data_ptr<int32_t>(), all.data_ptr<int32_t>() + all.numel());

@@ -22,7 +22,8 @@ class NcclCommunicator : public Communicator {
   static std::unique_ptr<NcclCommunicator> create(Communicator& bootstrap, int device,
                                                   std::chrono::seconds timeout = std::chrono::seconds(600));
   // `world_ranks`: the members' world ranks, by rank in `comm`.
-  NcclCommunicator(ncclComm_t comm, std::string name, int device, std::chrono::seconds timeout, std::vector<int> world_ranks);
+  NcclCommunicator(ncclComm_t comm, std::string name, int device, std::chrono::seconds timeout,
+                   std::vector<int> world_ranks);
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;

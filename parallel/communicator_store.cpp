@@ -18,7 +18,8 @@ std::vector<uint8_t> bytes_of(const torch::Tensor& t) {
 }
 
 void copy_into(torch::Tensor& dst, const std::vector<uint8_t>& bytes) {
-  TORCH_CHECK(static_cast<int64_t>(bytes.size()) == dst.numel() * dst.element_size(), "store message size mismatch");
+  TORCH_CHECK(static_cast<int64_t>(bytes.size()) == dst.numel() * dst.element_size(),
+              "store message size mismatch");
   if (!bytes.empty()) std::memcpy(dst.data_ptr(), bytes.data(), bytes.size());
 }
 
@@ -63,7 +64,8 @@ class StoreAlarmChannel : public AlarmChannel {
 
 }  // namespace
 
-std::unique_ptr<StoreCommunicator> StoreCommunicator::world(const std::string& host, int port, int rank, int size, bool serve) {
+std::unique_ptr<StoreCommunicator> StoreCommunicator::world(const std::string& host, int port, int rank,
+                                                            int size, bool serve) {
   c10d::TCPStoreOptions options;
   options.port = static_cast<uint16_t>(port);
   options.isServer = serve;
@@ -75,17 +77,18 @@ std::unique_ptr<StoreCommunicator> StoreCommunicator::world(const std::string& h
   try {
     store = c10::make_intrusive<c10d::TCPStore>(host, options);
   } catch (const std::exception& e) {
-    throw CommError("rank " + std::to_string(rank) + ": cannot reach the TCP store at " + host + ":" + std::to_string(port) +
-                    " (MASTER_ADDR/MASTER_PORT): " + e.what());
+    throw CommError("rank " + std::to_string(rank) + ": cannot reach the TCP store at " + host + ":" +
+                    std::to_string(port) + " (MASTER_ADDR/MASTER_PORT): " + e.what());
   }
   std::vector<int> members(size);
   for (int r = 0; r < size; ++r) members[r] = r;
-  watchdog().set_alarm_channel(std::make_shared<StoreAlarmChannel>(store, launch_prefix() + "/alarm", rank, size));
+  watchdog().set_alarm_channel(
+      std::make_shared<StoreAlarmChannel>(store, launch_prefix() + "/alarm", rank, size));
   return std::make_unique<StoreCommunicator>(store, launch_prefix() + "/world", "world", rank, members);
 }
 
-StoreCommunicator::StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, std::string name, int rank,
-                                     std::vector<int> members)
+StoreCommunicator::StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix,
+                                     std::string name, int rank, std::vector<int> members)
     : store_(std::move(store)),
       prefix_(std::move(prefix)),
       name_(std::move(name)),
@@ -100,7 +103,8 @@ auto StoreCommunicator::guarded(const char* op, Fn fn) -> decltype(fn()) {
   } catch (const CommError&) {
     throw;
   } catch (const std::exception& e) {
-    throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": store " + op + " failed: " + e.what());
+    throw CommError("rank " + std::to_string(rank_) + " of group " + name_ + ": store " + op +
+                    " failed: " + e.what());
   }
 }
 
@@ -117,7 +121,8 @@ Watchdog::Wait StoreCommunicator::watched(const char* op, int64_t bytes) {
 std::vector<uint8_t> StoreCommunicator::get(const std::string& key, Watchdog::Wait& wait) {
   for (int polls = 0; !store_->check({key}); ++polls) {
     wait.tick();
-    if (polls >= 10) std::this_thread::sleep_for(std::chrono::microseconds(std::min(5000, 50 << std::min(polls - 10, 7))));
+    if (polls >= 10)
+      std::this_thread::sleep_for(std::chrono::microseconds(std::min(5000, 50 << std::min(polls - 10, 7))));
   }
   return store_->get(key);
 }
@@ -158,7 +163,8 @@ void StoreCommunicator::broadcast(torch::Tensor& t, int root) {
   });
 }
 
-torch::Tensor StoreCommunicator::all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
+torch::Tensor StoreCommunicator::all_to_all_v(const torch::Tensor& send,
+                                              const std::vector<int64_t>& send_counts,
                                               const std::vector<int64_t>& recv_counts) {
   return guarded("all_to_all_v", [&] {
     TORCH_CHECK(static_cast<int>(send_counts.size()) == size() && static_cast<int>(recv_counts.size()) == size(),
@@ -269,7 +275,7 @@ std::unique_ptr<Communicator> StoreCommunicator::split(int color, int key, const
     auto mine = torch::tensor({static_cast<int64_t>(color), static_cast<int64_t>(key)}, torch::kInt64);
     auto all = torch::zeros({size(), 2}, torch::kInt64);
     all[rank_] = mine;
-    all_reduce_sum(all);  // an all-gather through the sum of one-hot rows
+    all_reduce_sum(all);                         // an all-gather through the sum of one-hot rows
     std::vector<std::pair<int64_t, int>> group;  // (key, group member's rank here)
     for (int r = 0; r < size(); ++r) {
       if (all[r][0].item<int64_t>() == color) group.emplace_back(all[r][1].item<int64_t>(), r);
@@ -281,7 +287,8 @@ std::unique_ptr<Communicator> StoreCommunicator::split(int color, int key, const
       members.push_back(members_[group[i].second]);
       if (group[i].second == rank_) new_rank = static_cast<int>(i);
     }
-    return std::make_unique<StoreCommunicator>(store_, prefix_ + "/" + name + std::to_string(color), name, new_rank, members);
+    return std::make_unique<StoreCommunicator>(store_, prefix_ + "/" + name + std::to_string(color), name,
+                                               new_rank, members);
   });
 }
 

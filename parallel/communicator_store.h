@@ -23,7 +23,8 @@ class StoreCommunicator : public Communicator {
   // Connects to (or, on rank 0 when the launcher does not host one, serves) the TCPStore at
   // host:port. torchrun's agent hosts it when TORCHELASTIC_USE_AGENT_STORE=True. The store's own
   // timeout is the watchdog's plus a minute, so the watchdog reports first.
-  static std::unique_ptr<StoreCommunicator> world(const std::string& host, int port, int rank, int size, bool serve);
+  static std::unique_ptr<StoreCommunicator> world(const std::string& host, int port, int rank, int size,
+                                                  bool serve);
   StoreCommunicator(c10::intrusive_ptr<c10d::Store> store, std::string prefix, std::string name, int rank,
                     std::vector<int> members);
 
@@ -40,7 +41,7 @@ class StoreCommunicator : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
 
  private:
-  std::string next_op(const char* op);  // key prefix of this group's next operation
+  std::string next_op(const char* op);                    // key prefix of this group's next operation
   Watchdog::Wait watched(const char* op, int64_t bytes);  // announces this group's next operation
   std::vector<uint8_t> get(const std::string& key, Watchdog::Wait& wait);  // waits for the key, watched
   void release(const std::string& op, const std::vector<std::string>& keys);

@@ -23,7 +23,8 @@ bool nccl_built();
 // GPUs of a build with NCCL, else HOST. NCCL without a GPU, with GPUs shared between ranks (NCCL
 // refuses two ranks on one GPU) or without NCCL in the build is an std::invalid_argument naming the
 // field, the reason and the fix.
-DataPlane resolve_data_plane(config::ParallelConfig::DataPlane setting, bool on_cuda, bool shares_gpu, bool with_nccl);
+DataPlane resolve_data_plane(config::ParallelConfig::DataPlane setting, bool on_cuda, bool shares_gpu,
+                             bool with_nccl);
 const char* data_plane_name(DataPlane plane);  // "host" or "nccl"
 
 // Routes tensors on `data_device` to `data`, every other tensor and barriers to `host`. Both groups have
@@ -31,7 +32,8 @@ const char* data_plane_name(DataPlane plane);  // "host" or "nccl"
 // operation (all ranks of a run compute on the same kind of device).
 class TwoPlaneCommunicator : public Communicator {
  public:
-  TwoPlaneCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data, torch::Device data_device);
+  TwoPlaneCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> data,
+                       torch::Device data_device);
 
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }

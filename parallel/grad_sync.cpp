@@ -43,7 +43,8 @@ torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh)
     if (p.tensor.grad().defined()) device = p.tensor.grad().device();
   }
   const auto f64 = torch::TensorOptions(device).dtype(torch::kFloat64);
-  auto replicated_sq = torch::zeros({1}, f64), tp_sq = torch::zeros({1}, f64), expert_sq = torch::zeros({1}, f64);
+  auto replicated_sq = torch::zeros({1}, f64), tp_sq = torch::zeros({1}, f64),
+       expert_sq = torch::zeros({1}, f64);
   for (const auto& p : params) {
     if (!p.tensor.grad().defined()) continue;
     auto sq = p.tensor.grad().to(torch::kFloat64).square().sum();

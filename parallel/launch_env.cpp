@@ -53,13 +53,16 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
   info.rank = env.integer(rank_var);
   info.world_size = env.integer(size_var);
   if (info.world_size < 1 || info.rank >= info.world_size) {
-    throw LaunchError("launch environment (" + info.launcher + "): " + rank_var + "=" + std::to_string(info.rank) +
-                      " is outside 0.." + std::to_string(info.world_size - 1) + " given " + size_var + "=" +
-                      std::to_string(info.world_size) + "; the launcher's variables are inconsistent");
+    throw LaunchError("launch environment (" + info.launcher + "): " + rank_var + "=" +
+                      std::to_string(info.rank) + " is outside 0.." + std::to_string(info.world_size - 1) +
+                      " given " + size_var + "=" + std::to_string(info.world_size) +
+                      "; the launcher's variables are inconsistent");
   }
   if (info.local_rank >= info.local_world_size && info.local_world_size > 0 && info.launcher != "slurm") {
-    throw LaunchError("launch environment (" + info.launcher + "): local rank " + std::to_string(info.local_rank) +
-                      " is outside 0.." + std::to_string(info.local_world_size - 1) + "; the launcher's variables are inconsistent");
+    throw LaunchError("launch environment (" + info.launcher + "): local rank " +
+                      std::to_string(info.local_rank) + " is outside 0.." +
+                      std::to_string(info.local_world_size - 1) +
+                      "; the launcher's variables are inconsistent");
   }
   return info;
 }

@@ -8,14 +8,16 @@ void validate_mesh(const MeshSizes& s, int64_t num_experts, int64_t num_heads) {
   const std::string world = std::to_string(s.world);
   if (s.tp < 1 || s.ep < 1) throw std::invalid_argument("parallel.tensor and parallel.expert must be >= 1");
   if (s.world % s.tp != 0) {
-    throw std::invalid_argument("parallel.tensor = " + std::to_string(s.tp) + " does not divide the world size " + world +
-                                "; launch a multiple of " + std::to_string(s.tp) + " processes or change parallel.tensor");
+    throw std::invalid_argument("parallel.tensor = " + std::to_string(s.tp) +
+                                " does not divide the world size " + world + "; launch a multiple of " +
+                                std::to_string(s.tp) + " processes or change parallel.tensor");
   }
   if (s.dp() % s.ep != 0) {
-    throw std::invalid_argument("parallel.expert = " + std::to_string(s.ep) + " does not divide the data-parallel size " +
-                                std::to_string(s.dp()) + " (world " + world + " / parallel.tensor " + std::to_string(s.tp) +
-                                "); launch a multiple of parallel.tensor × parallel.expert = " + std::to_string(s.tp * s.ep) +
-                                " processes");
+    throw std::invalid_argument(
+        "parallel.expert = " + std::to_string(s.ep) + " does not divide the data-parallel size " +
+        std::to_string(s.dp()) + " (world " + world + " / parallel.tensor " + std::to_string(s.tp) +
+        "); launch a multiple of parallel.tensor × parallel.expert = " + std::to_string(s.tp * s.ep) +
+        " processes");
   }
   if (num_experts % s.ep != 0) {
     throw std::invalid_argument("parallel.expert = " + std::to_string(s.ep) + ": model.num_experts (" +
@@ -32,17 +34,20 @@ void validate_tensor_parallel_recipe(const MeshSizes& s, const config::Recipe& r
   const std::string tp = std::to_string(s.tp);
   const int64_t tokens = r.train().micro_batch_size() * r.data().seq_len();
   if (tokens % s.tp != 0) {
-    throw std::invalid_argument("parallel.tensor = " + tp + ": the tokens of a micro-batch (train.micro_batch_size × data.seq_len = " +
+    throw std::invalid_argument("parallel.tensor = " + tp +
+                                ": the tokens of a micro-batch (train.micro_batch_size × data.seq_len = " +
                                 std::to_string(tokens) + ") must split evenly over the tensor-parallel ranks");
   }
   if (r.model().vocab_size() % s.tp != 0) {
-    throw std::invalid_argument("parallel.tensor = " + tp + ": model.vocab_size (" + std::to_string(r.model().vocab_size()) +
-                                ") must be divisible by it (the embedding and LM head are split by vocabulary rows); pad "
-                                "the vocabulary to a multiple of the tensor-parallel size");
+    throw std::invalid_argument(
+        "parallel.tensor = " + tp + ": model.vocab_size (" + std::to_string(r.model().vocab_size()) +
+        ") must be divisible by it (the embedding and LM head are split by vocabulary rows); pad "
+        "the vocabulary to a multiple of the tensor-parallel size");
   }
   if (r.model().d_model() % s.tp != 0 || r.model().ffn_hidden() % s.tp != 0) {
-    throw std::invalid_argument("parallel.tensor = " + tp + ": model.d_model (" + std::to_string(r.model().d_model()) +
-                                ") and model.ffn_hidden (" + std::to_string(r.model().ffn_hidden()) + ") must be divisible by it");
+    throw std::invalid_argument("parallel.tensor = " + tp + ": model.d_model (" +
+                                std::to_string(r.model().d_model()) + ") and model.ffn_hidden (" +
+                                std::to_string(r.model().ffn_hidden()) + ") must be divisible by it");
   }
 }
 

@@ -19,7 +19,9 @@ MeshMoEContext::MeshMoEContext(Communicator* ep_group, Communicator* tp_group, C
 
 torch::Tensor MeshMoEContext::sum_over_micro_batch(const torch::Tensor& t) const { return sum_copy(tp_, t); }
 
-torch::Tensor MeshMoEContext::sum_over_global_batch(const torch::Tensor& t) const { return sum_copy(world_, t); }
+torch::Tensor MeshMoEContext::sum_over_global_batch(const torch::Tensor& t) const {
+  return sum_copy(world_, t);
+}
 
 std::shared_ptr<moe::TokenDispatcher> MeshMoEContext::make_dispatcher(int64_t num_experts) const {
   if (!ep_ || ep_->size() == 1) return MoEParallelContext::make_dispatcher(num_experts);

@@ -27,8 +27,8 @@ class MeshMoEContext : public moe::MoEParallelContext {
 };
 
 struct ModelParallelism {
-  std::shared_ptr<TensorParallel> tensor_parallel;          // null unless tp > 1
-  std::shared_ptr<const moe::MoEParallelContext> moe;       // never null (one process without a mesh)
+  std::shared_ptr<TensorParallel> tensor_parallel;     // null unless tp > 1
+  std::shared_ptr<const moe::MoEParallelContext> moe;  // never null (one process without a mesh)
 };
 
 // Installs both in `model` (built for the mesh's sizes: TransformerOptions::from_recipe with its ep and tp

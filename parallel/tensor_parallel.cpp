@@ -6,7 +6,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-Communicator* comm_of(AutogradContext* ctx) { return reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt()); }
+Communicator* comm_of(AutogradContext* ctx) {
+  return reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+}
 
 torch::Tensor all_reduce_copy(Communicator& group, const torch::Tensor& x) {
   auto out = x.contiguous().clone();

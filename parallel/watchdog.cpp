@@ -87,7 +87,9 @@ Watchdog::Wait Watchdog::enter(const GroupIdentity& group, int64_t sequence, con
 
 Watchdog::Wait::Wait(Watchdog* owner, InFlight in_flight) : owner_(owner), in_flight_(in_flight) {}
 
-Watchdog::Wait::Wait(Wait&& other) noexcept : owner_(other.owner_), in_flight_(other.in_flight_) { other.owner_ = nullptr; }
+Watchdog::Wait::Wait(Wait&& other) noexcept : owner_(other.owner_), in_flight_(other.in_flight_) {
+  other.owner_ = nullptr;
+}
 
 Watchdog::Wait::~Wait() {
   if (owner_) owner_->recorder_.finish(in_flight_.record, wall_clock_s());
@@ -134,7 +136,8 @@ std::string Watchdog::report(const Wait::InFlight& in_flight, bool timed_out) co
 std::vector<std::string> late_peers(const std::string& mine_text, const std::map<int, std::string>& answers) {
   const json mine = json::parse(mine_text);
   const json& waiting = mine.at("waiting");
-  const std::string key = waiting.at("group").get<std::string>() + "/" + waiting.at("backend").get<std::string>();
+  const std::string key = waiting.at("group").get<std::string>() + "/" +
+                          waiting.at("backend").get<std::string>();
   const int64_t sequence = waiting.at("sequence").get<int64_t>();
   std::vector<std::string> lines;
   for (const auto& member : waiting.at("ranks")) {
@@ -142,14 +145,17 @@ std::vector<std::string> late_peers(const std::string& mine_text, const std::map
     if (m == mine.at("rank").get<int>()) continue;
     const auto it = answers.find(m);
     if (it == answers.end()) {
-      lines.push_back("rank " + std::to_string(m) + ": no answer (stopped, dead, or busy outside communication)");
+      lines.push_back("rank " + std::to_string(m) +
+                      ": no answer (stopped, dead, or busy outside communication)");
       continue;
     }
     const json other = json::parse(it->second);
     const json& entered = other.at("entered");
-    if (entered.contains(key) && entered.at(key).get<int64_t>() >= sequence) continue;  // waits in this collective too
-    lines.push_back("rank " + std::to_string(m) + ": has not reached it; it waits in " + where(other.at("waiting"), other) +
-                    " since " + fixed(other.at("waiting").at("waited_s").get<double>()) + " s");
+    if (entered.contains(key) && entered.at(key).get<int64_t>() >= sequence)
+      continue;  // waits in this collective too
+    lines.push_back("rank " + std::to_string(m) + ": has not reached it; it waits in " +
+                    where(other.at("waiting"), other) + " since " +
+                    fixed(other.at("waiting").at("waited_s").get<double>()) + " s");
   }
   return lines;
 }
@@ -162,7 +168,8 @@ std::string this_process() {
   return std::string(host) + "/" + boot + " " + std::to_string(::getpid());
 }
 
-std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes, const std::map<int, std::string>& answers) {
+std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes,
+                                   const std::map<int, std::string>& answers) {
   std::vector<int> pids;
   if (me < 0 || me >= static_cast<int>(processes.size())) return pids;
   auto split = [](const std::string& p) {
@@ -225,11 +232,12 @@ std::string expiry_text(const std::string& mine, bool timed_out, const WatchdogS
   const double waited_s = m.at("waiting").at("waited_s").get<double>();
   std::string text = "moe-train: rank " + std::to_string(settings.world_rank) + ": ";
   if (timed_out) {
-    text += "collective timed out after " + fixed(waited_s) + " s (parallel.timeout_s = " +
-            general(settings.timeout_s) + "): " + where_i_wait;
+    text += "collective timed out after " + fixed(waited_s) +
+            " s (parallel.timeout_s = " + general(settings.timeout_s) + "): " + where_i_wait;
   } else {
     text += "stopping: " +
-            (answers.alarm_from >= 0 ? "rank " + std::to_string(answers.alarm_from) : std::string("another rank")) +
+            (answers.alarm_from >= 0 ? "rank " + std::to_string(answers.alarm_from)
+                                     : std::string("another rank")) +
             " reported a collective timeout; this rank has waited " + fixed(waited_s) + " s in " + where_i_wait;
   }
   const auto late = late_peers(mine, answers.reports);
@@ -251,9 +259,11 @@ std::string write_flight_record(const WatchdogSettings& settings, const json& mi
                    {"report", mine},
                    {"answers", json::object()},
                    {"collectives", recorder.to_json()}};
-    for (const auto& [rank, answer] : answers.reports) record["answers"][std::to_string(rank)] = json::parse(answer);
+    for (const auto& [rank, answer] : answers.reports)
+      record["answers"][std::to_string(rank)] = json::parse(answer);
     std::ofstream(path) << record.dump(1) << "\n";
-    return "\n  the last " + std::to_string(recorder.records().size()) + " collectives of this rank: " + path.string();
+    return "\n  the last " + std::to_string(recorder.records().size()) +
+           " collectives of this rank: " + path.string();
   } catch (const std::exception& e) {
     return std::string("\n  (flight record not written: ") + e.what() + ")";
   }
@@ -272,7 +282,8 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
   }
   const Answers answers = gather_answers(channel_.get(), me, settings_.report_window_s, early_reports);
   std::string text = expiry_text(mine, timed_out, settings_, answers);
-  if (!settings_.run_dir.empty()) text += write_flight_record(settings_, json::parse(mine), answers, recorder_);
+  if (!settings_.run_dir.empty())
+    text += write_flight_record(settings_, json::parse(mine), answers, recorder_);
   // The silent ranks of this machine are stopped or stuck: a stopped process ignores the launcher's SIGTERM
   // (torchrun's agent would wait 30 s for it), so end them now. The job is ending; checkpoints are atomic.
   if (settings_.kill_silent_local_ranks) {

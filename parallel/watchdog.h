@@ -35,7 +35,7 @@ struct GroupIdentity {
   std::string backend;  // "mpi", "store", "nccl"
   std::vector<int> world_ranks;
   std::string key() const { return name + "/" + backend; }  // the same on every member of the group
-  std::string describe() const;                              // "ep (mpi, world ranks 0 1)"
+  std::string describe() const;                             // "ep (mpi, world ranks 0 1)"
 };
 
 // How reports travel between ranks once the alarm is raised. Neither call may wait on another rank.
@@ -47,8 +47,8 @@ class AlarmChannel {
 };
 
 struct WatchdogSettings {
-  double timeout_s = 0;        // parallel.timeout_s; 0: no deadline (the flight recorder still records)
-  std::string run_dir;         // the flight record goes to run_dir/flight_recorder/ (none when empty)
+  double timeout_s = 0;  // parallel.timeout_s; 0: no deadline (the flight recorder still records)
+  std::string run_dir;   // the flight record goes to run_dir/flight_recorder/ (none when empty)
   int world_rank = 0;
   double report_window_s = 3;  // after the alarm: how long a rank gathers the others' reports
   double linger_s = 2;         // after printing: how long before exiting (the others print meanwhile)
@@ -98,7 +98,8 @@ class Watchdog {
 
  private:
   void tick(const Wait::InFlight& in_flight);
-  [[noreturn]] void expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports);
+  [[noreturn]] void expire(const Wait::InFlight& in_flight, bool timed_out,
+                           std::vector<std::string> early_reports);
   std::string report(const Wait::InFlight& in_flight, bool timed_out) const;
 
   WatchdogSettings settings_;
@@ -118,7 +119,8 @@ std::string this_process();
 
 // Pure, for expire() and its tests: the PIDs of the world ranks other than `me` that run on `me`'s machine
 // (`processes`: this_process() by world rank) and gave no report (`answers`, by world rank).
-std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes, const std::map<int, std::string>& answers);
+std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes,
+                                   const std::map<int, std::string>& answers);
 
 // Pure, for the report and its tests: the lines naming the peers of `mine`'s collective that have not
 // reached it, given the other ranks' reports (JSON texts of Watchdog reports, by rank).

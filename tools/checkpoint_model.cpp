@@ -20,14 +20,17 @@ bool exists(const std::string& path) {
 // The step directory `path` names: itself when it holds a manifest, else RUN_DIR/checkpoints/<latest>.
 std::string resolve_step_dir(const std::string& path, const std::string& flag) {
   if (!exists(path)) {
-    throw std::runtime_error(flag + " " + path + ": no such directory; pass a checkpoint directory "
-                             "(RUN_DIR/checkpoints/step_NNNNNNNN) or a run directory (its checkpoints/latest is used)");
+    throw std::runtime_error(
+        flag + " " + path +
+        ": no such directory; pass a checkpoint directory "
+        "(RUN_DIR/checkpoints/step_NNNNNNNN) or a run directory (its checkpoints/latest is used)");
   }
   if (exists(path + "/manifest.json")) return path;
   std::ifstream latest(path + "/checkpoints/latest");
   std::string name;
   if (latest >> name) return path + "/checkpoints/" + name;
-  throw std::runtime_error(flag + " " + path + ": neither a checkpoint (no manifest.json) nor a run directory with "
+  throw std::runtime_error(flag + " " + path +
+                           ": neither a checkpoint (no manifest.json) nor a run directory with "
                            "checkpoints/latest; pass RUN_DIR/checkpoints/step_NNNNNNNN of a finished save");
 }
 
@@ -44,7 +47,8 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
   }
   const std::string recipe_text = out.manifest.value("recipe", std::string());
   if (recipe_text.empty()) {
-    throw std::runtime_error(flag + " " + out.dir + ": manifest.json stores no recipe (the checkpoint was saved without "
+    throw std::runtime_error(flag + " " + out.dir +
+                             ": manifest.json stores no recipe (the checkpoint was saved without "
                              "one); re-save it with moe-train, which records the resolved recipe");
   }
   out.recipe = config::parse_recipe(recipe_text, out.dir + "/manifest.json (recipe)");
@@ -65,7 +69,8 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
     }
   }
   // Only load() is used, which reads the directory it is given (the run directory argument is unused).
-  trainer::Checkpointer checkpointer(out.dir, 1, trainer::model_section_text(out.recipe), recipe_text, /*mesh=*/nullptr);
+  trainer::Checkpointer checkpointer(out.dir, 1, trainer::model_section_text(out.recipe), recipe_text,
+                                     /*mesh=*/nullptr);
   trainer::LoadOptions options;
   options.optimizer = false;
   options.train_state = false;

@@ -61,8 +61,7 @@ void write_json(const std::string& path, const nlohmann::json& value) {
 // Throws when `dir` (the value of `flag`) exists and holds anything.
 void require_empty(const std::string& dir, const std::string& flag) {
   if (!dir.empty() && exists(dir) && entries(dir) != 0) {
-    throw std::runtime_error(flag + " " + dir +
-                             " exists and is not empty; choose a new directory or remove it");
+    throw std::runtime_error(flag + " " + dir + " exists and is not empty; choose a new directory or remove it");
   }
 }
 
@@ -76,8 +75,7 @@ const char* what_family_holds(Family family) {
     case Family::kQwen3Moe:
       return "q/k RMSNorm per head, dense layers allowed, gates renormalised or not, no shared experts, no "
              "biases";
-    case Family::kOlmoe:
-      break;
+    case Family::kOlmoe: break;
   }
   return "q/k RMSNorm over the full width, an MoE block in every layer, no shared experts, no biases";
 }
@@ -89,8 +87,8 @@ Family choose_family(const ExportOptions& options, const tools::CheckpointModel&
   const std::string target = info(family).title;
   const auto problems = export_problems(family, cm.recipe, *cm.model);
   if (!problems.empty()) {
-    std::string text =
-        "--checkpoint " + cm.dir + ": Hugging Face " + target + " cannot represent this model exactly:";
+    std::string text = "--checkpoint " + cm.dir + ": Hugging Face " + target +
+                       " cannot represent this model exactly:";
     for (const auto& p : problems) text += "\n  " + p;
     text += "\n" + target + ": " + what_family_holds(family) +
             "; softmax over all experts, top-k, no selection bias, no gate scaling." +
@@ -129,20 +127,17 @@ Tokenizer read_tokenizer(const ExportOptions& options, const config::Recipe& rec
       return t;
     }
     if (!exists(t.path)) {
-      throw std::runtime_error(
-          "the recipe's data.tokenizer = \"" + t.path +
-          "\" does not exist here (relative paths "
-          "are relative to where moe-train ran); pass --tokenizer FILE, or --no-tokenizer");
+      throw std::runtime_error("the recipe's data.tokenizer = \"" + t.path +
+                               "\" does not exist here (relative paths "
+                               "are relative to where moe-train ran); pass --tokenizer FILE, or --no-tokenizer");
     }
   } else if (!exists(t.path)) {
     throw std::runtime_error("--tokenizer " + t.path +
                              ": no such file or directory; pass the SentencePiece .model or the "
                              "Hugging Face tokenizer directory the data was encoded with");
   }
-  if (is_directory(t.path))
-    t.dir = read_hf_tokenizer_dir(t.path, t.flag);
-  else
-    t.sp = read_sentencepiece(t.path);
+  if (is_directory(t.path)) t.dir = read_hf_tokenizer_dir(t.path, t.flag);
+  else t.sp = read_sentencepiece(t.path);
   return t;
 }
 
@@ -156,8 +151,7 @@ std::optional<PeftAdapter> split_adapter(const ExportOptions& options, Family fa
   const std::string suffix = "_lora_b";
   for (auto& p : model.named_parameters()) {
     const std::string& name = p.key();
-    if (name.size() > suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
       p.value().zero_();
     }
   }

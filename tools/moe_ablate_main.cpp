@@ -48,7 +48,8 @@ std::vector<std::string> variant_files(const std::string& dir) {
   }
   ::closedir(d);
   std::sort(out.begin(), out.end());
-  if (out.empty()) throw std::runtime_error(dir + ": no variant recipes (*.textproto other than base.textproto)");
+  if (out.empty())
+    throw std::runtime_error(dir + ": no variant recipes (*.textproto other than base.textproto)");
   return out;
 }
 
@@ -61,7 +62,8 @@ pid_t start(const std::vector<std::string>& argv, const std::string& log) {
   std::fflush(stderr);
   const pid_t pid = ::fork();
   if (pid == 0) {
-    if (!log.empty() && (!std::freopen(log.c_str(), "a", stdout) || !std::freopen(log.c_str(), "a", stderr))) ::_exit(126);
+    if (!log.empty() && (!std::freopen(log.c_str(), "a", stdout) || !std::freopen(log.c_str(), "a", stderr)))
+      ::_exit(126);
     ::execvp(args[0], args.data());
     std::perror(args[0]);
     ::_exit(127);
@@ -87,8 +89,7 @@ struct Plan {
 using Variants = std::vector<std::pair<std::string, std::string>>;  // (name, run directory)
 
 // moe-train's command line for one variant, behind the launcher's words.
-std::vector<std::string> train_command(const Plan& plan, const std::string& name,
-                                       const std::string& run_dir) {
+std::vector<std::string> train_command(const Plan& plan, const std::string& name, const std::string& run_dir) {
   std::vector<std::string> cmd;
   std::stringstream prefix(plan.launcher);
   for (std::string w; prefix >> w;) cmd.push_back(w);
@@ -146,8 +147,10 @@ int ablate(const Plan& plan) {
   }
   const auto failed = train_variants(plan, variants, pending);
   if (!failed.empty()) {
-    std::fprintf(stderr, "moe-ablate: error: %zu variant(s) failed (first: %s); finished variants are kept, rerun to "
-                         "continue from their checkpoints\n", failed.size(), failed[0].c_str());
+    std::fprintf(stderr,
+                 "moe-ablate: error: %zu variant(s) failed (first: %s); finished variants are kept, rerun to "
+                 "continue from their checkpoints\n",
+                 failed.size(), failed[0].c_str());
     return 1;
   }
   std::string command = "moe-ablate " + plan.dir + " --out " + plan.out;

@@ -66,7 +66,8 @@ void synchronize() {
 // per forward (so casts of weights are cached within a step, never across steps).
 template <typename Step>
 void run_step(const Args& args, Step& step) {
-  moetrain::layers::AutocastScope autocast(bench_device.type(), args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
+  moetrain::layers::AutocastScope autocast(bench_device.type(),
+                                           args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
   step();
 }
 
@@ -104,22 +105,24 @@ int time_steps(const char* bench, const Args& args, Step step) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t T = args.at("tokens"), K = args.at("top-k"), F = args.at("hidden"), D = args.at("d-model");
   const double flops = 3.0 * 3.0 * 2.0 * static_cast<double>(T * K * F * D);  // 3 GEMMs, forward + 2 backward
-  std::printf("{\"bench\": \"%s\", \"precision\": \"%s\", \"device\": \"%s\", \"sync_debug\": \"%s\", "
-              "\"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
-              "\"top_k\": %lld, \"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, "
-              "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f}\n",
-              bench, bf16 ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu",
-              moetrain::util::to_string(sync_debug), static_cast<long long>(T), static_cast<long long>(D),
-              static_cast<long long>(args.at("experts")), static_cast<long long>(K), static_cast<long long>(F),
-              torch::get_num_threads(), static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
-              T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9);
+  std::printf(
+      "{\"bench\": \"%s\", \"precision\": \"%s\", \"device\": \"%s\", \"sync_debug\": \"%s\", "
+      "\"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
+      "\"top_k\": %lld, \"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, "
+      "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f}\n",
+      bench, bf16 ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu",
+      moetrain::util::to_string(sync_debug), static_cast<long long>(T), static_cast<long long>(D),
+      static_cast<long long>(args.at("experts")), static_cast<long long>(K), static_cast<long long>(F),
+      torch::get_num_threads(), static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
+      T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9);
   std::fflush(stdout);
   return 0;
 }
 
 // Each phase of the MoE layer timed alone, forward + backward with a random incoming gradient, on the
 // routing of `x`; prints one JSON line, "moe-layer-breakdown", in ms per iteration.
-int print_breakdown(const Args& args, moetrain::moe::MoELayer& layer, const torch::Tensor& x_BSD, double whole_s) {
+int print_breakdown(const Args& args, moetrain::moe::MoELayer& layer, const torch::Tensor& x_BSD,
+                    double whole_s) {
   namespace moe = moetrain::moe;
   const int64_t E = args.at("experts"), D = args.at("d-model");
   const auto compute = args.at("bf16") ? std::optional<torch::ScalarType>(torch::kBFloat16) : std::nullopt;
@@ -136,7 +139,8 @@ int print_breakdown(const Args& args, moetrain::moe::MoELayer& layer, const torc
   const auto offsets = rows.tokens_per_expert_E.cumsum(0).to(torch::kInt32);
   const int64_t N = rows.token_N.size(0);
   auto rows_ND = leaf(x_TD.index_select(0, rows.token_N));
-  const auto g_TE = torch::randn_like(route.gates_TE), g_ND = torch::randn_like(rows_ND), g_TD = torch::randn_like(x_TD);
+  const auto g_TE = torch::randn_like(route.gates_TE), g_ND = torch::randn_like(rows_ND),
+             g_TD = torch::randn_like(x_TD);
   moe::ExpertOperands cast_ops;  // leaves in the compute dtype, the inputs of the GEMM phase
   {
     torch::NoGradGuard no_grad;
@@ -147,38 +151,41 @@ int print_breakdown(const Args& args, moetrain::moe::MoELayer& layer, const torc
   auto gates_TE = leaf(route.gates_TE);
 
   std::vector<std::pair<const char*, double>> phases;
-  phases.emplace_back("router", seconds_per_step(args, [&] {
+  phases.emplace_back("router", seconds_per_step(args,
+                                                 [&] {
     auto r = layer->router(x_TD);
     ((r.gates_TE * g_TE).sum() + moe::switch_aux_loss(r.probs_TE, r.routed_TE, args.at("top-k"))).backward();
-  }));
+                      }));
   phases.emplace_back("dispatch", seconds_per_step(args, [&] {
-    moe::LocalDispatcher dispatcher(E);
-    dispatcher.dispatch(x_TD, route.kept_TE, layout).tokens_ND.backward(g_ND);
-  }));
+                        moe::LocalDispatcher dispatcher(E);
+                        dispatcher.dispatch(x_TD, route.kept_TE, layout).tokens_ND.backward(g_ND);
+                      }));
   phases.emplace_back("operands", seconds_per_step(args, [&] {
-    auto ops = layer->experts->operands(rows_ND, compute);
-    std::vector<torch::Tensor> outs{ops.x_ND, ops.w1_EDF, ops.w3_EDF, ops.w2_EFD}, grads;
-    if (compute) outs.push_back(leaf(cast_ops.x_ND).to(torch::kFloat32));  // the output's cast back
-    for (const auto& t : outs) grads.push_back(torch::ones_like(t));
-    torch::autograd::backward(outs, grads);
-  }));
+                        auto ops = layer->experts->operands(rows_ND, compute);
+                        std::vector<torch::Tensor> outs{ops.x_ND, ops.w1_EDF, ops.w3_EDF, ops.w2_EFD}, grads;
+                        if (compute)
+                          outs.push_back(leaf(cast_ops.x_ND).to(torch::kFloat32));  // the output's cast back
+                        for (const auto& t : outs) grads.push_back(torch::ones_like(t));
+                        torch::autograd::backward(outs, grads);
+                      }));
   phases.emplace_back("expert_gemms", seconds_per_step(args, [&] {
-    moe::grouped_swiglu(cast_ops, offsets, 0.0).backward(g_out);
-  }));
+                        moe::grouped_swiglu(cast_ops, offsets, 0.0).backward(g_out);
+                      }));
   phases.emplace_back("combine", seconds_per_step(args, [&] {
-    moe::combine_rows(rows_ND, rows, gates_TE).backward(g_TD);
-  }));
+                        moe::combine_rows(rows_ND, rows, gates_TE).backward(g_TD);
+                      }));
   double sum = 0;
   std::string fields;
   for (const auto& [name, s] : phases) {
     sum += s;
     fields += ", \"" + std::string(name) + "_ms\": " + std::to_string(1e3 * s);
   }
-  std::printf("{\"bench\": \"moe-layer-breakdown\", \"precision\": \"%s\", \"device\": \"%s\", \"tokens\": %lld, "
-              "\"threads\": %d, \"iters\": %lld%s, \"phases_ms\": %.3f, \"layer_ms\": %.3f, \"rest_ms\": %.3f}\n",
-              compute ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu", static_cast<long long>(x_TD.size(0)),
-              torch::get_num_threads(), static_cast<long long>(args.at("iters")), fields.c_str(), 1e3 * sum,
-              1e3 * whole_s, 1e3 * (whole_s - sum));
+  std::printf(
+      "{\"bench\": \"moe-layer-breakdown\", \"precision\": \"%s\", \"device\": \"%s\", \"tokens\": %lld, "
+      "\"threads\": %d, \"iters\": %lld%s, \"phases_ms\": %.3f, \"layer_ms\": %.3f, \"rest_ms\": %.3f}\n",
+      compute ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu", static_cast<long long>(x_TD.size(0)),
+      torch::get_num_threads(), static_cast<long long>(args.at("iters")), fields.c_str(), 1e3 * sum,
+      1e3 * whole_s, 1e3 * (whole_s - sum));
   std::fflush(stdout);
   return 0;
 }
@@ -227,7 +234,8 @@ int bench_gemm(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), K = args.at("top-k"), F = args.at("hidden");
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
   torch::manual_seed(0);
-  const auto options = torch::TensorOptions().device(bench_device).dtype(args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
+  const auto options =
+      torch::TensorOptions().device(bench_device).dtype(args.at("bf16") ? torch::kBFloat16 : torch::kFloat32);
   auto a = torch::randn({T, D}, options), b = torch::randn({D, 9 * K * F}, options);
   torch::Tensor c;
   return time_steps("gemm", args, [&] { c = torch::mm(a, b); });
@@ -237,7 +245,8 @@ int bench_finetune(const Args& args) {
   const int64_t T = args.at("tokens"), D = args.at("d-model"), E = args.at("experts"), K = args.at("top-k"),
                 F = args.at("hidden"), R = args.at("lora-rank");
   if (R <= 0 || R % 4 != 0) {
-    throw std::invalid_argument("--lora-rank " + std::to_string(R) + ": must be a positive multiple of 4 (the expert "
+    throw std::invalid_argument("--lora-rank " + std::to_string(R) +
+                                ": must be a positive multiple of 4 (the expert "
                                 "adapters' fp32 grouped GEMM needs 16-byte aligned strides), for example 8");
   }
   if (args.at("threads") > 0) torch::set_num_threads(static_cast<int>(args.at("threads")));
@@ -277,15 +286,16 @@ int bench_finetune(const Args& args) {
     for (const auto& p : trainable) trainable_numel += p.numel();
     // fp32: one gradient and two AdamW moments per trainable element.
     const double state_mib = 3.0 * 4.0 * static_cast<double>(trainable_numel) / (1 << 20);
-    std::printf("{\"bench\": \"finetune\", \"mode\": \"%s\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
-                "\"top_k\": %lld, \"hidden\": %lld, \"lora_rank\": %lld, \"threads\": %d, \"iters\": %lld, "
-                "\"params\": %lld, \"trainable\": %lld, \"grad_and_adam_mib\": %.2f, \"ms_per_step\": %.3f, "
-                "\"tokens_per_s\": %.1f}\n",
-                lora ? "lora" : "full", static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E),
-                static_cast<long long>(K), static_cast<long long>(F), static_cast<long long>(lora ? R : 0),
-                torch::get_num_threads(), static_cast<long long>(args.at("iters")), static_cast<long long>(total),
-                static_cast<long long>(trainable_numel), state_mib, 1e3 * seconds / args.at("iters"),
-                T * args.at("iters") / seconds);
+    std::printf(
+        "{\"bench\": \"finetune\", \"mode\": \"%s\", \"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
+        "\"top_k\": %lld, \"hidden\": %lld, \"lora_rank\": %lld, \"threads\": %d, \"iters\": %lld, "
+        "\"params\": %lld, \"trainable\": %lld, \"grad_and_adam_mib\": %.2f, \"ms_per_step\": %.3f, "
+        "\"tokens_per_s\": %.1f}\n",
+        lora ? "lora" : "full", static_cast<long long>(T), static_cast<long long>(D), static_cast<long long>(E),
+        static_cast<long long>(K), static_cast<long long>(F), static_cast<long long>(lora ? R : 0),
+        torch::get_num_threads(), static_cast<long long>(args.at("iters")), static_cast<long long>(total),
+        static_cast<long long>(trainable_numel), state_mib, 1e3 * seconds / args.at("iters"),
+        T * args.at("iters") / seconds);
   }
   return 0;
 }
@@ -327,11 +337,12 @@ int bench_collectives(const Args& args) {
     const auto [reduce_median, reduce_mean] = median_mean(reduce_us);
     const auto [a2a_median, a2a_mean] = median_mean(a2a_us);
     if (world->rank() == 0) {
-      std::printf("{\"bench\": \"collectives\", \"launcher\": \"%s\", \"ranks\": %d, \"wait\": \"%s\", \"bytes\": %lld, "
-                  "\"iters\": %lld, \"all_reduce_us_median\": %.1f, \"all_reduce_us_mean\": %.1f, "
-                  "\"all_to_all_us_median\": %.1f, \"all_to_all_us_mean\": %.1f}\n",
-                  launch.launcher.c_str(), ranks, wait ? wait : "poll", static_cast<long long>(per_rank * ranks * 4),
-                  static_cast<long long>(args.at("iters")), reduce_median, reduce_mean, a2a_median, a2a_mean);
+      std::printf(
+          "{\"bench\": \"collectives\", \"launcher\": \"%s\", \"ranks\": %d, \"wait\": \"%s\", \"bytes\": %lld, "
+          "\"iters\": %lld, \"all_reduce_us_median\": %.1f, \"all_reduce_us_mean\": %.1f, "
+          "\"all_to_all_us_median\": %.1f, \"all_to_all_us_mean\": %.1f}\n",
+          launch.launcher.c_str(), ranks, wait ? wait : "poll", static_cast<long long>(per_rank * ranks * 4),
+          static_cast<long long>(args.at("iters")), reduce_median, reduce_mean, a2a_median, a2a_mean);
       std::fflush(stdout);
     }
   }
@@ -381,12 +392,11 @@ int run_benchmark(const std::string& name, const Args& args) {
 int main(int argc, char** argv) {
   // Before the first tensor; a malformed MOETRAIN_HOST_MALLOC is a usage error.
   if (const int rc = cli::setup_error("moe-bench", moetrain::util::keep_freed_host_memory)) return rc;
-  cli::Command cmd(
-      "moe-bench",
-      "usage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D]\n"
-      "                 [--experts E] [--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T]\n"
-      "                 [--lora-rank R] [--precision fp32|bf16] [--breakdown] [--bytes N]\n"
-      "                 [--device cpu|cuda]\n");
+  cli::Command cmd("moe-bench",
+                   "usage: moe-bench moe-layer|dense-swiglu|gemm|finetune|collectives [--tokens N] [--d-model D]\n"
+                   "                 [--experts E] [--top-k K] [--hidden F] [--warmup N] [--iters N] [--threads T]\n"
+                   "                 [--lora-rank R] [--precision fp32|bf16] [--breakdown] [--bytes N]\n"
+                   "                 [--device cpu|cuda]\n");
   declare(cmd);
   return cmd.run(argc, argv, [&] {
     const std::string name = cmd.operand(0);

@@ -34,7 +34,8 @@ int verify(const std::string& dir) {
   for (const auto& [file, meta] : manifest["files"].items()) {
     const std::string path = dir + "/" + file;
     if (moetrain::io::sha256_file(path) != meta["sha256"].get<std::string>()) {
-      throw std::runtime_error(path + " does not match its SHA-256 in the manifest; the checkpoint is corrupted");
+      throw std::runtime_error(path +
+                               " does not match its SHA-256 in the manifest; the checkpoint is corrupted");
     }
     bytes += meta["bytes"].get<int64_t>();
   }
@@ -43,21 +44,23 @@ int verify(const std::string& dir) {
   moetrain::config::fill_defaults(recipe);
   moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe));
   torch::optim::AdamW optimizer(model->parameters());
-  moetrain::trainer::Checkpointer(dir + "/..", 1, moetrain::trainer::model_section_text(recipe)).load(dir, *model, &optimizer);
+  moetrain::trainer::Checkpointer(dir + "/..", 1, moetrain::trainer::model_section_text(recipe))
+      .load(dir, *model, &optimizer);
   const auto& layout = manifest["layout"];
-  std::printf("{\"checkpoint\": \"%s\", \"ok\": true, \"step\": %lld, \"files\": %zu, \"bytes\": %lld, \"tensors\": %zu, "
-              "\"layout\": {\"world\": %d, \"tp\": %d, \"ep\": %d}}\n",
-              dir.c_str(), static_cast<long long>(manifest["step"].get<int64_t>()), manifest["files"].size(),
-              static_cast<long long>(bytes), manifest["tensors"].size(), layout["world"].get<int>(), layout["tp"].get<int>(),
-              layout["ep"].get<int>());
+  std::printf(
+      "{\"checkpoint\": \"%s\", \"ok\": true, \"step\": %lld, \"files\": %zu, \"bytes\": %lld, \"tensors\": %zu, "
+      "\"layout\": {\"world\": %d, \"tp\": %d, \"ep\": %d}}\n",
+      dir.c_str(), static_cast<long long>(manifest["step"].get<int64_t>()), manifest["files"].size(),
+      static_cast<long long>(bytes), manifest["tensors"].size(), layout["world"].get<int>(),
+      layout["tp"].get<int>(), layout["ep"].get<int>());
   return 0;
 }
 
 // The checkpoint's recipe with the overrides applied (the layout of the launch among them), checked.
-moetrain::config::Recipe resharded_recipe(const std::string& source,
-                                          const std::vector<std::string>& overrides) {
+moetrain::config::Recipe resharded_recipe(const std::string& source, const std::vector<std::string>& overrides) {
   const auto manifest = nlohmann::json::parse(moetrain::trainer::read_manifest(source));
-  auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(), source + "/manifest.json");
+  auto recipe = moetrain::config::parse_recipe(manifest["recipe"].get<std::string>(),
+                                               source + "/manifest.json");
   for (const auto& o : overrides) moetrain::config::apply_override(recipe, o);
   moetrain::config::fill_defaults(recipe);
   moetrain::config::validate_recipe(recipe, source + "/manifest.json");
@@ -91,19 +94,24 @@ int reshard(const std::string& source, const std::string& out, const std::vector
     moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
     watch_collectives(recipe, launch, out);
     if (launch.world_size > 1) {
-      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch), sizes);
+      mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch),
+                                                               sizes);
       moetrain::parallel::watchdog().set_world_processes(
           moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
     }
     const int ep_rank = mesh ? mesh->ep_rank() : 0, tp_rank = mesh ? mesh->tp_rank() : 0;
-    moetrain::model::Transformer model(moetrain::model::TransformerOptions::from_recipe(recipe, sizes.ep, ep_rank, sizes.tp, tp_rank));
+    moetrain::model::Transformer model(
+        moetrain::model::TransformerOptions::from_recipe(recipe, sizes.ep, ep_rank, sizes.tp, tp_rank));
     torch::optim::AdamW optimizer(model->parameters());
     const std::string section = moetrain::trainer::model_section_text(recipe);
-    const auto state = moetrain::trainer::Checkpointer(source + "/..", 1, section, "", mesh.get()).load(source, *model, &optimizer);
+    const auto state = moetrain::trainer::Checkpointer(source + "/..", 1, section, "", mesh.get())
+                           .load(source, *model, &optimizer);
     const std::string saved = moetrain::trainer::Checkpointer(out, recipe.checkpoint().keep_last(), section,
                                                               moetrain::config::to_text(recipe), mesh.get())
                                   .save(state, *model, optimizer);
-    if (launch.rank == 0) std::printf("resharded %s into %s (world %d, tp %d, ep %d)\n", source.c_str(), saved.c_str(), sizes.world, sizes.tp, sizes.ep);
+    if (launch.rank == 0)
+      std::printf("resharded %s into %s (world %d, tp %d, ep %d)\n", source.c_str(), saved.c_str(),
+                  sizes.world, sizes.tp, sizes.ep);
     if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
     cli::print_error("moe-ckpt", e.what(), launch.world_size > 1 ? launch.rank : -1);
@@ -121,13 +129,16 @@ int main(int argc, char** argv) {
   cli::Command cmd("moe-ckpt", kSynopsis);
   const std::string step_help = "a checkpoint: RUN_DIR/checkpoints/step_NNNNNNNN";
   if (command == "verify") {
-    cmd.required("--checkpoint", "STEP_DIR", step_help + "; checks every file against the manifest (size,\n"
-                 "SHA-256) and every tensor's coverage, prints a JSON summary");
+    cmd.required("--checkpoint", "STEP_DIR",
+                 step_help +
+                     "; checks every file against the manifest (size,\n"
+                     "SHA-256) and every tensor's coverage, prints a JSON summary");
     if (argc == 3 && std::string(argv[2]).rfind("-", 0) != 0) {
       return cmd.fail(std::string("verify ") + argv[2] +
                       ": the checkpoint is a flag, as in reshard; pass verify --checkpoint " + argv[2]);
     }
-    return cmd.run(argc, argv, [&] { return verify(cmd.get("--checkpoint")); }, 2);
+    return cmd.run(
+        argc, argv, [&] { return verify(cmd.get("--checkpoint")); }, 2);
   }
   if (command == "reshard") {
     cmd.required("--checkpoint", "STEP_DIR", step_help + ", loaded into the layout of the launch")

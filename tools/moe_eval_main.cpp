@@ -40,8 +40,10 @@ struct EvalArgs {
 void check_shards(const std::string& data) {
   for (const char* ext : {".idx", ".bin"}) {
     if (!file_exists(data + ext)) {
-      throw std::runtime_error("--data " + data + ": " + data + ext + " does not exist; pass the path prefix of token "
-                               "shards (PREFIX.bin + PREFIX.idx) made by moe-data encode, without the extension");
+      throw std::runtime_error(
+          "--data " + data + ": " + data + ext +
+          " does not exist; pass the path prefix of token "
+          "shards (PREFIX.bin + PREFIX.idx) made by moe-data encode, without the extension");
     }
   }
 }
@@ -52,10 +54,13 @@ void check_vocab(const std::string& data, const moetrain::tools::CheckpointModel
   const int64_t vocab = recipe.model().vocab_size();
   const int64_t max_id = moetrain::data::IndexedDataset::open(data).max_token_id();
   if (max_id >= vocab) {
-    throw std::runtime_error("--data " + data + ": token id " + std::to_string(max_id) + " does not fit the model's vocab_size " +
-                             std::to_string(vocab) + " (" + cm.dir + "); these shards were made with another tokenizer: "
+    throw std::runtime_error("--data " + data + ": token id " + std::to_string(max_id) +
+                             " does not fit the model's vocab_size " + std::to_string(vocab) + " (" + cm.dir +
+                             "); these shards were made with another tokenizer: "
                              "encode the text with the model's tokenizer (" +
-                             (recipe.data().tokenizer().empty() ? std::string("the recipe names none") : recipe.data().tokenizer()) + ")");
+                             (recipe.data().tokenizer().empty() ? std::string("the recipe names none")
+                                                                : recipe.data().tokenizer()) +
+                             ")");
   }
 }
 
@@ -66,9 +71,10 @@ void dump_logits(const EvalArgs& a, moetrain::tools::CheckpointModel& cm,
   const auto all = torch::cat(windows, 0);  // (n, L + 1)
   const auto first = all.narrow(0, 0, std::min(a.dump_count, all.size(0)));
   const auto logits = cm.model->forward(first.narrow(1, 0, seq_len)).logits.to(torch::kFloat32);
-  moetrain::io::write_file_synced(
-      a.dump_path, moetrain::io::encode_safetensors({{"windows", all}, {"logits", logits}},
-                                                    {{"checkpoint", cm.dir}, {"step", std::to_string(cm.step)}}));
+  moetrain::io::write_file_synced(a.dump_path,
+                                  moetrain::io::encode_safetensors({{"windows", all}, {"logits", logits}},
+                                                                   {{"checkpoint", cm.dir},
+                                                                    {"step", std::to_string(cm.step)}}));
 }
 
 // Scores the checkpoint and prints the JSON line.
@@ -80,8 +86,8 @@ int evaluate(EvalArgs a) {
   const int64_t seq_len = a.seq_len ? a.seq_len : recipe.data().seq_len();
   const int64_t sequences = a.sequences ? a.sequences : recipe.train().eval_sequences();
   const int64_t batch = a.batch ? a.batch : recipe.train().micro_batch_size();
-  const auto windows =
-      moetrain::trainer::load_eval_windows(a.data, seq_len, sequences, recipe.model().vocab_size());
+  const auto windows = moetrain::trainer::load_eval_windows(a.data, seq_len, sequences,
+                                                            recipe.model().vocab_size());
   int64_t count = 0;
   for (const auto& w : windows.windows) count += w.size(0);
   if (count == 0) {
@@ -93,10 +99,16 @@ int evaluate(EvalArgs a) {
 
   nlohmann::json domains = nlohmann::json::object();
   for (const auto& [name, loss] : result.domain_loss) domains[name] = loss;
-  const nlohmann::json out = {{"loss", result.loss},         {"ppl", result.ppl},   {"tokens", count * seq_len},
-                              {"sequences", count},          {"checkpoint", cm.dir}, {"step", cm.step},
+  const nlohmann::json out = {{"loss", result.loss},
+                              {"ppl", result.ppl},
+                              {"tokens", count * seq_len},
+                              {"sequences", count},
+                              {"checkpoint", cm.dir},
+                              {"step", cm.step},
                               {"domains", domains},
-                              {"precision", recipe.train().precision() == moetrain::config::TrainConfig::BF16 ? "bf16" : "fp32"}};
+                              {"precision", recipe.train().precision() == moetrain::config::TrainConfig::BF16
+                                                ? "bf16"
+                                                : "fp32"}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -131,8 +143,8 @@ int main(int argc, char** argv) {
     a.dump_count = cmd.integer("--dump-sequences", 4, 1);
     const std::string precision = cmd.choice("--precision", {"fp32", "bf16"}, "");
     if (!precision.empty()) {
-      a.precision =
-          precision == "bf16" ? moetrain::config::TrainConfig::BF16 : moetrain::config::TrainConfig::FP32;
+      a.precision = precision == "bf16" ? moetrain::config::TrainConfig::BF16
+                                        : moetrain::config::TrainConfig::FP32;
     }
     return evaluate(a);
   });

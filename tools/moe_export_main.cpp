@@ -11,10 +11,11 @@
 namespace cli = moetrain::tools::cli;
 
 int main(int argc, char** argv) {
-  cli::Command cmd("moe-export",
-                   "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]\n"
-                   "                  [--dtype fp32|bf16] [--tokenizer FILE|DIR | --no-tokenizer] [--max-shard-bytes N]\n"
-                   "                  [--adapter-out DIR]\n");
+  cli::Command cmd(
+      "moe-export",
+      "usage: moe-export --checkpoint STEP_DIR --out HF_DIR [--format auto|mixtral|qwen2_moe|qwen3_moe|olmoe]\n"
+      "                  [--dtype fp32|bf16] [--tokenizer FILE|DIR | --no-tokenizer] [--max-shard-bytes N]\n"
+      "                  [--adapter-out DIR]\n");
   cmd.required("--checkpoint", "DIR",
                "RUN_DIR/checkpoints/step_NNNNNNNN (any parallel layout), or RUN_DIR (its latest)")
       .required("--out", "HF_DIR", "new directory for the Hugging Face model (must not exist, or be empty)")
@@ -39,11 +40,11 @@ int main(int argc, char** argv) {
     moetrain::tools::ExportOptions options;
     options.checkpoint = cmd.get("--checkpoint");
     options.out = cmd.get("--out");
-    const std::string format =
-        cmd.choice("--format", {"auto", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}, "auto");
+    const std::string format = cmd.choice("--format", {"auto", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"},
+                                          "auto");
     if (format != "auto") options.family = moetrain::hf::family_named(format);
-    options.dtype =
-        cmd.choice("--dtype", {"fp32", "bf16"}, "fp32") == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    options.dtype = cmd.choice("--dtype", {"fp32", "bf16"}, "fp32") == "bf16" ? torch::kBFloat16
+                                                                              : torch::kFloat32;
     options.tokenizer = cmd.get("--tokenizer");
     options.ship_tokenizer = !cmd.has("--no-tokenizer");
     if (!options.ship_tokenizer && cmd.has("--tokenizer")) {

@@ -35,8 +35,12 @@ bool exists(const std::string& path) {
 // HF_DIR/config.json, parsed; throws naming --hf and the fix when it is missing or not JSON.
 nlohmann::json read_config(const std::string& hf_dir) {
   const std::string config_path = hf_dir + "/config.json";
-  if (!exists(hf_dir)) throw std::runtime_error("--hf " + hf_dir + ": no such directory; pass a directory written by save_pretrained");
-  if (!exists(config_path)) throw std::runtime_error("--hf " + hf_dir + ": has no config.json; pass a directory written by save_pretrained");
+  if (!exists(hf_dir))
+    throw std::runtime_error("--hf " + hf_dir +
+                             ": no such directory; pass a directory written by save_pretrained");
+  if (!exists(config_path))
+    throw std::runtime_error("--hf " + hf_dir +
+                             ": has no config.json; pass a directory written by save_pretrained");
   std::ifstream in(config_path);
   std::stringstream text;
   text << in.rdbuf();
@@ -55,7 +59,8 @@ std::string import_tokenizer(const std::string& hf_dir, const std::string& run_d
   const auto sp = moetrain::hf::read_sentencepiece(hf_dir + "/tokenizer.model");
   if (static_cast<int64_t>(sp.pieces.size()) > recipe.model().vocab_size()) {
     throw std::runtime_error(hf_dir + "/tokenizer.model has " + std::to_string(sp.pieces.size()) +
-                             " pieces, more than config.json's vocab_size " + std::to_string(recipe.model().vocab_size()) +
+                             " pieces, more than config.json's vocab_size " +
+                             std::to_string(recipe.model().vocab_size()) +
                              "; the tokenizer belongs to another model");
   }
   const std::string tokenizer = run_dir + "/tokenizer.model";
@@ -97,9 +102,11 @@ int import_model(const std::string& hf_dir, const std::string& run_dir) {
   const std::string tokenizer = import_tokenizer(hf_dir, run_dir, recipe);
   const std::string recipe_text = moetrain::config::to_text(recipe);
   write_recipe(hf_dir, run_dir, imported.family, recipe_text);
-  moetrain::trainer::Checkpointer checkpointer(run_dir, recipe.checkpoint().keep_last(), moetrain::trainer::model_section_text(recipe),
-                                               recipe_text, /*mesh=*/nullptr);
-  const std::string saved = checkpointer.save_streamed(moetrain::trainer::TrainState{}, options, plan.parameters, plan.buffers);
+  moetrain::trainer::Checkpointer checkpointer(run_dir, recipe.checkpoint().keep_last(),
+                                               moetrain::trainer::model_section_text(recipe), recipe_text,
+                                               /*mesh=*/nullptr);
+  const std::string saved = checkpointer.save_streamed(moetrain::trainer::TrainState{}, options,
+                                                       plan.parameters, plan.buffers);
 
   int64_t params = 0;
   for (const auto& p : plan.parameters) {
@@ -112,7 +119,8 @@ int import_model(const std::string& hf_dir, const std::string& run_dir) {
                                   {"checkpoint", saved},
                                   {"parameters", params},
                                   {"hf_tensors", weights.names().size()},
-                                  {"tokenizer", tokenizer.empty() ? nlohmann::json(nullptr) : nlohmann::json(tokenizer)}};
+                                  {"tokenizer",
+                                   tokenizer.empty() ? nlohmann::json(nullptr) : nlohmann::json(tokenizer)}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }

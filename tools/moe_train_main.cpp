@@ -44,16 +44,17 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
   s.sizes.ep = static_cast<int>(recipe.parallel().expert());
   moetrain::parallel::validate_mesh(s.sizes, recipe.model().num_experts(), recipe.model().num_heads());
   moetrain::parallel::validate_tensor_parallel_recipe(s.sizes, recipe);
-  s.placement =
-      moetrain::trainer::resolve_placement(recipe.train().device(), s.launch.local_rank,
-                                           s.launch.local_world_size, moetrain::trainer::visible_gpu_count());
-  s.data_plane =
-      moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(), s.placement.device.is_cuda(),
-                                             s.placement.shares_gpu, moetrain::parallel::nccl_built());
+  s.placement = moetrain::trainer::resolve_placement(recipe.train().device(), s.launch.local_rank,
+                                                     s.launch.local_world_size,
+                                                     moetrain::trainer::visible_gpu_count());
+  s.data_plane = moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(),
+                                                        s.placement.device.is_cuda(), s.placement.shares_gpu,
+                                                        moetrain::parallel::nccl_built());
   if (s.launch.world_size > 1 && s.launch.launcher == "torchrun" &&
       (s.launch.master_addr.empty() || s.launch.master_port == 0)) {
-    throw std::invalid_argument("launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
-                                "options (--standalone, or --rdzv-endpoint HOST:PORT)");
+    throw std::invalid_argument(
+        "launched by torchrun without MASTER_ADDR/MASTER_PORT; use torchrun's rendezvous "
+        "options (--standalone, or --rdzv-endpoint HOST:PORT)");
   }
   moetrain::util::set_run_rank(s.launch.rank);
   moetrain::util::armed_fault();  // a malformed MOETRAIN_FAULT is refused here, on every rank
@@ -96,10 +97,11 @@ int train(const Setup& s, const std::string& run_dir) {
     moetrain::trainer::Trainer trainer(s.recipe, run_dir, mesh.get(), s.placement);
     const auto summary = trainer.run();
     if (summary.val_ppl == summary.val_ppl) {
-      std::printf("final: step %lld | train loss %.4f | validation loss %.4f | validation perplexity %.2f "
-                  "(unigram baseline %.2f)\n",
-                  static_cast<long long>(summary.steps), summary.final_loss, summary.val_loss, summary.val_ppl,
-                  summary.unigram_ppl);
+      std::printf(
+          "final: step %lld | train loss %.4f | validation loss %.4f | validation perplexity %.2f "
+          "(unigram baseline %.2f)\n",
+          static_cast<long long>(summary.steps), summary.final_loss, summary.val_loss, summary.val_ppl,
+          summary.unigram_ppl);
     }
     if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
@@ -116,8 +118,7 @@ int train(const Setup& s, const std::string& run_dir) {
 int main(int argc, char** argv) {
   // Before the first tensor; a malformed MOETRAIN_HOST_MALLOC is a usage error.
   if (const int rc = cli::setup_error("moe-train", moetrain::util::keep_freed_host_memory)) return rc;
-  cli::Command cmd("moe-train",
-                   "usage: moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]\n");
+  cli::Command cmd("moe-train", "usage: moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]\n");
   cmd.required("--recipe", "FILE",
                "recipe in Protobuf text format (schema: csrc/config/recipe.proto, docs/recipes.md)")
       .repeated("--set", "A.B=V", "override one recipe field, typed like the file (repeatable)")

@@ -19,7 +19,8 @@ BaseDtypeReport hold_frozen_base_in(model::TransformerImpl& model, torch::Scalar
     torch::Tensor& p = item.value();
     if (!held_in_base_dtype(model, item.key(), p) || p.scalar_type() == dtype) continue;
     if (p.requires_grad()) {
-      throw std::logic_error("finetune.base_dtype: " + item.key() + " is trainable; only a frozen base can change dtype");
+      throw std::logic_error("finetune.base_dtype: " + item.key() +
+                             " is trainable; only a frozen base can change dtype");
     }
     p.set_data(p.to(dtype));  // the fp32 storage is released here
     ++report.tensors;

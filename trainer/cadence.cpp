@@ -17,11 +17,13 @@ bool Cadence::should_evaluate(int64_t step) const {
   return (eval_interval > 0 && step % eval_interval == 0) || step == steps;
 }
 
-bool Cadence::should_exit(int64_t step) const { return exit_interval > 0 && step % exit_interval == 0 && step < steps; }
+bool Cadence::should_exit(int64_t step) const {
+  return exit_interval > 0 && step % exit_interval == 0 && step < steps;
+}
 
 bool Cadence::should_save(int64_t step, bool preempted) const {
-  return (save_interval > 0 && step % save_interval == 0) || (step == steps && save_final) || should_exit(step) ||
-         stops_for_preemption(step, preempted);
+  return (save_interval > 0 && step % save_interval == 0) || (step == steps && save_final) ||
+         should_exit(step) || stops_for_preemption(step, preempted);
 }
 
 bool Cadence::should_log(int64_t step, int64_t first_step) const {

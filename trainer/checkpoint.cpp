@@ -126,7 +126,8 @@ struct Block {
 
 torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const torch::Tensor& p) {
   auto it = optimizer.state().find(p.unsafeGetTensorImpl());
-  return it == optimizer.state().end() ? nullptr : static_cast<torch::optim::AdamWParamState*>(it->second.get());
+  return it == optimizer.state().end() ? nullptr
+                                       : static_cast<torch::optim::AdamWParamState*>(it->second.get());
 }
 
 // Checks that the shards of one tensor lie inside it, do not overlap, and cover it exactly.
@@ -135,21 +136,30 @@ std::string coverage_error(const std::string& name, const json& tensor) {
   const auto& shards = tensor.at("shards");
   int64_t covered = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
-    const auto off = shards[i].at("offsets").get<std::vector<int64_t>>(), shape = shards[i].at("shape").get<std::vector<int64_t>>();
-    if (off.size() != global.size() || shape.size() != global.size()) return name + ": a shard has the wrong number of dimensions";
+    const auto off = shards[i].at("offsets").get<std::vector<int64_t>>(),
+               shape = shards[i].at("shape").get<std::vector<int64_t>>();
+    if (off.size() != global.size() || shape.size() != global.size())
+      return name + ": a shard has the wrong number of dimensions";
     for (size_t d = 0; d < global.size(); ++d) {
-      if (off[d] < 0 || off[d] + shape[d] > global[d]) return name + ": shard in " + shards[i].at("file").get<std::string>() + " lies outside " + shape_text(global);
+      if (off[d] < 0 || off[d] + shape[d] > global[d])
+        return name + ": shard in " + shards[i].at("file").get<std::string>() + " lies outside " +
+               shape_text(global);
     }
     for (size_t j = 0; j < i; ++j) {
-      const auto o2 = shards[j].at("offsets").get<std::vector<int64_t>>(), s2 = shards[j].at("shape").get<std::vector<int64_t>>();
+      const auto o2 = shards[j].at("offsets").get<std::vector<int64_t>>(),
+                 s2 = shards[j].at("shape").get<std::vector<int64_t>>();
       bool overlap = volume(shape) > 0 && volume(s2) > 0;
-      for (size_t d = 0; d < global.size() && overlap; ++d) overlap = off[d] < o2[d] + s2[d] && o2[d] < off[d] + shape[d];
-      if (overlap) return name + ": shards in " + shards[i].at("file").get<std::string>() + " and " + shards[j].at("file").get<std::string>() + " overlap";
+      for (size_t d = 0; d < global.size() && overlap; ++d)
+        overlap = off[d] < o2[d] + s2[d] && o2[d] < off[d] + shape[d];
+      if (overlap)
+        return name + ": shards in " + shards[i].at("file").get<std::string>() + " and " +
+               shards[j].at("file").get<std::string>() + " overlap";
     }
     covered += volume(shape);
   }
   if (covered != volume(global)) {
-    return name + ": shards cover " + std::to_string(covered) + " of " + std::to_string(volume(global)) + " elements";
+    return name + ": shards cover " + std::to_string(covered) + " of " + std::to_string(volume(global)) +
+           " elements";
   }
   return {};
 }
@@ -158,7 +168,8 @@ std::string coverage_error(const std::string& name, const json& tensor) {
 // SIGKILL itself halfway through writing its file of that step's checkpoint.
 bool fault_during_save(int rank, int64_t step) {
   const auto fault = util::armed_fault();
-  return fault && fault->point == util::FaultPoint::kCheckpointWrite && fault->rank == rank && fault->step == step;
+  return fault && fault->point == util::FaultPoint::kCheckpointWrite && fault->rank == rank &&
+         fault->step == step;
 }
 
 // Checkpoint shards hold host tensors: a run saved on a GPU resumes on the CPU and the other way round.
@@ -223,7 +234,10 @@ json write_rank_file(const RankBlocks& owned, const fs::path& tmp_dir, int rank,
   json entries = json::array();
   for (const auto& b : owned.blocks) {
     tensors.emplace_back(b.name, b.data);
-    entries.push_back({{"name", b.name}, {"global", b.box.global_view}, {"offsets", b.box.offsets}, {"shape", b.box.local_view}});
+    entries.push_back({{"name", b.name},
+                       {"global", b.box.global_view},
+                       {"offsets", b.box.offsets},
+                       {"shape", b.box.local_view}});
   }
   const std::map<std::string, std::string> metadata{{"format", "moetrain-checkpoint-shard"}};
   const std::string file = rank_file(rank), path = (tmp_dir / file).string();
@@ -252,21 +266,26 @@ void add_rank_reports(json& manifest, const std::vector<std::string>& reports) {
   for (size_t rank = 0; rank < reports.size(); ++rank) {
     const json r = json::parse(reports[rank]);
     if (r["buffers_sha256"] != rank0_buffers) {
-      throw std::runtime_error("checkpoint: the expert biases of rank " + std::to_string(rank) +
-                               " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
+      throw std::runtime_error(
+          "checkpoint: the expert biases of rank " + std::to_string(rank) +
+          " differ from rank 0's; the ranks have diverged (a bug: please report it with the run directory)");
     }
     manifest["files"][r["file"].get<std::string>()] = {{"bytes", r["bytes"]}, {"sha256", r["sha256"]}};
-    manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(), r["optimizer_step"].get<int64_t>());
+    manifest["optimizer_step"] = std::max(manifest["optimizer_step"].get<int64_t>(),
+                                          r["optimizer_step"].get<int64_t>());
     for (const auto& b : r["blocks"]) {
       auto& t = manifest["tensors"][b["name"].get<std::string>()];
       if (t.is_null()) t = {{"shape", b["global"]}, {"dtype", "F32"}, {"shards", json::array()}};
-      if (t["shape"] != b["global"]) throw std::runtime_error("checkpoint: ranks disagree on the global shape of " + b["name"].get<std::string>());
+      if (t["shape"] != b["global"])
+        throw std::runtime_error("checkpoint: ranks disagree on the global shape of " +
+                                 b["name"].get<std::string>());
       t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
     }
   }
   for (auto& [name, t] : manifest["tensors"].items()) {
     if (name.rfind("rng/", 0) == 0) t["dtype"] = "U8";
-    if (auto error = coverage_error(name, t); !error.empty()) throw std::runtime_error("checkpoint coverage check failed: " + error);
+    if (auto error = coverage_error(name, t); !error.empty())
+      throw std::runtime_error("checkpoint coverage check failed: " + error);
   }
 }
 
@@ -308,8 +327,9 @@ void prune(const fs::path& root, int64_t keep_last, const fs::path& current) {
 json checked_manifest(const std::string& dir, const std::string& model_section) {
   json manifest = json::parse(read_manifest(dir));
   if (manifest.at("model_digest").get<std::string>() != io::sha256_hex(model_section)) {
-    throw std::runtime_error(dir + " was written for a different model section:\n" + manifest.at("model_section").get<std::string>() +
-                             "the recipe now says:\n" + model_section +
+    throw std::runtime_error(dir + " was written for a different model section:\n" +
+                             manifest.at("model_section").get<std::string>() + "the recipe now says:\n" +
+                             model_section +
                              "use a new --run-dir, or --set checkpoint.resume=false to start from scratch");
   }
   return manifest;
@@ -359,16 +379,21 @@ io::SafetensorsFile& ShardReader::open(const std::string& file) {
   auto& slot = files_[file];
   if (slot) return *slot;
   const fs::path path = fs::path(dir_) / file;
-  if (!manifest_["files"].contains(file)) throw std::runtime_error(dir_ + "/manifest.json does not list " + file);
+  if (!manifest_["files"].contains(file))
+    throw std::runtime_error(dir_ + "/manifest.json does not list " + file);
   const auto& meta = manifest_["files"][file];
-  if (!fs::exists(path)) throw std::runtime_error(path.string() + " is missing; the checkpoint is incomplete: use an earlier one");
+  if (!fs::exists(path))
+    throw std::runtime_error(path.string() + " is missing; the checkpoint is incomplete: use an earlier one");
   const auto size = fs::file_size(path);
   if (size != meta["bytes"].get<uint64_t>()) {
-    throw std::runtime_error(path.string() + " has " + std::to_string(size) + " bytes, the manifest says " + meta["bytes"].dump() +
+    throw std::runtime_error(path.string() + " has " + std::to_string(size) + " bytes, the manifest says " +
+                             meta["bytes"].dump() +
                              " (truncated?); the checkpoint is damaged: use an earlier one");
   }
   if (io::sha256_file(path.string()) != meta["sha256"].get<std::string>()) {
-    throw std::runtime_error(path.string() + " does not match its SHA-256 in the manifest; the checkpoint is corrupted: use an earlier one");
+    throw std::runtime_error(
+        path.string() +
+        " does not match its SHA-256 in the manifest; the checkpoint is corrupted: use an earlier one");
   }
   slot = std::make_unique<io::SafetensorsFile>(path.string());
   return *slot;
@@ -378,8 +403,9 @@ torch::Tensor ShardReader::assemble(const std::string& name, const model::ShardB
   if (!saved(name)) throw std::runtime_error(dir_ + " has no tensor " + name);
   const auto& t = manifest_["tensors"][name];
   if (t["shape"].get<std::vector<int64_t>>() != box.global_view) {
-    throw std::runtime_error(dir_ + ": " + name + " has shape " + shape_text(t["shape"].get<std::vector<int64_t>>()) +
-                             ", the model expects " + shape_text(box.global_view));
+    throw std::runtime_error(dir_ + ": " + name + " has shape " +
+                             shape_text(t["shape"].get<std::vector<int64_t>>()) + ", the model expects " +
+                             shape_text(box.global_view));
   }
   torch::Tensor out;
   int64_t covered = 0;
@@ -391,17 +417,20 @@ torch::Tensor ShardReader::assemble(const std::string& name, const model::ShardB
     covered += volume(len);
   }
   if (covered != volume(box.local_view)) {
-    throw std::runtime_error(dir_ + ": the shards of " + name + " cover " + std::to_string(covered) + " of the " +
-                             std::to_string(volume(box.local_view)) + " elements this rank needs; the checkpoint is incomplete");
+    throw std::runtime_error(dir_ + ": the shards of " + name + " cover " + std::to_string(covered) +
+                             " of the " + std::to_string(volume(box.local_view)) +
+                             " elements this rank needs; the checkpoint is incomplete");
   }
   return out;
 }
 
-void ShardReader::copy_intersection(const std::string& name, const std::string& file, const std::vector<int64_t>& off,
-                                    const std::vector<int64_t>& shape, const std::vector<int64_t>& lo,
-                                    const std::vector<int64_t>& len, const model::ShardBox& box, torch::Tensor& out) {
+void ShardReader::copy_intersection(const std::string& name, const std::string& file,
+                                    const std::vector<int64_t>& off, const std::vector<int64_t>& shape,
+                                    const std::vector<int64_t>& lo, const std::vector<int64_t>& len,
+                                    const model::ShardBox& box, torch::Tensor& out) {
   const io::SafetensorsFile& f = open(file);
-  if (f.shape(name) != shape) throw std::runtime_error(dir_ + ": " + name + " in " + file + " does not have the shape the manifest says");
+  if (f.shape(name) != shape)
+    throw std::runtime_error(dir_ + ": " + name + " in " + file + " does not have the shape the manifest says");
   // Read only the rows of dim 0 this rank needs (its experts of an expert-sharded tensor, any layout's).
   torch::Tensor src = off.empty() ? f.get(name) : f.get_rows(name, lo[0] - off[0], len[0]);
   if (!out.defined()) out = torch::zeros(box.local_view, src.options());
@@ -425,7 +454,8 @@ void restore_model(ShardReader& reader, model::TransformerImpl& model, const Loa
     const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
     p.value().copy_(reader.assemble("model/" + p.key(), box).reshape(p.value().sizes()));
   }
-  for (auto& b : model.named_buffers()) b.value().copy_(reader.assemble("model/" + b.key(), whole(b.value())));
+  for (auto& b : model.named_buffers())
+    b.value().copy_(reader.assemble("model/" + b.key(), whole(b.value())));
 }
 
 // Replaces the AdamW state of every parameter the checkpoint has moments for (the others never stepped).
@@ -437,8 +467,10 @@ void restore_optimizer(ShardReader& reader, model::TransformerImpl& model, torch
     const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
     auto s = std::make_unique<torch::optim::AdamWParamState>();
     s->step(optimizer_step);
-    s->exp_avg(reader.assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
-    s->exp_avg_sq(reader.assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
+    s->exp_avg(
+        reader.assemble("optim/exp_avg/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
+    s->exp_avg_sq(
+        reader.assemble("optim/exp_avg_sq/" + p.key(), box).reshape(p.value().sizes()).to(p.value().device()));
     optimizer.state()[p.value().unsafeGetTensorImpl()] = std::move(s);
   }
 }
@@ -453,7 +485,8 @@ TrainState restore_train_state(ShardReader& reader, model::TransformerImpl& mode
   state.samples_consumed = manifest.at("samples_consumed").get<int64_t>();
   state.tokens = manifest.at("tokens").get<int64_t>();
   const auto& layout = manifest.at("layout");
-  const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() && layout.at("ep") == ranks.ep();
+  const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() &&
+                           layout.at("ep") == ranks.ep();
   const int source = same_layout ? ranks.rank() : 0;
   const std::string file = rank_file(source);
   at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -474,15 +507,16 @@ std::string model_section_text(const config::Recipe& recipe) {
   return config::to_text(only_model);
 }
 
-Checkpointer::Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section, std::string recipe_text,
-                           parallel::ProcessMesh* mesh)
+Checkpointer::Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section,
+                           std::string recipe_text, parallel::ProcessMesh* mesh)
     : root_(run_dir + "/checkpoints"),
       keep_last_(std::max<int64_t>(keep_last, 1)),
       model_section_(std::move(model_section)),
       recipe_text_(std::move(recipe_text)),
       mesh_(mesh) {}
 
-std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer) {
+std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& model,
+                               torch::optim::AdamW& optimizer) {
   const Ranks ranks{mesh_};
   const fs::path final_dir = fs::path(root_) / step_name(state.step);
   const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
@@ -508,8 +542,10 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
 }
 
 std::string Checkpointer::save_streamed(const TrainState& state, const model::TransformerOptions& options,
-                                        const std::vector<io::LazyTensor>& parameters, const std::vector<io::LazyTensor>& buffers) {
-  if (mesh_) throw std::logic_error("Checkpointer::save_streamed writes a one-process checkpoint; this one has a mesh");
+                                        const std::vector<io::LazyTensor>& parameters,
+                                        const std::vector<io::LazyTensor>& buffers) {
+  if (mesh_)
+    throw std::logic_error("Checkpointer::save_streamed writes a one-process checkpoint; this one has a mesh");
   const fs::path final_dir = fs::path(root_) / step_name(state.step);
   const fs::path tmp_dir = fs::path(root_) / (step_name(state.step) + ".tmp");
   fs::create_directories(root_);
@@ -519,8 +555,10 @@ std::string Checkpointer::save_streamed(const TrainState& state, const model::Tr
   std::vector<io::LazyTensor> stored;
   json entries = json::array();
   auto add = [&](const std::string& name, const model::ShardBox& box, const io::LazyTensor& t) {
-    stored.push_back({name, box.local_view, t.dtype, [&t, shape = box.local_view] { return t.read().reshape(shape); }});
-    entries.push_back({{"name", name}, {"global", box.global_view}, {"offsets", box.offsets}, {"shape", box.local_view}});
+    stored.push_back(
+        {name, box.local_view, t.dtype, [&t, shape = box.local_view] { return t.read().reshape(shape); }});
+    entries.push_back(
+        {{"name", name}, {"global", box.global_view}, {"offsets", box.offsets}, {"shape", box.local_view}});
   };
   for (const auto& p : parameters) add("model/" + p.name, model::shard_box(options, p.name, p.shape), p);
   std::string replicas;
@@ -533,7 +571,8 @@ std::string Checkpointer::save_streamed(const TrainState& state, const model::Tr
   std::vector<io::LazyTensor> buffer_blocks;
   buffer_blocks.reserve(buffers.size() + 1);  // `add` keeps references: no reallocation
   for (size_t i = 0; i < buffers.size(); ++i) {
-    buffer_blocks.push_back({buffers[i].name, buffers[i].shape, buffers[i].dtype, [v = buffer_values[i]] { return v; }});
+    buffer_blocks.push_back(
+        {buffers[i].name, buffers[i].shape, buffers[i].dtype, [v = buffer_values[i]] { return v; }});
     add("model/" + buffers[i].name, whole(buffer_values[i]), buffer_blocks.back());
   }
   const auto rng = at::detail::getDefaultCPUGenerator().get_state();
@@ -541,14 +580,17 @@ std::string Checkpointer::save_streamed(const TrainState& state, const model::Tr
   add("rng/cpu/rank00000", whole(rng), buffer_blocks.back());
 
   const std::string file = rank_file(0), path = (tmp_dir / file).string();
-  const int64_t bytes = io::write_safetensors_synced(path, stored, {{"format", "moetrain-checkpoint-shard"}}, torch::kFloat32);
-  const json report = {{"file", file}, {"bytes", bytes}, {"sha256", io::sha256_file(path)}, {"blocks", entries},
-                       {"optimizer_step", 0}, {"buffers_sha256", io::sha256_hex(replicas)}};
+  const int64_t bytes = io::write_safetensors_synced(path, stored, {{"format", "moetrain-checkpoint-shard"}},
+                                                     torch::kFloat32);
+  const json report = {
+      {"file", file},      {"bytes", bytes},      {"sha256", io::sha256_file(path)},
+      {"blocks", entries}, {"optimizer_step", 0}, {"buffers_sha256", io::sha256_hex(replicas)}};
   commit(state, {report.dump()}, 1, 1, 1);
   return final_dir.string();
 }
 
-void Checkpointer::commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep) const {
+void Checkpointer::commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp,
+                          int ep) const {
   json manifest = {{"format", "moetrain-checkpoint"},
                    {"version", kCheckpointFormatVersion},
                    {"step", state.step},
@@ -576,16 +618,17 @@ std::optional<std::string> Checkpointer::latest() const {
     if (!(in >> name)) return;
     const fs::path dir = fs::path(root_) / name;
     if (!fs::exists(dir / "manifest.json")) {
-      throw std::runtime_error((fs::path(root_) / "latest").string() + " points to " + name +
-                               ", which is not a committed checkpoint; point it at an existing step_* directory or remove it to start over");
+      throw std::runtime_error(
+          (fs::path(root_) / "latest").string() + " points to " + name +
+          ", which is not a committed checkpoint; point it at an existing step_* directory or remove it to start over");
     }
     found = dir.string();
   }));
   const auto seen = ranks.gather(found);
   for (size_t r = 1; r < seen.size(); ++r) {
     if (seen[r] != seen[0]) {
-      throw std::runtime_error("ranks see different checkpoints in " + root_ + ": rank 0 sees '" + seen[0] + "', rank " +
-                               std::to_string(r) + " sees '" + seen[r] +
+      throw std::runtime_error("ranks see different checkpoints in " + root_ + ": rank 0 sees '" + seen[0] +
+                               "', rank " + std::to_string(r) + " sees '" + seen[r] +
                                "'; the run directory must be on a filesystem shared by every node");
     }
   }
@@ -593,8 +636,8 @@ std::optional<std::string> Checkpointer::latest() const {
   return found;
 }
 
-TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& model, torch::optim::AdamW* optimizer,
-                              const LoadOptions& options) {
+TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& model,
+                              torch::optim::AdamW* optimizer, const LoadOptions& options) {
   const Ranks ranks{mesh_};
   json manifest;
   ranks.agree(attempt([&] { manifest = checked_manifest(dir, model_section_); }));

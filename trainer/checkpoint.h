@@ -51,8 +51,8 @@ class Checkpointer {
   // `model_section`: text of the recipe's model section (its SHA-256 is the checkpoint's model digest:
   // a load into a different model is refused). `recipe_text`: the resolved recipe, kept in the manifest.
   // `mesh`: null for one process. Every method is collective over the mesh's world.
-  Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section, std::string recipe_text = "",
-               parallel::ProcessMesh* mesh = nullptr);
+  Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section,
+               std::string recipe_text = "", parallel::ProcessMesh* mesh = nullptr);
 
   // Returns the committed directory.
   std::string save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer);
@@ -62,7 +62,8 @@ class Checkpointer {
   // no optimizer state, reading each tensor as its bytes are written. moe-import converts a model of any
   // size in the memory of its largest tensor this way. Refused (logic_error) with a mesh.
   std::string save_streamed(const TrainState& state, const model::TransformerOptions& options,
-                            const std::vector<io::LazyTensor>& parameters, const std::vector<io::LazyTensor>& buffers);
+                            const std::vector<io::LazyTensor>& parameters,
+                            const std::vector<io::LazyTensor>& buffers);
   // The committed checkpoint `latest` points to, if any.
   std::optional<std::string> latest() const;
 

@@ -25,8 +25,8 @@ struct ManifestCheck {
   const std::string& path;
 
   [[noreturn]] void fail(const std::string& field, const json* value, const std::string& what) const {
-    throw std::runtime_error(path + ": " + field + " = " + (value ? shown(*value) : "(absent)") + ": " + what +
-                             "; the manifest is damaged or not moetrain's: use an earlier checkpoint");
+    throw std::runtime_error(path + ": " + field + " = " + (value ? shown(*value) : "(absent)") + ": " +
+                             what + "; the manifest is damaged or not moetrain's: use an earlier checkpoint");
   }
   const json& member(const json& object, const std::string& key, const std::string& field) const {
     auto it = object.find(key);
@@ -45,7 +45,8 @@ struct ManifestCheck {
   }
   int64_t integer(const json& v, const std::string& field, int64_t least) const {
     if (!v.is_number_integer()) fail(field, &v, "must be an integer");
-    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    if (v.is_number_unsigned() &&
+        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
       fail(field, &v, "is too large");
     }
     const int64_t n = v.get<int64_t>();
@@ -56,14 +57,16 @@ struct ManifestCheck {
     return integer(member(parent, key, field), field, least);
   }
   // An array of integers >= 0; `rank` >= 0 demands that many entries.
-  std::vector<int64_t> dims(const json& parent, const std::string& key, const std::string& field, int64_t rank) const {
+  std::vector<int64_t> dims(const json& parent, const std::string& key, const std::string& field,
+                            int64_t rank) const {
     const json& v = member(parent, key, field);
     if (!v.is_array()) fail(field, &v, "must be an array of integers");
     if (rank >= 0 && static_cast<int64_t>(v.size()) != rank) {
       fail(field, &v, "must have " + std::to_string(rank) + " entries, one per dimension of the tensor");
     }
     std::vector<int64_t> out;
-    for (size_t i = 0; i < v.size(); ++i) out.push_back(integer(v[i], field + "[" + std::to_string(i) + "]", 0));
+    for (size_t i = 0; i < v.size(); ++i)
+      out.push_back(integer(v[i], field + "[" + std::to_string(i) + "]", 0));
     return out;
   }
 };
@@ -82,21 +85,26 @@ json parse_manifest(const std::string& text, const std::string& path) {
   try {
     m = json::parse(text);
   } catch (const std::exception& e) {
-    throw std::runtime_error(path + " is not valid JSON (" + e.what() + "); the checkpoint is damaged: use an earlier one");
+    throw std::runtime_error(path + " is not valid JSON (" + e.what() +
+                             "); the checkpoint is damaged: use an earlier one");
   }
   if (!m.is_object() || m.find("format") == m.end() || m["format"] != "moetrain-checkpoint") {
-    throw std::runtime_error(path + " is not a moetrain checkpoint manifest (no \"format\": \"moetrain-checkpoint\")");
+    throw std::runtime_error(
+        path + " is not a moetrain checkpoint manifest (no \"format\": \"moetrain-checkpoint\")");
   }
   const ManifestCheck check{path};
   const json& version = check.member(m, "version", "version");
   if (!version.is_number_integer() || version != kCheckpointFormatVersion) {
-    throw std::runtime_error(path + " has format version " + shown(version) + "; this moetrain reads version " +
-                             std::to_string(kCheckpointFormatVersion) + ": use the moetrain release that wrote it");
+    throw std::runtime_error(path + " has format version " + shown(version) +
+                             "; this moetrain reads version " + std::to_string(kCheckpointFormatVersion) +
+                             ": use the moetrain release that wrote it");
   }
-  for (const char* key : {"step", "samples_consumed", "tokens", "optimizer_step"}) check.integer(m, key, key, 0);
+  for (const char* key : {"step", "samples_consumed", "tokens", "optimizer_step"})
+    check.integer(m, key, key, 0);
   const json& layout = check.object(m, "layout", "layout");
   for (const char* key : {"world", "tp", "ep"}) check.integer(layout, key, std::string("layout.") + key, 1);
-  for (const char* key : {"model_digest", "recipe_digest", "model_section", "recipe"}) check.string(m, key, key);
+  for (const char* key : {"model_digest", "recipe_digest", "model_section", "recipe"})
+    check.string(m, key, key);
 
   const json& files = check.object(m, "files", "files");
   for (auto it = files.begin(); it != files.end(); ++it) {
@@ -104,7 +112,8 @@ json parse_manifest(const std::string& text, const std::string& path) {
     if (!it->is_object()) check.fail(field, &*it, "must be a JSON object with bytes and sha256");
     check.integer(*it, "bytes", field + ".bytes", 0);
     const std::string& digest = check.string(*it, "sha256", field + ".sha256");
-    if (!is_sha256_hex(digest)) check.fail(field + ".sha256", &(*it)["sha256"], "must be 64 lower-case hex digits");
+    if (!is_sha256_hex(digest))
+      check.fail(field + ".sha256", &(*it)["sha256"], "must be 64 lower-case hex digits");
   }
 
   const json& tensors = check.object(m, "tensors", "tensors");
@@ -114,16 +123,19 @@ json parse_manifest(const std::string& text, const std::string& path) {
     const auto global = check.dims(*it, "shape", field + ".shape", -1);
     int64_t elements = 1;
     for (int64_t d : global) {
-      if (d > 0 && elements > kMaxElements / d) check.fail(field + ".shape", &(*it)["shape"], "has more than 2^62 elements");
+      if (d > 0 && elements > kMaxElements / d)
+        check.fail(field + ".shape", &(*it)["shape"], "has more than 2^62 elements");
       elements *= d;
     }
     const json& shards = check.member(*it, "shards", field + ".shards");
     if (!shards.is_array()) check.fail(field + ".shards", &shards, "must be an array");
     for (size_t s = 0; s < shards.size(); ++s) {
       const std::string sf = field + ".shards[" + std::to_string(s) + "]";
-      if (!shards[s].is_object()) check.fail(sf, &shards[s], "must be a JSON object with file, offsets and shape");
+      if (!shards[s].is_object())
+        check.fail(sf, &shards[s], "must be a JSON object with file, offsets and shape");
       const std::string& file = check.string(shards[s], "file", sf + ".file");
-      if (files.find(file) == files.end()) check.fail(sf + ".file", &shards[s]["file"], "is not listed in files");
+      if (files.find(file) == files.end())
+        check.fail(sf + ".file", &shards[s]["file"], "is not listed in files");
       const auto rank = static_cast<int64_t>(global.size());
       const auto offsets = check.dims(shards[s], "offsets", sf + ".offsets", rank);
       const auto shape = check.dims(shards[s], "shape", sf + ".shape", rank);
@@ -141,8 +153,9 @@ std::string read_manifest(const std::string& dir) {
   const std::filesystem::path path = std::filesystem::path(dir) / "manifest.json";
   std::ifstream in(path);
   if (!in) {
-    throw std::runtime_error(path.string() + " is missing: " + dir +
-                             " is not a committed moetrain checkpoint (an interrupted save, or a checkpoint of an older format)");
+    throw std::runtime_error(
+        path.string() + " is missing: " + dir +
+        " is not a committed moetrain checkpoint (an interrupted save, or a checkpoint of an older format)");
   }
   std::stringstream text;
   text << in.rdbuf();

@@ -12,9 +12,10 @@ namespace {
 void check_vocab(const data::IndexedDataset& ds, const std::string& prefix, int64_t vocab_size) {
   const int64_t max_id = ds.max_token_id();
   if (max_id >= vocab_size) {
-    throw std::runtime_error(prefix + ": token id " + std::to_string(max_id) + " does not fit model.vocab_size = " +
-                             std::to_string(vocab_size) + "; set model.vocab_size to at least " +
-                             std::to_string(max_id + 1) + " (the tokenizer's vocabulary size)");
+    throw std::runtime_error(prefix + ": token id " + std::to_string(max_id) +
+                             " does not fit model.vocab_size = " + std::to_string(vocab_size) +
+                             "; set model.vocab_size to at least " + std::to_string(max_id + 1) +
+                             " (the tokenizer's vocabulary size)");
   }
 }
 
@@ -39,22 +40,26 @@ torch::Tensor TrainingData::batch(int64_t first, int64_t count) const {
 
 int64_t TrainingData::num_tokens() const { return dataset_->num_tokens(); }
 
-EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_t max_per_domain, int64_t vocab_size) {
+EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_t max_per_domain,
+                              int64_t vocab_size) {
   auto ds = data::IndexedDataset::open(prefix);
   check_vocab(ds, prefix, vocab_size);
-  const data::EvalSequences seqs = data::eval_sequences(ds, data::read_domains(prefix, ds), seq_len, max_per_domain);
+  const data::EvalSequences seqs = data::eval_sequences(ds, data::read_domains(prefix, ds), seq_len,
+                                                        max_per_domain);
   EvalWindows out;
   for (size_t d = 0; d < seqs.domains.size(); ++d) {
     const int64_t n = seqs.counts[d];
     if (n == 0) continue;
     out.domains.push_back(seqs.domains[d]);
-    out.windows.push_back(torch::from_blob(const_cast<int64_t*>(seqs.tokens[d].data()), {n, seq_len + 1}, torch::kInt64).clone());
+    out.windows.push_back(
+        torch::from_blob(const_cast<int64_t*>(seqs.tokens[d].data()), {n, seq_len + 1}, torch::kInt64).clone());
   }
   return out;
 }
 
 double unigram_baseline(const std::string& train_prefix, const EvalWindows& eval, int64_t vocab_size) {
-  const std::vector<double> log_p = data::unigram_log_probs(data::IndexedDataset::open(train_prefix), vocab_size);
+  const std::vector<double> log_p = data::unigram_log_probs(data::IndexedDataset::open(train_prefix),
+                                                            vocab_size);
   double nll = 0;
   int64_t tokens = 0;
   for (const auto& w : eval.windows) {

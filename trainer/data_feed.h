@@ -28,7 +28,8 @@ class TrainingData {
   int64_t seq_len_;
 };
 
-EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_t max_per_domain, int64_t vocab_size);
+EvalWindows load_eval_windows(const std::string& prefix, int64_t seq_len, int64_t max_per_domain,
+                              int64_t vocab_size);
 
 // Perplexity, under the add-one-smoothed unigram model of the training tokens, of exactly the tokens
 // val_ppl is measured on (the targets of every evaluation window): the two numbers compare like with like.

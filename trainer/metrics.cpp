@@ -40,13 +40,15 @@ void drop_lines_after_step(const std::string& jsonl_path, int64_t step) {
     for (const auto& line : kept) out << line << "\n";
     if (!out) throw std::runtime_error(tmp + ": cannot write; check the run directory is writable");
   }
-  if (std::rename(tmp.c_str(), jsonl_path.c_str()) != 0) throw std::runtime_error(jsonl_path + ": cannot replace");
+  if (std::rename(tmp.c_str(), jsonl_path.c_str()) != 0)
+    throw std::runtime_error(jsonl_path + ": cannot replace");
 }
 
 MetricsSink::MetricsSink(const std::string& run_dir, bool tensorboard, int64_t resumed_step) {
   const std::string path = run_dir + "/metrics.jsonl";
   jsonl_.open(path, std::ios::app);
-  if (!jsonl_) throw std::runtime_error(path + ": cannot open for writing; check the run directory is writable");
+  if (!jsonl_)
+    throw std::runtime_error(path + ": cannot open for writing; check the run directory is writable");
   if (tensorboard) {
     events_ = std::make_unique<EventWriter>(run_dir);
     if (resumed_step >= 0) {
@@ -82,22 +84,26 @@ std::string json_ints(const torch::Tensor& t) {
 ExpertLoadLog::ExpertLoadLog(const std::string& run_dir) {
   load_.open(run_dir + "/expert_load.jsonl", std::ios::app);
   domains_.open(run_dir + "/expert_domains.jsonl", std::ios::app);
-  if (!load_ || !domains_) throw std::runtime_error(run_dir + ": cannot open expert load logs; check the run directory is writable");
+  if (!load_ || !domains_)
+    throw std::runtime_error(run_dir + ": cannot open expert load logs; check the run directory is writable");
 }
 
-void ExpertLoadLog::write_load(int64_t step, const std::vector<std::string>& layers, const std::vector<torch::Tensor>& load) {
+void ExpertLoadLog::write_load(int64_t step, const std::vector<std::string>& layers,
+                               const std::vector<torch::Tensor>& load) {
   load_ << "{\"step\": " << step << ", \"tokens_per_expert\": {";
-  for (size_t l = 0; l < load.size(); ++l) load_ << (l ? ", " : "") << "\"" << layers[l] << "\": " << json_ints(load[l]);
+  for (size_t l = 0; l < load.size(); ++l)
+    load_ << (l ? ", " : "") << "\"" << layers[l] << "\": " << json_ints(load[l]);
   load_ << "}}\n";
   load_.flush();
 }
 
-void ExpertLoadLog::write_domains(int64_t step, const std::vector<std::string>& layers, const std::vector<std::string>& domains,
+void ExpertLoadLog::write_domains(int64_t step, const std::vector<std::string>& layers,
+                                  const std::vector<std::string>& domains,
                                   const std::vector<std::vector<torch::Tensor>>& load_per_domain) {
   for (size_t d = 0; d < load_per_domain.size(); ++d) {
     for (size_t l = 0; l < load_per_domain[d].size(); ++l) {
-      domains_ << "{\"step\": " << step << ", \"layer\": \"" << layers[l] << "\", \"domain\": \"" << domains[d]
-               << "\", \"tokens_per_expert\": " << json_ints(load_per_domain[d][l]) << "}\n";
+      domains_ << "{\"step\": " << step << ", \"layer\": \"" << layers[l] << "\", \"domain\": \""
+               << domains[d] << "\", \"tokens_per_expert\": " << json_ints(load_per_domain[d][l]) << "}\n";
     }
   }
   domains_.flush();

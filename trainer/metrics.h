@@ -22,7 +22,9 @@ struct StepRecord {
   std::vector<std::pair<std::string, double>> scalars;
   std::vector<std::pair<std::string, double>> tensorboard_only;
   void add(const std::string& name, double value) { scalars.emplace_back(name, value); }
-  void add_tensorboard_only(const std::string& name, double value) { tensorboard_only.emplace_back(name, value); }
+  void add_tensorboard_only(const std::string& name, double value) {
+    tensorboard_only.emplace_back(name, value);
+  }
   double get(const std::string& name) const;  // throws if absent
 };
 
@@ -48,7 +50,8 @@ class ExpertLoadLog {
  public:
   explicit ExpertLoadLog(const std::string& run_dir);
   void write_load(int64_t step, const std::vector<std::string>& layers, const std::vector<torch::Tensor>& load);
-  void write_domains(int64_t step, const std::vector<std::string>& layers, const std::vector<std::string>& domains,
+  void write_domains(int64_t step, const std::vector<std::string>& layers,
+                     const std::vector<std::string>& domains,
                      const std::vector<std::vector<torch::Tensor>>& load_per_domain);
 
  private:

@@ -11,13 +11,14 @@
 namespace moetrain::trainer {
 
 struct LayerStepMeasures {
-  torch::Tensor load_E;        // int64 (E): routed pairs per expert over the step's global batch, before capacity,
-                               // on the layer's device (the bias update takes it)
-  torch::Tensor host_load_E;   // the same on the host (logs)
+  torch::Tensor load_E;  // int64 (E): routed pairs per expert over the step's global batch, before capacity,
+                         // on the layer's device (the bias update takes it)
+  torch::Tensor host_load_E;       // the same on the host (logs)
   double routed = 0, dropped = 0;  // pairs over every rank
-  double tokens = 0, unchosen = 0; // tokens routed, and those no expert computed (no kept pair), over every rank
-  double entropy = 0;              // mean router entropy over the step's forwards and ranks (nats)
-  double aux = 0, z = 0;           // Σ over the step's micro-batches, coefficient applied: summed over tp, mean over dp
+  double tokens = 0,
+         unchosen = 0;    // tokens routed, and those no expert computed (no kept pair), over every rank
+  double entropy = 0;     // mean router entropy over the step's forwards and ranks (nats)
+  double aux = 0, z = 0;  // Σ over the step's micro-batches, coefficient applied: summed over tp, mean over dp
   double dropped_fraction() const { return routed > 0 ? dropped / routed : 0.0; }
   // Under expert choice the tokens no expert chose; under token choice those whose every pair was dropped.
   double unchosen_fraction() const { return tokens > 0 ? unchosen / tokens : 0.0; }

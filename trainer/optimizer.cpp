@@ -11,10 +11,8 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, co
     if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   }
   auto options = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(o.lr())
-                                                            .betas({o.beta1(), o.beta2()})
-                                                            .eps(o.eps())
-                                                            .weight_decay(wd));
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(o.lr()).betas({o.beta1(), o.beta2()}).eps(o.eps()).weight_decay(wd));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(o.weight_decay()));

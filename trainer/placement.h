@@ -24,7 +24,8 @@ struct Placement {
 
 // Pure: decides from the setting, the launcher's local rank and the visible GPU count. Throws
 // std::invalid_argument naming train.device, the value and the fix (CUDA with no GPU visible).
-Placement resolve_placement(config::TrainConfig::Device setting, int local_rank, int local_world_size, int visible_gpus);
+Placement resolve_placement(config::TrainConfig::Device setting, int local_rank, int local_world_size,
+                            int visible_gpus);
 
 // torch's CUDA device count: 0 without a driver, a GPU or a CUDA build of torch.
 int visible_gpu_count();

@@ -50,7 +50,8 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   return rec;
 }
 
-void StepReporter::add_moe_measures(StepRecord& rec, const std::vector<LayerStepMeasures>& m, int64_t micro_batches) {
+void StepReporter::add_moe_measures(StepRecord& rec, const std::vector<LayerStepMeasures>& m,
+                                    int64_t micro_batches) {
   if (m.empty()) return;
   double vio = 0, dropped = 0, unchosen = 0, entropy = 0;
   std::vector<torch::Tensor> load;  // host
@@ -72,7 +73,8 @@ void StepReporter::add_moe_measures(StepRecord& rec, const std::vector<LayerStep
     load.push_back(counts);
     for (int64_t e = 0; e < counts.numel(); ++e) {
       char tag[64];
-      std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer.c_str(), static_cast<long long>(e));
+      std::snprintf(tag, sizeof(tag), "tokens_per_expert/%s/expert%03lld", layer.c_str(),
+                    static_cast<long long>(e));
       rec.add_tensorboard_only(tag, static_cast<double>(counts.data_ptr<int64_t>()[e]));
     }
   }
@@ -87,15 +89,17 @@ void StepReporter::add_moe_measures(StepRecord& rec, const std::vector<LayerStep
 void StepReporter::print_progress(const StepRecord& rec, const StepOutcome& o, int64_t steps, double eta_s,
                                   bool whole_line) const {
   if (!whole_line && !redraw_) return;
-  std::printf("%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | maxvio %.2f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
-              redraw_ ? "\r" : "", static_cast<long long>(o.step), static_cast<long long>(steps), rec.get("loss"),
-              rec.get("lm_loss"), rec.get("aux_loss"), o.moe.empty() ? 0.0 : rec.get("max_vio"), o.lr, o.grad_norm,
-              human_count(o.tokens_per_step / o.seconds).c_str(), human_duration(eta_s).c_str(),
-              (whole_line || !redraw_) ? "\n" : "");
+  std::printf(
+      "%sstep %lld/%lld | loss %.4f | lm %.4f | aux %.4f | maxvio %.2f | lr %.2e | gnorm %.3f | %s tok/s | ETA %s%s",
+      redraw_ ? "\r" : "", static_cast<long long>(o.step), static_cast<long long>(steps), rec.get("loss"),
+      rec.get("lm_loss"), rec.get("aux_loss"), o.moe.empty() ? 0.0 : rec.get("max_vio"), o.lr, o.grad_norm,
+      human_count(o.tokens_per_step / o.seconds).c_str(), human_duration(eta_s).c_str(),
+      (whole_line || !redraw_) ? "\n" : "");
   std::fflush(stdout);
 }
 
-void StepReporter::add_evaluation(StepRecord& rec, const EvalResult& ev, const std::vector<std::string>& domains) {
+void StepReporter::add_evaluation(StepRecord& rec, const EvalResult& ev,
+                                  const std::vector<std::string>& domains) {
   rec.add("val_loss", ev.loss);
   rec.add("val_ppl", ev.ppl);
   for (const auto& [domain, loss] : ev.domain_loss) rec.add("val_loss/" + domain, loss);
@@ -110,8 +114,8 @@ void StepReporter::add_evaluation(StepRecord& rec, const EvalResult& ev, const s
     rec.add("val_max_vio", vio / static_cast<double>(ev.expert_load.size()));
     if (expert_log_) expert_log_->write_domains(rec.step, layer_names_, domains, ev.domain_expert_load);
   }
-  std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", line_break(), static_cast<long long>(rec.step),
-              ev.loss, ev.ppl);
+  std::printf("%seval step %lld | val_loss %.4f | val_ppl %.2f |", line_break(),
+              static_cast<long long>(rec.step), ev.loss, ev.ppl);
   for (const auto& [domain, loss] : ev.domain_loss) std::printf(" %s %.2f", domain.c_str(), std::exp(loss));
   std::printf("\n");
 }

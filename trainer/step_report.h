@@ -13,7 +13,7 @@
 
 namespace moetrain::trainer {
 
-std::string human_count(double v);       // 1.23M, 4.5k
+std::string human_count(double v);           // 1.23M, 4.5k
 std::string human_duration(double seconds);  // 1h05m, 3m07s
 
 class StepReporter {
@@ -21,8 +21,8 @@ class StepReporter {
   // layer_names: "layer<i>" of each MoE layer by transformer layer index. writes_logs: rank 0, which opens
   // the files in run_dir; resumed_step >= 0 when the run resumed from that step's checkpoint.
   // redraw: the progress line is redrawn in place (progress_line.h), else printed as whole lines.
-  StepReporter(std::vector<std::string> layer_names, bool writes_logs, const std::string& run_dir, bool tensorboard,
-               int64_t resumed_step, bool redraw);
+  StepReporter(std::vector<std::string> layer_names, bool writes_logs, const std::string& run_dir,
+               bool tensorboard, int64_t resumed_step, bool redraw);
 
   // The step's record: losses, routing measures per layer and their means, lr, gradient norm, throughput.
   // Writes the step's expert load (expert_load.jsonl).
@@ -42,7 +42,7 @@ class StepReporter {
 
   std::vector<std::string> layer_names_;
   bool redraw_;
-  std::unique_ptr<MetricsSink> metrics_;    // null on ranks that write no logs
+  std::unique_ptr<MetricsSink> metrics_;  // null on ranks that write no logs
   std::unique_ptr<ExpertLoadLog> expert_log_;
 };
 

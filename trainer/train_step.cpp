@@ -37,7 +37,8 @@ StepOutcome TrainStep::run(TrainState& state) {
   torch::Tensor lm_sum = forward_backward(state);
   state.samples_consumed += micro_batch_ * accumulation_ * dp_;
   reduce_gradients();
-  const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh) : local_grad_norm(p_.model);
+  const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh)
+                                          : local_grad_norm(p_.model);
   clip_gradients(p_.model, clip_, grad_norm);
   util::inject_fault(util::FaultPoint::kOptimizerStep);
   p_.optimizer.step();
@@ -61,7 +62,8 @@ StepOutcome TrainStep::run(TrainState& state) {
 
 double TrainStep::set_learning_rate(int64_t step) {
   const double lr = learning_rate(recipe_, step);
-  for (auto& group : p_.optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  for (auto& group : p_.optimizer.param_groups())
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
   return lr;
 }
 
@@ -72,7 +74,8 @@ torch::Tensor TrainStep::forward_backward(const TrainState& state) {
     // Data-parallel rank r reads micro-batch m at global positions base + (m·dp + r)·mbs: the same
     // sequences, in the same routing groups, as one process with dp× the accumulation steps.
     const int64_t first_sample = state.samples_consumed + (micro * dp_ + dp_rank_) * micro_batch_;
-    auto batch = p_.data.batch(first_sample, micro_batch_)  // (mbs, seq + 1)
+    auto batch = p_.data
+                     .batch(first_sample, micro_batch_)  // (mbs, seq + 1)
                      .to(p_.device, /*non_blocking=*/p_.device.is_cuda());
     model.set_first_sample(first_sample);  // router noise keyed by global token
     auto out = model.forward(batch.narrow(1, 0, seq_len_));

@@ -16,14 +16,14 @@
 namespace moetrain::trainer {
 
 struct StepOutcome {
-  int64_t step = 0;            // optimizer steps completed, this one included
-  int64_t micro_batches = 0;   // train.grad_accum_steps
-  double lr = 0;               // the learning rate the step used
-  double lm_sum = 0;           // Σ over micro-batches of the mean LM loss (the same on every rank)
-  double grad_norm = 0;        // global gradient norm before clipping
-  int64_t tokens_per_step = 0; // global batch: micro-batch × accumulation × sequence length × dp
-  int64_t tokens = 0;          // training tokens seen in total after the step
-  double seconds = 0;          // wall time of the step
+  int64_t step = 0;                    // optimizer steps completed, this one included
+  int64_t micro_batches = 0;           // train.grad_accum_steps
+  double lr = 0;                       // the learning rate the step used
+  double lm_sum = 0;                   // Σ over micro-batches of the mean LM loss (the same on every rank)
+  double grad_norm = 0;                // global gradient norm before clipping
+  int64_t tokens_per_step = 0;         // global batch: micro-batch × accumulation × sequence length × dp
+  int64_t tokens = 0;                  // training tokens seen in total after the step
+  double seconds = 0;                  // wall time of the step
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
 };
 
@@ -32,7 +32,7 @@ struct StepParts {
   model::TransformerImpl& model;
   torch::optim::AdamW& optimizer;
   TrainingData& data;
-  parallel::ProcessMesh* mesh;             // null: one process
+  parallel::ProcessMesh* mesh;  // null: one process
   const moe::MoEParallelContext& moe;
   torch::Device device;
 };

@@ -52,9 +52,10 @@ std::string resolve_checkpoint(const std::string& path) {
   std::ifstream pointer(fs::path(path) / "checkpoints" / "latest");
   std::string name;
   if (pointer >> name) return (fs::path(path) / "checkpoints" / name).string();
-  throw std::runtime_error("finetune.init_from = \"" + path +
-                           "\" is neither a checkpoint (no manifest.json) nor a run directory with checkpoints/latest; "
-                           "point it at RUN_DIR or RUN_DIR/checkpoints/step_N (moe-import writes one from a Hugging Face model)");
+  throw std::runtime_error(
+      "finetune.init_from = \"" + path +
+      "\" is neither a checkpoint (no manifest.json) nor a run directory with checkpoints/latest; "
+      "point it at RUN_DIR or RUN_DIR/checkpoints/step_N (moe-import writes one from a Hugging Face model)");
 }
 
 }  // namespace
@@ -105,8 +106,9 @@ Trainer::Trainer(const config::Recipe& recipe, const std::string& run_dir, paral
   // The data is good: only now does the run directory come to exist (a rejected run leaves nothing).
   fs::create_directories(run_dir);
   if (s_->writes_logs) {
-    std::ofstream(run_dir + "/recipe.textproto") << "# Resolved recipe: every field with its value for this run.\n"
-                                                 << config::to_text(recipe);
+    std::ofstream(run_dir + "/recipe.textproto")
+        << "# Resolved recipe: every field with its value for this run.\n"
+        << config::to_text(recipe);
   }
   s_->build_model();
   s_->restore();
@@ -140,9 +142,10 @@ void Trainer::State::build_model() {
   if (r.finetune().base_dtype() == config::TrainConfig::BF16) {
     const BaseDtypeReport held = hold_frozen_base_in(*model, torch::kBFloat16);
     if (writes_logs) {
-      std::printf("finetune.base_dtype BF16: %lld frozen base matrices in bf16; parameter bytes on this rank %lld (%lld with an fp32 base)\n",
-                  static_cast<long long>(held.tensors), static_cast<long long>(held.bytes_after),
-                  static_cast<long long>(held.bytes_before));
+      std::printf(
+          "finetune.base_dtype BF16: %lld frozen base matrices in bf16; parameter bytes on this rank %lld (%lld with an fp32 base)\n",
+          static_cast<long long>(held.tensors), static_cast<long long>(held.bytes_after),
+          static_cast<long long>(held.bytes_before));
     }
   }
   model::init_weights(*model, r.train().seed(), r.model().init_std());
@@ -160,7 +163,8 @@ void Trainer::State::restore() {
     if (auto latest = checkpointer->latest()) {
       train_state = checkpointer->load(*latest, *model, optimizer.get());
       resumed = true;
-      if (writes_logs) std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(train_state.step));
+      if (writes_logs)
+        std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(train_state.step));
     }
   }
   if (!resumed && !r.finetune().init_from().empty()) {
@@ -189,8 +193,9 @@ void Trainer::State::open_logs() {
   for (size_t l = 0; l < model->options().is_moe.size(); ++l) {
     if (model->options().is_moe[l]) layer_names.push_back("layer" + std::to_string(l));
   }
-  reporter = std::make_unique<StepReporter>(std::move(layer_names), writes_logs, run_dir, recipe.logging().tensorboard(),
-                                            resumed ? train_state.step : -1, redraw_progress_line());
+  reporter = std::make_unique<StepReporter>(std::move(layer_names), writes_logs, run_dir,
+                                            recipe.logging().tensorboard(), resumed ? train_state.step : -1,
+                                            redraw_progress_line());
 }
 
 TrainSummary Trainer::run() {
@@ -205,15 +210,15 @@ TrainSummary Trainer::run() {
                 s_->run_dir.c_str(), static_cast<long long>(state.step), static_cast<long long>(cadence.steps));
   }
   install_preemption_handlers();
-  TrainStep train_step(s_->recipe, {*s_->model, *s_->optimizer, *s_->train_data, s_->mesh, *s_->parallelism.moe,
-                                    s_->placement.device});
+  TrainStep train_step(s_->recipe, {*s_->model, *s_->optimizer, *s_->train_data, s_->mesh,
+                                    *s_->parallelism.moe, s_->placement.device});
   StepReporter& reporter = *s_->reporter;
   const double start = now();
   const int64_t first_step = state.step;
   // MOETRAIN_CUDA_SYNC_DEBUG=error (launch/gpu-check.sh): steady-state steps on a GPU fail on any host
   // wait other than the counted reads; evaluation and checkpoints read on purpose (they pause it).
   util::SteadyStateSyncDebug sync_debug(s_->placement.device.is_cuda() ? util::sync_debug_from_env()
-                                                                        : util::SyncDebugSettings{});
+                                                                       : util::SyncDebugSettings{});
   while (state.step < cadence.steps) {
     sync_debug.step_begins(state.step - first_step);
     util::set_run_step(state.step + 1, "training");
@@ -248,21 +253,24 @@ void Trainer::State::print_run_header() const {
   }
   const double active = total_params - expert_params * (1.0 - static_cast<double>(m.top_k()) / m.num_experts());
   std::printf("model: %s parameters (%s active per token), %lld layers, %lld experts top-%lld\n",
-              human_count(total_params).c_str(), human_count(active).c_str(), static_cast<long long>(m.num_layers()),
-              static_cast<long long>(m.num_experts()), static_cast<long long>(m.top_k()));
+              human_count(total_params).c_str(), human_count(active).c_str(),
+              static_cast<long long>(m.num_layers()), static_cast<long long>(m.num_experts()),
+              static_cast<long long>(m.top_k()));
   std::printf("data: %s training tokens, %lld tokens per step; run directory %s\n",
-              human_count(train_data->num_tokens()).c_str(), static_cast<long long>(tokens_per_step), run_dir.c_str());
+              human_count(train_data->num_tokens()).c_str(), static_cast<long long>(tokens_per_step),
+              run_dir.c_str());
   int64_t trainable = 0, frozen = 0;  // this rank's shard
   for (const auto& p : model->parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
   if (frozen > 0) {
-    std::printf("fine-tuning: %s trainable, %s frozen parameters on this rank%s\n", human_count(trainable).c_str(),
-                human_count(frozen).c_str(), router_frozen ? "; router and expert biases frozen" : "");
+    std::printf("fine-tuning: %s trainable, %s frozen parameters on this rank%s\n",
+                human_count(trainable).c_str(), human_count(frozen).c_str(),
+                router_frozen ? "; router and expert biases frozen" : "");
   }
   if (has_eval) {
     int64_t eval_tokens = 0;
     for (const auto& w : eval_data.windows) eval_tokens += w.size(0) * (w.size(1) - 1);
-    std::printf("unigram baseline perplexity on validation: %.2f (the %s tokens val_ppl is measured on)\n", unigram_ppl,
-                human_count(static_cast<double>(eval_tokens)).c_str());
+    std::printf("unigram baseline perplexity on validation: %.2f (the %s tokens val_ppl is measured on)\n",
+                unigram_ppl, human_count(static_cast<double>(eval_tokens)).c_str());
   }
   std::fflush(stdout);
 }
@@ -296,14 +304,16 @@ bool Trainer::State::checkpoint_or_stop(const Cadence& cadence, TrainSummary& su
     saved = checkpointer->save(train_state, *model, *optimizer);
   }
   if (cadence.stops_for_preemption(step, preempted)) {
-    std::printf("%spreemption signal received: stopped at step %lld, checkpoint saved in %s; run the same command to resume\n",
-                reporter->line_break(), static_cast<long long>(step), saved.c_str());
+    std::printf(
+        "%spreemption signal received: stopped at step %lld, checkpoint saved in %s; run the same command to resume\n",
+        reporter->line_break(), static_cast<long long>(step), saved.c_str());
     std::fflush(stdout);
     summary.preempted = true;
     return true;
   }
   if (cadence.should_exit(step)) {
-    std::printf("exit_interval reached at step %lld: checkpoint saved; run again to continue\n", static_cast<long long>(step));
+    std::printf("exit_interval reached at step %lld: checkpoint saved; run again to continue\n",
+                static_cast<long long>(step));
     return true;
   }
   return false;
@@ -318,14 +328,16 @@ double Trainer::State::frozen_router_report() const {
   for (const auto& p : model::roled_parameters(*model)) {
     if (p.role.router) moved = std::max(moved, (p.tensor - router_at_start[i++]).abs().max().item<double>());
   }
-  for (const auto& b : model->named_buffers()) moved = std::max(moved, (b.value() - router_at_start[i++]).abs().max().item<double>());
+  for (const auto& b : model->named_buffers())
+    moved = std::max(moved, (b.value() - router_at_start[i++]).abs().max().item<double>());
   if (!writes_logs) return moved;
   int64_t trainable = 0, frozen = 0;  // this rank's shard
   for (const auto& p : model->parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
   std::printf("router frozen: router weights and expert biases moved by at most %g during this run\n", moved);
   std::ofstream(run_dir + "/finetune_report.json")
-      << "{\"router_frozen\": true, \"router_max_abs_change\": " << moved << ", \"trainable_parameters\": " << trainable
-      << ", \"frozen_parameters\": " << frozen << ", \"lora_rank\": " << recipe.finetune().lora().rank() << "}\n";
+      << "{\"router_frozen\": true, \"router_max_abs_change\": " << moved
+      << ", \"trainable_parameters\": " << trainable << ", \"frozen_parameters\": " << frozen
+      << ", \"lora_rank\": " << recipe.finetune().lora().rank() << "}\n";
   return moved;
 }
 

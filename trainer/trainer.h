@@ -15,12 +15,12 @@ class ProcessMesh;
 namespace moetrain::trainer {
 
 struct TrainSummary {
-  int64_t steps = 0;           // optimizer steps completed in total
-  double final_loss = 0;       // training loss of the last step
-  double val_loss = 0;         // last evaluation (NaN when there is no validation set)
+  int64_t steps = 0;      // optimizer steps completed in total
+  double final_loss = 0;  // training loss of the last step
+  double val_loss = 0;    // last evaluation (NaN when there is no validation set)
   double val_ppl = 0;
-  double unigram_ppl = 0;      // baseline: unigram model of the training tokens on the validation set
-  bool preempted = false;      // stopped by SIGTERM/SIGUSR1 after saving a checkpoint
+  double unigram_ppl = 0;        // baseline: unigram model of the training tokens on the validation set
+  bool preempted = false;        // stopped by SIGTERM/SIGUSR1 after saving a checkpoint
   double router_max_change = 0;  // frozen router: largest change of a router weight or expert bias (0 expected)
 };
 

@@ -107,7 +107,8 @@ void fill_message_defaults(pb::Message& msg) {
 namespace {
 
 // Parses like parse_recipe and records where each field set in the text was set.
-Recipe parse_with_locations(const std::string& text, const std::string& source, pb::TextFormat::ParseInfoTree* tree) {
+Recipe parse_with_locations(const std::string& text, const std::string& source,
+                            pb::TextFormat::ParseInfoTree* tree) {
   Recipe recipe;
   pb::TextFormat::Parser parser;
   CollectErrors errors;
@@ -163,20 +164,23 @@ void set_field(pb::Message* msg, const pb::FieldDescriptor* f, const std::string
 }
 
 // origins[path] = "source:line:col" for every field set in `msg` (sections are walked into).
-void record_origins(const pb::Message& msg, const pb::TextFormat::ParseInfoTree* tree, const std::string& prefix,
-                    const std::string& source, FieldOrigins& origins) {
+void record_origins(const pb::Message& msg, const pb::TextFormat::ParseInfoTree* tree,
+                    const std::string& prefix, const std::string& source, FieldOrigins& origins) {
   std::vector<const pb::FieldDescriptor*> fields;
   msg.GetReflection()->ListFields(msg, &fields);
   for (const pb::FieldDescriptor* f : fields) {
     const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
     if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()) {
-      record_origins(msg.GetReflection()->GetMessage(msg, f), tree ? tree->GetTreeForNested(f, -1) : nullptr, path, source,
-                     origins);
+      record_origins(msg.GetReflection()->GetMessage(msg, f), tree ? tree->GetTreeForNested(f, -1) : nullptr,
+                     path, source, origins);
       continue;
     }
     // ParseInfoTree indexes a singular field as -1 and a list by element (the first one marks the list).
-    const pb::TextFormat::ParseLocation at = tree ? tree->GetLocation(f, f->is_repeated() ? 0 : -1) : pb::TextFormat::ParseLocation();
-    origins[path] = at.line >= 0 ? source + ":" + std::to_string(at.line + 1) + ":" + std::to_string(at.column + 1) : source;
+    const pb::TextFormat::ParseLocation at = tree ? tree->GetLocation(f, f->is_repeated() ? 0 : -1)
+                                                  : pb::TextFormat::ParseLocation();
+    origins[path] = at.line >= 0
+                        ? source + ":" + std::to_string(at.line + 1) + ":" + std::to_string(at.column + 1)
+                        : source;
   }
 }
 
@@ -217,8 +221,8 @@ void apply_override(Recipe& recipe, const std::string& assignment) {
                         (prefix.empty() ? "" : ".") + parts[i] + "=VALUE");
     }
     if (last && is_msg) {
-      throw RecipeError(where + ": \"" + path + "\" is a section; set one of its fields: " +
-                        known_fields(f->message_type()));
+      throw RecipeError(where + ": \"" + path +
+                        "\" is a section; set one of its fields: " + known_fields(f->message_type()));
     }
     if (last) {
       set_field(msg, f, parts[i] + ": " + value_text(f, value), where);
@@ -263,8 +267,9 @@ Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain,
   std::ifstream in(path);
   if (!in) {
     throw RecipeError(named_by.empty() ? path + ": cannot open recipe file; check the path given to --recipe"
-                                       : named_by + ": base \"" + path + "\" cannot be opened; base paths are "
-                                                    "relative to the recipe that names them");
+                                       : named_by + ": base \"" + path +
+                                             "\" cannot be opened; base paths are "
+                                             "relative to the recipe that names them");
   }
   // POSIX realpath, not std::filesystem: see Note [remove_tree] in trainer/checkpoint.cpp (libtorch.so
   // exports its own std::filesystem, which may bind ahead of libstdc++'s).
@@ -285,7 +290,8 @@ Recipe load_with_bases(const std::string& path, std::vector<std::string>& chain,
   if (recipe.has_base()) {
     const size_t slash = path.rfind('/');
     const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
-    const std::string base_path = !recipe.base().empty() && recipe.base()[0] == '/' ? recipe.base() : dir + recipe.base();
+    const std::string base_path = !recipe.base().empty() && recipe.base()[0] == '/' ? recipe.base()
+                                                                                    : dir + recipe.base();
     Recipe merged = load_with_bases(base_path, chain, path, origins);  // the base's origins first...
     recipe.clear_base();
     overlay(merged, recipe);

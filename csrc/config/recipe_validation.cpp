@@ -25,7 +25,9 @@ class Problems {
   }
   template <typename T>
   void at_least(const std::string& field, const T& value, const T& low) {
-    if (value < low) add(field, value, "must be >= " + std::to_string(low) + "; set it to " + std::to_string(low) + " or more");
+    if (value < low)
+      add(field, value,
+          "must be >= " + std::to_string(low) + "; set it to " + std::to_string(low) + " or more");
   }
   bool empty() const { return lines_.empty(); }
   std::string joined() const {
@@ -49,17 +51,20 @@ std::string num(double v) {
 void check_attention(const ModelConfig& m, Problems& p) {
   if (m.num_heads() >= 1 && m.num_kv_heads() >= 1 && m.num_heads() % m.num_kv_heads() != 0) {
     p.add("model.num_kv_heads", m.num_kv_heads(),
-          "model.num_heads (" + std::to_string(m.num_heads()) + ") must be divisible by num_kv_heads (each key/value head "
-          "serves num_heads / num_kv_heads query heads); pick a divisor of num_heads, or 0 for num_heads");
+          "model.num_heads (" + std::to_string(m.num_heads()) +
+              ") must be divisible by num_kv_heads (each key/value head "
+              "serves num_heads / num_kv_heads query heads); pick a divisor of num_heads, or 0 for num_heads");
   }
   if (m.head_dim() > 0) {
     if (m.head_dim() % 2 != 0) {
-      p.add("model.head_dim", m.head_dim(), "must be even for rotary embeddings; round it to " + std::to_string(m.head_dim() + 1));
+      p.add("model.head_dim", m.head_dim(),
+            "must be even for rotary embeddings; round it to " + std::to_string(m.head_dim() + 1));
     }
   } else if (m.num_heads() >= 1 && m.d_model() >= 1 && m.head_dim() == 0) {
     if (m.d_model() % m.num_heads() != 0) {
       p.add("model.num_heads", m.num_heads(),
-            "model.d_model (" + std::to_string(m.d_model()) + ") must be divisible by num_heads; pick a divisor of d_model");
+            "model.d_model (" + std::to_string(m.d_model()) +
+                ") must be divisible by num_heads; pick a divisor of d_model");
     } else if ((m.d_model() / m.num_heads()) % 2 != 0) {
       p.add("model.num_heads", m.num_heads(),
             "head size d_model/num_heads = " + std::to_string(m.d_model() / m.num_heads()) +
@@ -71,20 +76,23 @@ void check_attention(const ModelConfig& m, Problems& p) {
 // Experts: sizes, the grouped GEMM's alignment, top_k, the MoE layers and the shared expert.
 void check_experts(const ModelConfig& m, Problems& p) {
   if (m.shared_expert_gate() && m.num_shared_experts() == 0) {
-    p.add("model.shared_expert_gate", "true", "gates the shared expert, but model.num_shared_experts is 0; set "
-                                                "num_shared_experts (Qwen2-MoE: 1) or leave the gate off");
+    p.add("model.shared_expert_gate", "true",
+          "gates the shared expert, but model.num_shared_experts is 0; set "
+          "num_shared_experts (Qwen2-MoE: 1) or leave the gate off");
   }
   p.at_least<int64_t>("model.ffn_hidden", m.ffn_hidden(), 1);
   p.at_least<int64_t>("model.num_experts", m.num_experts(), 1);
   p.at_least<int64_t>("model.moe_ffn_hidden", m.moe_ffn_hidden(), 1);
   // The grouped expert GEMM needs rows aligned to 16 bytes: multiples of 8 elements cover bf16 and fp32.
   if (m.d_model() >= 1 && m.d_model() % 8 != 0) {
-    p.add("model.d_model", m.d_model(), "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
-                                            std::to_string((m.d_model() + 7) / 8 * 8));
+    p.add("model.d_model", m.d_model(),
+          "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
+              std::to_string((m.d_model() + 7) / 8 * 8));
   }
   if (m.moe_ffn_hidden() >= 1 && m.moe_ffn_hidden() % 8 != 0) {
-    p.add("model.moe_ffn_hidden", m.moe_ffn_hidden(), "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
-                                                          std::to_string((m.moe_ffn_hidden() + 7) / 8 * 8));
+    p.add("model.moe_ffn_hidden", m.moe_ffn_hidden(),
+          "must be a multiple of 8 (grouped expert GEMM alignment); round it to " +
+              std::to_string((m.moe_ffn_hidden() + 7) / 8 * 8));
   }
   if (m.top_k() < 1 || m.top_k() > m.num_experts()) {
     p.add("model.top_k", m.top_k(),
@@ -124,10 +132,13 @@ void check_optimizer(const OptimizerConfig& o, Problems& p) {
     p.add("optimizer.min_lr", num(o.min_lr()), "must be in [0, optimizer.lr (" + num(o.lr()) + ")]");
   }
   if (!(o.weight_decay() >= 0)) p.add("optimizer.weight_decay", num(o.weight_decay()), "must be >= 0");
-  if (!(o.beta1() >= 0 && o.beta1() < 1)) p.add("optimizer.beta1", num(o.beta1()), "must be in [0, 1); 0.9 is usual");
-  if (!(o.beta2() >= 0 && o.beta2() < 1)) p.add("optimizer.beta2", num(o.beta2()), "must be in [0, 1); 0.95 is usual");
+  if (!(o.beta1() >= 0 && o.beta1() < 1))
+    p.add("optimizer.beta1", num(o.beta1()), "must be in [0, 1); 0.9 is usual");
+  if (!(o.beta2() >= 0 && o.beta2() < 1))
+    p.add("optimizer.beta2", num(o.beta2()), "must be in [0, 1); 0.95 is usual");
   if (!(o.eps() > 0)) p.add("optimizer.eps", num(o.eps()), "must be > 0; 1e-8 is usual");
-  if (!(o.grad_clip() >= 0)) p.add("optimizer.grad_clip", num(o.grad_clip()), "must be >= 0 (0 disables clipping)");
+  if (!(o.grad_clip() >= 0))
+    p.add("optimizer.grad_clip", num(o.grad_clip()), "must be >= 0 (0 disables clipping)");
 }
 
 // How routing.router_type routes: its name, whether a learned router scores the experts (TOPK,
@@ -139,18 +150,22 @@ struct RouterKind {
 
 // The balancing losses and bias updates: >= 0, and 0 where the router has nothing to balance.
 void check_balancing(const RoutingConfig& r, const RouterKind& kind, Problems& p) {
-  for (const auto& [field, value] : std::vector<std::pair<std::string, double>>{
-           {"routing.aux_loss_coeff", r.aux_loss_coeff()}, {"routing.seq_aux_loss_coeff", r.seq_aux_loss_coeff()},
-           {"routing.global_aux_loss_coeff", r.global_aux_loss_coeff()}, {"routing.z_loss_coeff", r.z_loss_coeff()},
-           {"routing.bias_update_rate", r.bias_update_rate()}}) {
+  for (const auto& [field, value] :
+       std::vector<std::pair<std::string, double>>{{"routing.aux_loss_coeff", r.aux_loss_coeff()},
+                                                   {"routing.seq_aux_loss_coeff", r.seq_aux_loss_coeff()},
+                                                   {"routing.global_aux_loss_coeff", r.global_aux_loss_coeff()},
+                                                   {"routing.z_loss_coeff", r.z_loss_coeff()},
+                                                   {"routing.bias_update_rate", r.bias_update_rate()}}) {
     if (!(value >= 0)) {
       p.add(field, num(value), "must be >= 0 (0 turns it off)");
     } else if (value > 0 && !kind.learned && field != "routing.z_loss_coeff") {
-      p.add(field, num(value), "balancing means nothing for routing.router_type " + kind.type +
-                                   " (its routing is not learned); set it to 0");
+      p.add(field, num(value),
+            "balancing means nothing for routing.router_type " + kind.type +
+                " (its routing is not learned); set it to 0");
     } else if (value > 0 && kind.choice && field != "routing.z_loss_coeff") {
-      p.add(field, num(value), "EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
-                               "number of tokens); set it to 0");
+      p.add(field, num(value),
+            "EXPERT_CHOICE routing is balanced by construction (every expert takes the same "
+            "number of tokens); set it to 0");
     } else if (value > 0 && !kind.learned) {
       p.add(field, num(value), "routing.router_type " + kind.type + " has no router logits; set it to 0");
     }
@@ -159,79 +174,104 @@ void check_balancing(const RoutingConfig& r, const RouterKind& kind, Problems& p
 
 // Gate scaling, router jitter, and the order of top-k and softmax.
 void check_gates(const RoutingConfig& r, const RouterKind& kind, Problems& p) {
-  if (!(r.gate_scale() > 0)) p.add("routing.gate_scale", num(r.gate_scale()), "must be > 0; 1 leaves the gates as they are");
-  if (!(r.jitter_eps() >= 0 && r.jitter_eps() < 1)) p.add("routing.jitter_eps", num(r.jitter_eps()), "must be in [0, 1); 0.01 is Switch's value, 0 turns it off");
+  if (!(r.gate_scale() > 0))
+    p.add("routing.gate_scale", num(r.gate_scale()), "must be > 0; 1 leaves the gates as they are");
+  if (!(r.jitter_eps() >= 0 && r.jitter_eps() < 1))
+    p.add("routing.jitter_eps", num(r.jitter_eps()),
+          "must be in [0, 1); 0.01 is Switch's value, 0 turns it off");
   if (r.score_function() == RoutingConfig::SIGMOID && r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
-    p.add("routing.topk_order", "TOPK_THEN_SOFTMAX", "applies to SOFTMAX scores only; with score_function SIGMOID use "
-                                                     "SOFTMAX_THEN_TOPK and normalize_gates: true");
-  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX && !r.normalize_gates() && kind.learned && !kind.choice) {
-    p.add("routing.normalize_gates", "false", "routing.topk_order TOPK_THEN_SOFTMAX makes the k gates a softmax, which "
-                                              "always sums to 1, so false would be ignored; set normalize_gates: true, or "
-                                              "topk_order: SOFTMAX_THEN_TOPK for unnormalised probabilities");
+    p.add("routing.topk_order", "TOPK_THEN_SOFTMAX",
+          "applies to SOFTMAX scores only; with score_function SIGMOID use "
+          "SOFTMAX_THEN_TOPK and normalize_gates: true");
+  } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX && !r.normalize_gates() && kind.learned &&
+             !kind.choice) {
+    p.add("routing.normalize_gates", "false",
+          "routing.topk_order TOPK_THEN_SOFTMAX makes the k gates a softmax, which "
+          "always sums to 1, so false would be ignored; set normalize_gates: true, or "
+          "topk_order: SOFTMAX_THEN_TOPK for unnormalised probabilities");
   }
 }
 
 // Group-limited routing: num_groups divides the experts and the best group_topk groups hold top_k experts.
 void check_groups(const RoutingConfig& r, const ModelConfig& m, const RouterKind& kind, Problems& p) {
-  if (r.num_groups() < 0) p.add("routing.num_groups", r.num_groups(), "must be >= 0 (0 or 1 = no group limit)");
+  if (r.num_groups() < 0)
+    p.add("routing.num_groups", r.num_groups(), "must be >= 0 (0 or 1 = no group limit)");
   if (r.num_groups() > 1) {
     if (r.router_type() != RoutingConfig::TOPK) {
-      p.add("routing.num_groups", r.num_groups(), "group-limited routing needs routing.router_type TOPK, not " + kind.type);
+      p.add("routing.num_groups", r.num_groups(),
+            "group-limited routing needs routing.router_type TOPK, not " + kind.type);
     }
     if (m.num_experts() % r.num_groups() != 0) {
-      p.add("routing.num_groups", r.num_groups(), "model.num_experts (" + std::to_string(m.num_experts()) +
-                                                      ") must be divisible by the number of groups");
+      p.add("routing.num_groups", r.num_groups(),
+            "model.num_experts (" + std::to_string(m.num_experts()) +
+                ") must be divisible by the number of groups");
     } else if (r.group_topk() < 1 || r.group_topk() > r.num_groups()) {
-      p.add("routing.group_topk", r.group_topk(), "must be between 1 and routing.num_groups (" + std::to_string(r.num_groups()) + ")");
+      p.add("routing.group_topk", r.group_topk(),
+            "must be between 1 and routing.num_groups (" + std::to_string(r.num_groups()) + ")");
     } else if (m.top_k() > r.group_topk() * (m.num_experts() / r.num_groups())) {
-      p.add("routing.group_topk", r.group_topk(), "the best " + std::to_string(r.group_topk()) + " groups hold only " +
-                                                      std::to_string(r.group_topk() * (m.num_experts() / r.num_groups())) +
-                                                      " experts, fewer than model.top_k (" + std::to_string(m.top_k()) + "); raise group_topk");
+      p.add("routing.group_topk", r.group_topk(),
+            "the best " + std::to_string(r.group_topk()) + " groups hold only " +
+                std::to_string(r.group_topk() * (m.num_experts() / r.num_groups())) +
+                " experts, fewer than model.top_k (" + std::to_string(m.top_k()) + "); raise group_topk");
     }
   } else if (r.group_topk() != 0) {
-    p.add("routing.group_topk", r.group_topk(), "needs routing.num_groups > 1; set num_groups or leave group_topk at 0");
+    p.add("routing.group_topk", r.group_topk(),
+          "needs routing.num_groups > 1; set num_groups or leave group_topk at 0");
   }
 }
 
 // Expert capacity, padding and the drop policy, and EXPERT_CHOICE's token count per expert.
 void check_capacity(const RoutingConfig& r, const ModelConfig& m, const RouterKind& kind, Problems& p) {
-  if (!(r.expert_choice_factor() > 0)) p.add("routing.expert_choice_factor", num(r.expert_choice_factor()), "must be > 0; 1 gives each expert T/E tokens");
-  if (!(r.capacity_factor() >= 0)) p.add("routing.capacity_factor", num(r.capacity_factor()), "must be >= 0 (0 = dropless)");
-  if (!(r.eval_capacity_factor() >= 0)) p.add("routing.eval_capacity_factor", num(r.eval_capacity_factor()), "must be >= 0 (0 = dropless at evaluation)");
+  if (!(r.expert_choice_factor() > 0))
+    p.add("routing.expert_choice_factor", num(r.expert_choice_factor()),
+          "must be > 0; 1 gives each expert T/E tokens");
+  if (!(r.capacity_factor() >= 0))
+    p.add("routing.capacity_factor", num(r.capacity_factor()), "must be >= 0 (0 = dropless)");
+  if (!(r.eval_capacity_factor() >= 0))
+    p.add("routing.eval_capacity_factor", num(r.eval_capacity_factor()),
+          "must be >= 0 (0 = dropless at evaluation)");
   if (r.min_capacity() < 0) p.add("routing.min_capacity", r.min_capacity(), "must be >= 0");
   if (kind.choice && (r.capacity_factor() > 0 || r.eval_capacity_factor() > 0 || r.pad_to_capacity())) {
-    p.add("routing.capacity_factor", num(r.capacity_factor()), "EXPERT_CHOICE sets each expert's token count itself "
-                                                                "(routing.expert_choice_factor); leave capacity_factor, "
-                                                                "eval_capacity_factor at 0 and pad_to_capacity false");
+    p.add("routing.capacity_factor", num(r.capacity_factor()),
+          "EXPERT_CHOICE sets each expert's token count itself "
+          "(routing.expert_choice_factor); leave capacity_factor, "
+          "eval_capacity_factor at 0 and pad_to_capacity false");
   }
   if (r.pad_to_capacity() && !(r.capacity_factor() > 0)) {
-    p.add("routing.pad_to_capacity", "true", "padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)");
+    p.add("routing.pad_to_capacity", "true",
+          "padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)");
   }
   const bool has_capacity = r.capacity_factor() > 0 || r.eval_capacity_factor() > 0;
   if (r.min_capacity() > 0 && !has_capacity) {
     p.add("routing.min_capacity", r.min_capacity(),
-          kind.choice ? "EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token "
-                        "count); leave min_capacity at 0"
-                      : "applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, "
-                        "or leave min_capacity at 0");
+          kind.choice
+              ? "EXPERT_CHOICE has no capacity (routing.expert_choice_factor sets each expert's token "
+                "count); leave min_capacity at 0"
+              : "applies only with a capacity; set routing.capacity_factor (or eval_capacity_factor) > 0, "
+                "or leave min_capacity at 0");
   }
   // The PROBS policy drops the pairs with the lowest final gate; it needs gates that differ between tokens.
   if (has_capacity && r.drop_policy() == RoutingConfig::PROBS) {
     if (!kind.learned) {
-      p.add("routing.drop_policy", "PROBS", "routing.router_type " + kind.type + " gives every pair the same gate (gate_scale/k), so "
-                                            "there is no lowest gate to drop; set drop_policy: POSITION, or leave "
-                                            "capacity_factor and eval_capacity_factor at 0");
-    } else if (!kind.choice && m.top_k() == 1 && (r.normalize_gates() || r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX)) {
-      p.add("routing.drop_policy", "PROBS", "with model.top_k 1 and normalised gates every gate equals gate_scale, so "
-                                            "there is no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with "
-                                            "normalize_gates: false (Switch's top-1 gate), or drop_policy: POSITION");
+      p.add("routing.drop_policy", "PROBS",
+            "routing.router_type " + kind.type +
+                " gives every pair the same gate (gate_scale/k), so "
+                "there is no lowest gate to drop; set drop_policy: POSITION, or leave "
+                "capacity_factor and eval_capacity_factor at 0");
+    } else if (!kind.choice && m.top_k() == 1 &&
+               (r.normalize_gates() || r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX)) {
+      p.add("routing.drop_policy", "PROBS",
+            "with model.top_k 1 and normalised gates every gate equals gate_scale, so "
+            "there is no lowest gate to drop; set topk_order: SOFTMAX_THEN_TOPK with "
+            "normalize_gates: false (Switch's top-1 gate), or drop_policy: POSITION");
     }
   }
 }
 
 void check_routing(const Recipe& recipe, Problems& p) {
   const RoutingConfig& r = recipe.routing();
-  const bool learned = r.router_type() == RoutingConfig::TOPK || r.router_type() == RoutingConfig::EXPERT_CHOICE;
+  const bool learned = r.router_type() == RoutingConfig::TOPK ||
+                       r.router_type() == RoutingConfig::EXPERT_CHOICE;
   const bool choice = r.router_type() == RoutingConfig::EXPERT_CHOICE;
   const RouterKind kind{RoutingConfig::RouterType_Name(r.router_type()), learned, choice};
   check_balancing(r, kind, p);
@@ -243,7 +283,8 @@ void check_routing(const Recipe& recipe, Problems& p) {
 // The training data: a train prefix and a sequence length.
 void check_data(const Recipe& r, Problems& p) {
   if (r.data().train_prefix().empty()) {
-    p.add("data.train_prefix", "\"\"", "is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode");
+    p.add("data.train_prefix", "\"\"",
+          "is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode");
   }
   p.at_least<int64_t>("data.seq_len", r.data().seq_len(), 1);
 }
@@ -272,15 +313,20 @@ void check_parallel(const Recipe& r, Problems& p) {
   }
   if (r.parallel().expert() >= 1 && r.model().num_experts() % r.parallel().expert() != 0) {
     p.add("parallel.expert", r.parallel().expert(),
-          "model.num_experts (" + std::to_string(r.model().num_experts()) + ") must be divisible by the expert-parallel size");
+          "model.num_experts (" + std::to_string(r.model().num_experts()) +
+              ") must be divisible by the expert-parallel size");
   }
   if (r.parallel().tensor() >= 1 && r.model().num_heads() % r.parallel().tensor() != 0) {
     p.add("parallel.tensor", r.parallel().tensor(),
-          "model.num_heads (" + std::to_string(r.model().num_heads()) + ") must be divisible by the tensor-parallel size");
-  } else if (const int64_t kv = r.model().num_kv_heads(); r.parallel().tensor() >= 1 && kv > 0 && kv % r.parallel().tensor() != 0) {
+          "model.num_heads (" + std::to_string(r.model().num_heads()) +
+              ") must be divisible by the tensor-parallel size");
+  } else if (const int64_t kv = r.model().num_kv_heads();
+             r.parallel().tensor() >= 1 && kv > 0 && kv % r.parallel().tensor() != 0) {
     p.add("parallel.tensor", r.parallel().tensor(),
-          "model.num_kv_heads (" + std::to_string(kv) + ") must be divisible by the tensor-parallel size (each rank holds "
-          "whole key/value heads and their query heads); use a parallel.tensor that divides " + std::to_string(kv));
+          "model.num_kv_heads (" + std::to_string(kv) +
+              ") must be divisible by the tensor-parallel size (each rank holds "
+              "whole key/value heads and their query heads); use a parallel.tensor that divides " +
+              std::to_string(kv));
   }
 }
 
@@ -288,7 +334,8 @@ void check_parallel(const Recipe& r, Problems& p) {
 void check_lora(const Recipe& r, Problems& p) {
   const auto& lora = r.finetune().lora();
   p.at_least<int64_t>("finetune.lora.rank", lora.rank(), 0);
-  if (lora.rank() > 0 && !(lora.alpha() > 0)) p.add("finetune.lora.alpha", num(lora.alpha()), "must be > 0 (16 is common)");
+  if (lora.rank() > 0 && !(lora.alpha() > 0))
+    p.add("finetune.lora.alpha", num(lora.alpha()), "must be > 0 (16 is common)");
   for (const auto& t : lora.targets()) {
     if (t != "gate" && t != "up" && t != "down" && t != "attn_qkv" && t != "attn_out") {
       p.add("finetune.lora.targets", "\"" + t + "\"",
@@ -303,12 +350,14 @@ void check_lora(const Recipe& r, Problems& p) {
   bool expert_adapters = lora.targets_size() == 0;  // empty = the three expert projections
   for (const auto& t : lora.targets()) expert_adapters |= t == "gate" || t == "up" || t == "down";
   if (lora.rank() > 0 && expert_adapters && lora.rank() % 4 != 0) {
-    p.add("finetune.lora.rank", lora.rank(), "must be a multiple of 4 for the expert adapters (the rank is a stride of "
-                                             "their fp32 grouped GEMM, which needs 16-byte alignment); use " +
-                                                 std::to_string((lora.rank() + 3) / 4 * 4));
+    p.add("finetune.lora.rank", lora.rank(),
+          "must be a multiple of 4 for the expert adapters (the rank is a stride of "
+          "their fp32 grouped GEMM, which needs 16-byte alignment); use " +
+              std::to_string((lora.rank() + 3) / 4 * 4));
   }
   if (lora.targets_size() > 0 && lora.rank() == 0) {
-    p.add("finetune.lora.rank", "0", "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
+    p.add("finetune.lora.rank", "0",
+          "targets are set but rank 0 means no adapters: set finetune.lora.rank (for example 8)");
   }
 }
 
@@ -316,13 +365,15 @@ void check_lora(const Recipe& r, Problems& p) {
 void check_base_dtype(const Recipe& r, Problems& p) {
   if (r.finetune().base_dtype() != TrainConfig::BF16) return;
   if (r.finetune().lora().rank() == 0) {
-    p.add("finetune.base_dtype", "BF16", "holds the frozen base weights of a LoRA run and needs finetune.lora.rank > 0 "
-                                         "(without adapters the base weights train, in fp32); set finetune.lora.rank "
-                                         "(for example 8) or leave base_dtype at FP32");
+    p.add("finetune.base_dtype", "BF16",
+          "holds the frozen base weights of a LoRA run and needs finetune.lora.rank > 0 "
+          "(without adapters the base weights train, in fp32); set finetune.lora.rank "
+          "(for example 8) or leave base_dtype at FP32");
   }
   if (r.train().precision() != TrainConfig::BF16) {
-    p.add("finetune.base_dtype", "BF16", "needs train.precision = BF16: the bf16 base weights enter bf16 matmuls "
-                                         "(fp32 matmuls would need an fp32 copy of each weight); set train.precision: BF16");
+    p.add("finetune.base_dtype", "BF16",
+          "needs train.precision = BF16: the bf16 base weights enter bf16 matmuls "
+          "(fp32 matmuls would need an fp32 copy of each weight); set train.precision: BF16");
   }
 }
 

@@ -19,8 +19,9 @@ using nlohmann::json;
 
 const std::vector<std::pair<torch::ScalarType, std::string>>& dtype_names() {
   static const std::vector<std::pair<torch::ScalarType, std::string>> names{
-      {torch::kFloat32, "F32"}, {torch::kFloat16, "F16"}, {torch::kBFloat16, "BF16"}, {torch::kFloat64, "F64"},
-      {torch::kInt64, "I64"},   {torch::kInt32, "I32"},   {torch::kUInt8, "U8"},      {torch::kBool, "BOOL"}};
+      {torch::kFloat32, "F32"}, {torch::kFloat16, "F16"}, {torch::kBFloat16, "BF16"},
+      {torch::kFloat64, "F64"}, {torch::kInt64, "I64"},   {torch::kInt32, "I32"},
+      {torch::kUInt8, "U8"},    {torch::kBool, "BOOL"}};
   return names;
 }
 
@@ -49,7 +50,8 @@ std::string header_bytes(const std::vector<std::tuple<std::string, std::vector<i
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
   for (const auto& [name, shape, dtype] : entries) {
-    if (header.contains(name)) throw std::invalid_argument("safetensors: tensor name " + name + " appears twice");
+    if (header.contains(name))
+      throw std::invalid_argument("safetensors: tensor name " + name + " appears twice");
     size_t numel = 1;
     for (const int64_t d : shape) numel *= static_cast<size_t>(d);
     const size_t bytes = numel * c10::elementSize(dtype);
@@ -65,7 +67,8 @@ std::string header_bytes(const std::vector<std::tuple<std::string, std::vector<i
 }
 
 template <class DtypeOf>
-std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata, DtypeOf dtype_of) {
+std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata,
+                         DtypeOf dtype_of) {
   std::vector<std::tuple<std::string, std::vector<int64_t>, torch::ScalarType>> entries;
   for (const auto& [name, t] : tensors) entries.emplace_back(name, t.sizes().vec(), dtype_of(t));
   return header_bytes(entries, metadata);
@@ -100,8 +103,7 @@ struct TensorEntry {
 // shape and offsets integers >= 0, offsets inside the `data_bytes` after the header, and a byte count that
 // matches the shape (computed without overflow: a huge shape must not wrap around to the stored size).
 // A missing or mistyped field throws nlohmann::json::exception.
-TensorEntry parse_entry(const std::string& path, const std::string& name, const json& value,
-                        size_t data_bytes) {
+TensorEntry parse_entry(const std::string& path, const std::string& name, const json& value, size_t data_bytes) {
   TensorEntry e;
   const std::string dtype = value.at("dtype").get<std::string>();
   bool known = false;
@@ -109,19 +111,23 @@ TensorEntry parse_entry(const std::string& path, const std::string& name, const 
     if (type_name == dtype) e.dtype = type, known = true;
   if (!known) invalid(path, "tensor " + name + " has unsupported dtype " + dtype);
   const auto shape = counts(value.at("shape")), offsets = counts(value.at("data_offsets"));
-  if (!shape) invalid(path, "tensor " + name + " has shape " + value.at("shape").dump().substr(0, 80) + ": must be integers >= 0");
+  if (!shape)
+    invalid(path, "tensor " + name + " has shape " + value.at("shape").dump().substr(0, 80) +
+                      ": must be integers >= 0");
   if (!offsets || offsets->size() != 2 || (*offsets)[0] > (*offsets)[1] || (*offsets)[1] > data_bytes) {
     invalid(path, "tensor " + name + " has data_offsets outside the file (truncated?)");
   }
   e.begin = (*offsets)[0], e.end = (*offsets)[1];
   uint64_t bytes = c10::elementSize(e.dtype);
   for (uint64_t d : *shape) {
-    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(bytes, d, &bytes)) {
+    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        __builtin_mul_overflow(bytes, d, &bytes)) {
       invalid(path, "tensor " + name + " has a shape too large for any file");
     }
     e.shape.push_back(static_cast<int64_t>(d));
   }
-  if (bytes != e.end - e.begin) invalid(path, "tensor " + name + " byte count does not match its shape and dtype");
+  if (bytes != e.end - e.begin)
+    invalid(path, "tensor " + name + " byte count does not match its shape and dtype");
   return e;
 }
 
@@ -157,14 +163,16 @@ int64_t write_safetensors_synced(const std::string& path, const std::vector<Lazy
     }
     if (c.sizes().vec() != t.shape) {
       ::close(fd);
-      throw std::logic_error("safetensors: " + t.name + " was declared with another shape than its reader returned");
+      throw std::logic_error("safetensors: " + t.name +
+                             " was declared with another shape than its reader returned");
     }
     c = c.detach().to(torch::kCPU).to(stored(t.dtype)).contiguous();
     const size_t n = c.numel() * c.element_size();
     write_all(fd, path, static_cast<const char*>(c.data_ptr()), n);
     bytes += static_cast<int64_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
   return bytes;
 }
 
@@ -184,7 +192,8 @@ void write_file_synced(const std::string& path, const std::string& bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw std::runtime_error(path + ": cannot create (" + std::strerror(errno) + ")");
   write_all(fd, path, bytes.data(), bytes.size());
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    throw std::runtime_error(path + ": fsync failed (" + std::strerror(errno) + ")");
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
@@ -206,13 +215,15 @@ void SafetensorsFile::read_header() {
   ::fstat(fd_, &st);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ < 8) {
-    throw std::runtime_error(path + ": " + std::to_string(size_) + " bytes is too short for a safetensors file (truncated?)");
+    throw std::runtime_error(path + ": " + std::to_string(size_) +
+                             " bytes is too short for a safetensors file (truncated?)");
   }
   unsigned char prefix[8];
   read_at(0, 8, prefix);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
-  if (n > size_ - 8) fail("header length " + std::to_string(n) + " exceeds the file size " + std::to_string(size_));
+  if (n > size_ - 8)
+    fail("header length " + std::to_string(n) + " exceeds the file size " + std::to_string(size_));
   data_start_ = 8 + n;
   std::string header_text(n, '\0');
   read_at(8, n, header_text.data());
@@ -252,7 +263,8 @@ void SafetensorsFile::read_at(size_t offset, size_t bytes, void* out) const {
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
       throw std::runtime_error(path_ + ": read failed at byte " + std::to_string(offset + done) + " (" +
-                               (r < 0 ? std::strerror(errno) : "unexpected end of file") + "); was it changed while reading?");
+                               (r < 0 ? std::strerror(errno) : "unexpected end of file") +
+                               "); was it changed while reading?");
     }
     done += static_cast<size_t>(r);
   }
@@ -282,14 +294,16 @@ torch::Tensor SafetensorsFile::get(const std::string& name) const {
 torch::Tensor SafetensorsFile::get_rows(const std::string& name, int64_t first, int64_t count) const {
   const Entry& e = entry(name);
   if (e.shape.empty() || first < 0 || count < 0 || first + count > e.shape[0]) {
-    throw std::out_of_range(path_ + ": rows [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + name +
-                            " are outside its " + std::to_string(e.shape.empty() ? 0 : e.shape[0]) + " rows");
+    throw std::out_of_range(path_ + ": rows [" + std::to_string(first) + ", " +
+                            std::to_string(first + count) + ") of " + name + " are outside its " +
+                            std::to_string(e.shape.empty() ? 0 : e.shape[0]) + " rows");
   }
   std::vector<int64_t> shape = e.shape;
   shape[0] = count;
   auto out = torch::empty(shape, torch::TensorOptions().dtype(e.dtype));
   const size_t row_bytes = e.shape[0] == 0 ? 0 : (e.end - e.begin) / static_cast<size_t>(e.shape[0]);
-  if (row_bytes * count > 0) read_at(data_start_ + e.begin + row_bytes * first, row_bytes * count, out.data_ptr());
+  if (row_bytes * count > 0)
+    read_at(data_start_ + e.begin + row_bytes * first, row_bytes * count, out.data_ptr());
   return out;
 }
 

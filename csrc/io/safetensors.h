@@ -18,7 +18,8 @@ namespace moetrain::io {
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // The file's bytes for `tensors` (CPU; F32, F16, BF16, I64, I32, U8, BOOL), stored in the given order.
-std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
+std::string encode_safetensors(const NamedTensors& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
 
 // Writes `bytes` to `path` and fsyncs the file; throws naming the path (and the errno text) on failure.
 void write_file_synced(const std::string& path, const std::string& bytes);

@@ -14,7 +14,8 @@ namespace {
 class Digest {
  public:
   Digest() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) throw std::runtime_error("SHA-256: cannot initialise OpenSSL digest");
+    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
+      throw std::runtime_error("SHA-256: cannot initialise OpenSSL digest");
   }
   void update(const void* data, size_t n) {
     if (EVP_DigestUpdate(ctx_.get(), data, n) != 1) throw std::runtime_error("SHA-256: digest update failed");
@@ -22,7 +23,8 @@ class Digest {
   std::string hex() {
     unsigned char out[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    if (EVP_DigestFinal_ex(ctx_.get(), out, &len) != 1) throw std::runtime_error("SHA-256: digest final failed");
+    if (EVP_DigestFinal_ex(ctx_.get(), out, &len) != 1)
+      throw std::runtime_error("SHA-256: digest final failed");
     std::string s;
     char buf[3];
     for (unsigned int i = 0; i < len; ++i) std::snprintf(buf, sizeof(buf), "%02x", out[i]), s += buf;

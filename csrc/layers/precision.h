@@ -21,7 +21,8 @@ namespace moetrain::layers {
 class AutocastScope {
  public:
   AutocastScope(c10::DeviceType device, std::optional<at::ScalarType> dtype)
-      : device_(device), was_enabled_(at::autocast::is_autocast_enabled(device)),
+      : device_(device),
+        was_enabled_(at::autocast::is_autocast_enabled(device)),
         was_dtype_(at::autocast::get_autocast_dtype(device)) {
     if (dtype && *dtype == at::kFloat) {
       active_ = false;

@@ -16,7 +16,7 @@ torch::Tensor apply_rotary(const torch::Tensor& x, double theta) {
   const int64_t seq = x.size(2), head_dim = x.size(3), half = head_dim / 2;
   auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
   auto inv_freq = torch::pow(theta, -torch::arange(0, half, opts) * 2.0 / head_dim);  // (Dh/2)
-  auto angles = torch::outer(torch::arange(0, seq, opts), inv_freq);                   // (S, Dh/2)
+  auto angles = torch::outer(torch::arange(0, seq, opts), inv_freq);                  // (S, Dh/2)
   auto cos = torch::cat({angles.cos(), angles.cos()}, -1).to(x.scalar_type());        // (S, Dh)
   auto sin = torch::cat({angles.sin(), angles.sin()}, -1).to(x.scalar_type());
   auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
@@ -50,7 +50,8 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o)
 
 namespace {
 // linear(x, W) plus scale·linear(linear(x, A), B) when the projection has an adapter.
-torch::Tensor adapted(const torch::Tensor& w, const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& b, double scale) {
+torch::Tensor adapted(const torch::Tensor& w, const torch::Tensor& x, const torch::Tensor& a,
+                      const torch::Tensor& b, double scale) {
   auto y = torch::linear(x, w);
   if (a.defined()) y = y + torch::linear(torch::linear(x, a), b) * scale;
   return y;
@@ -97,11 +98,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
   q = apply_rotary(q.transpose(1, 2), options_.rope_theta);  // (B, H, S, Dh)
   k = apply_rotary(k.transpose(1, 2), options_.rope_theta);  // (B, Hkv, S, Dh)
   v = v.transpose(1, 2);
-  if (G > 1) k = k.repeat_interleave(G, 1), v = v.repeat_interleave(G, 1);  // key/value head h / G for query head h
+  if (G > 1)
+    k = k.repeat_interleave(G, 1), v = v.repeat_interleave(G, 1);  // key/value head h / G for query head h
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                               /*is_causal=*/true);  // (B, H, S, Dh)
   // Back to the residual stream's dtype (fp32 under mixed precision) before the tensor-parallel sum.
-  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s).to(input.scalar_type());
+  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s)
+               .to(input.scalar_type());
   return tp_ ? tp_->reduce_from_tp(y) : y;
 }
 

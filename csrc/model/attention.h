@@ -78,10 +78,11 @@ class AttentionImpl : public torch::nn::Module {
   void merge_adapters();
 
   // Local sizes: Hl = H/tp query heads, Hkvl = Hkv/tp key/value heads, R = (G + 2)·Hkvl·Dh rows.
-  torch::nn::Linear wqkv{nullptr};  // weight (R, D) in the slot layout above; bias (R) when qkv_bias
-  torch::nn::Linear wo{nullptr};    // weight (D, Hl·Dh)
+  torch::nn::Linear wqkv{nullptr};           // weight (R, D) in the slot layout above; bias (R) when qkv_bias
+  torch::nn::Linear wo{nullptr};             // weight (D, Hl·Dh)
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // weight (Dh) per head, or (Hl·Dh), (Hkvl·Dh) full width
-  torch::Tensor qkv_lora_a, qkv_lora_b, out_lora_a, out_lora_b;  // (rank, D), (R, rank), (rank, Hl·Dh), (D, rank)
+  torch::Tensor qkv_lora_a, qkv_lora_b, out_lora_a,
+      out_lora_b;  // (rank, D), (R, rank), (rank, Hl·Dh), (D, rank)
   const Lora& lora() const { return options_.lora; }
   const AttentionOptions& options() const { return options_; }
  private:

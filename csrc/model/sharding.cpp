@@ -7,7 +7,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
-ShardBox shard_box(const TransformerOptions& o, const std::string& name, const std::vector<int64_t>& local_shape) {
+ShardBox shard_box(const TransformerOptions& o, const std::string& name,
+                   const std::vector<int64_t>& local_shape) {
   ShardBox box;
   box.global_view = box.local_view = local_shape;
   box.offsets.assign(local_shape.size(), 0);
@@ -28,7 +29,8 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
       box.offsets.push_back(0);
     }
     if (tp > 1) box.kind = ShardBox::Kind::kTensorParallel;
-  } else if (tp > 1 && o.qk_norm == QkNorm::kFullWidth && (ends_with(name, "attn.q_norm.weight") || ends_with(name, "attn.k_norm.weight"))) {
+  } else if (tp > 1 && o.qk_norm == QkNorm::kFullWidth &&
+             (ends_with(name, "attn.q_norm.weight") || ends_with(name, "attn.k_norm.weight"))) {
     box.kind = ShardBox::Kind::kTensorParallel;  // full-width q/k norm: split like the heads
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
@@ -36,11 +38,13 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
     box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
-  } else if (tp > 1 && name.find(".mlp.") != std::string::npos && (ends_with(name, "w1.weight") || ends_with(name, "w3.weight"))) {
+  } else if (tp > 1 && name.find(".mlp.") != std::string::npos &&
+             (ends_with(name, "w1.weight") || ends_with(name, "w3.weight"))) {
     box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[0] *= tp;
     box.offsets[0] = tr * local_shape[0];
-  } else if (tp > 1 && (ends_with(name, "attn.wo.weight") || (name.find(".mlp.") != std::string::npos && ends_with(name, "w2.weight")))) {
+  } else if (tp > 1 && (ends_with(name, "attn.wo.weight") ||
+                        (name.find(".mlp.") != std::string::npos && ends_with(name, "w2.weight")))) {
     box.kind = ShardBox::Kind::kTensorParallel;
     box.global_view[1] *= tp;
     box.offsets[1] = tr * local_shape[1];
@@ -48,7 +52,8 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name, const s
   return box;
 }
 
-ParamRole parameter_role(const TransformerOptions& o, const std::string& name, const std::vector<int64_t>& local_shape) {
+ParamRole parameter_role(const TransformerOptions& o, const std::string& name,
+                         const std::vector<int64_t>& local_shape) {
   ParamRole role;
   role.box = shard_box(o, name, local_shape);
   const auto has = [&](const char* part) { return name.find(part) != std::string::npos; };

@@ -26,24 +26,26 @@ struct ShardBox {
   enum class Kind { kReplicated, kExpertSharded, kTensorParallel } kind = Kind::kReplicated;
 };
 
-ShardBox shard_box(const TransformerOptions& options, const std::string& name, const std::vector<int64_t>& local_shape);
+ShardBox shard_box(const TransformerOptions& options, const std::string& name,
+                   const std::vector<int64_t>& local_shape);
 
 // What a parameter is: decided here, from the model's structure, and nowhere else. Gradient
 // synchronisation, the gradient norm, parameter counts, freezing and checkpoints ask it, instead of
 // each matching names of its own.
 struct ParamRole {
-  ShardBox box;                    // where this rank's tensor sits in the global model
-  bool expert = false;             // an expert weight (or its adapter): sharded over ep, replicated over expert_dp
-  bool tensor_parallel = false;    // split over tp when tp > 1 (attention q/k/v and output, dense MLP, vocab rows)
-  bool tp_partial_grad = false;    // under TP each rank's gradient is a share, summed over tp: in an MoE layer
-                                   // (each rank computes on its 1/tp of the tokens: experts, router, shared
-                                   // expert and its gate) and per-head q/k norm weights (each rank its heads)
-  bool router = false;             // router weight (finetune.freeze_router freezes it)
-  bool adapter = false;            // LoRA A or B (the only trainable tensors under finetune.lora)
-  bool tied = false;               // embed.weight doubling as the LM head (model.tie_embeddings)
+  ShardBox box;         // where this rank's tensor sits in the global model
+  bool expert = false;  // an expert weight (or its adapter): sharded over ep, replicated over expert_dp
+  bool tensor_parallel = false;  // split over tp when tp > 1 (attention q/k/v and output, dense MLP, vocab rows)
+  bool tp_partial_grad = false;  // under TP each rank's gradient is a share, summed over tp: in an MoE layer
+                                 // (each rank computes on its 1/tp of the tokens: experts, router, shared
+                                 // expert and its gate) and per-head q/k norm weights (each rank its heads)
+  bool router = false;           // router weight (finetune.freeze_router freezes it)
+  bool adapter = false;          // LoRA A or B (the only trainable tensors under finetune.lora)
+  bool tied = false;             // embed.weight doubling as the LM head (model.tie_embeddings)
 };
 
-ParamRole parameter_role(const TransformerOptions& options, const std::string& name, const std::vector<int64_t>& local_shape);
+ParamRole parameter_role(const TransformerOptions& options, const std::string& name,
+                         const std::vector<int64_t>& local_shape);
 
 struct RoledParameter {
   std::string name;

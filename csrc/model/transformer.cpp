@@ -8,8 +8,9 @@
 
 namespace moetrain::model {
 
-TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m, const config::RoutingConfig& r,
-                                                  int64_t ep_size, int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
+TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
+                                                   const config::RoutingConfig& r, int64_t ep_size,
+                                                   int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
   TransformerOptions o;
   o.vocab_size = m.vocab_size();
   o.d_model = m.d_model();
@@ -36,7 +37,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.moe.num_experts = m.num_experts();
   o.moe.top_k = m.top_k();
   o.moe.expert_hidden = m.moe_ffn_hidden();
-  o.moe.shared_hidden = m.num_shared_experts() == 0 ? 0
+  o.moe.shared_hidden = m.num_shared_experts() == 0        ? 0
                         : m.shared_expert_ffn_hidden() > 0 ? m.shared_expert_ffn_hidden()
                                                            : m.moe_ffn_hidden() * m.num_shared_experts();
   o.moe.shared_gate = m.shared_expert_gate() && o.moe.shared_hidden > 0;
@@ -46,10 +47,11 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   return o;
 }
 
-TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, int64_t ep_size, int64_t ep_rank,
-                                                  int64_t tp_size, int64_t tp_rank) {
+TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, int64_t ep_size,
+                                                   int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
   TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), ep_size, ep_rank, tp_size, tp_rank);
-  o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16 : torch::kFloat32;
+  o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16
+                                                                            : torch::kFloat32;
   o.seed = recipe.train().seed();
   const auto& lora = recipe.finetune().lora();
   if (lora.rank() > 0) {
@@ -93,11 +95,12 @@ namespace {
 struct UnevenSplit {
   int64_t first = 0, count = 0, rows = 0;  // this rank's f, c and L
   torch::Tensor padded_rows;  // int64 (p·L): source token of each padded row (fillers repeat the block's last token)
-  torch::Tensor token_rows;   // int64 (T): the padded row that holds each token
+  torch::Tensor token_rows;  // int64 (T): the padded row that holds each token
 };
 
 UnevenSplit uneven_split(int64_t T, int64_t p, int64_t rank, const torch::Device& device) {
-  TORCH_CHECK(T >= p, "tensor parallelism: a forward of ", T, " tokens cannot give each of the parallel.tensor = ", p,
+  TORCH_CHECK(T >= p, "tensor parallelism: a forward of ", T,
+              " tokens cannot give each of the parallel.tensor = ", p,
               " ranks a token; use batches of at least ", p, " tokens");
   const int64_t base = T / p, rem = T % p, L = base + 1;
   const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
@@ -108,13 +111,15 @@ UnevenSplit uneven_split(int64_t T, int64_t p, int64_t rank, const torch::Device
   s.padded_rows = (first_q + torch::minimum(j, count_q - 1)).reshape({-1});
   auto t = torch::arange(T, opts);
   const int64_t long_tokens = rem * (base + 1);  // tokens of the ranks holding base + 1
-  auto q_t = torch::where(t < long_tokens, torch::div(t, base + 1, "floor"), rem + torch::div(t - long_tokens, base, "floor"));
+  auto q_t = torch::where(t < long_tokens, torch::div(t, base + 1, "floor"),
+                          rem + torch::div(t - long_tokens, base, "floor"));
   s.token_rows = q_t * L + t - (q_t * base + q_t.clamp_max(rem));
   return s;
 }
 }  // namespace
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out, int64_t first_token) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out,
+                                 int64_t first_token) {
   auto h = x + attn(attn_norm(x));
   if (!moe) return h + mlp(ffn_norm(h));
   if (tp_) {  // sequence-parallel MoE: this rank routes and computes its 1/tp of the tokens
@@ -160,7 +165,8 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
   }
   norm = register_module("norm", RMSNorm(o.d_model, o.norm_eps));
   if (!o.tie_embeddings) {
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model, local_vocab).bias(false)));
+    lm_head = register_module("lm_head",
+                              torch::nn::Linear(torch::nn::LinearOptions(o.d_model, local_vocab).bias(false)));
   }
 }
 
@@ -194,7 +200,9 @@ torch::Tensor TransformerImpl::token_losses(const torch::Tensor& logits, const t
   auto z = logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32);  // (T, V or V/tp)
   auto t = targets.reshape({-1});
   if (!tp_) {
-    return torch::nn::functional::cross_entropy(z, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    return torch::nn::functional::cross_entropy(z, t,
+                                                torch::nn::functional::CrossEntropyFuncOptions().reduction(
+                                                    torch::kNone));
   }
   // Vocab-parallel cross-entropy: loss_t = logsumexp over the whole vocabulary − z_t[target].
   // logsumexp: each rank's over its slice, all-gathered (backward: this rank's part), combined; the
@@ -262,8 +270,13 @@ void init_weights(TransformerImpl& model, uint64_t seed, double std) {
                            ends_with(name, "experts.w2");
     // Draw the global tensor, keep this process's block of it (csrc/model/sharding.h).
     const ShardBox box = shard_box(model.options(), name, p.sizes().vec());
-    torch::Tensor local = at::normal(0.0, is_lora_a ? 1.0 / std::sqrt(static_cast<double>(p.size(1))) : is_output ? out_std : std, box.global_view, gen, torch::TensorOptions().dtype(torch::kFloat32));
-    for (size_t d = 0; d < box.offsets.size(); ++d) local = local.narrow(static_cast<int64_t>(d), box.offsets[d], box.local_view[d]);
+    torch::Tensor local = at::normal(0.0,
+                                     is_lora_a   ? 1.0 / std::sqrt(static_cast<double>(p.size(1)))
+                                     : is_output ? out_std
+                                                 : std,
+                                     box.global_view, gen, torch::TensorOptions().dtype(torch::kFloat32));
+    for (size_t d = 0; d < box.offsets.size(); ++d)
+      local = local.narrow(static_cast<int64_t>(d), box.offsets[d], box.local_view[d]);
     local = local.reshape(p.sizes());
     p.copy_(local);
   }

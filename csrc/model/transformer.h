@@ -20,9 +20,9 @@ struct TransformerOptions {
   double rope_theta = 10000.0, norm_eps = 1e-5;
   bool tie_embeddings = false;
   int64_t tp_size = 1, tp_rank = 0;  // tensor parallelism
-  std::vector<bool> is_moe;  // per layer
+  std::vector<bool> is_moe;          // per layer
   moe::MoEOptions moe;
-  AttentionImpl::Lora attn_lora;  // adapters on the attention projections (fine-tuning)
+  AttentionImpl::Lora attn_lora;       // adapters on the attention projections (fine-tuning)
   AttentionOptions attention() const;  // this process's attention (local heads under TP)
   // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
   // (csrc/layers/precision.h). Parameters stay fp32 either way.
@@ -30,18 +30,18 @@ struct TransformerOptions {
   uint64_t seed = 0;  // train.seed: keys the routers' noise streams (jitter, RANDOM routing) with the layer index
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
-  static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
-                                        int64_t ep_size = 1, int64_t ep_rank = 0, int64_t tp_size = 1,
-                                        int64_t tp_rank = 0);
+  static TransformerOptions from_recipe(const config::ModelConfig& model,
+                                        const config::RoutingConfig& routing, int64_t ep_size = 1,
+                                        int64_t ep_rank = 0, int64_t tp_size = 1, int64_t tp_rank = 0);
   // The whole recipe: the above plus what other sections add to the model (finetune.lora adapters).
-  static TransformerOptions from_recipe(const config::Recipe& recipe, int64_t ep_size = 1, int64_t ep_rank = 0,
-                                        int64_t tp_size = 1, int64_t tp_rank = 0);
+  static TransformerOptions from_recipe(const config::Recipe& recipe, int64_t ep_size = 1,
+                                        int64_t ep_rank = 0, int64_t tp_size = 1, int64_t tp_rank = 0);
 };
 
 struct ModelOutput {
-  torch::Tensor logits;                 // (B, S, V)
-  torch::Tensor aux_loss;               // scalar: Σ over MoE layers of the balancing losses (coefficients applied)
-  torch::Tensor z_loss;                 // scalar: Σ over MoE layers of the router z-loss (coefficient applied)
+  torch::Tensor logits;    // (B, S, V)
+  torch::Tensor aux_loss;  // scalar: Σ over MoE layers of the balancing losses (coefficients applied)
+  torch::Tensor z_loss;    // scalar: Σ over MoE layers of the router z-loss (coefficient applied)
   std::vector<moe::MoEMeasures> moe_measures;  // one per MoE layer, in layer order
 };
 
@@ -58,7 +58,7 @@ class BlockImpl : public torch::nn::Module {
   RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Attention attn{nullptr};
   layers::SwiGLU mlp{nullptr};  // dense layers
-  moe::MoELayer moe{nullptr};  // MoE layers
+  moe::MoELayer moe{nullptr};   // MoE layers
  private:
   std::shared_ptr<layers::TensorParallelOps> tp_;
 };

@@ -20,11 +20,13 @@ torch::Tensor sequence_aux_loss_share(const torch::Tensor& probs_TE, const torch
                                       const torch::Tensor& counts_BE, int64_t seq_len, int64_t top_k) {
   const int64_t B = counts_BE.size(0), E = probs_TE.size(1);
   auto f_BE = counts_BE.to(torch::kFloat32) / static_cast<double>(seq_len * top_k);
-  auto P_BE = torch::zeros({B, E}, probs_TE.options()).index_add(0, seq_index_T, probs_TE) / static_cast<double>(seq_len);
+  auto P_BE = torch::zeros({B, E}, probs_TE.options()).index_add(0, seq_index_T, probs_TE) /
+              static_cast<double>(seq_len);
   return (f_BE.detach() * P_BE).sum(1).mean() * static_cast<double>(E);
 }
 
-torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k) {
+torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens,
+                              int64_t top_k) {
   const int64_t E = probs_TE.size(1);
   auto f_E = counts_E.to(torch::kFloat32) / static_cast<double>(tokens * top_k);
   return (f_E.detach() * probs_TE.mean(0)).sum() * static_cast<double>(E);
@@ -60,8 +62,8 @@ torch::Tensor sequence_loss(const Routing& route, const ForwardTokens& tokens, i
   const int64_t E = route.probs_TE.size(1);
   const TokenSlice& slice = tokens.slice;
   if (!slice.is_share()) {
-    return sequence_aux_loss(route.probs_TE.view({tokens.B, tokens.S, E}), route.routed_TE.view({tokens.B, tokens.S, E}),
-                             top_k);
+    return sequence_aux_loss(route.probs_TE.view({tokens.B, tokens.S, E}),
+                             route.routed_TE.view({tokens.B, tokens.S, E}), top_k);
   }
   const auto i64 = torch::TensorOptions(route.routed_TE.device()).dtype(torch::kInt64);
   auto seq_T = (torch::arange(tokens.B * tokens.S, i64) + slice.first_token).div(slice.seq_len, "floor");
@@ -73,7 +75,8 @@ torch::Tensor sequence_loss(const Routing& route, const ForwardTokens& tokens, i
 // Global-batch loss: f from the counts of the whole global batch, accumulated over the step's
 // micro-batches so far. Each rank holds its tokens' share of P; the token count stays on the device (top-k
 // routes k pairs per token, so tokens · k = Σ counts). Divided by the micro-batch ranks, as the Switch loss.
-torch::Tensor global_batch_loss(const Routing& route, const MoEParallelContext& context, torch::Tensor& global_counts_E) {
+torch::Tensor global_batch_loss(const Routing& route, const MoEParallelContext& context,
+                                torch::Tensor& global_counts_E) {
   auto counts_E = context.sum_over_global_batch(route.routed_TE.sum(0));
   if (global_counts_E.device() != counts_E.device()) global_counts_E = global_counts_E.to(counts_E.device());
   global_counts_E += counts_E;
@@ -82,11 +85,13 @@ torch::Tensor global_batch_loss(const Routing& route, const MoEParallelContext& 
 
 }  // namespace
 
-LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens, const config::RoutingConfig& routing,
-                             int64_t top_k, const MoEParallelContext& context, torch::Tensor& global_counts_E) {
+LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens,
+                             const config::RoutingConfig& routing, int64_t top_k,
+                             const MoEParallelContext& context, torch::Tensor& global_counts_E) {
   const double shares = static_cast<double>(context.micro_batch_ranks());
   auto aux = torch::zeros({}, route.probs_TE.options());
-  if (routing.aux_loss_coeff() > 0) aux = aux + routing.aux_loss_coeff() * switch_loss(route, tokens, top_k, context);
+  if (routing.aux_loss_coeff() > 0)
+    aux = aux + routing.aux_loss_coeff() * switch_loss(route, tokens, top_k, context);
   if (routing.seq_aux_loss_coeff() > 0) {
     aux = aux + routing.seq_aux_loss_coeff() * sequence_loss(route, tokens, top_k, context);
   }

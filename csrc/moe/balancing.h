@@ -25,7 +25,8 @@ torch::Tensor sequence_aux_loss_share(const torch::Tensor& probs_TE, const torch
                                       const torch::Tensor& counts_BE, int64_t seq_len, int64_t top_k);
 
 // E · Σ_i f_i · P_i with f_i = counts_E / (tokens · k) from counts gathered beyond this micro-batch.
-torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens, int64_t top_k);
+torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E, int64_t tokens,
+                              int64_t top_k);
 // The same when the token count is only on the device: every token routes exactly k pairs (top-k
 // routing), so tokens · k = Σ counts_E, and f_i = counts_i / Σ counts.
 torch::Tensor global_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& counts_E);
@@ -52,8 +53,9 @@ struct ForwardTokens {
 // micro-batches for the global-batch loss: this forward's are added. Collectives through `context`:
 // Switch and sequence losses sum counts over the micro-batch ranks when the tokens are a share, the
 // global-batch loss over the global batch.
-LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens, const config::RoutingConfig& routing,
-                             int64_t top_k, const MoEParallelContext& context, torch::Tensor& global_counts_E);
+LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens,
+                             const config::RoutingConfig& routing, int64_t top_k,
+                             const MoEParallelContext& context, torch::Tensor& global_counts_E);
 
 // Aux-loss-free balancing step: bias_E += rate · sign(mean(counts) − counts), in place, no autograd.
 void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate);

@@ -12,7 +12,8 @@ DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout
   // Row of every kept pair; the pairs not kept all go to a spare row n, cut off below.
   torch::Tensor row_ET;
   if (layout.kind == RowLayout::Kind::kPadded) {
-    at::_assert_async(rows.tokens_per_expert_E.max() <= layout.capacity, "capacity must be applied before padding");
+    at::_assert_async(rows.tokens_per_expert_E.max() <= layout.capacity,
+                      "capacity must be applied before padding");
     row_ET = torch::arange(E, i64).unsqueeze(1) * layout.capacity + ones_ET.cumsum(1) - 1;
   } else {
     at::_assert_async(rows.tokens_per_expert_E.sum() <= n, "the row layout must hold every kept pair");
@@ -23,7 +24,8 @@ DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout
   rows.valid_N = torch::zeros({n + 1}, kept_TE.options()).scatter_(0, row_ET, kept_ET.view({-1})).narrow(0, 0, n);
   rows.expert_N = pair_N.div(T, "floor");
   rows.token_N = pair_N - rows.expert_N * T;
-  if (layout.kind == RowLayout::Kind::kPadded) rows.tokens_per_expert_E = torch::full({E}, layout.capacity, i64);
+  if (layout.kind == RowLayout::Kind::kPadded)
+    rows.tokens_per_expert_E = torch::full({E}, layout.capacity, i64);
   rows.unused_tail = layout.kind == RowLayout::Kind::kCapped;
   return rows;
 }
@@ -37,7 +39,8 @@ DispatchRows first_rows(const DispatchRows& rows, int64_t n) {
   return first;
 }
 
-torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows, const torch::Tensor& gates_TE) {
+torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows,
+                           const torch::Tensor& gates_TE) {
   const int64_t E = gates_TE.size(1);
   auto gate_N = gates_TE.reshape({-1}).index_select(0, rows.token_N * E + rows.expert_N) * rows.valid_N;
   // Unused rows were never computed: gate 0 times an undefined value may still be NaN, so mask them.
@@ -46,10 +49,12 @@ torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& row
   // as a cast before it would (and its backward rounds the rows' gradient back to theirs): the weighted
   // rows and their sum are in the gates' dtype.
   auto weighted_ND = out_ND * gate_N.unsqueeze(-1);
-  return torch::zeros({gates_TE.size(0), rows_ND.size(1)}, weighted_ND.options()).index_add(0, rows.token_N, weighted_ND);
+  return torch::zeros({gates_TE.size(0), rows_ND.size(1)}, weighted_ND.options())
+      .index_add(0, rows.token_N, weighted_ND);
 }
 
-Dispatched LocalDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const RowLayout& layout) {
+Dispatched LocalDispatcher::dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE,
+                                     const RowLayout& layout) {
   rows_ = dispatch_rows(kept_TE, layout);
   auto tokens_ND = x_TD.index_select(0, rows_.token_N);
   // The experts' input gradient of unused rows is undefined too: keep it out of x's gradient.

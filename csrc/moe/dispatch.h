@@ -22,16 +22,18 @@ namespace moetrain::moe {
 struct RowLayout {
   enum class Kind { kDropless, kCapped, kPadded };
   Kind kind = Kind::kDropless;
-  int64_t rows = 0;      // rows sent to the experts: the kept pairs (dropless), a bound on them (capped), E·capacity (padded)
+  int64_t rows = 0;  // rows sent to the experts: the kept pairs (dropless), a bound on them (capped), E·capacity (padded)
   int64_t capacity = 0;  // padded: rows per expert
 
   static RowLayout dropless(int64_t kept_pairs) { return {Kind::kDropless, kept_pairs, 0}; }
   static RowLayout capped(int64_t max_kept_pairs) { return {Kind::kCapped, max_kept_pairs, 0}; }
-  static RowLayout padded(int64_t num_experts, int64_t capacity) { return {Kind::kPadded, num_experts * capacity, capacity}; }
+  static RowLayout padded(int64_t num_experts, int64_t capacity) {
+    return {Kind::kPadded, num_experts * capacity, capacity};
+  }
 };
 
 struct Dispatched {
-  torch::Tensor tokens_ND;             // N rows grouped by local expert (expert 0 first)
+  torch::Tensor tokens_ND;  // N rows grouped by local expert (expert 0 first)
   torch::Tensor tokens_per_expert_El;  // int64 (E_local): rows the experts compute; sums to N, or less (capped: unused tail)
 };
 
@@ -39,11 +41,11 @@ struct Dispatched {
 // pairs fill rows [e·capacity, e·capacity + its count), the rest of its block are fillers. Capped: the
 // kept pairs first, then unused rows. Fillers and unused rows are token 0, expert 0, valid false.
 struct DispatchRows {
-  torch::Tensor token_N;               // int64 token of each row
-  torch::Tensor expert_N;              // int64 (global) expert of each row
-  torch::Tensor valid_N;               // bool, false for fillers and unused rows
-  torch::Tensor tokens_per_expert_E;   // int64 rows per expert (padded: capacity)
-  bool unused_tail = false;            // capped: rows past Σ tokens_per_expert_E are never computed
+  torch::Tensor token_N;              // int64 token of each row
+  torch::Tensor expert_N;             // int64 (global) expert of each row
+  torch::Tensor valid_N;              // bool, false for fillers and unused rows
+  torch::Tensor tokens_per_expert_E;  // int64 rows per expert (padded: capacity)
+  bool unused_tail = false;           // capped: rows past Σ tokens_per_expert_E are never computed
 };
 // kept_TE: bool (T, E). No host read; the device checks the layout holds every kept pair.
 DispatchRows dispatch_rows(const torch::Tensor& kept_TE, const RowLayout& layout);
@@ -53,7 +55,8 @@ DispatchRows first_rows(const DispatchRows& rows, int64_t n);
 
 // Gate-weighted sum of row outputs into token order: out[token_N[r]] += gate(token, expert) · rows[r].
 // Returns (T, D) in the wider of the two dtypes (fp32 gates with bf16 rows: fp32).
-torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows, const torch::Tensor& gates_TE);
+torch::Tensor combine_rows(const torch::Tensor& rows_ND, const DispatchRows& rows,
+                           const torch::Tensor& gates_TE);
 
 // Contract: dispatch() then combine() once per forward, in that order; combine() uses the state of
 // the latest dispatch(). Both are autograd-correct.
@@ -61,7 +64,8 @@ class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
   // x_TD: tokens; kept_TE: bool pairs to compute; layout: the rows, sized on the host (RowLayout).
-  virtual Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE, const RowLayout& layout) = 0;
+  virtual Dispatched dispatch(const torch::Tensor& x_TD, const torch::Tensor& kept_TE,
+                              const RowLayout& layout) = 0;
   // expert_out_ND in dispatch order; gates_TE: gate of each pair. Returns (T, D).
   virtual torch::Tensor combine(const torch::Tensor& expert_out_ND, const torch::Tensor& gates_TE) = 0;
 };

@@ -6,7 +6,8 @@
 
 namespace moetrain::moe {
 
-GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden, const ExpertLoraOptions& lora)
+GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int64_t hidden,
+                                       const ExpertLoraOptions& lora)
     : lora_(lora) {
   w1_EDF = register_parameter("w1", torch::empty({num_experts, d_model, hidden}));
   w3_EDF = register_parameter("w3", torch::empty({num_experts, d_model, hidden}));
@@ -25,8 +26,8 @@ GroupedExpertsImpl::GroupedExpertsImpl(int64_t num_experts, int64_t d_model, int
 
 namespace {
 // y + scale·(x·A)·B when the projection has an adapter, else y.
-torch::Tensor add_adapter(torch::Tensor y, const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& b,
-                          const torch::Tensor& offsets, double scale) {
+torch::Tensor add_adapter(torch::Tensor y, const torch::Tensor& x, const torch::Tensor& a,
+                          const torch::Tensor& b, const torch::Tensor& offsets, double scale) {
   if (a.defined()) y = y + at::_grouped_mm(at::_grouped_mm(x, a, offsets), b, offsets) * scale;
   return y;
 }
@@ -51,7 +52,8 @@ void GroupedExpertsImpl::merge_adapters() {
   }
 }
 
-ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND, std::optional<torch::ScalarType> dtype) const {
+ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND,
+                                            std::optional<torch::ScalarType> dtype) const {
   auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? t.to(*dtype) : t; };
   ExpertOperands o;
   o.x_ND = c(tokens_ND);
@@ -62,7 +64,8 @@ ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND, std:
   return o;
 }
 
-torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_El) {
+torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND,
+                                          const torch::Tensor& tokens_per_expert_El) {
   auto offsets = tokens_per_expert_El.cumsum(0).to(torch::kInt32);
   const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
   // _grouped_mm is not an autocast operation: under mixed precision cast every operand to the compute

@@ -10,11 +10,13 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   ro.routing = options.routing;
   router = register_module("router", Router(ro));
   const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
-  experts = register_module("experts", GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
+  experts = register_module("experts",
+                            GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
   if (options.shared_hidden > 0) {
     shared = register_module("shared", layers::SwiGLU(options.d_model, options.shared_hidden));
     if (options.shared_gate) {
-      shared_gate = register_module("shared_gate", torch::nn::Linear(torch::nn::LinearOptions(options.d_model, 1).bias(false)));
+      shared_gate = register_module("shared_gate",
+                                    torch::nn::Linear(torch::nn::LinearOptions(options.d_model, 1).bias(false)));
     }
   }
   set_parallel_context(std::make_shared<MoEParallelContext>());
@@ -41,12 +43,14 @@ RowLayout row_layout(const Routing& route, bool pad, int64_t num_experts) {
 }
 }  // namespace
 
-MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS, const TokenSlice& slice) {
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS,
+                                const TokenSlice& slice) {
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), E = options_.num_experts;
   auto x_TD = x_BSD.reshape({-1, options_.d_model});
   Routing route = router(x_TD, token_ids_BS.defined() ? token_ids_BS.reshape({-1}) : token_ids_BS);
 
-  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE, row_layout(route, options_.routing.pad_to_capacity(), E));
+  Dispatched dispatched = dispatcher_->dispatch(x_TD, route.kept_TE,
+                                                row_layout(route, options_.routing.pad_to_capacity(), E));
   auto expert_out_ND = experts(dispatched.tokens_ND, dispatched.tokens_per_expert_El);
   auto y_TD = dispatcher_->combine(expert_out_ND, route.gates_TE);
   if (shared) {
@@ -92,8 +96,9 @@ void MoELayerImpl::accumulate_step(const MoEMeasures& measures) {
   keep_on(step_measures_, counts_E.device());
   step_counts_E_ += counts_E;
   auto f64 = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
-  step_measures_ += torch::stack({f64(measures.routed_pairs), f64(measures.dropped_pairs), measures.entropy, f64(measures.aux_loss),
-                                  f64(measures.z_loss), f64(measures.tokens), f64(measures.unchosen_tokens)});
+  step_measures_ += torch::stack({f64(measures.routed_pairs), f64(measures.dropped_pairs), measures.entropy,
+                                  f64(measures.aux_loss), f64(measures.z_loss), f64(measures.tokens),
+                                  f64(measures.unchosen_tokens)});
   ++step_forwards_;
 }
 

@@ -17,13 +17,13 @@ struct MoEOptions {
   int64_t num_experts = 0;
   int64_t top_k = 0;
   int64_t expert_hidden = 0;
-  int64_t shared_hidden = 0;       // 0 = no shared experts
-  bool shared_gate = false;        // shared experts' output × sigmoid(x·w_g), w_g (1, D) (Qwen2-MoE)
+  int64_t shared_hidden = 0;  // 0 = no shared experts
+  bool shared_gate = false;   // shared experts' output × sigmoid(x·w_g), w_g (1, D) (Qwen2-MoE)
   // Expert parallelism: this process holds experts [first_local_expert, first_local_expert + local_experts).
-  int64_t local_experts = 0;       // 0 = all experts
+  int64_t local_experts = 0;  // 0 = all experts
   int64_t first_local_expert = 0;
-  config::RoutingConfig routing;   // defaults filled in
-  ExpertLoraOptions lora;          // adapters on the experts (fine-tuning)
+  config::RoutingConfig routing;  // defaults filled in
+  ExpertLoraOptions lora;         // adapters on the experts (fine-tuning)
 };
 
 // Per-layer measures of one forward: detached tensors on the layer's device, never read on the host in
@@ -37,18 +37,25 @@ struct MoEMeasures {
   // int64 scalar: tokens no expert computes (no kept pair): under expert choice the tokens no expert
   // chose; under token choice the tokens whose every pair was dropped by the capacity.
   torch::Tensor unchosen_tokens;
-  torch::Tensor entropy;              // fp64 scalar: mean router entropy (nats)
-  torch::Tensor aux_loss;             // fp32 scalar: coefficient-weighted balancing losses of this layer (0 in evaluation)
-  torch::Tensor z_loss;               // fp32 scalar: coefficient-weighted z-loss of this layer (0 in evaluation)
+  torch::Tensor entropy;  // fp64 scalar: mean router entropy (nats)
+  torch::Tensor aux_loss;  // fp32 scalar: coefficient-weighted balancing losses of this layer (0 in evaluation)
+  torch::Tensor z_loss;    // fp32 scalar: coefficient-weighted z-loss of this layer (0 in evaluation)
 };
 
 // Layout of MoELayerImpl::step_measures (unscoped: the values index that tensor).
 enum StepMeasure : int64_t {
-  kRoutedPairs, kDroppedPairs, kEntropySum, kAuxLossSum, kZLossSum, kTokens, kUnchosenTokens, kNumStepMeasures
+  kRoutedPairs,
+  kDroppedPairs,
+  kEntropySum,
+  kAuxLossSum,
+  kZLossSum,
+  kTokens,
+  kUnchosenTokens,
+  kNumStepMeasures
 };
 
 struct MoEOutput {
-  torch::Tensor y;         // (B, S, D)
+  torch::Tensor y;  // (B, S, D)
   // Training only: in evaluation (is_training() false) both are 0 and no balancing collective runs.
   torch::Tensor aux_loss;  // scalar: Σ of the layer's balancing losses, coefficients applied
   torch::Tensor z_loss;    // scalar: z-loss, coefficient applied
@@ -61,7 +68,8 @@ class MoELayerImpl : public torch::nn::Module {
   // x_BSD; token_ids_BS (int64) are needed by HASH routing only. `slice` says where x's tokens sit in
   // the micro-batch when they are one rank's share of it (sequence-parallel MoE under tensor
   // parallelism); the sequence loss needs it.
-  MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {}, const TokenSlice& slice = {});
+  MoEOutput forward(const torch::Tensor& x_BSD, const torch::Tensor& token_ids_BS = {},
+                    const TokenSlice& slice = {});
 
   // Routed counts of every training forward since the last end_step() (the step's load): int64 (E).
   const torch::Tensor& step_counts() const { return step_counts_E_; }
@@ -80,7 +88,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   Router router{nullptr};
   GroupedExperts experts{nullptr};
-  layers::SwiGLU shared{nullptr};  // null unless options.shared_hidden > 0
+  layers::SwiGLU shared{nullptr};          // null unless options.shared_hidden > 0
   torch::nn::Linear shared_gate{nullptr};  // weight (1, D); null unless options.shared_gate
 
  private:

@@ -62,24 +62,29 @@ torch::Tensor noise_bits(uint64_t key, int64_t first_token, int64_t T, int64_t C
   TORCH_CHECK(first_token >= 0, "noise_bits: first_token must be >= 0, got ", first_token);
   const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
   const int64_t key_lo = static_cast<int64_t>(key & 0xFFFFFFFFULL), key_hi = static_cast<int64_t>(key >> 32);
-  auto t = torch::arange(first_token, first_token + T, opts);                  // global token index, < 2^63
+  auto t = torch::arange(first_token, first_token + T, opts);                 // global token index, < 2^63
   auto h = mix32(t.bitwise_and(kLow32).bitwise_xor(key_lo));                  // low word of the index
   h = mix32(h.bitwise_xor(t.bitwise_right_shift(32)));                        // high word (t >= 0)
   auto hc = h.unsqueeze(1).bitwise_xor(torch::arange(C, opts).unsqueeze(0));  // (T, C): the column
   return mix32(mix32(hc).bitwise_xor(key_hi));
 }
 
-torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device) {
-  return noise_bits(key, first_token, T, C, device).bitwise_right_shift(8).to(torch::kFloat32) * (1.0 / 16777216.0);
+torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C,
+                            const torch::Device& device) {
+  return noise_bits(key, first_token, T, C, device).bitwise_right_shift(8).to(torch::kFloat32) *
+         (1.0 / 16777216.0);
 }
 
-int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity) {
+int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts,
+                        int64_t min_capacity) {
   if (factor <= 0) return 0;
-  const auto cap = static_cast<int64_t>(std::ceil(factor * static_cast<double>(tokens * top_k) / static_cast<double>(num_experts)));
+  const auto cap = static_cast<int64_t>(
+      std::ceil(factor * static_cast<double>(tokens * top_k) / static_cast<double>(num_experts)));
   return std::max(cap, min_capacity);
 }
 
-torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE, int64_t capacity) {
+torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE,
+                             int64_t capacity) {
   const int64_t T = routed_TE.size(0);
   if (capacity <= 0 || capacity >= T) return routed_TE;
   auto ranked = priority_TE.masked_fill(routed_TE.logical_not(), -std::numeric_limits<float>::infinity());
@@ -102,7 +107,8 @@ torch::Tensor RouterImpl::select_topk(const torch::Tensor& logits_TE, const torc
   auto select_TE = r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX ? logits_TE : scores_TE;
   select_TE = select_TE + expert_bias;
   if (r.num_groups() > 1) {
-    const int64_t G = r.num_groups(), per_group = E / G, top_in_group = std::max<int64_t>(1, k / r.group_topk());
+    const int64_t G = r.num_groups(), per_group = E / G,
+                  top_in_group = std::max<int64_t>(1, k / r.group_topk());
     auto grouped = select_TE.detach().view({-1, G, per_group});
     auto group_score_TG = std::get<0>(grouped.topk(top_in_group, -1)).sum(-1);
     auto best_groups = std::get<1>(group_score_TG.topk(r.group_topk(), -1));
@@ -138,8 +144,8 @@ Routing RouterImpl::forward(const torch::Tensor& x_TD, const torch::Tensor& toke
 torch::Tensor RouterImpl::jittered(const torch::Tensor& x_TD, int64_t first_token) const {
   const double eps = options_.routing.jitter_eps();
   if (!is_training() || eps <= 0) return x_TD;
-  auto u = uniform_noise(noise_stream_key(noise_seed_, noise_layer_, NoisePurpose::kJitter), first_token, x_TD.size(0),
-                         x_TD.size(1), x_TD.device());
+  auto u = uniform_noise(noise_stream_key(noise_seed_, noise_layer_, NoisePurpose::kJitter), first_token,
+                         x_TD.size(0), x_TD.size(1), x_TD.device());
   return x_TD * ((1.0 - eps) + (2.0 * eps) * u);  // U(1 − ε, 1 + ε)
 }
 
@@ -154,8 +160,8 @@ void RouterImpl::choose_by_experts(Routing& out, const torch::Tensor& scores_TE)
   out.max_kept = E * c;
 }
 
-void RouterImpl::choose_by_tokens(Routing& out, const torch::Tensor& scores_TE, const torch::Tensor& token_ids_T,
-                                  int64_t first_token) const {
+void RouterImpl::choose_by_tokens(Routing& out, const torch::Tensor& scores_TE,
+                                  const torch::Tensor& token_ids_T, int64_t first_token) const {
   const auto& r = options_.routing;
   const int64_t T = scores_TE.size(0), E = options_.num_experts, k = options_.top_k;
   const bool fixed_gates = r.router_type() == RoutingConfig::HASH || r.router_type() == RoutingConfig::RANDOM;
@@ -168,7 +174,8 @@ void RouterImpl::choose_by_tokens(Routing& out, const torch::Tensor& scores_TE, 
     idx_TK = select_topk(out.logits_TE, scores_TE);
   }
   if (fixed_gates) {
-    gates_TK = torch::full({T, k}, 1.0 / static_cast<double>(k), scores_TE.options());  // fixed, no router gradient
+    gates_TK = torch::full({T, k}, 1.0 / static_cast<double>(k),
+                           scores_TE.options());  // fixed, no router gradient
   } else if (r.topk_order() == RoutingConfig::TOPK_THEN_SOFTMAX) {
     gates_TK = torch::softmax(out.logits_TE.gather(1, idx_TK), -1);
   } else {

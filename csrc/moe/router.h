@@ -37,14 +37,17 @@ uint64_t noise_stream_key(uint64_t seed, int64_t layer, NoisePurpose purpose);
 // on `device`.
 torch::Tensor noise_bits(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device);
 // fp32 (T, C) uniform on [0, 1) in steps of 2^-24: the top 24 bits of noise_bits.
-torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C, const torch::Device& device);
+torch::Tensor uniform_noise(uint64_t key, int64_t first_token, int64_t T, int64_t C,
+                            const torch::Device& device);
 
 // capacity = max(ceil(factor · T · k / E), min_capacity); 0 when factor is 0 (dropless).
-int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts, int64_t min_capacity);
+int64_t expert_capacity(double factor, int64_t tokens, int64_t top_k, int64_t num_experts,
+                        int64_t min_capacity);
 
 // Keeps at most `capacity` routed pairs per expert: those with the highest `priority_TE` (for the
 // probs policy the pair's final gate, for the position policy minus the token index).
-torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE, int64_t capacity);
+torch::Tensor apply_capacity(const torch::Tensor& routed_TE, const torch::Tensor& priority_TE,
+                             int64_t capacity);
 
 class RouterImpl : public torch::nn::Module {
  public:

@@ -80,7 +80,8 @@ SyncDebugMode cuda_sync_debug() {
 }
 
 SteadyStateSyncDebug::SteadyStateSyncDebug(SyncDebugSettings settings) : settings_(settings) {
-  if (settings_.mode != SyncDebugMode::kOff && !cuda_sync_debug_supported()) set_cuda_sync_debug(settings_.mode);
+  if (settings_.mode != SyncDebugMode::kOff && !cuda_sync_debug_supported())
+    set_cuda_sync_debug(settings_.mode);
 }
 
 SteadyStateSyncDebug::~SteadyStateSyncDebug() {

@@ -11,8 +11,9 @@
 namespace moetrain::util {
 namespace {
 
-constexpr FaultPoint kPoints[] = {FaultPoint::kAllToAll,        FaultPoint::kGradSync,   FaultPoint::kOptimizerStep,
-                                  FaultPoint::kCheckpointWrite, FaultPoint::kEvaluation, FaultPoint::kDataRead};
+constexpr FaultPoint kPoints[] = {FaultPoint::kAllToAll,      FaultPoint::kGradSync,
+                                  FaultPoint::kOptimizerStep, FaultPoint::kCheckpointWrite,
+                                  FaultPoint::kEvaluation,    FaultPoint::kDataRead};
 
 std::string point_list() {
   std::string out;
@@ -41,8 +42,9 @@ const char* fault_point_name(FaultPoint point) {
 
 FaultSpec parse_fault_spec(const std::string& text) {
   auto bad = [&](const std::string& why) {
-    return std::invalid_argument("MOETRAIN_FAULT=\"" + text + "\": " + why + "; expected POINT:RANK:STEP with POINT one of " +
-                                 point_list() + " (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3");
+    return std::invalid_argument("MOETRAIN_FAULT=\"" + text + "\": " + why +
+                                 "; expected POINT:RANK:STEP with POINT one of " + point_list() +
+                                 " (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3");
   };
   const size_t a = text.find(':'), b = a == std::string::npos ? a : text.find(':', a + 1);
   if (b == std::string::npos || text.find(':', b + 1) != std::string::npos) throw bad("not three fields");
@@ -56,7 +58,8 @@ FaultSpec parse_fault_spec(const std::string& text) {
   auto number = [&](const std::string& field, const char* what) {
     char* end = nullptr;
     const long long v = std::strtoll(field.c_str(), &end, 10);
-    if (field.empty() || *end != '\0' || v < 0) throw bad(std::string(what) + " \"" + field + "\" is not a non-negative integer");
+    if (field.empty() || *end != '\0' || v < 0)
+      throw bad(std::string(what) + " \"" + field + "\" is not a non-negative integer");
     return v;
   };
   spec.rank = static_cast<int>(number(rank, "rank"));
@@ -81,8 +84,8 @@ bool fault_due(FaultPoint point) {
 
 void kill_for_fault(FaultPoint point) {
   const RunPosition& at = run_position();
-  std::fprintf(stderr, "moe-train: rank %d: MOETRAIN_FAULT: killing this process at %s of step %lld (%s)\n", at.rank,
-               fault_point_name(point), static_cast<long long>(at.step), at.phase);
+  std::fprintf(stderr, "moe-train: rank %d: MOETRAIN_FAULT: killing this process at %s of step %lld (%s)\n",
+               at.rank, fault_point_name(point), static_cast<long long>(at.step), at.phase);
   std::fflush(stderr);
   std::raise(SIGKILL);
   std::abort();  // not reached

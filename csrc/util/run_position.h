@@ -8,10 +8,10 @@
 namespace moetrain::util {
 
 struct RunPosition {
-  int rank = 0;                  // world rank
-  int64_t step = 0;              // training: the step being computed (1-based, as in metrics.jsonl);
-                                 // evaluation and checkpoint: the step just completed
-  const char* phase = "setup";   // "setup", "training", "evaluation", "checkpoint", "finish"
+  int rank = 0;                 // world rank
+  int64_t step = 0;             // training: the step being computed (1-based, as in metrics.jsonl);
+                                // evaluation and checkpoint: the step just completed
+  const char* phase = "setup";  // "setup", "training", "evaluation", "checkpoint", "finish"
 };
 
 void set_run_rank(int rank);

@@ -56,7 +56,8 @@ struct Args {
     const std::string& v = one(flag);
     char* end = nullptr;
     const long long n = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || n < 0) throw UsageError("--" + flag + " " + v + " is not a non-negative integer");
+    if (v.empty() || *end != '\0' || n < 0)
+      throw UsageError("--" + flag + " " + v + " is not a non-negative integer");
     return n;
   }
 };
@@ -98,17 +99,21 @@ void for_each_document(const std::vector<std::string>& inputs, const std::string
       try {
         doc = nlohmann::json::parse(line);
       } catch (const nlohmann::json::parse_error& e) {
-        throw std::runtime_error(where + ": not valid JSON (" + std::string(e.what()) + "); each line must be one JSON object");
+        throw std::runtime_error(where + ": not valid JSON (" + std::string(e.what()) +
+                                 "); each line must be one JSON object");
       }
       if (!doc.is_object() || !doc.contains("text") || !doc["text"].is_string()) {
-        throw std::runtime_error(where + ": expected an object with a string \"text\" field, e.g. {\"text\": \"...\", \"domain\": \"en\"}");
+        throw std::runtime_error(
+            where +
+            ": expected an object with a string \"text\" field, e.g. {\"text\": \"...\", \"domain\": \"en\"}");
       }
       std::string domain = default_domain;
       if (doc.contains("domain")) {
         if (!doc["domain"].is_string()) throw std::runtime_error(where + ": \"domain\" must be a string");
         domain = doc["domain"].get<std::string>();
         if (domain.empty() || domain.find_first_of(" \t\r\n") != std::string::npos) {
-          throw std::runtime_error(where + ": domain \"" + domain + "\" must be a non-empty name without spaces");
+          throw std::runtime_error(where + ": domain \"" + domain +
+                                   "\" must be a non-empty name without spaces");
         }
       }
       fn(doc["text"].get<std::string>(), domain);
@@ -129,7 +134,9 @@ int train_tokenizer(const Args& a) {
   } cleanup{text_path};
   {
     std::ofstream text(text_path, std::ios::trunc);
-    if (!text) throw std::runtime_error(text_path + ": cannot create; check the --model-prefix directory exists and is writable");
+    if (!text)
+      throw std::runtime_error(text_path +
+                               ": cannot create; check the --model-prefix directory exists and is writable");
     for_each_document(inputs, "all", [&](const std::string& doc, const std::string&) { text << doc << "\n"; });
   }
   moetrain::data::train_tokenizer({text_path}, vocab_size, prefix);
@@ -161,7 +168,10 @@ int encode(const Args& a) {
   moetrain::data::write_domains(prefix, domains);
   int64_t tokens = 0;
   for (const auto& [d, c] : per_domain) tokens += c.second;
-  print_json({{"prefix", prefix}, {"documents", domains.size()}, {"tokens", tokens}, {"domains", domain_table(per_domain)}});
+  print_json({{"prefix", prefix},
+              {"documents", domains.size()},
+              {"tokens", tokens},
+              {"domains", domain_table(per_domain)}});
   return 0;
 }
 
@@ -176,12 +186,17 @@ int stats(const Args& a) {
   }
   const int64_t max_id = ds.max_token_id();
   if (a.values.count("vocab-size") && max_id >= a.integer("vocab-size")) {
-    throw std::runtime_error(prefix + ".bin: token id " + std::to_string(max_id) + " does not fit --vocab-size " +
-                             a.one("vocab-size") + "; use the tokenizer's vocabulary size (at least " +
-                             std::to_string(max_id + 1) + ")");
+    throw std::runtime_error(prefix + ".bin: token id " + std::to_string(max_id) +
+                             " does not fit --vocab-size " + a.one("vocab-size") +
+                             "; use the tokenizer's vocabulary size (at least " + std::to_string(max_id + 1) +
+                             ")");
   }
-  print_json({{"prefix", prefix}, {"documents", ds.num_documents()}, {"sequences", ds.num_sequences()},
-              {"tokens", ds.num_tokens()}, {"dtype_code", static_cast<int>(ds.dtype())}, {"max_token_id", max_id},
+  print_json({{"prefix", prefix},
+              {"documents", ds.num_documents()},
+              {"sequences", ds.num_sequences()},
+              {"tokens", ds.num_tokens()},
+              {"dtype_code", static_cast<int>(ds.dtype())},
+              {"max_token_id", max_id},
               {"domains", domain_table(per_domain)}});
   return 0;
 }

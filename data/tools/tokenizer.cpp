@@ -8,7 +8,8 @@
 
 namespace moetrain::data {
 
-void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_size, const std::string& model_prefix) {
+void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_size,
+                     const std::string& model_prefix) {
   std::string inputs;
   for (const auto& f : text_files) inputs += (inputs.empty() ? "" : ",") + f;
   std::ostringstream args;
@@ -22,8 +23,9 @@ void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_s
   sentencepiece::SetRandomGeneratorSeed(20240613);
   const auto status = sentencepiece::SentencePieceTrainer::Train(args.str());
   if (!status.ok()) {
-    throw std::runtime_error("training the tokenizer failed: " + status.ToString() +
-                             "; check the input files hold text and --vocab-size is not larger than the text allows");
+    throw std::runtime_error(
+        "training the tokenizer failed: " + status.ToString() +
+        "; check the input files hold text and --vocab-size is not larger than the text allows");
   }
 }
 
@@ -34,10 +36,13 @@ struct Tokenizer::Impl {
 
 Tokenizer::Tokenizer(const std::string& model_path) : impl_(std::make_unique<Impl>()) {
   const auto status = impl_->sp.Load(model_path);
-  if (!status.ok()) throw std::runtime_error(model_path + ": cannot load SentencePiece model: " + status.ToString());
+  if (!status.ok())
+    throw std::runtime_error(model_path + ": cannot load SentencePiece model: " + status.ToString());
   impl_->newline_id = impl_->sp.PieceToId("<0x0A>");
   if (impl_->newline_id == impl_->sp.unk_id()) {
-    throw std::runtime_error(model_path + ": no <0x0A> byte piece; train the tokenizer with moe-data train-tokenizer (byte fallback)");
+    throw std::runtime_error(
+        model_path +
+        ": no <0x0A> byte piece; train the tokenizer with moe-data train-tokenizer (byte fallback)");
   }
 }
 

@@ -11,7 +11,8 @@ namespace moetrain::data {
 // Trains a BPE model on the text files (one sentence per line is sampled, up to a cap).
 // Special ids: 0 <unk>, 1 <s>, 2 </s> (end of document), 3 <pad>; 256 byte pieces <0x00>..<0xFF>
 // make every text encodable.
-void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_size, const std::string& model_prefix);
+void train_tokenizer(const std::vector<std::string>& text_files, int64_t vocab_size,
+                     const std::string& model_prefix);
 
 class Tokenizer {
  public:

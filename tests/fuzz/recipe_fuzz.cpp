@@ -15,7 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     Recipe recipe = parse_recipe(text, "<fuzz>");
     std::istringstream lines(text);
-    for (std::string line; std::getline(lines, line) && line.rfind("#set ", 0) == 0;) apply_override(recipe, line.substr(5));
+    for (std::string line; std::getline(lines, line) && line.rfind("#set ", 0) == 0;)
+      apply_override(recipe, line.substr(5));
     fill_defaults(recipe);
     validate_recipe(recipe, "<fuzz>");
     const std::string printed = to_text(recipe);

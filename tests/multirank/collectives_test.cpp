@@ -53,7 +53,8 @@ std::unique_ptr<parallel::Communicator> world(const std::string& backend) {
   std::vector<int> members(mpi->size());
   for (int r = 0; r < mpi->size(); ++r) members[r] = r;
   return std::make_unique<parallel::StoreCommunicator>(shared_store(mpi->rank(), mpi->size()),
-                                                       "test/" + std::to_string(instance++), "world", mpi->rank(), members);
+                                                       "test/" + std::to_string(instance++), "world",
+                                                       mpi->rank(), members);
 }
 
 // The CommError message of fn, or "" if it returns.
@@ -84,7 +85,8 @@ TEST_P(Collectives, AllGatherRowsConcatenatesTheRanksRowsInRankOrder) {
       for (int r = 0; r < p; ++r) expected.push_back(rows_of(r, n, dtype));
       auto got = comm->all_gather_rows(rows_of(me, n, dtype));
       EXPECT_EQ(got.scalar_type(), dtype);
-      EXPECT_TRUE(torch::equal(got, torch::cat(expected))) << c10::toString(dtype) << " n " << n << "\n" << got;
+      EXPECT_TRUE(torch::equal(got, torch::cat(expected))) << c10::toString(dtype) << " n " << n << "\n"
+                                                           << got;
     }
   }
   // More dims: rows are (2, 2) blocks.
@@ -156,7 +158,8 @@ TEST_P(Collectives, SubgroupsGatherAndScatterAmongTheirOwnMembers) {
   auto pair = comm->split(comm->rank() / 2, comm->rank(), "pair");  // {0,1} {2,3}
   const int first = comm->rank() / 2 * 2;
   auto got = pair->all_gather_rows(rows_of(comm->rank(), 1, torch::kInt64));
-  EXPECT_TRUE(torch::equal(got, torch::cat({rows_of(first, 1, torch::kInt64), rows_of(first + 1, 1, torch::kInt64)})));
+  EXPECT_TRUE(
+      torch::equal(got, torch::cat({rows_of(first, 1, torch::kInt64), rows_of(first + 1, 1, torch::kInt64)})));
   auto sum = pair->reduce_scatter_rows_sum(torch::full({2, 1}, comm->rank(), torch::kInt64));
   EXPECT_EQ(sum.item<int64_t>(), 2 * first + 1);
 }
@@ -188,12 +191,13 @@ TEST_P(Collectives, TensorParallelGatherIsOneAllGatherAndKeepsItsBackward) {
   EXPECT_EQ(buffer, p * n * row_bytes);
   EXPECT_EQ(sent, (p - 1) * n * row_bytes);
   EXPECT_EQ(sent * p, buffer * (p - 1));  // (p−1)/p of the all-to-all version's send buffer
-  EXPECT_EQ(sent, a2a_sent);               // the rows reaching other ranks are the same
+  EXPECT_EQ(sent, a2a_sent);              // the rows reaching other ranks are the same
   if (me == 0) {
-    std::printf("[ bytes    ] %s p=%d: TP gather of %lld bytes/rank: all-gather sent %lld; all-to-all send buffer %lld, "
-                "of which %lld to other ranks\n",
-                GetParam().c_str(), p, static_cast<long long>(n * row_bytes), static_cast<long long>(sent),
-                static_cast<long long>(buffer), static_cast<long long>(a2a_sent));
+    std::printf(
+        "[ bytes    ] %s p=%d: TP gather of %lld bytes/rank: all-gather sent %lld; all-to-all send buffer %lld, "
+        "of which %lld to other ranks\n",
+        GetParam().c_str(), p, static_cast<long long>(n * row_bytes), static_cast<long long>(sent),
+        static_cast<long long>(buffer), static_cast<long long>(a2a_sent));
   }
 
   // Backward of gather: this rank's slice of the (replicated) gradient.
@@ -205,7 +209,8 @@ TEST_P(Collectives, TensorParallelGatherIsOneAllGatherAndKeepsItsBackward) {
   auto mine = tp.scatter_tokens(full);
   ASSERT_EQ(mine.sizes(), (std::vector<int64_t>{n, D}));
   mine.backward(torch::full({n, D}, static_cast<float>(me)));
-  for (int r = 0; r < p; ++r) EXPECT_TRUE(torch::equal(full.grad().narrow(0, r * n, n), torch::full({n, D}, static_cast<float>(r))));
+  for (int r = 0; r < p; ++r)
+    EXPECT_TRUE(torch::equal(full.grad().narrow(0, r * n, n), torch::full({n, D}, static_cast<float>(r))));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Collectives, ::testing::Values("mpi", "store"));

@@ -16,7 +16,9 @@ std::unique_ptr<parallel::Communicator> mpi_group(const std::string& name) {
 }
 
 // Rank r's rows: (2, 3), values r·100 + 0..5.
-torch::Tensor rows_of(int r) { return (torch::arange(6, torch::kInt64).view({2, 3}) + r * 100).to(torch::kFloat32); }
+torch::Tensor rows_of(int r) {
+  return (torch::arange(6, torch::kInt64).view({2, 3}) + r * 100).to(torch::kFloat32);
+}
 
 }  // namespace
 
@@ -30,7 +32,8 @@ TEST(DataPlane, TensorsOnTheDataDeviceTakeTheDataPlane) {
   for (int r = 0; r < n; ++r) EXPECT_TRUE(torch::equal(gathered.narrow(0, 2 * r, 2), rows_of(r)));
   EXPECT_EQ(data_plane->all_gather_bytes_sent(), (n - 1) * 2 * 3 * 4);
   EXPECT_EQ(host_plane->all_gather_bytes_sent(), 0);
-  EXPECT_EQ(group.all_gather_bytes_sent(), data_plane->all_gather_bytes_sent()) << "the group counts its planes' bytes";
+  EXPECT_EQ(group.all_gather_bytes_sent(), data_plane->all_gather_bytes_sent())
+      << "the group counts its planes' bytes";
   auto t = torch::full({4}, static_cast<double>(me + 1), torch::kFloat64);
   group.all_reduce_sum(t);
   EXPECT_TRUE(torch::equal(t, torch::full({4}, n * (n + 1) / 2.0, torch::kFloat64)));
@@ -46,7 +49,8 @@ TEST(DataPlane, HostTensorsTakeTheHostPlaneWhenTheDataDeviceIsAGpu) {
   auto summed = group.reduce_scatter_rows_sum(torch::ones({2 * n, 3}, torch::kFloat32) * (me + 1));
   EXPECT_TRUE(torch::equal(summed, torch::full({2, 3}, n * (n + 1) / 2.0, torch::kFloat32)));
   std::vector<int64_t> counts(n, 1);
-  auto received = group.all_to_all_v(torch::full({n, 3}, static_cast<float>(me), torch::kFloat32), counts, counts);
+  auto received = group.all_to_all_v(torch::full({n, 3}, static_cast<float>(me), torch::kFloat32), counts,
+                                     counts);
   for (int r = 0; r < n; ++r) EXPECT_EQ(received[r][0].item<float>(), static_cast<float>(r));
   EXPECT_GT(host_plane->reduce_scatter_bytes_sent(), 0);
   EXPECT_GT(host_plane->all_to_all_bytes_sent(), 0);

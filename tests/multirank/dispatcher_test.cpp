@@ -46,8 +46,8 @@ moe::GroupedExperts local_shard(moe::GroupedExperts& all, int rank, int size) {
   return local;
 }
 
-torch::Tensor run_moe(moe::TokenDispatcher& d, moe::GroupedExperts& ex, const torch::Tensor& x, const torch::Tensor& kept,
-                      const torch::Tensor& gates, const moe::RowLayout& layout) {
+torch::Tensor run_moe(moe::TokenDispatcher& d, moe::GroupedExperts& ex, const torch::Tensor& x,
+                      const torch::Tensor& kept, const torch::Tensor& gates, const moe::RowLayout& layout) {
   auto dispatched = d.dispatch(x, kept, layout);
   return d.combine(ex(dispatched.tokens_ND, dispatched.tokens_per_expert_El), gates);
 }
@@ -65,7 +65,8 @@ TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
 
     moe::LocalDispatcher ref_dispatch(kE);
     auto x_ref = s.x[s.rank].clone().requires_grad_();
-    auto y_ref = run_moe(ref_dispatch, s.all_experts, x_ref, s.kept[s.rank], s.gates[s.rank], moe::RowLayout::dropless(kT * kK));
+    auto y_ref = run_moe(ref_dispatch, s.all_experts, x_ref, s.kept[s.rank], s.gates[s.rank],
+                         moe::RowLayout::dropless(kT * kK));
     EXPECT_TRUE(torch::allclose(y, y_ref, 1e-5, 1e-6)) << "pad " << pad;
 
     // Gradients: loss = Σ over ranks of Σ y·g_r. The input gradient is local; an expert shard's
@@ -82,7 +83,8 @@ TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
       ref_w1 += torch::autograd::grad({(yr * (r + 1)).sum()}, {s.all_experts->w1_EDF}).at(0);
     }
     const int64_t El = kE / s.size;
-    EXPECT_TRUE(torch::allclose(local->w1_EDF.grad(), ref_w1.narrow(0, s.rank * El, El), 1e-4, 1e-5)) << "pad " << pad;
+    EXPECT_TRUE(torch::allclose(local->w1_EDF.grad(), ref_w1.narrow(0, s.rank * El, El), 1e-4, 1e-5))
+        << "pad " << pad;
     s.all_experts->zero_grad();
   }
 }
@@ -140,7 +142,8 @@ TEST(AllToAllDispatcher, HostReadsPerLayerForwardAndBackward) {
     bool pad;
     int64_t reads;
   };
-  for (const Case& c : {Case{"dropless", 0.0, false, 1}, Case{"capacity", 1.0, false, 1}, Case{"padded", 1.0, true, 0}}) {
+  for (const Case& c :
+       {Case{"dropless", 0.0, false, 1}, Case{"capacity", 1.0, false, 1}, Case{"padded", 1.0, true, 0}}) {
     moe::MoEOptions o;
     o.d_model = kD, o.num_experts = kE, o.top_k = kK, o.expert_hidden = kF;
     o.local_experts = kE / P, o.first_local_expert = rank * (kE / P);

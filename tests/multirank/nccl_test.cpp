@@ -35,7 +35,8 @@ TEST(NcclCommunicator, CollectivesMatchTheMpiBackend) {
   auto mine = torch::full({2, 3}, static_cast<float>(world->rank()));
   EXPECT_TRUE(torch::equal(nccl->all_gather_rows(mine.to(on_gpu)).cpu(), world->all_gather_rows(mine)));
   auto blocks = torch::arange(p * 2 * 3, torch::kFloat32).view({p * 2, 3}) * (world->rank() + 1);
-  EXPECT_TRUE(torch::equal(nccl->reduce_scatter_rows_sum(blocks.to(on_gpu)).cpu(), world->reduce_scatter_rows_sum(blocks)));
+  EXPECT_TRUE(torch::equal(nccl->reduce_scatter_rows_sum(blocks.to(on_gpu)).cpu(),
+                           world->reduce_scatter_rows_sum(blocks)));
 #endif
 }
 
@@ -45,7 +46,8 @@ TEST(MpiStaging, CudaTensorsGoThroughHostMemoryAndComeBackOnTheirDevice) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU on this machine: CUDA staging compiled, not run";
   auto world = parallel::MpiCommunicator::world();
   const int p = world->size(), me = world->rank();
-  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA, me % static_cast<int>(torch::cuda::device_count()));
+  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA,
+                                                    me % static_cast<int>(torch::cuda::device_count()));
   auto x = torch::arange(6, torch::kFloat32) * (me + 1);
   auto x_gpu = x.to(on_gpu);
   world->all_reduce_sum(x_gpu);

@@ -11,10 +11,10 @@ namespace moetrain::trainer {
 struct VariantSummary {
   std::string name;
   double val_loss = 0, val_ppl = 0, val_max_vio = 0;  // last evaluation
-  double mean_max_vio = 0;                             // batch MaxVio, mean over steps
-  double dropped_frac = 0;                             // mean over steps
-  double tokens_per_s = 0;                             // mean over steps
-  int64_t dead_experts = 0;                            // (layer, expert) pairs with no validation tokens
+  double mean_max_vio = 0;                            // batch MaxVio, mean over steps
+  double dropped_frac = 0;                            // mean over steps
+  double tokens_per_s = 0;                            // mean over steps
+  int64_t dead_experts = 0;                           // (layer, expert) pairs with no validation tokens
   int64_t steps = 0;
 };
 

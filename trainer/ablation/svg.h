@@ -17,7 +17,7 @@ std::string line_chart(const std::string& title, const std::string& x_label, con
                        const std::vector<Series>& series);
 
 // Heatmap of values[row][col] with row and column labels and the value range in the title.
-std::string heatmap(const std::string& title, const std::vector<std::string>& rows, const std::vector<std::string>& cols,
-                    const std::vector<std::vector<double>>& values);
+std::string heatmap(const std::string& title, const std::vector<std::string>& rows,
+                    const std::vector<std::string>& cols, const std::vector<std::vector<double>>& values);
 
 }  // namespace moetrain::trainer::svg

@@ -43,7 +43,9 @@ EventWriter::EventWriter(const std::string& dir) {
   gethostname(host, sizeof(host) - 1);
   path_ = dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(now_seconds())) + "." + host;
   out_.open(path_, std::ios::binary | std::ios::app);
-  if (!out_) throw std::runtime_error(path_ + ": cannot create the TensorBoard event file; check the run directory is writable");
+  if (!out_)
+    throw std::runtime_error(
+        path_ + ": cannot create the TensorBoard event file; check the run directory is writable");
   tensorboard::Event event;
   event.set_wall_time(now_seconds());
   event.set_file_version("brain.Event:2");

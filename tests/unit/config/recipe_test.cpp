@@ -59,7 +59,8 @@ std::string with_imported_base(const std::string& path) {
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (const auto& [base, stand_in] : kImportedBases) {
     if (text.find("base: \"" + base + "\"") == std::string::npos) continue;
-    const std::string root = ::testing::TempDir() + "/recipe_imported_base", recipes = root + "/recipes/finetune";
+    const std::string root = ::testing::TempDir() + "/recipe_imported_base",
+                      recipes = root + "/recipes/finetune";
     const std::string model_dir = root + "/" + base.substr(6, base.rfind('/') - 6);  // without "../../"
     EXPECT_EQ(std::system(("mkdir -p '" + recipes + "' '" + model_dir + "'").c_str()), 0);
     std::ofstream(recipes + "/" + path.substr(path.rfind('/') + 1)) << text;
@@ -102,9 +103,10 @@ TEST(RecipeFiles, FillDefaultsMakesEveryFieldExplicit) {
 }
 
 TEST(RecipeErrors, UnknownFieldNamesFileLineColumnAndClosestField) {
-  EXPECT_EQ(error_of([] { parse_recipe("train {\n  stepz: 5\n}\n", "r.textproto"); }),
-            "r.textproto:2:8: unknown field \"stepz\" in TrainConfig; did you mean \"steps\"? known fields: "
-            "steps, seed, micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
+  EXPECT_EQ(
+      error_of([] { parse_recipe("train {\n  stepz: 5\n}\n", "r.textproto"); }),
+      "r.textproto:2:8: unknown field \"stepz\" in TrainConfig; did you mean \"steps\"? known fields: "
+      "steps, seed, micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
 }
 
 TEST(RecipeErrors, UnknownSectionIsAnError) {
@@ -151,12 +153,14 @@ TEST(RecipeOverrides, BadOverridesNameTheOverrideAndTheFix) {
   Recipe r = valid_recipe();
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps=abc"); }),
             "--set train.steps=abc: Expected integer, got: abc (see docs/recipes.md for the field's type)");
-  EXPECT_EQ(error_of([&] { apply_override(r, "train.stepz=5"); }),
-            "--set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"? known fields: steps, seed, "
-            "micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
-  EXPECT_EQ(error_of([&] { apply_override(r, "train=5"); }),
-            "--set train=5: \"train\" is a section; set one of its fields: steps, seed, micro_batch_size, "
-            "grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
+  EXPECT_EQ(
+      error_of([&] { apply_override(r, "train.stepz=5"); }),
+      "--set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"? known fields: steps, seed, "
+      "micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
+  EXPECT_EQ(
+      error_of([&] { apply_override(r, "train=5"); }),
+      "--set train=5: \"train\" is a section; set one of its fields: steps, seed, micro_batch_size, "
+      "grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps.x=5"); }),
             "--set train.steps.x=5: \"train.steps\" is a value, not a section; override it as train.steps=VALUE");
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps"); }),
@@ -186,19 +190,24 @@ TEST(RecipeValidation, TableOfSingleRules) {
   };
   const std::vector<Case> cases = {
       {"model.d_model=0", "  model.d_model = 0: must be >= 1; set it to 1 or more"},
-      {"model.moe_ffn_hidden=100", "  model.moe_ffn_hidden = 100: must be a multiple of 8 (grouped expert GEMM alignment); round it to 104"},
-      {"model.num_heads=3", "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
+      {"model.moe_ffn_hidden=100",
+       "  model.moe_ffn_hidden = 100: must be a multiple of 8 (grouped expert GEMM alignment); round it to 104"},
+      {"model.num_heads=3",
+       "  model.num_heads = 3: model.d_model (256) must be divisible by num_heads; pick a divisor of d_model"},
       {"model.top_k=0", "  model.top_k = 0: must be between 1 and model.num_experts (8)"},
       {"model.moe_layers=[1,1]", "  model.moe_layers = 1: listed twice; list each MoE layer once"},
       {"routing.aux_loss_coeff=-1", "  routing.aux_loss_coeff = -1: must be >= 0 (0 turns it off)"},
-      {"data.train_prefix=\"\"", "  data.train_prefix = \"\": is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode"},
+      {"data.train_prefix=\"\"",
+       "  data.train_prefix = \"\": is required; point it at PREFIX of PREFIX.bin/PREFIX.idx made by moe-data encode"},
       {"train.steps=0", "  train.steps = 0: must be >= 1; set it to 1 or more"},
       {"train.micro_batch_size=0", "  train.micro_batch_size = 0: must be >= 1; set it to 1 or more"},
       {"optimizer.beta2=1", "  optimizer.beta2 = 1: must be in [0, 1); 0.95 is usual"},
-      {"parallel.expert=3", "  parallel.expert = 3: model.num_experts (8) must be divisible by the expert-parallel size"},
+      {"parallel.expert=3",
+       "  parallel.expert = 3: model.num_experts (8) must be divisible by the expert-parallel size"},
       {"checkpoint.keep_last=0", "  checkpoint.keep_last = 0: must be >= 1; set it to 1 or more"},
-      {"parallel.timeout_s=0", "  parallel.timeout_s = 0: must be > 0: the seconds a rank waits for its peers in a collective "
-                               "before the job is stopped with a report (docs/reliability.md); the default is 600"},
+      {"parallel.timeout_s=0",
+       "  parallel.timeout_s = 0: must be > 0: the seconds a rank waits for its peers in a collective "
+       "before the job is stopped with a report (docs/reliability.md); the default is 600"},
   };
   for (const auto& c : cases) {
     Recipe r = valid_recipe();
@@ -211,8 +220,9 @@ TEST(RecipeValidation, DModelMustFitGroupedGemmAlignment) {
   Recipe r = valid_recipe();
   apply_override(r, "model.d_model=36");
   apply_override(r, "model.num_heads=2");
-  EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }),
-            "r: invalid recipe:\n  model.d_model = 36: must be a multiple of 8 (grouped expert GEMM alignment); round it to 40");
+  EXPECT_EQ(
+      error_of([&] { validate_recipe(r, "r"); }),
+      "r: invalid recipe:\n  model.d_model = 36: must be a multiple of 8 (grouped expert GEMM alignment); round it to 40");
 }
 
 // Every routing rule of the routing issue, with its exact message. Each case is a list of overrides.
@@ -225,16 +235,20 @@ TEST(RecipeValidation, RoutingRulesTable) {
       {{"model.top_k=9"}, "  model.top_k = 9: must be between 1 and model.num_experts (8)"},
       {{"routing.num_groups=3", "routing.group_topk=1"},
        "  routing.num_groups = 3: model.num_experts (8) must be divisible by the number of groups"},
-      {{"routing.num_groups=4", "routing.group_topk=5"}, "  routing.group_topk = 5: must be between 1 and routing.num_groups (4)"},
-      {{"routing.num_groups=4", "routing.group_topk=0"}, "  routing.group_topk = 0: must be between 1 and routing.num_groups (4)"},
+      {{"routing.num_groups=4", "routing.group_topk=5"},
+       "  routing.group_topk = 5: must be between 1 and routing.num_groups (4)"},
+      {{"routing.num_groups=4", "routing.group_topk=0"},
+       "  routing.group_topk = 0: must be between 1 and routing.num_groups (4)"},
       {{"routing.num_groups=8", "routing.group_topk=1"},
        "  routing.group_topk = 1: the best 1 groups hold only 1 experts, fewer than model.top_k (2); raise group_topk"},
-      {{"routing.group_topk=2"}, "  routing.group_topk = 2: needs routing.num_groups > 1; set num_groups or leave group_topk at 0"},
+      {{"routing.group_topk=2"},
+       "  routing.group_topk = 2: needs routing.num_groups > 1; set num_groups or leave group_topk at 0"},
       {{"routing.num_groups=-1"}, "  routing.num_groups = -1: must be >= 0 (0 or 1 = no group limit)"},
       {{"routing.pad_to_capacity=true"},
        "  routing.pad_to_capacity = true: padding needs a capacity: set routing.capacity_factor > 0 (for example 1.25)"},
       {{"finetune.lora.rank=-1"}, "  finetune.lora.rank = -1: must be >= 0; set it to 0 or more"},
-      {{"finetune.lora.rank=8", "finetune.lora.alpha=0"}, "  finetune.lora.alpha = 0: must be > 0 (16 is common)"},
+      {{"finetune.lora.rank=8", "finetune.lora.alpha=0"},
+       "  finetune.lora.alpha = 0: must be > 0 (16 is common)"},
       {{"finetune.lora.rank=8", "finetune.lora.targets=[\"gate\",\"q\"]"},
        "  finetune.lora.targets = \"q\": each target is one of \"gate\", \"up\", \"down\" (the expert projections w1, w3, w2), "
        "\"attn_qkv\", \"attn_out\""},
@@ -258,18 +272,24 @@ TEST(RecipeValidation, RoutingRulesTable) {
        "  routing.z_loss_coeff = 0.001: routing.router_type RANDOM has no router logits; set it to 0"},
       {{"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.num_groups=2", "routing.group_topk=1"},
        "  routing.num_groups = 2: group-limited routing needs routing.router_type TOPK, not RANDOM"},
-      {{"routing.seq_aux_loss_coeff=-0.1"}, "  routing.seq_aux_loss_coeff = -0.1: must be >= 0 (0 turns it off)"},
-      {{"routing.global_aux_loss_coeff=-1"}, "  routing.global_aux_loss_coeff = -1: must be >= 0 (0 turns it off)"},
+      {{"routing.seq_aux_loss_coeff=-0.1"},
+       "  routing.seq_aux_loss_coeff = -0.1: must be >= 0 (0 turns it off)"},
+      {{"routing.global_aux_loss_coeff=-1"},
+       "  routing.global_aux_loss_coeff = -1: must be >= 0 (0 turns it off)"},
       {{"routing.z_loss_coeff=-1"}, "  routing.z_loss_coeff = -1: must be >= 0 (0 turns it off)"},
-      {{"routing.bias_update_rate=-0.001"}, "  routing.bias_update_rate = -0.001: must be >= 0 (0 turns it off)"},
+      {{"routing.bias_update_rate=-0.001"},
+       "  routing.bias_update_rate = -0.001: must be >= 0 (0 turns it off)"},
       {{"routing.gate_scale=0"}, "  routing.gate_scale = 0: must be > 0; 1 leaves the gates as they are"},
-      {{"routing.jitter_eps=1"}, "  routing.jitter_eps = 1: must be in [0, 1); 0.01 is Switch's value, 0 turns it off"},
+      {{"routing.jitter_eps=1"},
+       "  routing.jitter_eps = 1: must be in [0, 1); 0.01 is Switch's value, 0 turns it off"},
       {{"routing.score_function=SIGMOID", "routing.topk_order=TOPK_THEN_SOFTMAX"},
        "  routing.topk_order = TOPK_THEN_SOFTMAX: applies to SOFTMAX scores only; with score_function SIGMOID use "
        "SOFTMAX_THEN_TOPK and normalize_gates: true"},
-      {{"routing.expert_choice_factor=0"}, "  routing.expert_choice_factor = 0: must be > 0; 1 gives each expert T/E tokens"},
+      {{"routing.expert_choice_factor=0"},
+       "  routing.expert_choice_factor = 0: must be > 0; 1 gives each expert T/E tokens"},
       {{"routing.capacity_factor=-1"}, "  routing.capacity_factor = -1: must be >= 0 (0 = dropless)"},
-      {{"routing.eval_capacity_factor=-2"}, "  routing.eval_capacity_factor = -2: must be >= 0 (0 = dropless at evaluation)"},
+      {{"routing.eval_capacity_factor=-2"},
+       "  routing.eval_capacity_factor = -2: must be >= 0 (0 = dropless at evaluation)"},
       {{"routing.min_capacity=-4"}, "  routing.min_capacity = -4: must be >= 0"},
       {{"routing.aux_loss_coeff=-0.01"}, "  routing.aux_loss_coeff = -0.01: must be >= 0 (0 turns it off)"},
       {{"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.normalize_gates=false"},
@@ -304,20 +324,24 @@ TEST(RecipeValidation, RoutingRulesTable) {
   }
   // Valid combinations pass: DeepSeek-V3 style (sigmoid, groups, bias + tiny sequence loss), capacity with padding.
   Recipe ok = valid_recipe();
-  for (const char* o : {"routing.score_function=SIGMOID", "routing.num_groups=4", "routing.group_topk=2",
-                        "routing.bias_update_rate=0.001", "routing.aux_loss_coeff=0", "routing.seq_aux_loss_coeff=0.0001",
-                        "routing.capacity_factor=1.25", "routing.pad_to_capacity=true"}) {
+  for (const char* o :
+       {"routing.score_function=SIGMOID", "routing.num_groups=4", "routing.group_topk=2",
+        "routing.bias_update_rate=0.001", "routing.aux_loss_coeff=0", "routing.seq_aux_loss_coeff=0.0001",
+        "routing.capacity_factor=1.25", "routing.pad_to_capacity=true"}) {
     apply_override(ok, o);
   }
   EXPECT_NO_THROW(validate_recipe(ok, "r"));
   // Capacity the policy can honour: hash/random routing dropping by position; top-1 with Switch's
   // unnormalised gate dropping by probability; bias balancing with capacity.
   const std::vector<std::vector<std::string>> allowed = {
-      {"routing.router_type=HASH", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25", "routing.drop_policy=POSITION"},
-      {"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.eval_capacity_factor=1", "routing.drop_policy=POSITION"},
+      {"routing.router_type=HASH", "routing.aux_loss_coeff=0", "routing.capacity_factor=1.25",
+       "routing.drop_policy=POSITION"},
+      {"routing.router_type=RANDOM", "routing.aux_loss_coeff=0", "routing.eval_capacity_factor=1",
+       "routing.drop_policy=POSITION"},
       {"model.top_k=1", "routing.normalize_gates=false", "routing.capacity_factor=1.25"},
       {"model.top_k=1", "routing.capacity_factor=1.25", "routing.drop_policy=POSITION"},
-      {"routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.capacity_factor=1.0", "routing.min_capacity=4"},
+      {"routing.aux_loss_coeff=0", "routing.bias_update_rate=0.001", "routing.capacity_factor=1.0",
+       "routing.min_capacity=4"},
       {"routing.topk_order=TOPK_THEN_SOFTMAX", "routing.capacity_factor=1.0"},
   };
   for (const auto& set : allowed) {
@@ -354,9 +378,10 @@ std::string temp_dir(const std::string& name) {
 
 TEST(RecipeBase, VariantOverridesItsBaseFieldByField) {
   const std::string dir = temp_dir("base");
-  write_file(dir, "base.textproto",
-             "name: \"base\"\nmodel { d_model: 64 num_heads: 4 moe_layers: [0, 1] }\n"
-             "routing { aux_loss_coeff: 0.02 z_loss_coeff: 0.001 }\ndata { train_prefix: \"t\" }\ntrain { steps: 7 }\n");
+  write_file(
+      dir, "base.textproto",
+      "name: \"base\"\nmodel { d_model: 64 num_heads: 4 moe_layers: [0, 1] }\n"
+      "routing { aux_loss_coeff: 0.02 z_loss_coeff: 0.001 }\ndata { train_prefix: \"t\" }\ntrain { steps: 7 }\n");
   write_file(dir, "variants/middle.textproto", "base: \"../base.textproto\"\nrouting { aux_loss_coeff: 0 }\n");
   const std::string leaf = write_file(dir, "variants/leaf.textproto",
                                       "base: \"middle.textproto\"\nname: \"leaf\"\nmodel { moe_layers: [1] }\n"
@@ -383,8 +408,9 @@ TEST(RecipeBase, MissingBaseAndCyclesAreClearErrors) {
   EXPECT_NE(err.find("; remove one of the base fields"), std::string::npos) << err;
   const std::string lonely = write_file(dir, "lonely.textproto", "base: \"nope.textproto\"\n");
   EXPECT_EQ(error_of([&] { load_recipe(lonely, {}); }),
-            lonely + ": base \"" + dir + "/nope.textproto\" cannot be opened; base paths are relative to the recipe "
-                     "that names them");
+            lonely + ": base \"" + dir +
+                "/nope.textproto\" cannot be opened; base paths are relative to the recipe "
+                "that names them");
   const std::string bad = write_file(dir, "bad_base.textproto", "train { stepz: 1 }\n");
   const std::string child = write_file(dir, "child.textproto", "base: \"bad_base.textproto\"\n");
   EXPECT_EQ(error_of([&] { load_recipe(child, {}); }).rfind(bad + ":1:14: unknown field \"stepz\"", 0), 0u)
@@ -400,7 +426,8 @@ TEST(RecipeValidation, LoraRankOfExpertAdaptersFitsGroupedGemmAlignment) {
   apply_override(r, "finetune.lora.targets=[attn_qkv]");  // attention adapters use plain matmuls
   EXPECT_NO_THROW(validate_recipe(r, "r"));
   apply_override(r, "finetune.lora.targets=[attn_qkv,down]");
-  EXPECT_NE(error_of([&] { validate_recipe(r, "r"); }).find("finetune.lora.rank = 6: must be a multiple of 4"), std::string::npos);
+  EXPECT_NE(error_of([&] { validate_recipe(r, "r"); }).find("finetune.lora.rank = 6: must be a multiple of 4"),
+            std::string::npos);
   apply_override(r, "finetune.lora.rank=4");
   EXPECT_NO_THROW(validate_recipe(r, "r"));
 }
@@ -408,28 +435,36 @@ TEST(RecipeValidation, LoraRankOfExpertAdaptersFitsGroupedGemmAlignment) {
 TEST(RecipeValidation, EachProblemSaysWhereItsFieldWasSet) {
   const std::string dir = temp_dir("origins");
   write_file(dir, "base.textproto", "model {\n  num_experts: 4\n  top_k: 6\n}\ndata { train_prefix: \"t\" }\n");
-  const std::string leaf = write_file(dir, "leaf.textproto", "base: \"base.textproto\"\ntrain {\n  steps: 0\n}\n");
+  const std::string leaf = write_file(dir, "leaf.textproto",
+                                      "base: \"base.textproto\"\ntrain {\n  steps: 0\n}\n");
   // A field set in a base names the base's line and column; one set in the file, the file's; an
   // override names the override; a field left at its default names nothing.
   EXPECT_EQ(error_of([&] { load_recipe(leaf, {}); }),
-            leaf + ": invalid recipe:\n  " + dir + "/base.textproto:3:3: model.top_k = 6: must be between 1 and model.num_experts (4)\n  " +
+            leaf + ": invalid recipe:\n  " + dir +
+                "/base.textproto:3:3: model.top_k = 6: must be between 1 and model.num_experts (4)\n  " +
                 leaf + ":3:3: train.steps = 0: must be >= 1; set it to 1 or more");
-  EXPECT_EQ(error_of([&] { load_recipe(leaf, {"train.steps=10", "model.top_k=5"}); }),
-            leaf + ": invalid recipe:\n  --set model.top_k=5: model.top_k = 5: must be between 1 and model.num_experts (4)");
+  EXPECT_EQ(
+      error_of([&] {
+        load_recipe(leaf, {"train.steps=10", "model.top_k=5"});
+      }),
+      leaf +
+          ": invalid recipe:\n  --set model.top_k=5: model.top_k = 5: must be between 1 and model.num_experts (4)");
 }
 
 // The attention of released models (grouped-query attention, head size, q/k norm, biases, shared-expert
 // gate): their rules, each with its exact message.
 TEST(RecipeValidation, AttentionOfReleasedModels) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"model.num_kv_heads=3"}, "  model.num_kv_heads = 3: model.num_heads (4) must be divisible by num_kv_heads (each key/value "
-                                 "head serves num_heads / num_kv_heads query heads); pick a divisor of num_heads, or 0 for num_heads"},
+      {{"model.num_kv_heads=3"},
+       "  model.num_kv_heads = 3: model.num_heads (4) must be divisible by num_kv_heads (each key/value "
+       "head serves num_heads / num_kv_heads query heads); pick a divisor of num_heads, or 0 for num_heads"},
       {{"model.head_dim=7"}, "  model.head_dim = 7: must be even for rotary embeddings; round it to 8"},
       {{"model.num_kv_heads=2", "parallel.tensor=4"},
        "  parallel.tensor = 4: model.num_kv_heads (2) must be divisible by the tensor-parallel size (each rank holds whole "
        "key/value heads and their query heads); use a parallel.tensor that divides 2"},
-      {{"model.shared_expert_gate=true"}, "  model.shared_expert_gate = true: gates the shared expert, but model.num_shared_experts "
-                                          "is 0; set num_shared_experts (Qwen2-MoE: 1) or leave the gate off"},
+      {{"model.shared_expert_gate=true"},
+       "  model.shared_expert_gate = true: gates the shared expert, but model.num_shared_experts "
+       "is 0; set num_shared_experts (Qwen2-MoE: 1) or leave the gate off"},
   };
   for (const auto& [set, message] : cases) {
     Recipe r = valid_recipe();
@@ -438,8 +473,9 @@ TEST(RecipeValidation, AttentionOfReleasedModels) {
   }
   // A head size independent of d_model / num_heads needs no divisibility: 3 heads of 64 with d_model 256.
   Recipe r = valid_recipe();
-  for (const char* s : {"model.num_heads=3", "model.head_dim=64", "model.num_kv_heads=1", "model.qk_norm=FULL_WIDTH",
-                        "model.qkv_bias=true", "model.num_shared_experts=1", "model.shared_expert_gate=true"})
+  for (const char* s :
+       {"model.num_heads=3", "model.head_dim=64", "model.num_kv_heads=1", "model.qk_norm=FULL_WIDTH",
+        "model.qkv_bias=true", "model.num_shared_experts=1", "model.shared_expert_gate=true"})
     apply_override(r, s);
   EXPECT_EQ(error_of([&] { validate_recipe(r, "r"); }), "<no error>");
 }

@@ -113,7 +113,8 @@ TEST(IndexedDataset, WriterRejectsIdsOutsideTheVocabulary) {
     w.add_document({3, 10});
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("token id 10 outside the vocabulary [0, 10)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("token id 10 outside the vocabulary [0, 10)"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -166,7 +167,8 @@ TEST(IndexedDataset, CorruptFilesGiveExactErrors) {
 
   p = write_small("short_index");
   fs::resize_file(p + ".idx", 50);
-  EXPECT_EQ(open_error(p), p + ".idx: truncated index: 2 sequences and 3 document entries need 82 bytes, file has 50" + fix);
+  EXPECT_EQ(open_error(p),
+            p + ".idx: truncated index: 2 sequences and 3 document entries need 82 bytes, file has 50" + fix);
 
   p = write_small("short_bin");
   fs::resize_file(p + ".bin", 6);
@@ -184,7 +186,8 @@ TEST(IndexedDataset, CorruptFilesGiveExactErrors) {
   EXPECT_EQ(open_error(p), p + ".idx: sequence 1 has pointer 1000 and length 2 (expected pointer 6)" + fix);
 
   EXPECT_EQ(open_error(temp_prefix("missing")),
-            temp_prefix("missing") + ".idx: cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
+            temp_prefix("missing") +
+                ".idx: cannot open; check data prefixes point at PREFIX of PREFIX.idx/PREFIX.bin");
 }
 
 TEST(Domains, RoundTripDefaultAndMismatch) {
@@ -198,8 +201,9 @@ TEST(Domains, RoundTripDefaultAndMismatch) {
     read_domains(p, ds);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()), p + ".domains: names 1 documents but the dataset has 2; it belongs to another "
-                                         "dataset: re-create it with moe-data encode");
+    EXPECT_EQ(std::string(e.what()),
+              p + ".domains: names 1 documents but the dataset has 2; it belongs to another "
+                  "dataset: re-create it with moe-data encode");
   }
 }
 
@@ -257,8 +261,9 @@ TEST(Sampler, TooShortDatasetIsAClearError) {
     SequenceSampler s(ds, 8, 1);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()), p + ": 5 tokens, fewer than one sequence of data.seq_len + 1 = 9; use more data "
-                                         "or a smaller data.seq_len");
+    EXPECT_EQ(std::string(e.what()),
+              p + ": 5 tokens, fewer than one sequence of data.seq_len + 1 = 9; use more data "
+                  "or a smaller data.seq_len");
   }
   try {
     SequenceSampler s(ds, 0, 1);
@@ -315,7 +320,8 @@ TEST(Unigram, RejectsIdsOutsideTheVocabularyAndEmptyValidation) {
     unigram_perplexity(tr, tr, 5);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()), train + ": token id 7 outside vocabulary size 5; pass the tokenizer's vocabulary size");
+    EXPECT_EQ(std::string(e.what()),
+              train + ": token id 7 outside vocabulary size 5; pass the tokenizer's vocabulary size");
   }
   try {
     unigram_perplexity(tr, ev, 10);

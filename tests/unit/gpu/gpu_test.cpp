@@ -83,13 +83,16 @@ TEST(CudaSyncDebugEnv, ParsesModesAndStepsAndRejectsTypos) {
   };
   EXPECT_EQ(util::sync_debug_from_env(env({})).mode, util::SyncDebugMode::kOff);
   EXPECT_EQ(util::sync_debug_from_env(env({})).after_steps, 2);
-  auto s = util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG", "error"}, {"MOETRAIN_CUDA_SYNC_DEBUG_AFTER", "5"}}));
+  auto s = util::sync_debug_from_env(
+      env({{"MOETRAIN_CUDA_SYNC_DEBUG", "error"}, {"MOETRAIN_CUDA_SYNC_DEBUG_AFTER", "5"}}));
   EXPECT_EQ(s.mode, util::SyncDebugMode::kError);
   EXPECT_EQ(s.after_steps, 5);
-  EXPECT_EQ(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG", "warn"}})).mode, util::SyncDebugMode::kWarn);
+  EXPECT_EQ(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG", "warn"}})).mode,
+            util::SyncDebugMode::kWarn);
   EXPECT_EQ(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG", ""}})).mode, util::SyncDebugMode::kOff);
   EXPECT_THROW(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG", "eror"}})), std::invalid_argument);
-  EXPECT_THROW(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG_AFTER", "-1"}})), std::invalid_argument);
+  EXPECT_THROW(util::sync_debug_from_env(env({{"MOETRAIN_CUDA_SYNC_DEBUG_AFTER", "-1"}})),
+               std::invalid_argument);
   // The switch stays off before its step and whenever the variable is off.
   util::SteadyStateSyncDebug off(util::SyncDebugSettings{});
   off.step_begins(100);
@@ -185,8 +188,8 @@ TEST_F(Cuda, MoELayerForwardAndBackwardNeverSynchroniseWithOneExpertRank) {
       run_layer(layer, x, torch::kCUDA);
     } catch (const std::exception& e) {
       util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
-      ADD_FAILURE() << (capped ? "capacity 1.25" : "dropless") << ": a synchronising operation in the hot path: "
-                    << e.what();
+      ADD_FAILURE() << (capped ? "capacity 1.25" : "dropless")
+                    << ": a synchronising operation in the hot path: " << e.what();
     }
     util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
     EXPECT_EQ(reads.reads(), 0);

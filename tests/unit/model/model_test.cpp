@@ -142,7 +142,7 @@ torch::Tensor reference_attention(const torch::Tensor& x, const torch::Tensor& w
   auto pos = torch::arange(S, torch::kFloat64).unsqueeze(1);
   auto inv = torch::pow(o.rope_theta, -torch::arange(0, Dh / 2, torch::kFloat64) * 2.0 / Dh).unsqueeze(0);
   auto ang = torch::cat({pos * inv, pos * inv}, 1).to(torch::kFloat32);  // (S, Dh)
-  auto rot = [&](const torch::Tensor& t) {  // (B, S, h, Dh)
+  auto rot = [&](const torch::Tensor& t) {                               // (B, S, h, Dh)
     auto half1 = t.narrow(-1, 0, Dh / 2), half2 = t.narrow(-1, Dh / 2, Dh / 2);
     return t * ang.cos().unsqueeze(1) + torch::cat({-half2, half1}, -1) * ang.sin().unsqueeze(1);
   };
@@ -159,8 +159,9 @@ torch::Tensor reference_attention(const torch::Tensor& x, const torch::Tensor& w
 }
 
 // Copies HF-layout projections into the fused slot layout of wqkv (csrc/model/attention.h).
-void load_attention(AttentionImpl& a, const torch::Tensor& wq, const torch::Tensor& wk, const torch::Tensor& wv,
-                    const torch::Tensor& bq, const torch::Tensor& bk, const torch::Tensor& bv, const torch::Tensor& wo) {
+void load_attention(AttentionImpl& a, const torch::Tensor& wq, const torch::Tensor& wk,
+                    const torch::Tensor& wv, const torch::Tensor& bq, const torch::Tensor& bk,
+                    const torch::Tensor& bv, const torch::Tensor& wo) {
   const auto& o = a.options();
   const int64_t Hkv = o.kv_heads(), G = o.groups(), Dh = o.head_size();
   // q (H·Dh[, D]) -> slots (G, Hkv·Dh[, D]): slot s, key/value head j holds query head j·G + s; then k, v.
@@ -201,7 +202,8 @@ TEST(Attention, MatchesDirectComputation) {
     Attention attn(o);
     const int64_t D = 32, Hq = c.heads * c.head_dim, Hk = c.kv_heads * c.head_dim;
     auto wq = torch::randn({Hq, D}) * 0.3, wk = torch::randn({Hk, D}) * 0.3, wv = torch::randn({Hk, D}) * 0.3;
-    auto bq = c.bias ? torch::randn({Hq}) : torch::zeros({Hq}), bk = c.bias ? torch::randn({Hk}) : torch::zeros({Hk});
+    auto bq = c.bias ? torch::randn({Hq}) : torch::zeros({Hq}),
+         bk = c.bias ? torch::randn({Hk}) : torch::zeros({Hk});
     auto bv = c.bias ? torch::randn({Hk}) : torch::zeros({Hk});
     auto wo = torch::randn({D, Hq}) * 0.3;
     load_attention(*attn, wq, wk, wv, bq, bk, bv, wo);
@@ -214,7 +216,8 @@ TEST(Attention, MatchesDirectComputation) {
     auto x = torch::randn({2, 7, D});
     auto want = reference_attention(x, wq, wk, wv, bq, bk, bv, wo, o, qn, kn);
     auto got = attn(x);
-    EXPECT_TRUE(torch::allclose(got, want, 1e-4, 1e-5)) << c.name << ": max diff " << (got - want).abs().max().item<float>();
+    EXPECT_TRUE(torch::allclose(got, want, 1e-4, 1e-5))
+        << c.name << ": max diff " << (got - want).abs().max().item<float>();
     if (c.qk_norm != QkNorm::kNone) {  // the norms must matter: the same weights without them differ
       auto o2 = o;
       o2.qk_norm = QkNorm::kNone;
@@ -246,7 +249,8 @@ TEST(Sharding, GqaAttentionShardsAreSlicesOfTheGlobalTensor) {
     auto params = part->named_parameters();
     auto local = params["layers.0.attn.wqkv.weight"];
     ASSERT_EQ(local.size(0), slots * rows / 2);
-    EXPECT_TRUE(torch::equal(local.view({slots, rows / 2, 32}), global.narrow(1, rank * rows / 2, rows / 2))) << "rank " << rank;
+    EXPECT_TRUE(torch::equal(local.view({slots, rows / 2, 32}), global.narrow(1, rank * rows / 2, rows / 2)))
+        << "rank " << rank;
     EXPECT_EQ(params["layers.0.attn.q_norm.weight"].size(0), 8 * 6 / 2);
     EXPECT_EQ(params["layers.0.attn.k_norm.weight"].size(0), 2 * 6 / 2);
     EXPECT_EQ(params["layers.0.attn.wo.weight"].size(1), 8 * 6 / 2);

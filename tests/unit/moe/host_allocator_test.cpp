@@ -26,7 +26,8 @@ size_t mmapped_blocks_while_holding_a_block() {
 }
 
 void clear_env() {
-  for (const char* name : {"MOETRAIN_HOST_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}) {
+  for (const char* name :
+       {"MOETRAIN_HOST_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}) {
     unsetenv(name);
   }
 }

@@ -59,12 +59,14 @@ TEST(HostReads, NoneInALayerForwardAndBackwardWithOneExpertRank) {
     cases.push_back({name, cfg});
   };
   add("dropless top-k, every loss", [](RoutingConfig& c) {
-    c.set_aux_loss_coeff(0.01), c.set_seq_aux_loss_coeff(0.01), c.set_global_aux_loss_coeff(0.01), c.set_z_loss_coeff(1e-3);
+    c.set_aux_loss_coeff(0.01), c.set_seq_aux_loss_coeff(0.01), c.set_global_aux_loss_coeff(0.01),
+        c.set_z_loss_coeff(1e-3);
   });
   add("padded capacity", [](RoutingConfig& c) { c.set_capacity_factor(1.0), c.set_pad_to_capacity(true); });
   add("capacity without padding", [](RoutingConfig& c) { c.set_capacity_factor(1.0); });
   add("position drops, sigmoid, groups", [](RoutingConfig& c) {
-    c.set_capacity_factor(1.25), c.set_drop_policy(RoutingConfig::POSITION), c.set_score_function(RoutingConfig::SIGMOID);
+    c.set_capacity_factor(1.25), c.set_drop_policy(RoutingConfig::POSITION),
+        c.set_score_function(RoutingConfig::SIGMOID);
     c.set_num_groups(2), c.set_group_topk(1), c.set_jitter_eps(0.01);
   });
   add("expert choice", [](RoutingConfig& c) { c.set_router_type(RoutingConfig::EXPERT_CHOICE); });
@@ -87,7 +89,8 @@ TEST(HostReads, NoneInALayerForwardAndBackwardWithOneExpertRank) {
 // nor the input gradient, and the result equals that of a layout with exactly the kept rows.
 TEST(Dispatch, UnusedRowsOfACappedLayoutReachNeitherOutputNorGradient) {
   torch::manual_seed(0);
-  auto kept = torch::tensor({{1, 0, 0}, {1, 1, 0}, {0, 1, 0}, {1, 0, 0}, {0, 0, 0}, {0, 1, 0}}, torch::kBool);  // 6 kept
+  auto kept = torch::tensor({{1, 0, 0}, {1, 1, 0}, {0, 1, 0}, {1, 0, 0}, {0, 0, 0}, {0, 1, 0}},
+                            torch::kBool);  // 6 kept
   auto gates = torch::rand({6, 3}) * kept;
   auto x = torch::randn({6, 8}, torch::requires_grad());
   auto x_exact = x.detach().clone().requires_grad_();

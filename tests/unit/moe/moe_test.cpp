@@ -11,7 +11,8 @@ namespace {
 
 // Reference expert: one SwiGLU with expert e's weights, computed directly.
 torch::Tensor expert_reference(GroupedExpertsImpl& ex, int64_t e, const torch::Tensor& x_ND) {
-  return torch::matmul(torch::silu(torch::matmul(x_ND, ex.w1_EDF[e])) * torch::matmul(x_ND, ex.w3_EDF[e]), ex.w2_EFD[e]);
+  return torch::matmul(torch::silu(torch::matmul(x_ND, ex.w1_EDF[e])) * torch::matmul(x_ND, ex.w3_EDF[e]),
+                       ex.w2_EFD[e]);
 }
 
 MoEOptions small_options() {
@@ -91,7 +92,8 @@ TEST(GroupedExperts, MatchPerExpertReferenceIncludingEmptyExperts) {
   auto g = torch::randn_like(y);
   auto grads = torch::autograd::grad({y}, {x, ex->w1_EDF, ex->w2_EFD}, {g});
   auto ref_grads = torch::autograd::grad({ref}, {x, ex->w1_EDF, ex->w2_EFD}, {g});
-  for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(torch::allclose(grads[i], ref_grads[i], 1e-5, 1e-6)) << i;
+  for (size_t i = 0; i < grads.size(); ++i)
+    EXPECT_TRUE(torch::allclose(grads[i], ref_grads[i], 1e-5, 1e-6)) << i;
 }
 
 TEST(MoELayer, MatchesDenseReferenceAndItsGradients) {
@@ -108,7 +110,8 @@ TEST(MoELayer, MatchesDenseReferenceAndItsGradients) {
   for (int64_t t = 0; t < 10; ++t) {
     auto row = torch::zeros({8});
     for (int64_t j = 0; j < 2; ++j) {
-      row = row + gates[t][j] * expert_reference(*layer->experts, top_i[t][j].item<int64_t>(), x_TD[t].unsqueeze(0))[0];
+      row = row + gates[t][j] *
+                      expert_reference(*layer->experts, top_i[t][j].item<int64_t>(), x_TD[t].unsqueeze(0))[0];
     }
     rows.push_back(row);
   }
@@ -119,7 +122,8 @@ TEST(MoELayer, MatchesDenseReferenceAndItsGradients) {
   auto params = std::vector<torch::Tensor>{x, layer->router->weight, layer->experts->w3_EDF};
   auto grads = torch::autograd::grad({out.y}, params, {g});
   auto ref_grads = torch::autograd::grad({ref}, params, {g});
-  for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(torch::allclose(grads[i], ref_grads[i], 1e-4, 1e-6)) << i;
+  for (size_t i = 0; i < grads.size(); ++i)
+    EXPECT_TRUE(torch::allclose(grads[i], ref_grads[i], 1e-4, 1e-6)) << i;
 }
 
 // Central differences in float32 on a tiny case: the analytic gradient of the router (through gates,
@@ -183,7 +187,8 @@ TEST(MoELayer, DroppedTokensContributeNothingAndAuxUsesThePreDropMap) {
   const int64_t dropped = out.measures.dropped_pairs.item<int64_t>();
   EXPECT_EQ(out.measures.routed_pairs.item<int64_t>(), 16);
   EXPECT_EQ(dropped, 16 - (out.measures.tokens_per_expert_E > 0).sum().item<int64_t>());
-  EXPECT_TRUE(torch::equal(out.measures.aux_loss, full.measures.aux_loss)) << "aux loss from the routing before drops";
+  EXPECT_TRUE(torch::equal(out.measures.aux_loss, full.measures.aux_loss))
+      << "aux loss from the routing before drops";
   // Each row is either the dropless output (kept) or exactly zero (dropped: residual only).
   int64_t zero_rows = 0;
   for (int64_t t = 0; t < 16; ++t) {
@@ -230,7 +235,8 @@ TEST(GroupedExperts, UnderBf16AutocastReturnBf16AndTheLayerStaysFp32) {
   auto counts = torch::tensor({2, 0, 3, 1}, torch::kInt64);
   auto y = layer->experts(rows, counts);
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
-  auto direct = grouped_swiglu(layer->experts->operands(rows, torch::kBFloat16), counts.cumsum(0).to(torch::kInt32), 0.0);
+  auto direct = grouped_swiglu(layer->experts->operands(rows, torch::kBFloat16),
+                               counts.cumsum(0).to(torch::kInt32), 0.0);
   EXPECT_TRUE(torch::equal(y, direct));
   EXPECT_EQ(layer(x).y.scalar_type(), torch::kFloat32);
 }

@@ -15,7 +15,8 @@ using moetrain::config::RoutingConfig;
 
 namespace {
 
-Router make_router(int64_t d, int64_t e, int64_t k, const RoutingConfig& cfg = RoutingConfig(), uint64_t seed = 0) {
+Router make_router(int64_t d, int64_t e, int64_t k, const RoutingConfig& cfg = RoutingConfig(),
+                   uint64_t seed = 0) {
   RouterOptions o;
   o.d_model = d, o.num_experts = e, o.top_k = k, o.routing = cfg;
   torch::manual_seed(seed);
@@ -76,7 +77,8 @@ TEST(Router, SigmoidScoresWithNormalisedGates) {
   auto sel = s.gather(1, idx);
   auto expected = torch::zeros_like(s).scatter(1, idx, sel / sel.sum(-1, true));
   EXPECT_TRUE(torch::allclose(r.gates_TE, expected, 1e-6, 1e-7));
-  EXPECT_TRUE(torch::allclose(r.probs_TE, s / s.sum(-1, true), 1e-6, 1e-7)) << "P of the aux loss: normalised sigmoid";
+  EXPECT_TRUE(torch::allclose(r.probs_TE, s / s.sum(-1, true), 1e-6, 1e-7))
+      << "P of the aux loss: normalised sigmoid";
 }
 
 TEST(Router, ComputesInFp32ForLowPrecisionInputs) {
@@ -123,7 +125,7 @@ TEST(GroupLimited, GroupsAreScoredByTheSumOfTheirTopScoresNotTheirMaximum) {
   RouterOptions o;
   o.d_model = 8, o.num_experts = 8, o.top_k = 2, o.routing = cfg;
   Router router(o);
-  router->weight.data().copy_(torch::eye(8));  // logits = x
+  router->weight.data().copy_(torch::eye(8));                                  // logits = x
   auto x = torch::tensor({{3.0f, 0.0f, 0.0f, 0.0f, 2.5f, 2.5f, 0.0f, 0.0f},    // sum and maximum disagree
                           {3.0f, 1.0f, 0.0f, 0.0f, 2.5f, 0.0f, 0.0f, 0.0f}});  // both pick group 0
   ASSERT_GT(2 * std::exp(2.5), std::exp(3.0) + 1) << "the sum of the best two prefers group 1";
@@ -181,13 +183,15 @@ TEST(Baselines, HashRoutingIsSplitmix64OfTheTokenId) {
     z ^= z >> 31;
     return static_cast<int64_t>(z % E);
   };
-  auto ids = torch::cat({torch::arange(0, 2000, torch::kInt64), torch::tensor({int64_t{1} << 31, int64_t{1} << 40, int64_t{151935}})});
+  auto ids = torch::cat({torch::arange(0, 2000, torch::kInt64),
+                         torch::tensor({int64_t{1} << 31, int64_t{1} << 40, int64_t{151935}})});
   for (int64_t E : {4, 7, 64}) {
     RoutingConfig cfg;
     cfg.set_router_type(RoutingConfig::HASH);
     auto r = make_router(8, E, 2, cfg)(torch::randn({ids.size(0), 8}), ids);
     for (int64_t t = 0; t < ids.size(0); ++t) {
-      const int64_t first = splitmix_expert(static_cast<uint64_t>(ids[t].item<int64_t>()), static_cast<uint64_t>(E));
+      const int64_t first = splitmix_expert(static_cast<uint64_t>(ids[t].item<int64_t>()),
+                                            static_cast<uint64_t>(E));
       std::vector<int64_t> expected{std::min(first, (first + 1) % E), std::max(first, (first + 1) % E)};
       ASSERT_EQ(selected(r, t), expected) << "E " << E << ", id " << ids[t].item<int64_t>();
     }
@@ -207,7 +211,8 @@ TEST(AuxLoss, UniformRouterGivesExactlyOne) {
   // Every probability is 1/E. With E and T·k powers of two every operation is exact.
   for (int64_t E : {2, 4, 8, 16}) {
     auto probs = torch::softmax(torch::zeros({16, E}), -1);
-    auto routed = torch::zeros({16, E}, torch::kBool).scatter_(1, std::get<1>(torch::rand({16, E}).topk(2, -1)), true);
+    auto routed = torch::zeros({16, E}, torch::kBool)
+                      .scatter_(1, std::get<1>(torch::rand({16, E}).topk(2, -1)), true);
     EXPECT_EQ(switch_aux_loss(probs, routed, 2).item<float>(), 1.0f) << E;
   }
   // Otherwise 1/E is rounded once: within two float ulps of 1.
@@ -228,7 +233,8 @@ TEST(AuxLoss, SequenceLossEqualsMicroBatchLossAtBatchSizeOne) {
   torch::manual_seed(0);
   auto probs = torch::softmax(torch::randn({1, 12, 4}), -1);
   auto routed = torch::zeros({1, 12, 4}, torch::kBool).scatter_(2, std::get<1>(probs.topk(2, -1)), true);
-  EXPECT_EQ(sequence_aux_loss(probs, routed, 2).item<float>(), switch_aux_loss(probs[0], routed[0], 2).item<float>());
+  EXPECT_EQ(sequence_aux_loss(probs, routed, 2).item<float>(),
+            switch_aux_loss(probs[0], routed[0], 2).item<float>());
   // With two sequences it is the mean of the per-sequence losses.
   auto p2 = torch::softmax(torch::randn({2, 6, 4}), -1);
   auto r2 = torch::zeros({2, 6, 4}, torch::kBool).scatter_(2, std::get<1>(p2.topk(2, -1)), true);
@@ -272,7 +278,8 @@ TEST(BiasBalancing, BiasChangesSelectionButNotTheGateOfASelectedExpert) {
   auto after = router(x);
   EXPECT_EQ(selected(after, 0)[0], (e0 + 1) % 4);
   auto probs = torch::softmax(torch::matmul(x, router->weight.t()), -1);
-  EXPECT_TRUE(torch::allclose(after.gates_TE, probs * after.routed_TE, 1e-6, 1e-7)) << "gates from unbiased scores";
+  EXPECT_TRUE(torch::allclose(after.gates_TE, probs * after.routed_TE, 1e-6, 1e-7))
+      << "gates from unbiased scores";
   EXPECT_TRUE(torch::equal(after.probs_TE, before.probs_TE)) << "aux-loss probabilities unchanged";
 }
 
@@ -299,8 +306,8 @@ TEST(Capacity, FormulaWithMinimum) {
 
 TEST(Capacity, ProbsPolicyKeepsTheHighestGates) {
   RoutingConfig cfg;
-  cfg.set_capacity_factor(0.5);      // T = 8, k = 1, E = 2: capacity 2
-  cfg.set_normalize_gates(false);    // Switch's top-1 gate: the probability itself
+  cfg.set_capacity_factor(0.5);    // T = 8, k = 1, E = 2: capacity 2
+  cfg.set_normalize_gates(false);  // Switch's top-1 gate: the probability itself
   auto router = make_router(8, 2, 1, cfg, 5);
   auto x = torch::randn({8, 8});
   auto r = router(x);
@@ -331,16 +338,28 @@ TEST(Capacity, ProbsPolicyRanksByTheFinalGateNotTheRawScore) {
     const char* name;
     RoutingConfig::ScoreFunction score;
     RoutingConfig::TopKOrder order;
-    std::vector<float> a, b;  // scores of tokens A and B
+    std::vector<float> a, b;   // scores of tokens A and B
     std::vector<float> gates;  // expected gates (A then B) before scaling
   };
   const std::vector<Case> cases = {
-      {"softmax, normalised", RoutingConfig::SOFTMAX, RoutingConfig::SOFTMAX_THEN_TOPK, {0.5f, 0.45f, 0.05f},
-       {0.45f, 0.25f, 0.3f}, {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
-      {"softmax over the selected", RoutingConfig::SOFTMAX, RoutingConfig::TOPK_THEN_SOFTMAX, {0.5f, 0.45f, 0.05f},
-       {0.45f, 0.25f, 0.3f}, {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
-      {"sigmoid, normalised", RoutingConfig::SIGMOID, RoutingConfig::SOFTMAX_THEN_TOPK, {0.9f, 0.85f, 0.1f},
-       {0.8f, 0.2f, 0.3f}, {0, 0.85f / 1.75f, 0, 0.8f / 1.1f, 0, 0.3f / 1.1f}},
+      {"softmax, normalised",
+       RoutingConfig::SOFTMAX,
+       RoutingConfig::SOFTMAX_THEN_TOPK,
+       {0.5f, 0.45f, 0.05f},
+       {0.45f, 0.25f, 0.3f},
+       {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
+      {"softmax over the selected",
+       RoutingConfig::SOFTMAX,
+       RoutingConfig::TOPK_THEN_SOFTMAX,
+       {0.5f, 0.45f, 0.05f},
+       {0.45f, 0.25f, 0.3f},
+       {0, 0.45f / 0.95f, 0, 0.45f / 0.75f, 0, 0.3f / 0.75f}},
+      {"sigmoid, normalised",
+       RoutingConfig::SIGMOID,
+       RoutingConfig::SOFTMAX_THEN_TOPK,
+       {0.9f, 0.85f, 0.1f},
+       {0.8f, 0.2f, 0.3f},
+       {0, 0.85f / 1.75f, 0, 0.8f / 1.1f, 0, 0.3f / 1.1f}},
   };
   for (const auto& c : cases) {
     RoutingConfig cfg;
@@ -410,7 +429,8 @@ TEST(Balancing, SequenceLossSharesOfTokenSlicesAddUpToTheWholeLoss) {
   auto counts_BE = torch::zeros({B, E}, torch::kInt64).index_add(0, seq_T, routed);  // what the tp all-reduce gives
   auto shares = torch::zeros({});
   for (int64_t r = 0; r < ranks; ++r) {
-    shares = shares + sequence_aux_loss_share(probs.narrow(0, r * Tl, Tl), seq_T.narrow(0, r * Tl, Tl), counts_BE, S, k);
+    shares = shares + sequence_aux_loss_share(probs.narrow(0, r * Tl, Tl), seq_T.narrow(0, r * Tl, Tl),
+                                              counts_BE, S, k);
   }
   EXPECT_NEAR(shares.item<double>(), whole.item<double>(), 1e-6);
   auto g_whole = torch::autograd::grad({whole}, {logits}, {}, true)[0];
@@ -445,7 +465,8 @@ TEST(AuxLoss, UniformRouterMoELayerGivesExactlyTheCoefficient) {
       MoELayer layer(layer_options(8, 2, cfg));
       layer->router->weight.data().zero_();
       auto out = layer(x);
-      EXPECT_EQ(out.aux_loss.item<float>(), static_cast<float>(alpha)) << "alpha " << alpha << ", loss " << which;
+      EXPECT_EQ(out.aux_loss.item<float>(), static_cast<float>(alpha))
+          << "alpha " << alpha << ", loss " << which;
       EXPECT_EQ(out.measures.aux_loss.item<float>(), static_cast<float>(alpha));
       EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
     }
@@ -554,7 +575,8 @@ TEST(BiasBalancing, EndStepMovesEachBiasByExactlyUAndLeavesRouterAndGatesAlone) 
   for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
   layer->router->expert_bias.copy_(torch::tensor({0.5f, 0.0f, -0.25f, 0.125f}));
   auto x1 = torch::randn({2, 6, 8}), x2 = torch::randn({2, 6, 8});
-  auto c1 = layer(x1).measures.tokens_per_expert_E, c2 = layer(x2).measures.tokens_per_expert_E;  // two micro-batches
+  auto c1 = layer(x1).measures.tokens_per_expert_E,
+       c2 = layer(x2).measures.tokens_per_expert_E;  // two micro-batches
   const auto counts = layer->step_counts().clone();
   ASSERT_TRUE(torch::equal(counts, c1 + c2)) << "the step's load: every micro-batch's routed pairs";
 
@@ -571,18 +593,20 @@ TEST(BiasBalancing, EndStepMovesEachBiasByExactlyUAndLeavesRouterAndGatesAlone) 
     const float moved = layer->router->expert_bias[e].item<float>() - bias_before[e].item<float>();
     const float expected = c < mean ? static_cast<float>(u) : c > mean ? -static_cast<float>(u) : 0.0f;
     EXPECT_EQ(moved, expected) << "expert " << e << ": count " << c << ", mean " << mean;
-    up += c < mean, down += c > mean;
+    up += c<mean, down += c> mean;
   }
   EXPECT_GT(up, 0);
   EXPECT_GT(down, 0);
-  EXPECT_TRUE(torch::equal(layer->step_counts(), torch::zeros({4}, torch::kInt64))) << "the step's counts reset";
+  EXPECT_TRUE(torch::equal(layer->step_counts(), torch::zeros({4}, torch::kInt64)))
+      << "the step's counts reset";
 
   EXPECT_TRUE(torch::equal(after.probs_TE, before.probs_TE));
   auto both = before.routed_TE.logical_and(after.routed_TE);  // pairs selected before and after the update
   ASSERT_GT(both.sum().item<int64_t>(), 0);
   EXPECT_TRUE(torch::equal(after.gates_TE.masked_select(both), before.gates_TE.masked_select(both)))
       << "the gate of a selected pair does not depend on the bias";
-  EXPECT_TRUE(torch::equal(after.gates_TE, before.probs_TE * after.routed_TE)) << "gates from the unbiased scores";
+  EXPECT_TRUE(torch::equal(after.gates_TE, before.probs_TE * after.routed_TE))
+      << "gates from the unbiased scores";
 
   // A frozen router freezes the bias too.
   const auto bias_mid = layer->router->expert_bias.clone();

@@ -19,8 +19,8 @@ std::string error_of(const std::string& text) {
 }
 
 TEST(FaultSpec, ParsesEveryPoint) {
-  for (auto p : {FaultPoint::kAllToAll, FaultPoint::kGradSync, FaultPoint::kOptimizerStep, FaultPoint::kCheckpointWrite,
-                 FaultPoint::kEvaluation, FaultPoint::kDataRead}) {
+  for (auto p : {FaultPoint::kAllToAll, FaultPoint::kGradSync, FaultPoint::kOptimizerStep,
+                 FaultPoint::kCheckpointWrite, FaultPoint::kEvaluation, FaultPoint::kDataRead}) {
     const FaultSpec s = parse_fault_spec(std::string(fault_point_name(p)) + ":3:12");
     EXPECT_EQ(s.point, p);
     EXPECT_EQ(s.rank, 3);
@@ -29,12 +29,15 @@ TEST(FaultSpec, ParsesEveryPoint) {
 }
 
 TEST(FaultSpec, BadValuesNameTheVariableTheValueAndTheForm) {
-  const std::string form = "expected POINT:RANK:STEP with POINT one of all_to_all, grad_sync, optimizer_step, "
-                           "checkpoint_write, evaluation, data_read (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3";
+  const std::string form =
+      "expected POINT:RANK:STEP with POINT one of all_to_all, grad_sync, optimizer_step, "
+      "checkpoint_write, evaluation, data_read (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3";
   EXPECT_EQ(error_of("all_to_all:1"), "MOETRAIN_FAULT=\"all_to_all:1\": not three fields; " + form);
   EXPECT_EQ(error_of("kill:1:3"), "MOETRAIN_FAULT=\"kill:1:3\": unknown point \"kill\"; " + form);
-  EXPECT_EQ(error_of("grad_sync:x:3"), "MOETRAIN_FAULT=\"grad_sync:x:3\": rank \"x\" is not a non-negative integer; " + form);
-  EXPECT_EQ(error_of("grad_sync:1:-2"), "MOETRAIN_FAULT=\"grad_sync:1:-2\": step \"-2\" is not a non-negative integer; " + form);
+  EXPECT_EQ(error_of("grad_sync:x:3"),
+            "MOETRAIN_FAULT=\"grad_sync:x:3\": rank \"x\" is not a non-negative integer; " + form);
+  EXPECT_EQ(error_of("grad_sync:1:-2"),
+            "MOETRAIN_FAULT=\"grad_sync:1:-2\": step \"-2\" is not a non-negative integer; " + form);
   EXPECT_EQ(error_of("grad_sync:1:3:4"), "MOETRAIN_FAULT=\"grad_sync:1:3:4\": not three fields; " + form);
 }
 

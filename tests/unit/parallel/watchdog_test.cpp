@@ -42,13 +42,19 @@ TEST(FlightRecorder, KeepsTheLastCapacityCollectivesOldestFirst) {
   EXPECT_EQ(j[3]["op"], "all_to_all_v");
 }
 
-std::string report(int rank, const std::string& group, std::vector<int> ranks, const std::string& op, int64_t sequence,
-                   json entered) {
+std::string report(int rank, const std::string& group, std::vector<int> ranks, const std::string& op,
+                   int64_t sequence, json entered) {
   return json{{"rank", rank},
               {"timed_out", false},
               {"step", 3},
               {"phase", "training"},
-              {"waiting", {{"group", group}, {"backend", "mpi"}, {"ranks", ranks}, {"op", op}, {"sequence", sequence}, {"waited_s", 4.0}}},
+              {"waiting",
+               {{"group", group},
+                {"backend", "mpi"},
+                {"ranks", ranks},
+                {"op", op},
+                {"sequence", sequence},
+                {"waited_s", 4.0}}},
               {"entered", entered}}
       .dump();
 }
@@ -64,8 +70,9 @@ TEST(WatchdogReport, NamesPeersThatDidNotAnswerOrHaveNotReachedTheCollective) {
   late = late_peers(mine, {{1, report(1, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})},
                            {2, report(2, "dp", {2, 3}, "all_reduce_sum", 7, {{"ep/mpi", 40}, {"dp/mpi", 7}})}});
   ASSERT_EQ(late.size(), 1u);
-  EXPECT_EQ(late[0], "rank 2: has not reached it; it waits in all_reduce_sum in group dp (mpi, world ranks 2 3), "
-                     "collective #7 of the group, at step 3 (training) since 4.0 s");
+  EXPECT_EQ(late[0],
+            "rank 2: has not reached it; it waits in all_reduce_sum in group dp (mpi, world ranks 2 3), "
+            "collective #7 of the group, at step 3 (training) since 4.0 s");
   // Everyone arrived: nobody to name.
   EXPECT_TRUE(late_peers(mine, {{1, report(1, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})},
                                 {2, report(2, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})}})
@@ -91,7 +98,8 @@ TEST(Watchdog, RecordsEachCollectiveWithTheStepItBeganIn) {
 // The flight record's file and folders (libtorch's std::filesystem::remove_all crashes on a non-empty
 // directory: Note [remove_tree] in trainer/checkpoint.cpp).
 void remove_flight_record(const std::filesystem::path& run_dir) {
-  for (const auto& p : {run_dir / "flight_recorder" / "rank0.json", run_dir / "flight_recorder", run_dir}) std::remove(p.c_str());
+  for (const auto& p : {run_dir / "flight_recorder" / "rank0.json", run_dir / "flight_recorder", run_dir})
+    std::remove(p.c_str());
 }
 
 // Past the deadline, tick() prints the report, writes the flight record and exits with code 124.
@@ -115,9 +123,10 @@ TEST(WatchdogDeathTest, TimeoutReportsTheCollectiveAndExits) {
     auto wait = dog.enter(group, 1, "all_to_all_v", 64);
     while (true) wait.tick();
   };
-  EXPECT_EXIT(wait_forever(), ::testing::ExitedWithCode(kCollectiveTimeoutExitCode),
-              "rank 0: collective timed out after 0\\.2 s \\(parallel\\.timeout_s = 0\\.2\\): all_to_all_v in group ep \\(mpi, "
-              "world ranks 0 1\\), collective #1 of the group, at step 7 \\(training\\)\n  waiting on rank 1: no answer");
+  EXPECT_EXIT(
+      wait_forever(), ::testing::ExitedWithCode(kCollectiveTimeoutExitCode),
+      "rank 0: collective timed out after 0\\.2 s \\(parallel\\.timeout_s = 0\\.2\\): all_to_all_v in group ep \\(mpi, "
+      "world ranks 0 1\\), collective #1 of the group, at step 7 \\(training\\)\n  waiting on rank 1: no answer");
   std::ifstream in(run_dir / "flight_recorder" / "rank0.json");
   ASSERT_TRUE(in.good()) << "flight record written";
   const json record = json::parse(in);
@@ -136,15 +145,15 @@ TEST(WatchdogDeathTest, TimeoutReportsTheCollectiveAndExits) {
 // On expiry a rank kills the ranks of its own machine that sent no report, and only those: not itself,
 // not a rank that answered, not a rank of another machine (same host name, another boot id included).
 TEST(Watchdog, SilentRanksOfThisMachineAreTheOnesKilled) {
-  const std::vector<std::string> processes{"node1/boot-a 100", "node1/boot-a 101", "node1/boot-a 102", "node2/boot-b 100",
-                                           "node1/boot-c 103"};
+  const std::vector<std::string> processes{"node1/boot-a 100", "node1/boot-a 101", "node1/boot-a 102",
+                                           "node2/boot-b 100", "node1/boot-c 103"};
   const std::string answer = "{}";
   EXPECT_EQ(moetrain::parallel::silent_local_pids(0, processes, {{2, answer}}), std::vector<int>{101});
   EXPECT_EQ(moetrain::parallel::silent_local_pids(0, processes, {}), (std::vector<int>{101, 102}));
   EXPECT_EQ(moetrain::parallel::silent_local_pids(3, processes, {}), std::vector<int>{});  // alone on node2
-  EXPECT_EQ(moetrain::parallel::silent_local_pids(0, {}, {}), std::vector<int>{});          // processes unknown (one process)
+  EXPECT_EQ(moetrain::parallel::silent_local_pids(0, {}, {}),
+            std::vector<int>{});  // processes unknown (one process)
   const std::string me = moetrain::parallel::this_process();
   EXPECT_NE(me.find(' '), std::string::npos);
   EXPECT_EQ(me.substr(me.rfind(' ') + 1), std::to_string(::getpid()));
 }
-

@@ -81,9 +81,8 @@ TEST(Cli, UsageErrorsNameTheFlagTheValueAndTheFix) {
             "unexpected argument \"stray\"; moe-x takes only flags and the flags below");
   EXPECT_EQ(usage_error(eval_like(), with_required({"--bf16", "1"})), "--bf16 1: pass --precision fp32|bf16");
   EXPECT_EQ(usage_error(eval_like(), with_required({"--bf16"})), "--bf16: pass --precision fp32|bf16");
-  EXPECT_EQ(
-      usage_error(eval_like(), with_required({"--breakdown", "1"})),
-      "--breakdown 1: --breakdown takes no value; pass --breakdown alone to turn it on, or leave it out");
+  EXPECT_EQ(usage_error(eval_like(), with_required({"--breakdown", "1"})),
+            "--breakdown 1: --breakdown takes no value; pass --breakdown alone to turn it on, or leave it out");
 }
 
 TEST(Cli, IntegersAndChoicesAreChecked) {
@@ -119,8 +118,7 @@ TEST(Cli, Operands) {
   Command cmd("moe-y", "usage: moe-y DIR\n");
   cmd.operand("DIR", "a folder", "name the folder").option("--out", "OUT", "output");
   EXPECT_EQ(usage_error(cmd, {"--out", "o"}), "name the folder");
-  EXPECT_EQ(usage_error(cmd, {"a", "b"}),
-            "unexpected argument \"b\"; moe-y takes one DIR and the flags below");
+  EXPECT_EQ(usage_error(cmd, {"a", "b"}), "unexpected argument \"b\"; moe-y takes one DIR and the flags below");
   ASSERT_TRUE(parse(cmd, {"--out", "o", "dir"}));
   EXPECT_EQ(cmd.operand(0), "dir");
 }

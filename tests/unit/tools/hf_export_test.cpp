@@ -22,8 +22,8 @@
 namespace moetrain::hf {
 namespace {
 
-using tools::ExportOptions;
 using tools::export_checkpoint;
+using tools::ExportOptions;
 
 using testing::error_of;
 using testing::small_recipe;
@@ -142,14 +142,16 @@ TEST(ExportCheckpoint, RefusalsLeaveNothingBehind) {
 
   options.family.reset();
   options.tokenizer = root + "/nope.model";
-  EXPECT_NE(
-      error_of([&] { export_checkpoint(options); }).find("--tokenizer " + root + "/nope.model: no such file"),
-      std::string::npos);
+  EXPECT_NE(error_of([&] {
+              export_checkpoint(options);
+            }).find("--tokenizer " + root + "/nope.model: no such file"),
+            std::string::npos);
   options.tokenizer.clear();
   options.checkpoint = root + "/nope";
-  EXPECT_NE(
-      error_of([&] { export_checkpoint(options); }).find("--checkpoint " + root + "/nope: no such directory"),
-      std::string::npos);
+  EXPECT_NE(error_of([&] {
+              export_checkpoint(options);
+            }).find("--checkpoint " + root + "/nope: no such directory"),
+            std::string::npos);
   options.checkpoint = run;
   options.adapter_out = root + "/adapter";  // a run without adapters
   EXPECT_NE(error_of([&] { export_checkpoint(options); }).find("finetune.lora.rank = 0"), std::string::npos);

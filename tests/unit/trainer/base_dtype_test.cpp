@@ -53,7 +53,8 @@ model::Transformer make_model(const config::Recipe& r, torch::ScalarType compute
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
   for (auto& p : m->named_parameters()) {  // non-zero adapters, so they take part in the comparison
-    if (p.key().find("_lora_b") != std::string::npos) p.value().copy_(at::normal(0.0, 0.05, p.value().sizes(), gen));
+    if (p.key().find("_lora_b") != std::string::npos)
+      p.value().copy_(at::normal(0.0, 0.05, p.value().sizes(), gen));
   }
   freeze_base(*m);
   return m;
@@ -86,18 +87,20 @@ TEST(BaseDtype, HoldsTheFrozenMatricesInBf16AndHalvesTheirBytes) {
   EXPECT_EQ(report.bytes_after, trainer::parameter_bytes(*m));
   const auto params = m->named_parameters();
   for (const char* name : {"layers.0.attn.wqkv.weight", "layers.0.attn.wo.weight", "layers.0.moe.experts.w1",
-                           "layers.0.moe.experts.w3", "layers.0.moe.experts.w2", "layers.0.moe.shared.w1.weight",
-                           "layers.1.mlp.w2.weight", "lm_head.weight"}) {
+                           "layers.0.moe.experts.w3", "layers.0.moe.experts.w2",
+                           "layers.0.moe.shared.w1.weight", "layers.1.mlp.w2.weight", "lm_head.weight"}) {
     ASSERT_NE(params.find(name), nullptr) << name;
     EXPECT_EQ(params[name].scalar_type(), torch::kBFloat16) << name;
   }
-  for (const char* name : {"embed.weight", "layers.0.moe.router.weight", "layers.0.attn_norm.weight", "norm.weight",
-                           "layers.0.moe.experts.w1_lora_a", "layers.0.moe.experts.w2_lora_b", "layers.0.attn.qkv_lora_a"}) {
+  for (const char* name :
+       {"embed.weight", "layers.0.moe.router.weight", "layers.0.attn_norm.weight", "norm.weight",
+        "layers.0.moe.experts.w1_lora_a", "layers.0.moe.experts.w2_lora_b", "layers.0.attn.qkv_lora_a"}) {
     ASSERT_NE(params.find(name), nullptr) << name;
     EXPECT_EQ(params[name].scalar_type(), torch::kFloat32) << name;
   }
-  std::printf("parameter bytes: %lld fp32 base, %lld bf16 base (%.3f)\n", static_cast<long long>(report.bytes_before),
-              static_cast<long long>(report.bytes_after), static_cast<double>(report.bytes_after) / report.bytes_before);
+  std::printf("parameter bytes: %lld fp32 base, %lld bf16 base (%.3f)\n",
+              static_cast<long long>(report.bytes_before), static_cast<long long>(report.bytes_after),
+              static_cast<double>(report.bytes_after) / report.bytes_before);
   // This small model's embedding and adapters are a larger share than in a real model; still well below 0.6.
   EXPECT_LT(static_cast<double>(report.bytes_after) / report.bytes_before, 0.6);
 }
@@ -148,8 +151,8 @@ TEST(BaseDtype, LogitsWithinBf16ToleranceOfTheFp32Model) {
   const auto ref = fp32->forward(x).logits, got = bf16_base->forward(x).logits.to(torch::kFloat32);
   const double scale = ref.abs().max().item<double>(), worst = (got - ref).abs().max().item<double>();
   const double mean = (got - ref).abs().mean().item<double>();
-  std::printf("bf16 base vs fp32: max |diff| %.3e, mean |diff| %.3e, max |logit| %.3e (max relative to it %.3e)\n", worst,
-              mean, scale, worst / scale);
+  std::printf("bf16 base vs fp32: max |diff| %.3e, mean |diff| %.3e, max |logit| %.3e (max relative to it %.3e)\n",
+              worst, mean, scale, worst / scale);
   EXPECT_GT(worst, 0.0);  // it is a different computation
   EXPECT_LT(worst / scale, 0.02);
 }
@@ -159,8 +162,9 @@ TEST(BaseDtype, RecipeNeedsLoraAndBf16Precision) {
   EXPECT_EQ(validation_error(r), "");
   r.mutable_finetune()->mutable_lora()->set_rank(0);
   r.mutable_finetune()->mutable_lora()->clear_targets();
-  EXPECT_NE(validation_error(r).find("finetune.base_dtype = BF16: holds the frozen base weights of a LoRA run and needs "
-                                     "finetune.lora.rank > 0"),
+  EXPECT_NE(validation_error(r).find(
+                "finetune.base_dtype = BF16: holds the frozen base weights of a LoRA run and needs "
+                "finetune.lora.rank > 0"),
             std::string::npos)
       << validation_error(r);
   r = lora_recipe();

@@ -8,7 +8,8 @@ using moetrain::trainer::Cadence;
 namespace {
 Cadence cadence() {
   Cadence c;
-  c.steps = 10, c.eval_interval = 4, c.save_interval = 3, c.save_final = true, c.exit_interval = 5, c.log_interval = 2;
+  c.steps = 10, c.eval_interval = 4, c.save_interval = 3, c.save_final = true, c.exit_interval = 5,
+  c.log_interval = 2;
   return c;
 }
 }  // namespace
@@ -58,7 +59,8 @@ TEST(Cadence, WholeProgressLinesOnTheIntervalTheFirstStepOfAProcessAndTheLast) {
 
 TEST(Cadence, ReadsTheRecipeFields) {
   moetrain::config::Recipe r;
-  r.mutable_train()->set_steps(7), r.mutable_train()->set_eval_interval(2), r.mutable_train()->set_exit_interval(3);
+  r.mutable_train()->set_steps(7), r.mutable_train()->set_eval_interval(2),
+      r.mutable_train()->set_exit_interval(3);
   r.mutable_checkpoint()->set_interval(5), r.mutable_checkpoint()->set_save_final(false);
   r.mutable_logging()->set_log_interval(4);
   const Cadence c = Cadence::from_recipe(r);

@@ -6,21 +6,34 @@
 
 #include "trainer/checkpoint_manifest.h"
 
-using nlohmann::json;
 using moetrain::trainer::parse_manifest;
+using nlohmann::json;
 
 namespace {
 
 json valid_manifest() {
   const std::string digest(64, 'a');
-  return {{"format", "moetrain-checkpoint"}, {"version", 1}, {"step", 2}, {"samples_consumed", 32}, {"tokens", 4096},
-          {"optimizer_step", 2}, {"layout", {{"world", 2}, {"tp", 1}, {"ep", 2}, {"dp", 2}}},
-          {"model_digest", digest}, {"recipe_digest", digest}, {"model_section", "model { }"}, {"recipe", ""},
-          {"files", {{"rank00000.safetensors", {{"bytes", 10}, {"sha256", digest}}},
-                     {"rank00001.safetensors", {{"bytes", 10}, {"sha256", digest}}}}},
-          {"tensors", {{"w", {{"shape", {4, 3}}, {"dtype", "F32"}, {"shards", {
-              {{"file", "rank00000.safetensors"}, {"offsets", {0, 0}}, {"shape", {2, 3}}},
-              {{"file", "rank00001.safetensors"}, {"offsets", {2, 0}}, {"shape", {2, 3}}}}}}}}}};
+  return {{"format", "moetrain-checkpoint"},
+          {"version", 1},
+          {"step", 2},
+          {"samples_consumed", 32},
+          {"tokens", 4096},
+          {"optimizer_step", 2},
+          {"layout", {{"world", 2}, {"tp", 1}, {"ep", 2}, {"dp", 2}}},
+          {"model_digest", digest},
+          {"recipe_digest", digest},
+          {"model_section", "model { }"},
+          {"recipe", ""},
+          {"files",
+           {{"rank00000.safetensors", {{"bytes", 10}, {"sha256", digest}}},
+            {"rank00001.safetensors", {{"bytes", 10}, {"sha256", digest}}}}},
+          {"tensors",
+           {{"w",
+             {{"shape", {4, 3}},
+              {"dtype", "F32"},
+              {"shards",
+               {{{"file", "rank00000.safetensors"}, {"offsets", {0, 0}}, {"shape", {2, 3}}},
+                {{"file", "rank00001.safetensors"}, {"offsets", {2, 0}}, {"shape", {2, 3}}}}}}}}}};
 }
 
 std::string error_of(const json& manifest) {
@@ -50,12 +63,17 @@ TEST(CheckpointManifest, MalformedFieldsAreRefusedNamingTheFieldAndValue) {
       {"/layout/tp", 0, "layout.tp = 0: must be >= 1"},
       {"/layout", json::array(), "layout = []: must be a JSON object"},
       {"/recipe", 3, "recipe = 3: must be a string"},
-      {"/files/rank00000.safetensors/bytes", 1.5, "files[\"rank00000.safetensors\"].bytes = 1.5: must be an integer"},
-      {"/files/rank00000.safetensors/sha256", "abc", "files[\"rank00000.safetensors\"].sha256 = \"abc\": must be 64"},
+      {"/files/rank00000.safetensors/bytes", 1.5,
+       "files[\"rank00000.safetensors\"].bytes = 1.5: must be an integer"},
+      {"/files/rank00000.safetensors/sha256", "abc",
+       "files[\"rank00000.safetensors\"].sha256 = \"abc\": must be 64"},
       {"/tensors/w/shape", {4, -3}, "tensors[\"w\"].shape[1] = -3: must be >= 0"},
       {"/tensors/w/shape", {int64_t{1} << 40, int64_t{1} << 40}, "has more than 2^62 elements"},
-      {"/tensors/w/shards/1/file", "rank00002.safetensors", "shards[1].file = \"rank00002.safetensors\": is not listed in files"},
-      {"/tensors/w/shards/1/offsets", {3, 0}, "tensors[\"w\"].shards[1] = {\"file\":\"rank00001.safetensors\",\"offsets\":[3,0]"},
+      {"/tensors/w/shards/1/file", "rank00002.safetensors",
+       "shards[1].file = \"rank00002.safetensors\": is not listed in files"},
+      {"/tensors/w/shards/1/offsets",
+       {3, 0},
+       "tensors[\"w\"].shards[1] = {\"file\":\"rank00001.safetensors\",\"offsets\":[3,0]"},
       {"/tensors/w/shards/1/offsets", {0}, "shards[1].offsets = [0]: must have 2 entries"},
       {"/tensors/w/shards", json::object(), "tensors[\"w\"].shards = {}: must be an array"},
   };
@@ -69,7 +87,8 @@ TEST(CheckpointManifest, MalformedFieldsAreRefusedNamingTheFieldAndValue) {
   }
   json outside = valid_manifest();
   outside["tensors"]["w"]["shards"][1]["offsets"] = {3, 0};
-  EXPECT_NE(error_of(outside).find("lies outside the tensor's shape [4,3]"), std::string::npos) << error_of(outside);
+  EXPECT_NE(error_of(outside).find("lies outside the tensor's shape [4,3]"), std::string::npos)
+      << error_of(outside);
   json missing = valid_manifest();
   missing.erase("layout");
   EXPECT_NE(error_of(missing).find("layout = (absent): missing"), std::string::npos) << error_of(missing);
@@ -79,7 +98,8 @@ TEST(CheckpointManifest, HeaderErrorsSayWhatTheFileIs) {
   EXPECT_NE(error_of(json::array()).find("is not a moetrain checkpoint manifest"), std::string::npos);
   json v = valid_manifest();
   v["version"] = "1";
-  EXPECT_NE(error_of(v).find("has format version \"1\"; this moetrain reads version 1"), std::string::npos) << error_of(v);
+  EXPECT_NE(error_of(v).find("has format version \"1\"; this moetrain reads version 1"), std::string::npos)
+      << error_of(v);
   try {
     parse_manifest("{\"format\": ", "m.json");
     FAIL() << "truncated JSON accepted";

@@ -94,8 +94,10 @@ TEST(CheckpointerTest, RestoresWeightsBiasesAndStateExactly) {
   EXPECT_EQ(state.samples_consumed, 70);
   EXPECT_EQ(state.tokens, 700);
   auto want = model->named_parameters();
-  for (const auto& p : other->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
-  EXPECT_TRUE(torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
+  for (const auto& p : other->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
+  EXPECT_TRUE(
+      torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
 }
 
 // save_streamed (moe-import: no model built) writes the checkpoint save() writes for a model with those
@@ -111,10 +113,18 @@ TEST(CheckpointerTest, SaveStreamedWritesWhatSaveWritesWithoutAModel) {
   std::vector<io::LazyTensor> params, buffers;
   int reads = 0;
   for (const auto& p : model->named_parameters()) {
-    params.push_back({p.key(), p.value().sizes().vec(), torch::kFloat32, [&reads, v = p.value().detach().clone()] { ++reads; return v; }});
+    params.push_back({p.key(), p.value().sizes().vec(), torch::kFloat32,
+                      [&reads, v = p.value().detach().clone()] {
+      ++reads;
+      return v;
+                      }});
   }
   for (const auto& x : model->named_buffers()) {
-    buffers.push_back({x.key(), x.value().sizes().vec(), torch::kFloat32, [&reads, v = x.value().detach().clone()] { ++reads; return v; }});
+    buffers.push_back({x.key(), x.value().sizes().vec(), torch::kFloat32,
+                       [&reads, v = x.value().detach().clone()] {
+      ++reads;
+      return v;
+                       }});
   }
   trainer::Checkpointer streamed(b.string(), 2, "sig", "recipe");
   const std::string dir = streamed.save_streamed({0, 0, 0}, model->options(), params, buffers);
@@ -141,8 +151,10 @@ TEST(CheckpointerTest, SaveStreamedWritesWhatSaveWritesWithoutAModel) {
   torch::optim::AdamW other_opt(other->parameters());
   streamed.load(*streamed.latest(), *other, other_opt);
   auto values = model->named_parameters();
-  for (const auto& p : other->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), values[p.key()])) << p.key();
-  EXPECT_TRUE(torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
+  for (const auto& p : other->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), values[p.key()])) << p.key();
+  EXPECT_TRUE(
+      torch::equal(other->moe_layers()[0]->router->expert_bias, model->moe_layers()[0]->router->expert_bias));
 }
 
 TEST(CheckpointerTest, RefusesACheckpointOfAnotherModel) {
@@ -155,7 +167,8 @@ TEST(CheckpointerTest, RefusesACheckpointOfAnotherModel) {
     reader.load(*reader.latest(), *model, opt);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("was written for a different model section:\nmodel A\nthe recipe now says:\nmodel B\n"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "was written for a different model section:\nmodel A\nthe recipe now says:\nmodel B\n"),
               std::string::npos)
         << e.what();
   }
@@ -195,7 +208,8 @@ TEST(CheckpointerTest, ACorruptedByteIsRefused) {
   f.seekp(static_cast<std::streamoff>(fs::file_size(file) - 5));
   f.put('\x7f');
   f.close();
-  EXPECT_NE(load_error(dir).find("does not match its SHA-256 in the manifest; the checkpoint is corrupted"), std::string::npos)
+  EXPECT_NE(load_error(dir).find("does not match its SHA-256 in the manifest; the checkpoint is corrupted"),
+            std::string::npos)
       << load_error(dir);
 }
 
@@ -205,7 +219,8 @@ TEST(CheckpointerTest, ATruncatedOrMissingShardIsRefused) {
   fs::resize_file(file, fs::file_size(file) - 100);
   EXPECT_NE(load_error(dir).find("(truncated?)"), std::string::npos) << load_error(dir);
   fs::remove(file);
-  EXPECT_NE(load_error(dir).find("rank00000.safetensors is missing; the checkpoint is incomplete"), std::string::npos)
+  EXPECT_NE(load_error(dir).find("rank00000.safetensors is missing; the checkpoint is incomplete"),
+            std::string::npos)
       << load_error(dir);
 }
 
@@ -219,7 +234,8 @@ TEST(CheckpointerTest, AnUnknownFormatVersionIsRefused) {
   ASSERT_NE(at, std::string::npos);
   text.replace(at, 12, "\"version\": 7");
   std::ofstream(path) << text;
-  EXPECT_NE(load_error(dir).find("has format version 7; this moetrain reads version 1"), std::string::npos) << load_error(dir);
+  EXPECT_NE(load_error(dir).find("has format version 7; this moetrain reads version 1"), std::string::npos)
+      << load_error(dir);
 }
 
 TEST(CheckpointerTest, AnInterruptedSaveLeavesThePreviousCheckpointLatest) {

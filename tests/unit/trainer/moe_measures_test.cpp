@@ -21,7 +21,8 @@ TEST(MoEMeasures, OneHostReadPerStepForEveryLayerWithThePerForwardValues) {
     for (auto& p : model->parameters()) p.normal_(0, 0.3);
   }
   std::vector<model::ModelOutput> outs;
-  for (int micro = 0; micro < 2; ++micro) outs.push_back(model->forward(torch::randint(0, 64, {2, 8}, torch::kInt64)));
+  for (int micro = 0; micro < 2; ++micro)
+    outs.push_back(model->forward(torch::randint(0, 64, {2, 8}, torch::kInt64)));
 
   util::HostReadCount count;
   const auto layers = model->moe_layers();

@@ -16,7 +16,8 @@ using namespace moetrain;
 namespace {
 
 std::string scratch(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / ("moetrain_partial_read_" + std::to_string(::getpid()));
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("moetrain_partial_read_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   return (dir / name).string();
 }
@@ -54,8 +55,10 @@ TEST(PartialRead, StreamedWriterWritesWhatEncodeMakes) {
 TEST(PartialRead, StreamedWriterWidensFloatsOnly) {
   const auto w = torch::randn({4, 6}).to(torch::kBFloat16);
   const std::string path = scratch("widened.safetensors");
-  io::write_safetensors_synced(path, {{"w", w}, {"steps", torch::arange(3, torch::kInt64)}}, {}, torch::kFloat32);
-  EXPECT_EQ(file_bytes(path), io::encode_safetensors({{"w", w.to(torch::kFloat32)}, {"steps", torch::arange(3, torch::kInt64)}}));
+  io::write_safetensors_synced(path, {{"w", w}, {"steps", torch::arange(3, torch::kInt64)}}, {},
+                               torch::kFloat32);
+  EXPECT_EQ(file_bytes(path),
+            io::encode_safetensors({{"w", w.to(torch::kFloat32)}, {"steps", torch::arange(3, torch::kInt64)}}));
   const io::SafetensorsFile f(path);
   EXPECT_TRUE(torch::equal(f.get("w").to(torch::kBFloat16), w));  // exact: bf16 → fp32 → bf16
 }
@@ -89,7 +92,8 @@ TEST(PartialRead, RejectsATruncatedFileNamingIt) {
     io::SafetensorsFile f(path);
     FAIL() << "a truncated file was accepted";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find(path + ": not a valid safetensors file: tensor w has data_offsets outside the file"),
+    EXPECT_NE(std::string(e.what()).find(
+                  path + ": not a valid safetensors file: tensor w has data_offsets outside the file"),
               std::string::npos)
         << e.what();
   }

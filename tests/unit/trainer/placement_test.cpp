@@ -35,7 +35,8 @@ TEST(Placement, EachLocalRankBindsItsOwnGpu) {
     EXPECT_EQ(p.device, torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local)));
     EXPECT_FALSE(p.shares_gpu);
   }
-  EXPECT_EQ(trainer::resolve_placement(TrainConfig::CUDA, 1, 8, 8).describe(), "cuda:1 (local rank 1 of 8, 8 GPUs visible)");
+  EXPECT_EQ(trainer::resolve_placement(TrainConfig::CUDA, 1, 8, 8).describe(),
+            "cuda:1 (local rank 1 of 8, 8 GPUs visible)");
 }
 
 TEST(Placement, MoreProcessesThanGpusShareThemRoundRobin) {
@@ -50,7 +51,8 @@ TEST(Placement, CudaWithoutAGpuIsAnErrorThatNamesTheFieldAndTheFix) {
   EXPECT_EQ(error_of([] { trainer::resolve_placement(TrainConfig::CUDA, 0, 1, 0); }),
             "train.device = CUDA, but this process sees no GPU (torch's CUDA device count is 0: no NVIDIA driver, no GPU, "
             "or CUDA_VISIBLE_DEVICES hides them); set train.device = AUTO or CPU to train on the CPU");
-  EXPECT_NE(error_of([] { trainer::resolve_placement(TrainConfig::AUTO, 2, 2, 1); }).find("LOCAL_RANK"), std::string::npos);
+  EXPECT_NE(error_of([] { trainer::resolve_placement(TrainConfig::AUTO, 2, 2, 1); }).find("LOCAL_RANK"),
+            std::string::npos);
 }
 
 TEST(Placement, ThisMachineSeesNoGpu) {
@@ -62,9 +64,11 @@ TEST(Placement, ThisMachineSeesNoGpu) {
 TEST(DataPlaneChoice, AutoTakesNcclOnlyForOneGpuPerRankInABuildWithNccl) {
   using parallel::DataPlane;
   EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, true), DataPlane::kNccl);
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, true, true), DataPlane::kHost) << "shared GPU";
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, true, true), DataPlane::kHost)
+      << "shared GPU";
   EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, false, false, true), DataPlane::kHost) << "CPU";
-  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, false), DataPlane::kHost) << "no NCCL built";
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true, false, false), DataPlane::kHost)
+      << "no NCCL built";
   EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::HOST, true, false, true), DataPlane::kHost);
   EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::NCCL, true, false, true), DataPlane::kNccl);
 }

@@ -30,16 +30,17 @@ config::Recipe schedule_recipe(config::ScheduleConfig::Decay decay, int64_t deca
 
 TEST(Schedule, LinearWarmupThenCosineToMinLr) {
   const auto r = schedule_recipe(config::ScheduleConfig::COSINE);
-  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 0), 1e-4);  // lr·1/10
-  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 4), 5e-4);  // lr·5/10
-  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 9), 1e-3);  // end of warmup: the peak
+  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 0), 1e-4);   // lr·1/10
+  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 4), 5e-4);   // lr·5/10
+  EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 9), 1e-3);   // end of warmup: the peak
   EXPECT_DOUBLE_EQ(trainer::learning_rate(r, 10), 1e-3);  // decay progress 0
   // progress 1/4: min + (lr − min)·½(1 + cos(π/4)); progress 1/2: half way.
   EXPECT_NEAR(trainer::learning_rate(r, 35), 1e-4 + 9e-4 * 0.5 * (1 + std::sqrt(0.5)), 1e-18);
   EXPECT_NEAR(trainer::learning_rate(r, 60), 5.5e-4, 1e-18);
   EXPECT_NEAR(trainer::learning_rate(r, 110), 1e-4, 1e-18);  // the floor...
   EXPECT_NEAR(trainer::learning_rate(r, 500), 1e-4, 1e-18);  // ...and it stays there
-  for (int64_t s = 11; s < 110; ++s) EXPECT_LT(trainer::learning_rate(r, s), trainer::learning_rate(r, s - 1)) << s;
+  for (int64_t s = 11; s < 110; ++s)
+    EXPECT_LT(trainer::learning_rate(r, s), trainer::learning_rate(r, s - 1)) << s;
 }
 
 TEST(Schedule, LinearAndConstantDecayAndExplicitDecaySteps) {
@@ -125,9 +126,12 @@ TEST(Optimizer, ARealStepLeavesTheExpertBiasesBitwiseAlone) {
     // AdamW skips a tensor without a gradient, so the equality below alone would not see a bias that
     // had been handed to the optimizer: check its groups too.
     for (const auto& group : opt->param_groups())
-      for (const auto& p : group.params()) EXPECT_FALSE(p.is_same(layers[l]->router->expert_bias)) << "layer " << l;
-    EXPECT_TRUE(torch::equal(layers[l]->router->expert_bias, bias_before[l])) << "no optimizer step, no weight decay";
-    EXPECT_FALSE(torch::equal(layers[l]->router->weight, weight_before[l])) << "the router weight itself is trained";
+      for (const auto& p : group.params())
+        EXPECT_FALSE(p.is_same(layers[l]->router->expert_bias)) << "layer " << l;
+    EXPECT_TRUE(torch::equal(layers[l]->router->expert_bias, bias_before[l]))
+        << "no optimizer step, no weight decay";
+    EXPECT_FALSE(torch::equal(layers[l]->router->weight, weight_before[l]))
+        << "the router weight itself is trained";
   }
 }
 
@@ -156,7 +160,8 @@ TEST(UnigramBaseline, ScoresExactlyTheTargetsOfTheEvaluationWindows) {
   trainer::EvalWindows eval;
   eval.domains = {"a", "b"};
   // The first token of each window is context only; the targets are 0, 2 | 1, 1 and 3, 0.
-  eval.windows = {torch::tensor({{3, 0, 2}}, torch::kInt64), torch::tensor({{0, 1, 1}, {2, 3, 0}}, torch::kInt64)};
+  eval.windows = {torch::tensor({{3, 0, 2}}, torch::kInt64),
+                  torch::tensor({{0, 1, 1}, {2, 3, 0}}, torch::kInt64)};
   const double nll = -(2 * std::log(3.0 / 7) + 2 * std::log(2.0 / 7) + 2 * std::log(1.0 / 7)) / 6;
   EXPECT_NEAR(trainer::unigram_baseline(train, eval, 4), std::exp(nll), 1e-12);
 }
