@@ -13,7 +13,7 @@ if ! command -v "$clang_format" >/dev/null; then
   exit 2
 fi
 # The same files as launch/format.sh.
-mapfile -t files < <(git ls-files '*.cpp' '*.h')
+source "$root/launch/cxx_files.sh"
 unformatted=()
 for f in "${files[@]}"; do
   "$clang_format" --dry-run -Werror --style=file "$f" >/dev/null 2>&1 || unformatted+=("$f")

@@ -15,9 +15,10 @@ if ! command -v "$clang_format" >/dev/null; then
 fi
 # Generated and third-party files would be excluded here; none is tracked today (recipe.pb.h and
 # event.pb.h are generated into build/).
-files=("$@")
-if ((${#files[@]} == 0)); then
-  mapfile -t files < <(git ls-files '*.cpp' '*.h')
+if (($# > 0)); then
+  files=("$@")
+else
+  source "$root/launch/cxx_files.sh"
 fi
 printf '%s\0' "${files[@]}" | xargs -0 "$clang_format" -i --style=file
 echo "format: formatted ${#files[@]} files with $("$clang_format" --version)"
