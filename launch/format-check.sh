@@ -7,13 +7,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-clang_format=${MOETRAIN_CLANG_FORMAT:-clang-format}
-if ! command -v "$clang_format" >/dev/null; then
-  echo "format-check: $clang_format not found; install it with bash launch/setup.sh (or apt-get install clang-format)" >&2
-  exit 2
-fi
-# The same files as launch/format.sh.
-source "$root/launch/cxx_files.sh"
+tool=format-check
+source "$root/launch/cxx_files.sh"  # clang_format, and files: the same C++ sources as launch/format.sh
 unformatted=()
 for f in "${files[@]}"; do
   "$clang_format" --dry-run -Werror --style=file "$f" >/dev/null 2>&1 || unformatted+=("$f")

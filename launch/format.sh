@@ -8,17 +8,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-clang_format=${MOETRAIN_CLANG_FORMAT:-clang-format}
-if ! command -v "$clang_format" >/dev/null; then
-  echo "format: $clang_format not found; install it with bash launch/setup.sh (or apt-get install clang-format)" >&2
-  exit 2
-fi
-# Generated and third-party files would be excluded here; none is tracked today (recipe.pb.h and
-# event.pb.h are generated into build/).
-if (($# > 0)); then
-  files=("$@")
-else
-  source "$root/launch/cxx_files.sh"
-fi
+tool=format
+source "$root/launch/cxx_files.sh"  # clang_format, and files: the C++ sources
+if (($# > 0)); then files=("$@"); fi
 printf '%s\0' "${files[@]}" | xargs -0 "$clang_format" -i --style=file
 echo "format: formatted ${#files[@]} files with $("$clang_format" --version)"
