@@ -85,6 +85,8 @@ struct LayerNames {
 
 struct FamilySpec {
   FamilyInfo names;  // model_type, title, architecture, module (hf::info)
+  // What the format holds, in words, for the refusal of an export it cannot represent exactly.
+  const char* holds = "";
   ConfigDefaults defaults;
   // config.json keys of the experts' hidden size, their count, and top-k renormalisation.
   const char* moe_ffn_key = "moe_intermediate_size";  // "intermediate_size": the same key as the dense size

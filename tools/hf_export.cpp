@@ -11,6 +11,7 @@
 
 #include "csrc/io/safetensors.h"
 #include "hf/export_rules.h"
+#include "hf/family_spec.h"
 #include "hf/peft.h"
 #include "hf/tokenizer.h"
 #include "hf/weights.h"
@@ -65,21 +66,6 @@ void require_empty(const std::string& dir, const std::string& flag) {
   }
 }
 
-const char* what_family_holds(Family family) {
-  switch (family) {
-    case Family::kMixtral:
-      return "an MoE block in every layer, gates renormalised to sum to 1, no shared experts, no q/k norm, "
-             "no biases";
-    case Family::kQwen2Moe:
-      return "dense layers, a shared expert and q/k/v biases allowed, gates renormalised or not, no q/k norm";
-    case Family::kQwen3Moe:
-      return "q/k RMSNorm per head, dense layers allowed, gates renormalised or not, no shared experts, no "
-             "biases";
-    case Family::kOlmoe: break;
-  }
-  return "q/k RMSNorm over the full width, an MoE block in every layer, no shared experts, no biases";
-}
-
 // The format: the one asked for, or the one auto_family picks (with a note when Mixtral cannot hold the
 // model). Throws naming every recipe field the format does not compute exactly.
 Family choose_family(const ExportOptions& options, const tools::CheckpointModel& cm, const Note& note) {
@@ -90,7 +76,7 @@ Family choose_family(const ExportOptions& options, const tools::CheckpointModel&
     std::string text = "--checkpoint " + cm.dir + ": Hugging Face " + target +
                        " cannot represent this model exactly:";
     for (const auto& p : problems) text += "\n  " + p;
-    text += "\n" + target + ": " + what_family_holds(family) +
+    text += "\n" + target + ": " + spec(family).holds +
             "; softmax over all experts, top-k, no selection bias, no gate scaling." +
             (options.family ? "" : " (--format names another family.)");
     throw std::runtime_error(text);

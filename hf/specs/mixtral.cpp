@@ -7,6 +7,7 @@ namespace moetrain::hf {
 FamilySpec mixtral_spec() {
   FamilySpec s;
   s.names = {"mixtral", "Mixtral", "MixtralForCausalLM", "mixtral"};
+  s.holds = "an MoE block in every layer, gates renormalised to sum to 1, no shared experts, no q/k norm, no biases";
   // MixtralConfig
   s.defaults.vocab_size = 32000;
   s.defaults.hidden_size = 4096;

@@ -7,6 +7,7 @@ namespace moetrain::hf {
 FamilySpec olmoe_spec() {
   FamilySpec s;
   s.names = {"olmoe", "OLMoE", "OlmoeForCausalLM", "olmoe"};
+  s.holds = "q/k RMSNorm over the full width, an MoE block in every layer, no shared experts, no biases";
   // OlmoeConfig
   s.defaults.vocab_size = 50304;
   s.defaults.hidden_size = 2048;

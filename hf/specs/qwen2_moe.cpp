@@ -7,6 +7,7 @@ namespace moetrain::hf {
 FamilySpec qwen2_moe_spec() {
   FamilySpec s;
   s.names = {"qwen2_moe", "Qwen2-MoE", "Qwen2MoeForCausalLM", "qwen2_moe"};
+  s.holds = "dense layers, a shared expert and q/k/v biases allowed, gates renormalised or not, no q/k norm";
   // Qwen2MoeConfig
   s.defaults.vocab_size = 151936;
   s.defaults.hidden_size = 2048;

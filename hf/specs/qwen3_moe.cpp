@@ -7,6 +7,7 @@ namespace moetrain::hf {
 FamilySpec qwen3_moe_spec() {
   FamilySpec s;
   s.names = {"qwen3_moe", "Qwen3-MoE", "Qwen3MoeForCausalLM", "qwen3_moe"};
+  s.holds = "q/k RMSNorm per head, dense layers allowed, gates renormalised or not, no shared experts, no biases";
   // Qwen3MoeConfig
   s.defaults.vocab_size = 151936;
   s.defaults.hidden_size = 2048;

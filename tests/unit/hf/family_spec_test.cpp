@@ -71,6 +71,7 @@ TEST(HfFamilySpec, TheRegistryNamesEachFamilyOnce) {
   for (Family f : all_families()) {
     EXPECT_EQ(&info(f), &spec(f).names);
     EXPECT_EQ(family_named(info(f).model_type), f);
+    EXPECT_STRNE(spec(f).holds, "") << info(f).title << ": an export refusal says what the format holds";
     types.insert(info(f).model_type);
     architectures.insert(info(f).architecture);
   }
