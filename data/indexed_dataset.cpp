@@ -17,6 +17,14 @@
 namespace moetrain::data {
 namespace {
 
+// The value of type T stored at p (unaligned, native byte order).
+template <typename T>
+T load_as(const unsigned char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 const char* kRemake = "re-create it with moe-data encode (or Megatron's preprocess_data.py)";
 
@@ -298,42 +306,12 @@ void IndexedDataset::read_tokens(int64_t first, int64_t count, int64_t* out) con
     switch (dtype_) {
       case TokenDtype::kUInt8: out[i] = *p; break;
       case TokenDtype::kInt8: out[i] = *reinterpret_cast<const int8_t*>(p); break;
-      case TokenDtype::kInt16: {
-        int16_t v;
-        std::memcpy(&v, p, 2);
-        out[i] = v;
-        break;
-      }
-      case TokenDtype::kUInt16: {
-        uint16_t v;
-        std::memcpy(&v, p, 2);
-        out[i] = v;
-        break;
-      }
-      case TokenDtype::kInt32: {
-        int32_t v;
-        std::memcpy(&v, p, 4);
-        out[i] = v;
-        break;
-      }
-      case TokenDtype::kInt64: {
-        int64_t v;
-        std::memcpy(&v, p, 8);
-        out[i] = v;
-        break;
-      }
-      case TokenDtype::kFloat32: {
-        float v;
-        std::memcpy(&v, p, 4);
-        out[i] = float_token(v, prefix_, first + i);
-        break;
-      }
-      case TokenDtype::kFloat64: {
-        double v;
-        std::memcpy(&v, p, 8);
-        out[i] = float_token(v, prefix_, first + i);
-        break;
-      }
+      case TokenDtype::kInt16: out[i] = load_as<int16_t>(p); break;
+      case TokenDtype::kUInt16: out[i] = load_as<uint16_t>(p); break;
+      case TokenDtype::kInt32: out[i] = load_as<int32_t>(p); break;
+      case TokenDtype::kInt64: out[i] = load_as<int64_t>(p); break;
+      case TokenDtype::kFloat32: out[i] = float_token(load_as<float>(p), prefix_, first + i); break;
+      case TokenDtype::kFloat64: out[i] = float_token(load_as<double>(p), prefix_, first + i); break;
     }
   }
 }

@@ -10,14 +10,11 @@
 #include "trainer/schedule.h"
 
 namespace moetrain::trainer {
-namespace {
 
-double now() {
+double monotonic_seconds() {
   using namespace std::chrono;
   return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
 }
-
-}  // namespace
 
 TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
     : recipe_(recipe), p_(parts), moe_layers_(parts.model.moe_layers()) {
@@ -30,7 +27,7 @@ TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
 }
 
 StepOutcome TrainStep::run(TrainState& state) {
-  const double start = now();
+  const double start = monotonic_seconds();
   StepOutcome out;
   out.micro_batches = accumulation_;
   out.lr = set_learning_rate(state.step);
@@ -56,7 +53,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   out.tokens_per_step = micro_batch_ * accumulation_ * seq_len_ * dp_;
   state.tokens += out.tokens_per_step;
   out.step = state.step, out.tokens = state.tokens;
-  out.seconds = now() - start;
+  out.seconds = monotonic_seconds() - start;
   return out;
 }
 

@@ -15,6 +15,9 @@
 
 namespace moetrain::trainer {
 
+// Seconds on a monotonic clock (step times, the ETA).
+double monotonic_seconds();
+
 struct StepOutcome {
   int64_t step = 0;                    // optimizer steps completed, this one included
   int64_t micro_batches = 0;           // train.grad_accum_steps

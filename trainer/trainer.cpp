@@ -1,6 +1,5 @@
 #include "trainer/trainer.h"
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -29,9 +28,11 @@ namespace moetrain::trainer {
 namespace fs = std::filesystem;
 namespace {
 
-double now() {
-  using namespace std::chrono;
-  return duration_cast<duration<double>>(steady_clock::now().time_since_epoch()).count();
+// Parameters of this rank's shard that train and that are frozen.
+std::pair<int64_t, int64_t> trainable_and_frozen(const model::TransformerImpl& model) {
+  int64_t trainable = 0, frozen = 0;
+  for (const auto& p : model.parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
+  return {trainable, frozen};
 }
 
 // Fine-tuning: LoRA freezes every base weight; freeze_router freezes router weights. Either way the
@@ -213,7 +214,7 @@ TrainSummary Trainer::run() {
   TrainStep train_step(s_->recipe, {*s_->model, *s_->optimizer, *s_->train_data, s_->mesh,
                                     *s_->parallelism.moe, s_->placement.device});
   StepReporter& reporter = *s_->reporter;
-  const double start = now();
+  const double start = monotonic_seconds();
   const int64_t first_step = state.step;
   // MOETRAIN_CUDA_SYNC_DEBUG=error (launch/gpu-check.sh): steady-state steps on a GPU fail on any host
   // wait other than the counted reads; evaluation and checkpoints read on purpose (they pause it).
@@ -225,7 +226,7 @@ TrainSummary Trainer::run() {
     const StepOutcome outcome = train_step.run(state);
     StepRecord record = reporter.record(outcome);
     summary.final_loss = record.get("loss");
-    const double eta = (now() - start) / (state.step - first_step) * (cadence.steps - state.step);
+    const double eta = (monotonic_seconds() - start) / (state.step - first_step) * (cadence.steps - state.step);
     reporter.print_progress(record, outcome, cadence.steps, eta, cadence.should_log(state.step, first_step));
     if (s_->has_eval && cadence.should_evaluate(state.step)) s_->evaluate_into(record, summary);
     reporter.write(record);
@@ -259,8 +260,7 @@ void Trainer::State::print_run_header() const {
   std::printf("data: %s training tokens, %lld tokens per step; run directory %s\n",
               human_count(train_data->num_tokens()).c_str(), static_cast<long long>(tokens_per_step),
               run_dir.c_str());
-  int64_t trainable = 0, frozen = 0;  // this rank's shard
-  for (const auto& p : model->parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
+  const auto [trainable, frozen] = trainable_and_frozen(*model);
   if (frozen > 0) {
     std::printf("fine-tuning: %s trainable, %s frozen parameters on this rank%s\n",
                 human_count(trainable).c_str(), human_count(frozen).c_str(),
@@ -331,8 +331,7 @@ double Trainer::State::frozen_router_report() const {
   for (const auto& b : model->named_buffers())
     moved = std::max(moved, (b.value() - router_at_start[i++]).abs().max().item<double>());
   if (!writes_logs) return moved;
-  int64_t trainable = 0, frozen = 0;  // this rank's shard
-  for (const auto& p : model->parameters()) (p.requires_grad() ? trainable : frozen) += p.numel();
+  const auto [trainable, frozen] = trainable_and_frozen(*model);
   std::printf("router frozen: router weights and expert biases moved by at most %g during this run\n", moved);
   std::ofstream(run_dir + "/finetune_report.json")
       << "{\"router_frozen\": true, \"router_max_abs_change\": " << moved

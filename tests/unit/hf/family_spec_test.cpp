@@ -21,14 +21,9 @@ using testing::error_of;
 using testing::temp_dir;
 
 // hf_test_util.h's small_recipe with three layers (so a dense layer can sit between two MoE layers).
-config::Recipe three_layer_recipe(const std::vector<std::string>& overrides) {
-  config::Recipe r = config::parse_recipe(
-      "model { vocab_size: 40 d_model: 16 num_layers: 3 num_heads: 2 ffn_hidden: 24 num_experts: 4 top_k: 2 "
-      "moe_ffn_hidden: 8 } data { train_prefix: \"x\" seq_len: 8 }",
-      "<test>");
-  for (const auto& o : overrides) config::apply_override(r, o);
-  config::fill_defaults(r);
-  return r;
+config::Recipe three_layer_recipe(std::vector<std::string> overrides) {
+  overrides.insert(overrides.begin(), "model.num_layers=3");
+  return testing::small_recipe(overrides);
 }
 
 model::Transformer small_model(const config::Recipe& r) {
