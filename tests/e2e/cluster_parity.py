@@ -18,7 +18,7 @@ BASE = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model
         "train.micro_batch_size=4", "data.seq_len=32", "train.eval_interval=10", "train.eval_sequences=4",
         "schedule.warmup_steps=3", "train.steps=10", "checkpoint.interval=0", "train.threads=1",
         "routing.bias_update_rate=0.01"]
-TOLERANCE = 1e-5  # as parallel_parity.py (its docs/parallelism.md table: worst 8.3e-7 on one node)
+TOLERANCE = 1e-5  # as parallel_parity.py; measured here 1.0e-7 worst under AVX2 and AVX512_CORE_BF16 (96x margin)
 
 
 def cluster_mpirun(np, command, hostfile):
