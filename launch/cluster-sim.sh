@@ -5,6 +5,8 @@
 #   cluster-sim.sh down                 remove everything `up` made (idempotent; safe after a partial
 #                                       `up` or a killed test; ends the processes still in the nodes)
 #   cluster-sim.sh status               list the nodes, their addresses, link rate and process count
+# MOESIM_CLUSTER=NAME (letters and digits, up to 8) picks one of several clusters that may be up at once
+# (namespaces `moesim.NAME-*`, state /run/moetrain-cluster.NAME); unset, the default cluster.
 #
 # Contract:
 # - Node i is the network namespace `moesim-node<i>` with host name `node<i>` and address
@@ -26,15 +28,18 @@
 #   namespace: `ip netns pids moesim-node<i>` lists them (a test that "loses a node" kills these).
 # - up and down hold a lock (flock on /run), so two of them never interleave.
 set -euo pipefail
-state=/run/moetrain-cluster
-prefix=moesim-              # every namespace this script makes starts with it; down removes all such
+cluster=${MOESIM_CLUSTER:-}
+[[ -z $cluster || $cluster =~ ^[A-Za-z0-9]{1,8}$ ]] || {
+  echo "[cluster-sim] error: MOESIM_CLUSTER='$cluster': use 1 to 8 letters or digits, or unset it" >&2; exit 2; }
+state=/run/moetrain-cluster${cluster:+.$cluster}
+prefix=moesim${cluster:+.$cluster}-  # every namespace of this cluster starts with it; down removes all such
 bridge_ns=${prefix}br
 subnet=10.213.0             # node i = $subnet.(10+i)/24
 script=$(basename "${BASH_SOURCE[0]}")
 
 say() { printf '[cluster-sim] %s\n' "$*"; }
 die() { printf '[cluster-sim] error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need_root() {
   [ "$(id -u)" -eq 0 ] ||

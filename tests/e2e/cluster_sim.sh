@@ -7,7 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 sim="$root/launch/cluster-sim.sh"
 if [ "$(id -u)" -ne 0 ]; then echo "cluster_sim: needs root; skipped"; exit 77; fi
 fail() { echo "cluster_sim: FAIL: $*" >&2; exit 1; }
-trap 'bash "$sim" down >/dev/null 2>&1 || true' EXIT
+trap 'bash "$sim" down >/dev/null 2>&1 || true; MOESIM_CLUSTER=csimtwo bash "$sim" down >/dev/null 2>&1 || true' EXIT
 
 host_links_before=$(ip -br link | sort)
 bash "$sim" up 2 --rate 1gbit
@@ -38,8 +38,16 @@ if bash "$sim" exec node0 python3 -c 'import socket; socket.create_connection(("
   fail "node0 reached an address off the test subnet"
 fi
 
+# A second, named cluster beside the default one: its own namespaces, its down leaves the default one up.
+MOESIM_CLUSTER=csimtwo bash "$sim" up 1 >/dev/null
+[ "$(MOESIM_CLUSTER=csimtwo bash "$sim" exec node0 hostname)" = node0 ] || fail "node0 of the named cluster"
+ip netns list | grep -q '^moesim\.csimtwo-node0' || fail "the named cluster's namespace"
+MOESIM_CLUSTER=csimtwo bash "$sim" down >/dev/null
+[ -e /run/netns/moesim-node1 ] || fail "down of the named cluster removed the default one"
+[ -z "$(ip netns list | grep moesim.csimtwo || true)" ] || fail "the named cluster left namespaces"
+
 bash "$sim" down
 [ -z "$(ip netns list | grep moesim- || true)" ] || fail "namespaces left after down"
 [ ! -e /run/moetrain-cluster ] || fail "state directory left after down"
 [ "$(ip -br link | sort)" = "$host_links_before" ] || fail "the host's links changed"
-echo "cluster_sim: 2 nodes: host names, names, TCP between them, no route out, tbf on the links; down left nothing"
+echo "cluster_sim: 2 nodes: host names, names, TCP between them, no route out, tbf on the links; down left nothing; a named second cluster beside it"
