@@ -1,5 +1,8 @@
 #include "parallel/launch_env.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 
 namespace moetrain::parallel {
@@ -65,6 +68,59 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
                       "; the launcher's variables are inconsistent");
   }
   return info;
+}
+
+namespace {
+
+// "0-3,6,8-9" for {0,1,2,3,6,8,9}.
+std::string ranges(const std::vector<int>& values) {
+  std::string out;
+  for (size_t i = 0; i < values.size();) {
+    size_t j = i;
+    while (j + 1 < values.size() && values[j + 1] == values[j] + 1) ++j;
+    if (!out.empty()) out += ",";
+    out += std::to_string(values[i]);
+    if (j > i) out += "-" + std::to_string(values[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string host_name() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "?";
+  return host;
+}
+
+std::string describe_hosts(const std::string& launcher, const std::vector<std::string>& hosts_and_local_ranks) {
+  struct Host {
+    std::string name;
+    std::vector<int> ranks, local_ranks;
+  };
+  std::vector<Host> hosts;
+  for (size_t r = 0; r < hosts_and_local_ranks.size(); ++r) {
+    const std::string& entry = hosts_and_local_ranks[r];
+    const auto space = entry.rfind(' ');
+    const std::string name = entry.substr(0, space);
+    const int local = space == std::string::npos ? 0 : std::atoi(entry.c_str() + space + 1);
+    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const Host& h) { return h.name == name; });
+    if (it == hosts.end()) it = hosts.insert(hosts.end(), Host{name, {}, {}});
+    it->ranks.push_back(static_cast<int>(r));
+    it->local_ranks.push_back(local);
+  }
+  const size_t n = hosts_and_local_ranks.size();
+  std::string out = launcher + ", " + std::to_string(n) + (n == 1 ? " rank" : " ranks") + " on " +
+                    std::to_string(hosts.size()) + (hosts.size() == 1 ? " host: " : " hosts: ");
+  constexpr size_t kShown = 8;
+  for (size_t h = 0; h < hosts.size() && h < kShown; ++h) {
+    if (h) out += ", ";
+    out += hosts[h].name + (hosts[h].ranks.size() == 1 ? " rank " : " ranks ") + ranges(hosts[h].ranks) +
+           " (local " + ranges(hosts[h].local_ranks) + ")";
+  }
+  if (hosts.size() > kShown) out += " ... and " + std::to_string(hosts.size() - kShown) + " more hosts";
+  return out;
 }
 
 LaunchInfo detect_launch() {

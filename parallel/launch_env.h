@@ -5,6 +5,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace moetrain::parallel {
 
@@ -27,5 +28,14 @@ struct LaunchError : std::runtime_error {
 // when values are missing, malformed or inconsistent (rank outside 0..world_size-1).
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_fn);
 LaunchInfo detect_launch();
+
+// This machine's host name (gethostname), "?" when it cannot be read.
+std::string host_name();
+
+// One line saying where the ranks run, for the run header: `hosts_and_local_ranks[r]` is rank r's
+// "HOST LOCAL_RANK" (gathered from every rank). Hosts in order of their first rank, rank lists as ranges:
+//   "mpirun, 4 ranks on 2 hosts: node0 ranks 0-1 (local 0-1), node1 ranks 2-3 (local 0-1)"
+// Past 8 hosts the rest are counted ("... and 5 more hosts").
+std::string describe_hosts(const std::string& launcher, const std::vector<std::string>& hosts_and_local_ranks);
 
 }  // namespace moetrain::parallel

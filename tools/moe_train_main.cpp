@@ -77,6 +77,11 @@ std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
   auto mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), s.sizes);
   moetrain::parallel::watchdog().set_world_processes(
       moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
+  const auto hosts = moetrain::parallel::all_gather_strings(mesh->world(),
+                                                            moetrain::parallel::host_name() + " " +
+                                                                std::to_string(s.launch.local_rank));
+  if (s.launch.rank == 0)
+    std::printf("launch: %s\n", moetrain::parallel::describe_hosts(s.launch.launcher, hosts).c_str());
   if (s.launch.rank != 0 && !std::freopen("/dev/null", "w", stdout))
     throw std::runtime_error("cannot silence stdout");
   return mesh;

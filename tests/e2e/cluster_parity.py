@@ -1,13 +1,19 @@
-"""Many nodes for real: mpirun across two simulated nodes (launch/cluster-sim.sh; network and host-name
-namespaces joined by a bridge, ranks on different nodes talk TCP on the node links) trains EP 2 x DP 2 and
-TP 2 x EP 2 on 2 nodes x 2 ranks, and each matches one process (same seed, same data, dp x the gradient
-accumulation) within the one-node parity tolerance (1e-5 relative per step). Needs root; skipped (77)
-without it."""
+"""Many nodes for real: the launch examples across two simulated nodes (launch/cluster-sim.sh; network and
+host-name namespaces joined by a bridge, ranks on different nodes talk TCP on the node links) train
+EP 2 x DP 2 and TP 2 x EP 2 on 2 nodes x 2 ranks, and each matches one process (same seed, same data,
+dp x the gradient accumulation) within the one-node parity tolerance (1e-5 relative per step):
+- launch/mpirun_example.sh with HOSTFILE (Open MPI's daemons started in each node by
+  launch/cluster-sim-rsh.sh, shared memory within a node, TCP between nodes);
+- launch/torchrun_example.sh with NNODES=2 NODE_RANK=R RDZV_ENDPOINT=node0:29400 on each node (c10d
+  rendezvous; the ranks' TCP store is hosted by node0's agent).
+Each run's header line says where its ranks ran ("4 ranks on 2 hosts: node0 ranks 0-1 ..."; torchrun's c10d
+rendezvous orders ranks by host name, so node0 holds ranks 0-1). Needs root;
+skipped (77) without it."""
 import os
 import subprocess
 import sys
 
-from common import BIN, SMALL_DATA, SOURCE, TINY, check, fresh_dir, metrics, moe_train
+from common import SMALL_DATA, SOURCE, check, fresh_dir, metrics, moe_train
 
 if os.geteuid() != 0:
     print("cluster_parity: needs root; skipped")
@@ -19,14 +25,44 @@ BASE = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model
         "schedule.warmup_steps=3", "train.steps=10", "checkpoint.interval=0", "train.threads=1",
         "routing.bias_update_rate=0.01"]
 TOLERANCE = 1e-5  # as parallel_parity.py; measured here 1.0e-7 worst under AVX2 and AVX512_CORE_BF16 (96x margin)
+SIM_MPI = ("--mca plm_rsh_agent " + os.path.join(SOURCE, "launch/cluster-sim-rsh.sh") +
+           " --mca btl self,vader,tcp --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0")
+TWO_NODES = "node0 ranks 0-1 (local 0-1), node1 ranks 2-3 (local 0-1)"
 
 
-def cluster_mpirun(np, command, hostfile):
-    cmd = SIM + ["exec", "node0", "mpirun", "--allow-run-as-root", "--hostfile", hostfile, "-np", str(np),
-                 "--mca", "plm_rsh_agent", os.path.join(SOURCE, "launch/cluster-sim-rsh.sh"),
-                 "--mca", "btl", "self,vader,tcp", "--mca", "btl_tcp_if_include", "eth0",
-                 "--mca", "oob_tcp_if_include", "eth0", "-x", "OMP_NUM_THREADS=1"] + command
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def moe_args(run, parallel):
+    args = ["--run-dir", run, "--set", "parallel.tensor=1", "--set", "parallel.expert=1"]
+    for o in SMALL_DATA + BASE + parallel:
+        args += ["--set", o]
+    return args
+
+
+def mpirun_example(run, parallel, hostfile):
+    env = {**os.environ, "HOSTFILE": hostfile, "MPIRUN_ARGS": SIM_MPI}
+    proc = subprocess.run(SIM + ["exec", "node0", "bash", os.path.join(SOURCE, "launch/mpirun_example.sh")] +
+                          moe_args(run, parallel), capture_output=True, text=True, timeout=300, env=env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def torchrun_example(run, parallel):
+    """Node 1's torchrun in the background, node 0's in the foreground, as one would start them by hand."""
+    jobs = []
+    for node in (1, 0):
+        env = {**os.environ, "NNODES": "2", "NODE_RANK": str(node), "RDZV_ENDPOINT": "node0:29400",
+               "RDZV_ID": os.path.basename(run)}
+        jobs.append(subprocess.Popen(SIM + ["exec", f"node{node}", "bash",
+                                            os.path.join(SOURCE, "launch/torchrun_example.sh")] +
+                                     moe_args(run, parallel), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env))
+    out = ""
+    for job in reversed(jobs):
+        try:
+            out += job.communicate(timeout=300)[0]
+        except subprocess.TimeoutExpired:
+            for j in jobs:
+                j.kill()
+            check(False, f"torchrun across nodes still runs after 300 s: {run}")
+    return max(j.returncode for j in jobs), out
 
 
 def compare(single, run, label):
@@ -47,20 +83,16 @@ try:
     hostfile = fresh_dir("cluster_parity_hostfile")
     with open(hostfile, "w") as f:
         f.write("node0 slots=2\nnode1 slots=2\n")
-    where = cluster_mpirun(4, ["hostname"], hostfile)
-    check(where.returncode == 0, f"mpirun across the nodes failed:\n{where.stdout}\n{where.stderr}")
-    check(sorted(where.stdout.split()) == ["node0", "node0", "node1", "node1"],
-          f"ranks are not 2 per node: {where.stdout.split()}")
     for label, parallel, dp in (("EP 2 x DP 2", ["parallel.expert=2"], 4),
                                 ("TP 2 x EP 2", ["parallel.tensor=2", "parallel.expert=2"], 2)):
-        run = fresh_dir("cluster_parity_" + label.replace(" ", ""))
-        train = [os.path.join(BIN, "moe-train"), "--recipe", TINY, "--run-dir", run]
-        for o in SMALL_DATA + BASE + parallel:
-            train += ["--set", o]
-        proc = cluster_mpirun(4, train, hostfile)
-        check(proc.returncode == 0, f"{label} across 2 nodes failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         single = fresh_dir(f"cluster_parity_single_accum{dp}")
         moe_train(single, BASE + [f"train.grad_accum_steps={dp}"])
-        compare(single, run, f"{label} on 2 nodes x 2 ranks")
+        for launcher in ("mpirun", "torchrun"):
+            run = fresh_dir(f"cluster_parity_{launcher}_" + label.replace(" ", ""))
+            rc, out = mpirun_example(run, parallel, hostfile) if launcher == "mpirun" else torchrun_example(run, parallel)
+            check(rc == 0, f"{label} under {launcher} across 2 nodes failed ({rc}):\n{out[-6000:]}")
+            check(f"launch: {launcher}, 4 ranks on 2 hosts: {TWO_NODES}" in out,
+                  f"{label} under {launcher}: the ranks did not run 2 per node:\n{out[:3000]}")
+            compare(single, run, f"{label} under {launcher} on 2 nodes x 2 ranks")
 finally:
     subprocess.run(SIM + ["down"], capture_output=True)
