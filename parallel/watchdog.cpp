@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "csrc/util/run_position.h"
+#include "parallel/comm_clock.h"
 
 namespace moetrain::parallel {
 namespace {
@@ -77,6 +78,7 @@ Watchdog::Wait Watchdog::enter(const GroupIdentity& group, int64_t sequence, con
   in_flight.group = &group;
   in_flight.op = op;
   in_flight.sequence = sequence;
+  in_flight.bytes = bytes;
   in_flight.record = recorder_.begin(std::move(record));
   in_flight.step = at.step;
   in_flight.phase = at.phase;
@@ -92,7 +94,9 @@ Watchdog::Wait::Wait(Wait&& other) noexcept : owner_(other.owner_), in_flight_(o
 }
 
 Watchdog::Wait::~Wait() {
-  if (owner_) owner_->recorder_.finish(in_flight_.record, wall_clock_s());
+  if (!owner_) return;
+  owner_->recorder_.finish(in_flight_.record, wall_clock_s());
+  comm_clock().add(in_flight_.group->name, in_flight_.op, waited_s(), in_flight_.bytes);
 }
 
 void Watchdog::Wait::tick() { owner_->tick(in_flight_); }

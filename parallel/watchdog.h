@@ -75,7 +75,7 @@ class Watchdog {
     struct InFlight {
       const GroupIdentity* group = nullptr;
       const char* op = "";
-      int64_t sequence = 0, record = 0, step = 0;
+      int64_t sequence = 0, record = 0, step = 0, bytes = 0;
       const char* phase = "";
       std::chrono::steady_clock::time_point start;
     };

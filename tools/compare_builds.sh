@@ -41,12 +41,13 @@ layout() {  # NAME NP [--set ...]
 import json, sys
 runs = [[json.loads(line) for line in open(p)] for p in sys.argv[1:]]
 for run in runs:
-    for record in run:
-        record.pop("tokens_per_s", None)
+    for record in run:  # what depends on the clock
+        for key in [k for k in record if k == "tokens_per_s" or k.startswith("comm_s")]:
+            record.pop(key)
 sys.exit(0 if runs[0] == runs[1] and runs[0] else 1)
 PY
   for which in old new; do
-    grep -v 'tok/s\|run directory\|ETA' "$out/$name.$which.log" | sed "s#$out/$name.$which#RUN#g" >"$out/$name.$which.console"
+    grep -v 'tok/s\|run directory\|ETA\|^launch: ' "$out/$name.$which.log" | sed "s#$out/$name.$which#RUN#g" >"$out/$name.$which.console"
   done
   cmp -s "$out/$name.old.console" "$out/$name.new.console" || same=no
   [ "$(digest "$out/$name.old")" = "$(digest "$out/$name.new")" ] || same=no

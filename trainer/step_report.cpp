@@ -47,7 +47,19 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   rec.add("grad_norm", o.grad_norm);
   rec.add("tokens", static_cast<double>(o.tokens));
   rec.add("tokens_per_s", o.tokens_per_step / o.seconds);
+  add_communication(rec, o.comm);
   return rec;
+}
+
+// Rank 0's seconds in collectives this step: "comm_s" in all and "comm_s/GROUP/OP" each, and the bytes they
+// carried (parallel/comm_clock.h says what the seconds hold). Nothing for one process.
+void StepReporter::add_communication(StepRecord& rec, const std::vector<parallel::CommTally>& comm) {
+  if (comm.empty()) return;
+  double seconds = 0, bytes = 0;
+  for (const auto& t : comm) seconds += t.seconds, bytes += static_cast<double>(t.bytes);
+  rec.add("comm_s", seconds);
+  rec.add("comm_bytes", bytes);
+  for (const auto& t : comm) rec.add("comm_s/" + t.group + "/" + t.op, t.seconds);
 }
 
 void StepReporter::add_moe_measures(StepRecord& rec, const std::vector<LayerStepMeasures>& m,

@@ -39,6 +39,7 @@ class StepReporter {
 
  private:
   void add_moe_measures(StepRecord& record, const std::vector<LayerStepMeasures>& moe, int64_t micro_batches);
+  static void add_communication(StepRecord& record, const std::vector<parallel::CommTally>& comm);
 
   std::vector<std::string> layer_names_;
   bool redraw_;

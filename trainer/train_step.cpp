@@ -28,6 +28,7 @@ TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
 
 StepOutcome TrainStep::run(TrainState& state) {
   const double start = monotonic_seconds();
+  parallel::comm_clock().take();  // what came before the step (evaluation, checkpoints) is not the step's
   StepOutcome out;
   out.micro_batches = accumulation_;
   out.lr = set_learning_rate(state.step);
@@ -54,6 +55,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   state.tokens += out.tokens_per_step;
   out.step = state.step, out.tokens = state.tokens;
   out.seconds = monotonic_seconds() - start;
+  out.comm = parallel::comm_clock().take();
   return out;
 }
 

@@ -8,6 +8,7 @@
 
 #include "csrc/config/recipe.pb.h"
 #include "csrc/model/transformer.h"
+#include "parallel/comm_clock.h"
 #include "parallel/mesh.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
@@ -28,6 +29,7 @@ struct StepOutcome {
   int64_t tokens = 0;                  // training tokens seen in total after the step
   double seconds = 0;                  // wall time of the step
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
+  std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
 };
 
 // What a step works on; every reference outlives the TrainStep.

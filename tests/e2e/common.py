@@ -29,6 +29,11 @@ def metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
+def without_timings(record):
+    """A metrics.jsonl record without what depends on the clock (tokens_per_s, the comm_s* seconds)."""
+    return {k: v for k, v in record.items() if k != "tokens_per_s" and not k.startswith("comm_s")}
+
+
 def fresh_dir(name):
     path = os.path.join(os.environ.get("MOETRAIN_TEST_TMP", "/tmp"), name)
     subprocess.run(["rm", "-rf", path], check=True)

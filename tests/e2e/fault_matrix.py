@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import check, fresh_dir, load_checkpoint, metrics
+from common import check, fresh_dir, load_checkpoint, metrics, without_timings
 from fault_common import launch_cmd, verify_latest
 
 STEPS = 8
@@ -44,7 +44,7 @@ def run_job(run, fault=None):
 
 def values(run):
     """Every logged value of every step but the throughput, by step."""
-    return {r["step"]: {k: v for k, v in r.items() if k != "tokens_per_s"} for r in metrics(run)}
+    return {r["step"]: without_timings(r) for r in metrics(run)}
 
 
 reference = fresh_dir(f"faults_np{np}_{layout}_reference")

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from common import check, fresh_dir, load_checkpoint, metrics
+from common import check, fresh_dir, load_checkpoint, metrics, without_timings
 from fault_common import launch_cmd
 
 STEPS = 8
@@ -18,7 +18,7 @@ overrides = ["parallel.expert=2", f"train.steps={STEPS}", "checkpoint.interval=2
 
 
 def values(run):
-    return {r["step"]: {k: v for k, v in r.items() if k != "tokens_per_s"} for r in metrics(run)}
+    return {r["step"]: without_timings(r) for r in metrics(run)}
 
 
 reference = fresh_dir("torchrun_restart_reference")

@@ -1,0 +1,28 @@
+#include "parallel/comm_clock.h"
+
+namespace moetrain::parallel {
+
+void CommClock::add(const std::string& group, const std::string& op, double seconds, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& t : tallies_) {
+    if (t.group == group && t.op == op) {
+      ++t.calls, t.seconds += seconds, t.bytes += bytes;
+      return;
+    }
+  }
+  tallies_.push_back({group, op, 1, seconds, bytes});
+}
+
+std::vector<CommTally> CommClock::take() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<CommTally> out;
+  out.swap(tallies_);
+  return out;
+}
+
+CommClock& comm_clock() {
+  static CommClock clock;
+  return clock;
+}
+
+}  // namespace moetrain::parallel

@@ -1,0 +1,38 @@
+// Time and bytes of the collectives this process entered, by group and operation, since the last take():
+// the per-step communication figures of metrics.jsonl (`comm`, docs/training.md). Every backend's
+// collectives pass through Watchdog::enter, whose Wait adds its time here when it ends.
+//
+// What the seconds mean: on the host backends (MPI, the store) a collective returns when its data has
+// arrived, so its time is the transfer plus the wait for the slowest peer to join. On NCCL it is the time
+// the host spent in the call. Thread-safe (autograd may run collectives from its device threads).
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace moetrain::parallel {
+
+struct CommTally {
+  std::string group;  // "ep", "dp", "expert_dp", "tp", "world"
+  std::string op;     // "all_to_all_v", "all_reduce_sum", ...
+  int64_t calls = 0;
+  double seconds = 0;
+  int64_t bytes = 0;  // the operation's payload as the watchdog records it (this rank's send buffer)
+};
+
+class CommClock {
+ public:
+  void add(const std::string& group, const std::string& op, double seconds, int64_t bytes);
+  // The tallies since the last take(), in order of first use; starts over.
+  std::vector<CommTally> take();
+
+ private:
+  std::mutex mutex_;
+  std::vector<CommTally> tallies_;
+};
+
+CommClock& comm_clock();  // this process's
+
+}  // namespace moetrain::parallel

@@ -1,0 +1,28 @@
+// parallel::CommClock: tallies by group and operation, in order of first use, emptied by take().
+#include <gtest/gtest.h>
+
+#include "parallel/comm_clock.h"
+
+namespace moetrain::parallel {
+namespace {
+
+TEST(CommClock, TalliesByGroupAndOperationUntilTaken) {
+  CommClock clock;
+  clock.add("ep", "all_to_all_v", 0.5, 100);
+  clock.add("dp", "all_reduce_sum", 0.25, 40);
+  clock.add("ep", "all_to_all_v", 0.125, 60);
+  clock.add("ep", "all_reduce_sum", 0.0, 8);
+  const auto tallies = clock.take();
+  ASSERT_EQ(tallies.size(), 3u);
+  EXPECT_EQ(tallies[0].group, "ep");
+  EXPECT_EQ(tallies[0].op, "all_to_all_v");
+  EXPECT_EQ(tallies[0].calls, 2);
+  EXPECT_DOUBLE_EQ(tallies[0].seconds, 0.625);
+  EXPECT_EQ(tallies[0].bytes, 160);
+  EXPECT_EQ(tallies[1].group, "dp");
+  EXPECT_EQ(tallies[2].op, "all_reduce_sum");
+  EXPECT_TRUE(clock.take().empty());
+}
+
+}  // namespace
+}  // namespace moetrain::parallel
