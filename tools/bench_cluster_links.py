@@ -1,0 +1,133 @@
+"""The cost of the network: collectives and training steps on 2 simulated nodes x 2 ranks
+(launch/cluster-sim.sh) with the node links shaped by `tc tbf` to each rate given, one cluster per rate.
+
+  sudo python3 tools/bench_cluster_links.py [--rates unshaped,10gbit,1gbit] [--steps 12] [--iters 50]
+      [--corpus build/test_corpus] [--out DIR] [--quick]
+
+For each rate:
+- `moe-bench collectives` over the 4 ranks (all-reduce and all-to-all, 8 B to 4 MiB per rank; half of
+  every rank's peers are on the other node);
+- the tiny recipe (on --corpus) for --steps steps in two layouts: EP 2 x DP 2, whose expert groups stay
+  within a node (only the gradient reduction crosses the link), and EP 4, whose all-to-all crosses it.
+  Per step (median over the steps after the first two): step time, rank 0's seconds in the expert
+  all-to-all (comm_s/ep/all_to_all_v), in the gradient reduction (dp and expert_dp all-reduces), in all
+  collectives (comm_s), and the payload (comm_bytes).
+Prints JSON lines and a Markdown table (for docs/benchmarks.md); --out keeps the run directories.
+Needs root. Uses the named cluster `bench` (MOESIM_CLUSTER), so it runs beside the test suite's cluster.
+--quick: one shaped rate, 4 steps, few iterations (the test suite's smoke run, `cluster_links_bench`)."""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIM = ["bash", os.path.join(ROOT, "launch/cluster-sim.sh")]
+ENV = {**os.environ, "MOESIM_CLUSTER": "bench"}
+MPI = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP_NUM_THREADS=1",
+       "--mca", "plm_rsh_agent", os.path.join(ROOT, "launch/cluster-sim-rsh.sh"), "--mca", "btl", "self,vader,tcp",
+       "--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0"]
+LAYOUTS = {"EP 2 x DP 2": ["parallel.expert=2"], "EP 4": ["parallel.expert=4"]}
+
+
+def cluster_mpirun(args, hostfile, timeout=900):
+    cmd = SIM + ["exec", "node0", "mpirun", "--hostfile", hostfile, "-np", "4"] + MPI + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    if proc.returncode != 0:
+        sys.exit(f"bench_cluster_links: {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def collectives(bin_dir, hostfile, iters):
+    out = cluster_mpirun([os.path.join(bin_dir, "moe-bench"), "collectives", "--iters", str(iters), "--warmup",
+                          str(max(2, iters // 10))], hostfile)
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def training(bin_dir, corpus, run, layout, steps, hostfile):
+    sets = [f"data.train_prefix={corpus}/train", f"data.valid_prefix={corpus}/valid",
+            f"data.tokenizer={corpus}/tokenizer.model", "model.vocab_size=512", f"train.steps={steps}",
+            "train.eval_interval=0", "checkpoint.interval=0", "checkpoint.save_final=false", "train.threads=1"]
+    args = [os.path.join(bin_dir, "moe-train"), "--recipe", os.path.join(ROOT, "recipes/pretrain/tiny.textproto"),
+            "--run-dir", run]
+    for s in sets + layout:
+        args += ["--set", s]
+    cluster_mpirun(args, hostfile)
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    records = records[2:] or records  # the first steps warm up
+    med = lambda key: statistics.median(r.get(key, 0.0) for r in records)
+    step_s = statistics.median(r["tokens"] / r["step"] / r["tokens_per_s"] for r in records)
+    grads = statistics.median(r.get("comm_s/dp/all_reduce_sum", 0) + r.get("comm_s/expert_dp/all_reduce_sum", 0)
+                              for r in records)
+    return {"step_ms": 1e3 * step_s, "all_to_all_ms": 1e3 * med("comm_s/ep/all_to_all_v"),
+            "grad_reduce_ms": 1e3 * grads, "comm_ms": 1e3 * med("comm_s"), "comm_mb": med("comm_bytes") / 2**20,
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records)}
+
+
+def check_numbers(result):
+    """Every figure measured and positive: the sweep's four sizes, both layouts' step and all-to-all."""
+    sizes = [c["bytes"] for c in result["collectives"]]
+    ok = len(sizes) == 4 and all(c[k] > 0 for c in result["collectives"] for k in ("all_reduce_us_median",
+                                                                                  "all_to_all_us_median"))
+    ok = ok and all(result[n][k] > 0 for n in LAYOUTS for k in ("step_ms", "all_to_all_ms", "comm_ms", "comm_mb"))
+    if not ok:
+        sys.exit(f"bench_cluster_links: a figure is missing or not positive at {result['rate']}: {json.dumps(result)}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rates", default="unshaped,10gbit,1gbit")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--bin", default=os.environ.get("MOETRAIN_BIN", os.path.join(ROOT, "build/bin")))
+    p.add_argument("--corpus", default=os.environ.get("MOETRAIN_TEST_CORPUS", os.path.join(ROOT, "build/test_corpus")))
+    p.add_argument("--out", default="")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    if a.quick:
+        a.rates, a.steps, a.iters = "1gbit", 4, 5
+    if os.geteuid() != 0:
+        print("bench_cluster_links: needs root (it makes network namespaces); run it with sudo", file=sys.stderr)
+        sys.exit(77)  # the test suite's code for "skipped"
+    if not os.path.exists(os.path.join(a.corpus, "train.bin")) and not os.path.exists(a.corpus):
+        sys.exit(f"bench_cluster_links: --corpus {a.corpus} does not exist; make it with the test suite "
+                 "(ctest -R corpus_small_prepare) or pass another tokenized corpus")
+    out = a.out or tempfile.mkdtemp(prefix="bench_links_")
+    os.makedirs(out, exist_ok=True)
+    hostfile = os.path.join(out, "hostfile")
+    with open(hostfile, "w") as f:
+        f.write("node0 slots=2\nnode1 slots=2\n")
+    rows = []
+    try:
+        for rate in a.rates.split(","):
+            up = SIM + ["up", "2"] + ([] if rate == "unshaped" else ["--rate", rate])
+            subprocess.run(up, check=True, env=ENV, capture_output=True)
+            result = {"rate": rate, "collectives": collectives(a.bin, hostfile, a.iters)}
+            for name, layout in LAYOUTS.items():
+                run = os.path.join(out, f"{rate}_{name.replace(' ', '')}")
+                shutil.rmtree(run, ignore_errors=True)
+                result[name] = training(a.bin, a.corpus, run, layout, a.steps, hostfile)
+            check_numbers(result)
+            print(json.dumps(result), flush=True)
+            rows.append(result)
+    finally:
+        subprocess.run(SIM + ["down"], env=ENV, capture_output=True)
+    print("\n| link | all-reduce 256 KiB / 4 MiB (µs) | all-to-all 256 KiB / 4 MiB (µs) |"
+          + "".join(f" {n}: step / all-to-all / gradients / all comm (ms), MiB |" for n in LAYOUTS))
+    print("|---|---|---|" + "---|" * len(LAYOUTS))
+    for r in rows:
+        by = {c["bytes"]: c for c in r["collectives"]}
+        cell = lambda op: " / ".join(f"{by[b][op + '_us_median']:.0f}" if b in by else "-" for b in (262144, 4194304))
+        train = "".join(f" {t['step_ms']:.0f} / {t['all_to_all_ms']:.0f} / {t['grad_reduce_ms']:.0f} / "
+                        f"{t['comm_ms']:.0f}, {t['comm_mb']:.1f} |" for t in (r[n] for n in LAYOUTS))
+        print(f"| {r['rate']} | {cell('all_reduce')} | {cell('all_to_all')} |{train}")
+    if not a.out:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
