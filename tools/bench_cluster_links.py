@@ -5,8 +5,9 @@
       [--corpus build/test_corpus] [--out DIR] [--quick]
 
 For each rate:
-- `moe-bench collectives` over the 4 ranks (all-reduce and all-to-all, 8 B to 4 MiB per rank; half of
-  every rank's peers are on the other node);
+- `moe-bench collectives` (all-reduce and all-to-all, 8 B to 4 MiB per rank) over 2 nodes x 1 rank (one
+  rank per core: the link's cost alone) and over the 4 ranks (half of every rank's peers on the other
+  node; 4 ranks share the 2 cores, so small messages also pay scheduling);
 - the tiny recipe (on --corpus) for --steps steps in two layouts: EP 2 x DP 2, whose expert groups stay
   within a node (only the gradient reduction crosses the link), and EP 4, whose all-to-all crosses it.
   Per step (median over the steps after the first two): step time, rank 0's seconds in the expert
@@ -33,17 +34,17 @@ MPI = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP
 LAYOUTS = {"EP 2 x DP 2": ["parallel.expert=2"], "EP 4": ["parallel.expert=4"]}
 
 
-def cluster_mpirun(args, hostfile, timeout=900):
-    cmd = SIM + ["exec", "node0", "mpirun", "--hostfile", hostfile, "-np", "4"] + MPI + args
+def cluster_mpirun(args, hostfile, timeout=900, np=4):
+    cmd = SIM + ["exec", "node0", "mpirun", "--hostfile", hostfile, "-np", str(np), "--npernode", str(np // 2)] + MPI + args
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
     if proc.returncode != 0:
         sys.exit(f"bench_cluster_links: {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
 
-def collectives(bin_dir, hostfile, iters):
+def collectives(bin_dir, hostfile, iters, np):
     out = cluster_mpirun([os.path.join(bin_dir, "moe-bench"), "collectives", "--iters", str(iters), "--warmup",
-                          str(max(2, iters // 10))], hostfile)
+                          str(max(2, iters // 10))], hostfile, np=np)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -70,9 +71,9 @@ def training(bin_dir, corpus, run, layout, steps, hostfile):
 
 def check_numbers(result):
     """Every figure measured and positive: the sweep's four sizes, both layouts' step and all-to-all."""
-    sizes = [c["bytes"] for c in result["collectives"]]
-    ok = len(sizes) == 4 and all(c[k] > 0 for c in result["collectives"] for k in ("all_reduce_us_median",
-                                                                                  "all_to_all_us_median"))
+    sweeps = [result["collectives 2x1"], result["collectives 2x2"]]
+    ok = all(len(sweep) == 4 for sweep in sweeps) and all(
+        c[k] > 0 for sweep in sweeps for c in sweep for k in ("all_reduce_us_median", "all_to_all_us_median"))
     ok = ok and all(result[n][k] > 0 for n in LAYOUTS for k in ("step_ms", "all_to_all_ms", "comm_ms", "comm_mb"))
     if not ok:
         sys.exit(f"bench_cluster_links: a figure is missing or not positive at {result['rate']}: {json.dumps(result)}")
@@ -106,7 +107,8 @@ def main():
         for rate in a.rates.split(","):
             up = SIM + ["up", "2"] + ([] if rate == "unshaped" else ["--rate", rate])
             subprocess.run(up, check=True, env=ENV, capture_output=True)
-            result = {"rate": rate, "collectives": collectives(a.bin, hostfile, a.iters)}
+            result = {"rate": rate, "collectives 2x1": collectives(a.bin, hostfile, a.iters, 2),
+                      "collectives 2x2": collectives(a.bin, hostfile, a.iters, 4)}
             for name, layout in LAYOUTS.items():
                 run = os.path.join(out, f"{rate}_{name.replace(' ', '')}")
                 shutil.rmtree(run, ignore_errors=True)
@@ -116,15 +118,25 @@ def main():
             rows.append(result)
     finally:
         subprocess.run(SIM + ["down"], env=ENV, capture_output=True)
-    print("\n| link | all-reduce 256 KiB / 4 MiB (µs) | all-to-all 256 KiB / 4 MiB (µs) |"
-          + "".join(f" {n}: step / all-to-all / gradients / all comm (ms), MiB |" for n in LAYOUTS))
-    print("|---|---|---|" + "---|" * len(LAYOUTS))
+    print("\nCollectives, median ms per call at 256 KiB / 4 MiB per rank:\n")
+    print("| link | all-reduce, 2 x 1 | all-to-all, 2 x 1 | all-reduce, 2 x 2 | all-to-all, 2 x 2 |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        by = {c["bytes"]: c for c in r["collectives"]}
-        cell = lambda op: " / ".join(f"{by[b][op + '_us_median']:.0f}" if b in by else "-" for b in (262144, 4194304))
-        train = "".join(f" {t['step_ms']:.0f} / {t['all_to_all_ms']:.0f} / {t['grad_reduce_ms']:.0f} / "
-                        f"{t['comm_ms']:.0f}, {t['comm_mb']:.1f} |" for t in (r[n] for n in LAYOUTS))
-        print(f"| {r['rate']} | {cell('all_reduce')} | {cell('all_to_all')} |{train}")
+        cells = []
+        for sweep in ("collectives 2x1", "collectives 2x2"):
+            by = {c["bytes"]: c for c in r[sweep]}
+            for op in ("all_reduce", "all_to_all"):
+                cells.append(" / ".join(f"{by[b][op + '_us_median'] / 1e3:.2f}" if b in by else "-"
+                                        for b in (262144, 4194304)))
+        print(f"| {r['rate']} | " + " | ".join(cells) + " |")
+    print("\nTraining steps (tiny recipe, 2 x 2), median ms per step: step / expert all-to-all / gradient "
+          "reduction / all collectives (rank 0), and MiB of collective payload per step:\n")
+    print("| link |" + "".join(f" {n} |" for n in LAYOUTS))
+    print("|---|" + "---|" * len(LAYOUTS))
+    for r in rows:
+        print(f"| {r['rate']} |" + "".join(
+            f" {t['step_ms']:.0f} / {t['all_to_all_ms']:.0f} / {t['grad_reduce_ms']:.0f} / {t['comm_ms']:.0f}, "
+            f"{t['comm_mb']:.1f} |" for t in (r[n] for n in LAYOUTS)))
     if not a.out:
         shutil.rmtree(out, ignore_errors=True)
 
