@@ -1,5 +1,6 @@
 #include "parallel/alltoall_dispatcher.h"
 
+#include "csrc/layers/precision.h"
 #include "csrc/util/fault_injection.h"
 #include "csrc/util/host_sync.h"
 #include "parallel/collectives.h"
@@ -56,9 +57,14 @@ moe::Dispatched AllToAllDispatcher::dispatch(const torch::Tensor& x_TD, const to
     rows_ = moe::first_rows(rows_, sent);  // capped: the unused tail stays home
   }
 
-  // dispatch_all_to_all (after the count exchange: the peers are inside the all-to-all)
+  // dispatch_all_to_all (after the count exchange: the peers are inside the all-to-all). Under mixed
+  // precision the rows travel in the compute dtype the experts cast them to anyway: half the bytes, the
+  // same values both ways (the gradient comes back in the compute dtype, and widens to fp32 here, before
+  // the rows of a token are summed by index_select's backward).
   util::inject_fault(util::FaultPoint::kAllToAll);
-  auto received = all_to_all_v_autograd(ep_, x_TD.index_select(0, rows_.token_N), send_rows_, recv_rows_);
+  auto send = x_TD.index_select(0, rows_.token_N);
+  if (const auto dtype = layers::compute_dtype_for(send.device().type())) send = send.to(*dtype);
+  auto received = all_to_all_v_autograd(ep_, send, send_rows_, recv_rows_);
 
   // sort_by_local_expert
   sort_order_ = expert_major_order(recv_counts_PEl, received.size(0));

@@ -2,6 +2,7 @@
 // the same tokens in one process: forward, gradients, padding, and bytes on the wire.
 #include <gtest/gtest.h>
 
+#include "csrc/layers/precision.h"
 #include "csrc/moe/dispatch.h"
 #include "csrc/moe/experts.h"
 #include "csrc/moe/moe_layer.h"
@@ -110,6 +111,40 @@ TEST(AllToAllDispatcher, DroplessBytesOnTheWireEqualTheRoutedRowsLeavingThisRank
   }
   const int64_t expected = (s.size - 1) * El * 8 + (rows_out + rows_back) * kD * 4;
   EXPECT_EQ(sent, expected);
+}
+
+// Under mixed precision (autocast to bf16) the dispatched rows travel in bf16 and come back in bf16: half
+// the fp32 bytes. The result and the input gradient are those of fp32 rows cast by the experts, bit for bit.
+TEST(AllToAllDispatcher, MixedPrecisionRowsTravelInTheComputeDtype) {
+  RankData s;
+  auto local = local_shard(s.all_experts, s.rank, s.size);
+  parallel::AllToAllDispatcher ep(*s.world, kE);
+  const auto layout = moe::RowLayout::dropless(kT * kK);
+  std::vector<int64_t> bytes;
+  std::vector<torch::Tensor> outputs, grads;
+  for (const bool wire_bf16 : {false, true}) {
+    auto x = s.x[s.rank].clone().requires_grad_();
+    torch::Tensor y;
+    const int64_t before = s.world->all_to_all_bytes_sent();
+    if (wire_bf16) {
+      layers::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+      y = run_moe(ep, local, x, s.kept[s.rank], s.gates[s.rank], layout);
+    } else {  // fp32 rows out (dispatched outside autocast), cast by the experts: the trip before
+      auto dispatched = ep.dispatch(x, s.kept[s.rank], layout);
+      layers::AutocastScope bf16(torch::kCPU, torch::kBFloat16);
+      y = ep.combine(local(dispatched.tokens_ND, dispatched.tokens_per_expert_El), s.gates[s.rank]);
+    }
+    bytes.push_back(s.world->all_to_all_bytes_sent() - before);
+    (y * (s.rank + 1)).sum().backward();
+    outputs.push_back(y.detach());
+    grads.push_back(x.grad());
+  }
+  EXPECT_TRUE(torch::equal(outputs[0], outputs[1]));
+  EXPECT_TRUE(torch::equal(grads[0], grads[1]));
+  EXPECT_EQ(outputs[1].scalar_type(), torch::kFloat32);
+  EXPECT_EQ(grads[1].scalar_type(), torch::kFloat32);
+  const int64_t counts = (s.size - 1) * (kE / s.size) * 8;  // the count exchange, int64
+  EXPECT_LT(bytes[1] - counts, bytes[0] - counts) << "bf16 rows must be fewer bytes than fp32 rows";
 }
 
 // Capacity without padding: the unused tail of the rows stays on this rank, and the result equals the
