@@ -137,7 +137,22 @@ std::string Watchdog::report(const Wait::InFlight& in_flight, bool timed_out) co
       .dump();
 }
 
-std::vector<std::string> late_peers(const std::string& mine_text, const std::map<int, std::string>& answers) {
+std::string host_of(const std::string& process) {
+  const std::string machine = process.substr(0, process.find(' '));
+  return machine.substr(0, machine.find('/'));
+}
+
+std::string peer_name(int rank, const std::vector<std::string>& processes) {
+  std::string name = "rank " + std::to_string(rank);
+  if (rank >= 0 && rank < static_cast<int>(processes.size())) {
+    const std::string host = host_of(processes[static_cast<size_t>(rank)]);
+    if (!host.empty()) name += " (" + host + ")";
+  }
+  return name;
+}
+
+std::vector<std::string> late_peers(const std::string& mine_text, const std::map<int, std::string>& answers,
+                                    const std::vector<std::string>& processes) {
   const json mine = json::parse(mine_text);
   const json& waiting = mine.at("waiting");
   const std::string key = waiting.at("group").get<std::string>() + "/" +
@@ -149,15 +164,14 @@ std::vector<std::string> late_peers(const std::string& mine_text, const std::map
     if (m == mine.at("rank").get<int>()) continue;
     const auto it = answers.find(m);
     if (it == answers.end()) {
-      lines.push_back("rank " + std::to_string(m) +
-                      ": no answer (stopped, dead, or busy outside communication)");
+      lines.push_back(peer_name(m, processes) + ": no answer (stopped, dead, or busy outside communication)");
       continue;
     }
     const json other = json::parse(it->second);
     const json& entered = other.at("entered");
     if (entered.contains(key) && entered.at(key).get<int64_t>() >= sequence)
       continue;  // waits in this collective too
-    lines.push_back("rank " + std::to_string(m) + ": has not reached it; it waits in " +
+    lines.push_back(peer_name(m, processes) + ": has not reached it; it waits in " +
                     where(other.at("waiting"), other) + " since " +
                     fixed(other.at("waiting").at("waited_s").get<double>()) + " s");
   }
@@ -230,7 +244,7 @@ Answers gather_answers(AlarmChannel* channel, int me, double window_s, const std
 // "moe-train: rank R: collective timed out after ..." or "...: stopping: rank A reported ...", then one
 // line per peer this rank waits on (`mine`: this rank's report, Watchdog::report).
 std::string expiry_text(const std::string& mine, bool timed_out, const WatchdogSettings& settings,
-                        const Answers& answers) {
+                        const Answers& answers, const std::vector<std::string>& processes) {
   const json m = json::parse(mine);
   const std::string where_i_wait = where(m.at("waiting"), m);
   const double waited_s = m.at("waiting").at("waited_s").get<double>();
@@ -240,11 +254,10 @@ std::string expiry_text(const std::string& mine, bool timed_out, const WatchdogS
             " s (parallel.timeout_s = " + general(settings.timeout_s) + "): " + where_i_wait;
   } else {
     text += "stopping: " +
-            (answers.alarm_from >= 0 ? "rank " + std::to_string(answers.alarm_from)
-                                     : std::string("another rank")) +
+            (answers.alarm_from >= 0 ? peer_name(answers.alarm_from, processes) : std::string("another rank")) +
             " reported a collective timeout; this rank has waited " + fixed(waited_s) + " s in " + where_i_wait;
   }
-  const auto late = late_peers(mine, answers.reports);
+  const auto late = late_peers(mine, answers.reports, processes);
   if (late.empty()) text += "\n  every member has entered it: the transport itself is stuck";
   for (const auto& line : late) text += "\n  waiting on " + line;
   return text;
@@ -285,7 +298,7 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
     }
   }
   const Answers answers = gather_answers(channel_.get(), me, settings_.report_window_s, early_reports);
-  std::string text = expiry_text(mine, timed_out, settings_, answers);
+  std::string text = expiry_text(mine, timed_out, settings_, answers, processes_);
   if (!settings_.run_dir.empty())
     text += write_flight_record(settings_, json::parse(mine), answers, recorder_);
   // The silent ranks of this machine are stopped or stuck: a stopped process ignores the launcher's SIGTERM

@@ -6,12 +6,13 @@
 // report (which collective it waits in, and how many collectives it entered in each of its groups) to
 // every other rank over the backend's AlarmChannel. A rank that sees the alarm while it waits does the
 // same. Each rank then gathers the reports for a few seconds, prints which group, operation, step and
-// peer(s) it waits on (a peer that sent no report is stopped, dead or busy outside communication; one
-// that reported fewer collectives in the group has not reached this one), writes its flight record to
-// RUN_DIR/flight_recorder/rank<N>.json, and exits with kCollectiveTimeoutExitCode. The launcher (mpirun,
-// torchrun) then ends the job. Under torchrun it first kills (SIGKILL) the ranks of its own machine that
-// sent no report: a stopped process ignores the agent's SIGTERM, and the agent waits 30 s before SIGKILL
-// (mpirun kills the other ranks at once, and reports the first exit code: 124 stays the job's).
+// peer(s) it waits on, each with its host (a peer that sent no report is stopped, dead or busy outside
+// communication; one that reported fewer collectives in the group has not reached this one), writes its
+// flight record to RUN_DIR/flight_recorder/rank<N>.json, and exits with kCollectiveTimeoutExitCode. The
+// launcher (mpirun, torchrun) then ends the job. Under torchrun it first kills (SIGKILL) the ranks of its
+// own machine that sent no report: a stopped process ignores the agent's SIGTERM, and the agent waits 30 s
+// before SIGKILL (mpirun kills the other ranks at once, and reports the first exit code: 124 stays the
+// job's).
 //
 // All calls come from the thread that runs the collectives (the only one that communicates).
 #pragma once
@@ -122,8 +123,17 @@ std::string this_process();
 std::vector<int> silent_local_pids(int me, const std::vector<std::string>& processes,
                                    const std::map<int, std::string>& answers);
 
+// The host name of a this_process() text ("node1/BOOT_ID PID" -> "node1").
+std::string host_of(const std::string& process);
+
+// "rank R (HOST)": how the report names a peer (`processes`: this_process() by world rank); "rank R" when
+// its process is unknown (one process, or before the world was gathered).
+std::string peer_name(int rank, const std::vector<std::string>& processes);
+
 // Pure, for the report and its tests: the lines naming the peers of `mine`'s collective that have not
-// reached it, given the other ranks' reports (JSON texts of Watchdog reports, by rank).
-std::vector<std::string> late_peers(const std::string& mine, const std::map<int, std::string>& answers);
+// reached it, each with its host (`processes`, as for peer_name), given the other ranks' reports (JSON
+// texts of Watchdog reports, by rank).
+std::vector<std::string> late_peers(const std::string& mine, const std::map<int, std::string>& answers,
+                                    const std::vector<std::string>& processes = {});
 
 }  // namespace moetrain::parallel

@@ -43,12 +43,16 @@ const char* fault_point_name(FaultPoint point) {
 FaultSpec parse_fault_spec(const std::string& text) {
   auto bad = [&](const std::string& why) {
     return std::invalid_argument("MOETRAIN_FAULT=\"" + text + "\": " + why +
-                                 "; expected POINT:RANK:STEP with POINT one of " + point_list() +
-                                 " (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3");
+                                 "; expected POINT:RANK:STEP or POINT:RANK:STEP:stop with POINT one of " +
+                                 point_list() + " (docs/reliability.md), e.g. MOETRAIN_FAULT=all_to_all:1:3");
   };
   const size_t a = text.find(':'), b = a == std::string::npos ? a : text.find(':', a + 1);
-  if (b == std::string::npos || text.find(':', b + 1) != std::string::npos) throw bad("not three fields");
-  const std::string name = text.substr(0, a), rank = text.substr(a + 1, b - a - 1), step = text.substr(b + 1);
+  const size_t c = b == std::string::npos ? b : text.find(':', b + 1);
+  if (b == std::string::npos || (c != std::string::npos && text.find(':', c + 1) != std::string::npos))
+    throw bad("not three fields (or four, the last \"stop\")");
+  const std::string name = text.substr(0, a), rank = text.substr(a + 1, b - a - 1),
+                    step = text.substr(b + 1, c == std::string::npos ? c : c - b - 1),
+                    action = c == std::string::npos ? "" : text.substr(c + 1);
   FaultSpec spec{};
   bool known = false;
   for (FaultPoint p : kPoints) {
@@ -64,6 +68,11 @@ FaultSpec parse_fault_spec(const std::string& text) {
   };
   spec.rank = static_cast<int>(number(rank, "rank"));
   spec.step = number(step, "step");
+  if (c != std::string::npos) {
+    if (action != "stop") throw bad("fourth field \"" + action + "\" is not \"stop\"");
+    if (spec.point == FaultPoint::kCheckpointWrite) throw bad("checkpoint_write cannot stop, only kill");
+    spec.stop = true;
+  }
   return spec;
 }
 
@@ -92,7 +101,16 @@ void kill_for_fault(FaultPoint point) {
 }
 
 void inject_fault(FaultPoint point) {
-  if (fault_due(point)) kill_for_fault(point);
+  static bool stopped = false;  // a continued process goes on past the point (it may come again in the step)
+  if (stopped || !fault_due(point)) return;
+  if (!armed_fault()->stop) kill_for_fault(point);
+  const RunPosition& at = run_position();
+  std::fprintf(stderr,
+               "moe-train: rank %d: MOETRAIN_FAULT: stopping this process (SIGSTOP) at %s of step %lld (%s)\n",
+               at.rank, fault_point_name(point), static_cast<long long>(at.step), at.phase);
+  std::fflush(stderr);
+  stopped = true;
+  std::raise(SIGSTOP);
 }
 
 }  // namespace moetrain::util

@@ -9,6 +9,11 @@
 //   evaluation        in the validation pass (trainer/evaluator.cpp)
 //   data_read         while reading a training batch (trainer/data_feed.cpp)
 //
+// POINT:RANK:STEP:stop makes the rank stop itself (SIGSTOP) there instead, as a frozen node would: its
+// peers wait for it inside the same collective until it is continued (SIGCONT: it goes on where it was)
+// or killed (the lost-node test kills its whole node then). Not at checkpoint_write, which kills halfway
+// through its own work.
+//
 // The fault fires once per process and only in a first launch: under torchrun, not in a restarted
 // group (TORCHELASTIC_RESTART_COUNT > 0), so that the restarted group can resume past it.
 #pragma once
@@ -27,6 +32,7 @@ struct FaultSpec {
   FaultPoint point;
   int rank;
   int64_t step;
+  bool stop = false;  // ":stop": SIGSTOP instead of SIGKILL
 };
 
 // Parses a MOETRAIN_FAULT value; throws std::invalid_argument naming the variable, the value and the
@@ -39,7 +45,7 @@ std::optional<FaultSpec> armed_fault();
 // Whether the armed fault names `point`, this rank and the current step (run_position()).
 bool fault_due(FaultPoint point);
 
-// SIGKILLs this process, after one line on stderr, when fault_due(point).
+// SIGKILLs (or, with ":stop", SIGSTOPs) this process, after one line on stderr, when fault_due(point).
 void inject_fault(FaultPoint point);
 
 // Prints the line and SIGKILLs this process (for points that first do part of their work).

@@ -4,7 +4,7 @@ is stopped with SIGSTOP (as a frozen node or a stuck GPU would be) with parallel
 - the job exits non-zero within the timeout plus 30 s, under torchrun too: there the live rank kills the
   stopped rank of its machine (which would otherwise hold torchrun's agent for the 30 s it gives a worker
   between SIGTERM and SIGKILL) and says so; mpirun kills it by itself;
-- the live rank prints the group, operation and step it waited in, and names the stopped rank;
+- the live rank prints the group, operation and step it waited in, and names the stopped rank and its host;
 - its flight record (RUN_DIR/flight_recorder/rank0.json) ends with that collective, in flight;
 - the launcher leaves no process behind, checkpoints/latest verifies, and the same command run again
   resumes and completes every step.
@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,12 +31,14 @@ launcher = sys.argv[1]
 layouts = {"mpirun": {"ep2": ["parallel.expert=2"], "tp2": ["parallel.tensor=2"]},
            "torchrun": {"ep2": ["parallel.expert=2"]}}[launcher]
 limit = TIMEOUT + 30
-BLOCK = re.compile(r"moe-train: rank (\d): (?:collective timed out after|stopping: rank \d reported a collective timeout)"
+BLOCK = re.compile(r"moe-train: rank (\d): (?:collective timed out after|stopping: rank \d \([^)]+\) reported a collective timeout)"
                    r".*\n((?:  .*\n)*)")
 backend = "mpi" if launcher == "mpirun" else "store"
 REPORT = re.compile(r"rank 0: collective timed out after (\d+\.\d) s \(parallel\.timeout_s = 10\): (\w+) in group (\w+) "
                     r"\((\w+), world ranks 0 1\), collective #(\d+) of the group, at step (\d+) \((\w+)\)\n"
-                    r"  waiting on rank 1: no answer \(stopped, dead, or busy outside communication\)")
+                    r"  waiting on rank 1 \(([^)]+)\): no answer \(stopped, dead, or busy outside communication\)")
+HOST = socket.gethostname()  # every rank runs here: each late peer is named with this host
+NO_ANSWER = f"  waiting on rank 1 ({HOST}): no answer"
 
 def stop_and_wait(job, pid, mark, name):
     """SIGSTOPs rank 1 (`pid`) and waits for the job to end: (stdout, stderr, seconds since the stop)."""
@@ -67,7 +70,8 @@ for name, layout in layouts.items():
     check(job.returncode != 0, f"{name}: exit code {job.returncode} after a stopped rank")
     found = REPORT.search(err)
     check(found is not None, f"{name}: no timeout report naming rank 1 in stderr:\n{err[-4000:]}")
-    waited, op, group, used, sequence, step, phase = found.groups()
+    waited, op, group, used, sequence, step, phase, host = found.groups()
+    check(host == HOST, f"{name}: rank 1 is named on host {host}, not {HOST}")
     check(used == backend, f"{name}: backend {used}, expected {backend}")
     check(int(step) >= 6, f"{name}: the report names step {step}, but step 6 had been logged before the stop")
     check(took <= limit, f"{name}: the job ended {took:.1f} s after the stop, over the {limit} s allowed")
@@ -107,9 +111,9 @@ if launcher == "mpirun":  # 4 ranks: the others hear of the timeout and report t
     blocks = {int(m.group(1)): m.group(2) for m in BLOCK.finditer(err)}
     check(sorted(blocks) == [0, 2, 3], f"4 ranks: ranks {sorted(blocks)} reported, expected 0, 2 and 3:\n{err[-6000:]}")
     for r, block in blocks.items():  # each names rank 1, or a peer that has not reached its collective
-        check("  waiting on rank 1: no answer" in block or re.search(r"  waiting on rank \d: has not reached it", block),
+        check(NO_ANSWER in block or re.search(rf"  waiting on rank \d \({re.escape(HOST)}\): has not reached it", block),
               f"4 ranks: rank {r} names no late peer:\n{block}")
-    check(any("  waiting on rank 1: no answer" in b for b in blocks.values()), "4 ranks: nobody named rank 1")
+    check(any(NO_ANSWER in b for b in blocks.values()), "4 ranks: nobody named rank 1")
     for r in (0, 2, 3):
         check(os.path.exists(os.path.join(run, "flight_recorder", f"rank{r}.json")), f"4 ranks: no flight record of rank {r}")
     verify_latest(run)

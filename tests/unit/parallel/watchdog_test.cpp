@@ -60,23 +60,41 @@ std::string report(int rank, const std::string& group, std::vector<int> ranks, c
 }
 
 TEST(WatchdogReport, NamesPeersThatDidNotAnswerOrHaveNotReachedTheCollective) {
-  // Rank 0 waits in ep collective #41 with ranks 0, 1, 2.
+  // Rank 0 waits in ep collective #41 with ranks 0, 1, 2; ranks 0 and 2 run on node0, rank 1 on node1.
+  const std::vector<std::string> processes{"node0/boot-a 100", "node1/boot-b 200", "node0/boot-a 101"};
   const std::string mine = report(0, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}});
-  // Rank 1 did not answer; rank 2 is in the same collective: only rank 1 is late.
-  auto late = late_peers(mine, {{2, report(2, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})}});
+  // Rank 1 did not answer; rank 2 is in the same collective: only rank 1 is late, named with its host.
+  auto late = late_peers(mine, {{2, report(2, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})}},
+                         processes);
+  ASSERT_EQ(late.size(), 1u);
+  EXPECT_EQ(late[0], "rank 1 (node1): no answer (stopped, dead, or busy outside communication)");
+  // Processes unknown: the rank alone.
+  late = late_peers(mine, {{2, report(2, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})}});
   ASSERT_EQ(late.size(), 1u);
   EXPECT_EQ(late[0], "rank 1: no answer (stopped, dead, or busy outside communication)");
   // Rank 2 entered only 40 ep collectives and waits in a dp all-reduce: it is late too, and says where it is.
-  late = late_peers(mine, {{1, report(1, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})},
-                           {2, report(2, "dp", {2, 3}, "all_reduce_sum", 7, {{"ep/mpi", 40}, {"dp/mpi", 7}})}});
+  late = late_peers(mine,
+                    {{1, report(1, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})},
+                     {2, report(2, "dp", {2, 3}, "all_reduce_sum", 7, {{"ep/mpi", 40}, {"dp/mpi", 7}})}},
+                    processes);
   ASSERT_EQ(late.size(), 1u);
   EXPECT_EQ(late[0],
-            "rank 2: has not reached it; it waits in all_reduce_sum in group dp (mpi, world ranks 2 3), "
+            "rank 2 (node0): has not reached it; it waits in all_reduce_sum in group dp (mpi, world ranks 2 3), "
             "collective #7 of the group, at step 3 (training) since 4.0 s");
   // Everyone arrived: nobody to name.
   EXPECT_TRUE(late_peers(mine, {{1, report(1, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})},
                                 {2, report(2, "ep", {0, 1, 2}, "all_to_all_v", 41, {{"ep/mpi", 41}})}})
                   .empty());
+}
+
+TEST(WatchdogReport, NamesAPeerWithTheHostOfItsProcess) {
+  const std::vector<std::string> processes{"node0/boot-a 100", "gpu-07.cluster/boot-b 200", ""};
+  EXPECT_EQ(host_of("node1/0f3c 4242"), "node1");
+  EXPECT_EQ(peer_name(0, processes), "rank 0 (node0)");
+  EXPECT_EQ(peer_name(1, processes), "rank 1 (gpu-07.cluster)");
+  EXPECT_EQ(peer_name(2, processes), "rank 2");  // no host known
+  EXPECT_EQ(peer_name(3, processes), "rank 3");  // beyond the processes gathered
+  EXPECT_EQ(peer_name(1, {}), "rank 1");         // one process: none gathered
 }
 
 TEST(Watchdog, RecordsEachCollectiveWithTheStepItBeganIn) {
