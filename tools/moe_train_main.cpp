@@ -1,5 +1,8 @@
 // moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]
 // Trains the recipe's model; resumes from DIR/checkpoints/latest when present.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -67,6 +70,27 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
   moetrain::parallel::watchdog().configure(watch);
 }
 
+// One header line: the host of every rank and the local rank its launcher gave it (which GPU it binds),
+// grouped by host in order of first rank, e.g. "launch: slurm, 4 ranks on 2 hosts (rank:local rank):
+// node0 0:0 1:1 | node1 2:0 3:1". Past 8 hosts the rest are counted.
+std::string launch_line(const std::string& launcher, const std::vector<std::string>& places) {
+  std::vector<std::pair<std::string, std::string>> hosts;  // host, "rank:local ..."
+  for (const auto& place : places) {                       // "host rank:local"
+    const auto space = place.rfind(' ');
+    const std::string host = place.substr(0, space), rank = place.substr(space + 1);
+    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.first == host; });
+    if (it == hosts.end()) hosts.emplace_back(host, rank);
+    else it->second += " " + rank;
+  }
+  std::string line = "launch: " + launcher + ", " + std::to_string(places.size()) + " ranks on " +
+                     std::to_string(hosts.size()) + (hosts.size() == 1 ? " host" : " hosts") +
+                     " (rank:local rank): ";
+  for (size_t i = 0; i < hosts.size() && i < 8; ++i)
+    line += (i ? " | " : "") + hosts[i].first + " " + hosts[i].second;
+  if (hosts.size() > 8) line += " | and " + std::to_string(hosts.size() - 8) + " more hosts";
+  return line;
+}
+
 // Builds the process mesh (when there are several processes, or an explicit NCCL data plane, so that a
 // one-rank run checks it); rank 0 alone keeps its stdout. Null for one process.
 std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
@@ -77,6 +101,14 @@ std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
   auto mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), s.sizes);
   moetrain::parallel::watchdog().set_world_processes(
       moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  const auto places = moetrain::parallel::all_gather_strings(mesh->world(),
+                                                             std::string(host) + " " +
+                                                                 std::to_string(s.launch.rank) + ":" +
+                                                                 std::to_string(s.launch.local_rank));
+  if (s.launch.rank == 0 && s.launch.world_size > 1)
+    std::printf("%s\n", launch_line(s.launch.launcher, places).c_str());
   if (s.launch.rank != 0 && !std::freopen("/dev/null", "w", stdout))
     throw std::runtime_error("cannot silence stdout");
   return mesh;
