@@ -83,6 +83,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
+# The nodes are what this file says, whatever CPUs the machine has.
+SlurmdParameters=config_overrides
 SlurmctldTimeout=10
 SlurmdTimeout=10
 MessageTimeout=10
@@ -229,8 +231,19 @@ try:
     parity = fresh_dir("slurm_cluster_parity")
     out = os.path.join(work, "parity.out")
     log = wait_done(submit(parity, out, PARITY_STEPS), out)
-    check("launch: slurm, 4 ranks on 2 hosts (rank:local rank): node0 0:0 1:1 | node1 2:0 3:1" in log,
-          f"ranks are not 2 per node with local ranks 0 and 1 from srun:\n{log}")
+    # What srun gives each task of such a step (host, SLURM_LOCALID) is what moe-train's launch line says.
+    where = on_node0("srun", "--nodes=2", "--ntasks-per-node=2", "bash", "-c",
+                     'echo "$SLURM_PROCID $(hostname) $SLURM_LOCALID"').stdout.split("\n")
+    where = sorted((int(r), h, int(l)) for r, h, l in (line.split() for line in where if line))
+    check([(h, l) for _, h, l in where] == [("node0", 0), ("node0", 1), ("node1", 0), ("node1", 1)],
+          f"srun's tasks are not 2 per node with SLURM_LOCALID 0 and 1: {where}")
+    hosts = {}
+    for rank, host, local in where:
+        hosts.setdefault(host, []).append(f"{rank}:{local}")
+    line = "launch: slurm, 4 ranks on 2 hosts (rank:local rank): " + " | ".join(
+        f"{host} {' '.join(places)}" for host, places in hosts.items())
+    check(line in log, f"moe-train's ranks are not where srun puts them, with its local ranks ({line!r}):\n{log}")
+    print(f"ranks on both nodes, local ranks from SLURM_LOCALID: {line}")
     single = fresh_dir("slurm_cluster_single_accum4")
     moe_train(single, BASE + [f"train.steps={PARITY_STEPS}", "train.grad_accum_steps=4"])
     compare(single, parity, "EP 2 x DP 2 by sbatch on 2 nodes x 2 tasks")
