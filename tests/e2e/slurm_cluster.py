@@ -11,9 +11,11 @@ One slurmd per node: each node has its own network namespace and host name, so D
 Needs root; skipped (77) without it."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import BIN, SMALL_DATA, SOURCE, TINY, check, fresh_dir, metrics, moe_train
@@ -31,9 +33,12 @@ BASE = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model
 TOLERANCE = 1e-5  # as cluster_parity.py
 KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "max_vio", "lr", "val_loss", "val_max_vio")
 
-work = fresh_dir("slurm_cluster")
+work = fresh_dir("slurm_cluster")  # slurm.conf, state, logs and the jobs' output
+# munged's and slurmd's sockets, slurmd's spool and the jobs' TmpFS: in a short path, since a Unix socket's
+# path is at most 107 bytes (slurmd adds about 35 to its spool directory's).
+sockets = tempfile.mkdtemp(prefix="moesim-slurm.")
 conf = os.path.join(work, "slurm.conf")
-munge_socket = os.path.join(work, "munge", "munge.socket")
+munge_socket = os.path.join(sockets, "munge", "munge.socket")
 # Every cluster-sim call (and Slurm command) of this test: its own named cluster, its own slurm.conf.
 os.environ.update(MOESIM_CLUSTER="slurm", SLURM_CONF=conf)
 # Ranks of different nodes talk TCP on the node links (as cluster_parity.py; sbatch passes the environment).
@@ -52,9 +57,11 @@ def on_node0(*cmd, **kw):
 
 
 def write_config():
-    for d in ("munge", "state", "log", "cgroup/systemd", "spool/node0", "spool/node1", "tmp/node0", "tmp/node1"):
+    for d in ("state", "log", "cgroup/systemd"):
         os.makedirs(os.path.join(work, d))
-    os.chmod(os.path.join(work, "munge"), 0o700)
+    for d in ("munge", "spool/node0", "spool/node1", "tmp/node0", "tmp/node1"):
+        os.makedirs(os.path.join(sockets, d))
+    os.chmod(os.path.join(sockets, "munge"), 0o700)
     with open(conf, "w") as f:
         f.write(f"""ClusterName=moesim
 SlurmctldHost=node0(10.213.0.10)
@@ -64,7 +71,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={work}/state
-SlurmdSpoolDir={work}/spool/%n
+SlurmdSpoolDir={sockets}/spool/%n
 SlurmctldPidFile={work}/slurmctld.pid
 SlurmdPidFile={work}/slurmd.%n.pid
 SlurmctldLogFile={work}/log/slurmctld.log
@@ -72,7 +79,7 @@ SlurmdLogFile={work}/log/slurmd.%n.log
 # A requeued job waits cred_expire seconds before it starts again (default 120).
 # Slurm's PMIx plugin makes its per-step directory under TmpFS: node-local, as /tmp is on a real node
 # (the simulated nodes share this machine's /tmp).
-TmpFS={work}/tmp/%n
+TmpFS={sockets}/tmp/%n
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -106,10 +113,10 @@ PartitionName=main Nodes=node[0-1] Default=YES MaxTime=INFINITE State=UP
 def start_daemons():
     # munged in node0 (so that cluster-sim's `down` ends it), its own key and socket; the socket is a
     # path on the shared file system, so every node's Slurm reaches it.
-    m = os.path.join(work, "munge")
+    m = os.path.join(sockets, "munge")
     subprocess.run(["mungekey", "--create", f"--keyfile={m}/munge.key"], check=True)
     on_node0("munged", "--force", f"--socket={munge_socket}", f"--key-file={m}/munge.key",
-             f"--log-file={m}/munged.log", f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed")
+             f"--log-file={work}/log/munged.log", f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed")
     on_node0("slurmctld")
     for node in ("node0", "node1"):
         sim("exec", node, "slurmd", "-N", node)
@@ -222,8 +229,8 @@ def terminated(signum, frame):
 signal.signal(signal.SIGTERM, terminated)
 signal.signal(signal.SIGINT, terminated)
 started = time.time()
-sim("up", "2")
 try:
+    sim("up", "2")
     write_config()
     start_daemons()
     print(f"slurmctld and 2 slurmd up, both nodes idle ({time.time() - started:.1f} s)")
@@ -303,3 +310,4 @@ except SystemExit as e:
     raise
 finally:
     sim("down", check_rc=False, timeout=120)
+    shutil.rmtree(sockets, ignore_errors=True)
