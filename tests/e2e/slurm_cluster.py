@@ -3,9 +3,10 @@
 - 2 nodes x 2 tasks (srun --mpi=pmix, Open MPI through Slurm's PMIx plugin), EP 2 x DP 2 on the tiny
   recipe matches one process (dp x the gradient accumulation) within 1e-5 relative per step, and the
   ranks sit on both nodes with the local rank srun gave them (SLURM_LOCALID; moe-train's launch line).
-- Preemption: the same job gets USR1 from `--signal=USR1@60` (its time limit is cut to 1 minute while it
-  trains, so that Slurm's warning is due at once), moe-train saves a checkpoint and exits 0, the script
-  requeues the job, the requeued job resumes, and every step equals the uninterrupted job's bitwise.
+- Preemption: a job like it (20 steps) gets USR1 from `--signal=USR1@60` (its time limit is cut to 1
+  minute while it trains, so that Slurm's warning is due at once; Slurm sends it at its next time-limit
+  check, within about 30 s, while the ranks wait stopped), moe-train saves a checkpoint and exits 0, the
+  script requeues the job, the requeued job resumes, and every step equals an uninterrupted job's bitwise.
 One slurmd per node: each node has its own network namespace and host name, so Debian's build (without
 --enable-multiple-slurmd) runs one ordinary slurmd in each, on the default port of its own address.
 Needs root; skipped (77) without it."""
@@ -35,7 +36,7 @@ KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "max_vio", "lr", "val_loss",
 
 work = fresh_dir("slurm_cluster")  # slurm.conf, state, logs and the jobs' output
 # munged's and slurmd's sockets, slurmd's spool and the jobs' TmpFS: in a short path, since a Unix socket's
-# path is at most 107 bytes (slurmd adds about 35 to its spool directory's).
+# path is at most 107 bytes (slurmd adds about 33 to its spool directory's).
 sockets = tempfile.mkdtemp(prefix="moesim-slurm.")
 conf = os.path.join(work, "slurm.conf")
 munge_socket = os.path.join(sockets, "munge", "munge.socket")
