@@ -18,7 +18,8 @@ say() { printf '[setup] %s\n' "$*"; }
 packages=(build-essential cmake ccache pkg-config python3-venv clang-format
   openmpi-bin libopenmpi-dev protobuf-compiler libprotobuf-dev
   libgtest-dev nlohmann-json3-dev libssl-dev libsentencepiece-dev sentencepiece
-  fortunes fortunes-min fortunes-de fortunes-it fortunes-es fortunes-ru)
+  fortunes fortunes-min fortunes-de fortunes-it fortunes-es fortunes-ru
+  slurmctld slurmd slurm-client munge)  # Slurm and its authentication, for the slurm_cluster test
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -26,6 +26,44 @@ struct Env {
   int integer_or(const char* name, int fallback) const { return has(name) ? integer(name) : fallback; }
 };
 
+// Tasks of this step on this node under srun. srun sets SLURM_STEP_TASKS_PER_NODE (and sbatch
+// SLURM_TASKS_PER_NODE) on every task, one count per node of the step in the form "2(x3),1";
+// SLURM_NODEID picks this node's. SLURM_NTASKS_PER_NODE is set only when --ntasks-per-node was given.
+int slurm_tasks_on_this_node(const Env& env) {
+  const char* name = env.has("SLURM_STEP_TASKS_PER_NODE") ? "SLURM_STEP_TASKS_PER_NODE"
+                     : env.has("SLURM_TASKS_PER_NODE")    ? "SLURM_TASKS_PER_NODE"
+                                                          : nullptr;
+  if (!name) return env.integer_or("SLURM_NTASKS_PER_NODE", 1);
+  const std::string list = env.get(name);
+  const int node = env.integer_or("SLURM_NODEID", 0);
+  const auto malformed = [&] {
+    return LaunchError(std::string("launch environment: ") + name + "=\"" + list +
+                       "\" is not a list of task counts like \"2(x3),1\" covering SLURM_NODEID=" +
+                       std::to_string(node) + "; check the launcher command line");
+  };
+  int first_node = 0;  // of the current entry
+  for (size_t pos = 0; pos < list.size();) {
+    const size_t comma = std::min(list.find(',', pos), list.size());
+    const std::string entry = list.substr(pos, comma - pos);
+    char* end = nullptr;
+    const long count = std::strtol(entry.c_str(), &end, 10);
+    long repeat = 1;
+    if (end == entry.c_str() || count < 1) throw malformed();
+    if (*end == '(') {  // "N(xR)": R nodes with N tasks each
+      const char* digits = end + 2;
+      if (end[1] != 'x') throw malformed();
+      repeat = std::strtol(digits, &end, 10);
+      if (end == digits || repeat < 1 || std::string(end) != ")") throw malformed();
+    } else if (*end != '\0') {
+      throw malformed();
+    }
+    if (node < first_node + repeat) return static_cast<int>(count);
+    first_node += static_cast<int>(repeat);
+    pos = comma + 1;
+  }
+  throw malformed();
+}
+
 }  // namespace
 
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_fn) {
@@ -49,7 +87,7 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     info.launcher = "slurm";
     rank_var = "SLURM_PROCID", size_var = "SLURM_NTASKS";
     info.local_rank = env.integer_or("SLURM_LOCALID", 0);
-    info.local_world_size = env.integer_or("SLURM_NTASKS_PER_NODE", 1);
+    info.local_world_size = slurm_tasks_on_this_node(env);
   } else {
     return info;
   }
@@ -61,7 +99,7 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
                       " given " + size_var + "=" + std::to_string(info.world_size) +
                       "; the launcher's variables are inconsistent");
   }
-  if (info.local_rank >= info.local_world_size && info.local_world_size > 0 && info.launcher != "slurm") {
+  if (info.local_rank >= info.local_world_size && info.local_world_size > 0) {
     throw LaunchError("launch environment (" + info.launcher + "): local rank " +
                       std::to_string(info.local_rank) + " is outside 0.." +
                       std::to_string(info.local_world_size - 1) +

@@ -80,7 +80,7 @@ std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
   const auto hosts = moetrain::parallel::all_gather_strings(mesh->world(),
                                                             moetrain::parallel::host_name() + " " +
                                                                 std::to_string(s.launch.local_rank));
-  if (s.launch.rank == 0)
+  if (s.launch.rank == 0 && s.launch.world_size > 1)
     std::printf("launch: %s\n", moetrain::parallel::describe_hosts(s.launch.launcher, hosts).c_str());
   if (s.launch.rank != 0 && !std::freopen("/dev/null", "w", stdout))
     throw std::runtime_error("cannot silence stdout");
