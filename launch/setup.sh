@@ -19,6 +19,7 @@ packages=(build-essential cmake ccache pkg-config python3-venv clang-format
   openmpi-bin libopenmpi-dev protobuf-compiler libprotobuf-dev
   libgtest-dev nlohmann-json3-dev libssl-dev libsentencepiece-dev sentencepiece
   fortunes fortunes-min fortunes-de fortunes-it fortunes-es fortunes-ru
+  iproute2  # ip and tc: the simulated cluster (launch/cluster-sim.sh)
   slurmctld slurmd slurm-client munge)  # Slurm and its authentication, for the slurm_cluster test
 missing=()
 for p in "${packages[@]}"; do
