@@ -92,11 +92,20 @@ void finalize_at_exit() {
 }  // namespace
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
-  int initialized = 0;
+  int initialized = 0, provided = MPI_THREAD_SINGLE;
   MPI_Initialized(&initialized);
   if (!initialized) {
-    MPI_Init(nullptr, nullptr);
+    MPI_Init_thread(nullptr, nullptr, kMpiThreadLevel, &provided);
     std::atexit(finalize_at_exit);
+  } else {
+    MPI_Query_thread(&provided);
+  }
+  if (provided < kMpiThreadLevel) {
+    throw CommError("MPI provides thread level " + std::to_string(provided) +
+                    ", below MPI_THREAD_SERIALIZED (" + std::to_string(kMpiThreadLevel) +
+                    "), which moe-train needs: autograd runs the backward of a collective on its device thread "
+                    "when the tensors are on a GPU. Use an MPI built with thread support (Open MPI 4.1 from "
+                    "Debian provides MPI_THREAD_MULTIPLE)");
   }
   watchdog().set_alarm_channel(std::make_shared<MpiAlarmChannel>());
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world", /*owned=*/false);

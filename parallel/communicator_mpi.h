@@ -17,9 +17,14 @@
 
 namespace moetrain::parallel {
 
+// The MPI thread level moe-train initialises MPI with: calls may come from more than one thread, never at
+// once (autograd's device thread runs a collective's backward while the main thread waits in backward()).
+inline constexpr int kMpiThreadLevel = MPI_THREAD_SERIALIZED;
+
 class MpiCommunicator : public Communicator {
  public:
-  // Initialises MPI if needed (finalised at exit) and wraps MPI_COMM_WORLD.
+  // Initialises MPI if needed (finalised at exit) with kMpiThreadLevel, or checks the level of an MPI
+  // already initialised (CommError below it), and wraps MPI_COMM_WORLD.
   static std::unique_ptr<MpiCommunicator> world();
   MpiCommunicator(MPI_Comm comm, std::string name, bool owned);
   ~MpiCommunicator() override;

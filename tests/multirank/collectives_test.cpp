@@ -218,6 +218,16 @@ INSTANTIATE_TEST_SUITE_P(Backends, Collectives, ::testing::Values("mpi", "store"
 // The MPI backend runs every operation on host memory: a CUDA tensor is copied to the host and back.
 // The same staging path is taken on the CPU by tensors that are not already contiguous host tensors
 // of an MPI type, which is how it is tested here (no GPU on CI).
+// Autograd's device thread may run a collective's backward while the main thread waits: MPI must allow calls
+// from more than one thread (one at a time).
+TEST(MpiWorld, RunsAtTheThreadLevelItNeeds) {
+  auto comm = parallel::MpiCommunicator::world();
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  EXPECT_GE(provided, parallel::kMpiThreadLevel);
+  EXPECT_GE(provided, MPI_THREAD_SERIALIZED);
+}
+
 TEST(MpiStaging, NonContiguousTensorsAreStagedAndWrittenBack) {
   auto comm = parallel::MpiCommunicator::world();
   const int p = comm->size(), me = comm->rank();

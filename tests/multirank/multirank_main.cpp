@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "parallel/communicator_mpi.h"
+
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  int provided = MPI_THREAD_SINGLE;  // the level moe-train asks for (MpiCommunicator::world checks it)
+  MPI_Init_thread(&argc, &argv, moetrain::parallel::kMpiThreadLevel, &provided);
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
