@@ -18,6 +18,24 @@ struct CommError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A collective started and not yet waited for (Communicator::all_reduce_sum_async). wait() returns once the
+// result is in the tensor given at the start, polling under the watchdog as a blocking call does (a hang
+// ends at parallel.timeout_s); completed() tells without waiting. The tensor stays alive and untouched until
+// wait() returns. A Work destroyed unwaited waits first (errors then are reported, not thrown).
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+  virtual bool completed() = 0;
+};
+
+// The Work of a collective that already ran (backends without non-blocking collectives).
+class CompletedWork : public Work {
+ public:
+  void wait() override {}
+  bool completed() override { return true; }
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -26,6 +44,12 @@ class Communicator {
   virtual const std::string& name() const = 0;  // "world", "dp", "ep", "expert_dp", "tp"
 
   virtual void all_reduce_sum(torch::Tensor& t) = 0;  // in place
+  // all_reduce_sum started without waiting, where the backend can (MPI); other backends run it now and
+  // return a CompletedWork. Several may be in flight at once; every rank starts them in the same order.
+  virtual std::unique_ptr<Work> all_reduce_sum_async(torch::Tensor& t) {
+    all_reduce_sum(t);
+    return std::make_unique<CompletedWork>();
+  }
   virtual void broadcast(torch::Tensor& t, int root) = 0;
   // Row blocks: send_counts[r] rows of `send` go to rank r; recv_counts[r] rows arrive from rank r,
   // in rank order. Rows are send.size(0) entries of send[0].numel() elements.

@@ -2,8 +2,10 @@
 
 #include <sched.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -202,6 +204,56 @@ void MpiCommunicator::all_reduce_sum(torch::Tensor& t) {
         "Iallreduce");
   complete(request, wait, "Iallreduce");
   write_back(t, host);
+}
+
+// An MPI_Iallreduce in flight: its staged host tensor, its request and its watchdog entry.
+class MpiWork : public Work {
+ public:
+  MpiWork(const MpiCommunicator& comm, torch::Tensor t, torch::Tensor host, Watchdog::Wait wait)
+      : comm_(comm), t_(std::move(t)), host_(std::move(host)), wait_(std::move(wait)) {}
+  ~MpiWork() override {
+    if (done_) return;
+    try {
+      wait();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "moe-train: an all-reduce dropped unwaited failed: %s\n", e.what());
+    }
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+
+  void wait() override {
+    if (done_) return;
+    comm_.complete(request, *wait_, "Iallreduce");
+    finish();
+  }
+  bool completed() override {
+    if (done_) return true;
+    int flag = 0;
+    comm_.check(MPI_Test(&request, &flag, MPI_STATUS_IGNORE), "Iallreduce");
+    if (flag) finish();
+    return done_;
+  }
+
+ private:
+  void finish() {
+    write_back(t_, host_);
+    done_ = true;
+    wait_.reset();  // the collective's end, for the flight record and the step's communication time
+  }
+  const MpiCommunicator& comm_;
+  torch::Tensor t_, host_;
+  std::optional<Watchdog::Wait> wait_;
+  bool done_ = false;
+};
+
+std::unique_ptr<Work> MpiCommunicator::all_reduce_sum_async(torch::Tensor& t) {
+  auto host = staged(t, /*summed=*/true);
+  auto work = std::make_unique<MpiWork>(*this, t, host,
+                                        watched("all_reduce_sum", static_cast<int64_t>(host.nbytes())));
+  check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host),
+                       MPI_SUM, comm_, &work->request),
+        "Iallreduce");
+  return work;
 }
 
 void MpiCommunicator::broadcast(torch::Tensor& t, int root) {

@@ -35,6 +35,7 @@ class MpiCommunicator : public Communicator {
   int size() const override { return size_; }
   const std::string& name() const override { return name_; }
   void all_reduce_sum(torch::Tensor& t) override;
+  std::unique_ptr<Work> all_reduce_sum_async(torch::Tensor& t) override;  // MPI_Iallreduce, waited by the Work
   void broadcast(torch::Tensor& t, int root) override;
   torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;
@@ -44,6 +45,7 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
 
  private:
+  friend class MpiWork;
   void check(int rc, const char* op) const;
   int count(int64_t elements, const char* op) const;      // MPI's int count, or CommError
   Watchdog::Wait watched(const char* op, int64_t bytes);  // announces the next collective of this group

@@ -39,6 +39,9 @@ class TwoPlaneCommunicator : public Communicator {
   int size() const override { return host_->size(); }
   const std::string& name() const override { return host_->name(); }
   void all_reduce_sum(torch::Tensor& t) override { plane(t).all_reduce_sum(t); }
+  std::unique_ptr<Work> all_reduce_sum_async(torch::Tensor& t) override {
+    return plane(t).all_reduce_sum_async(t);
+  }
   void broadcast(torch::Tensor& t, int root) override { plane(t).broadcast(t, root); }
   torch::Tensor all_to_all_v(const torch::Tensor& send, const std::vector<int64_t>& send_counts,
                              const std::vector<int64_t>& recv_counts) override;

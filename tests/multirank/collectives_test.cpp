@@ -7,7 +7,9 @@
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <chrono>
 #include <functional>
+#include <thread>
 
 #include "parallel/communicator_mpi.h"
 #include "parallel/communicator_store.h"
@@ -218,6 +220,34 @@ INSTANTIATE_TEST_SUITE_P(Backends, Collectives, ::testing::Values("mpi", "store"
 // The MPI backend runs every operation on host memory: a CUDA tensor is copied to the host and back.
 // The same staging path is taken on the CPU by tensors that are not already contiguous host tensors
 // of an MPI type, which is how it is tested here (no GPU on CI).
+// Non-blocking all-reduces: several in flight at once, waited in another order than started, give the
+// blocking call's exact result, over MPI (MPI_Iallreduce) and the store (which runs it at the start).
+TEST_P(Collectives, AllReducesInFlightAtOnceEqualTheBlockingCall) {
+  auto comm = world(GetParam());
+  const int p = comm->size(), me = comm->rank();
+  torch::manual_seed(3 + me);
+  std::vector<torch::Tensor> sync, async;
+  for (int64_t n : {1, 1000, 70000}) {
+    async.push_back(torch::randn({n}) * (me + 1));
+    sync.push_back(async.back().clone());
+  }
+  async.push_back(torch::arange(5, torch::kInt64) * (me + 1));
+  sync.push_back(async.back().clone());
+  std::vector<std::unique_ptr<parallel::Work>> works;
+  for (auto& t : async) works.push_back(comm->all_reduce_sum_async(t));
+  for (auto it = works.rbegin(); it != works.rend(); ++it) (*it)->wait();
+  for (auto& t : sync) comm->all_reduce_sum(t);
+  for (size_t i = 0; i < sync.size(); ++i) EXPECT_TRUE(torch::equal(async[i], sync[i])) << i;
+  EXPECT_TRUE(torch::equal(async.back(), torch::arange(5, torch::kInt64) * (p * (p + 1) / 2)));
+  // completed(): true once every rank has started it (MPI progresses it when polled).
+  auto x = torch::full({4}, 1.0f);
+  auto work = comm->all_reduce_sum_async(x);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!work->completed() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  EXPECT_TRUE(work->completed());
+  EXPECT_TRUE(torch::equal(x, torch::full({4}, static_cast<float>(p))));
+}
+
 // Autograd's device thread may run a collective's backward while the main thread waits: MPI must allow calls
 // from more than one thread (one at a time).
 TEST(MpiWorld, RunsAtTheThreadLevelItNeeds) {
