@@ -11,7 +11,8 @@
 //     the rest of the layer (balancing loss, measures), in ms per iteration.
 //     --device cuda: on GPU 0 (the clock is read after torch::cuda::synchronize()). With
 //     MOETRAIN_CUDA_SYNC_DEBUG=warn|error the timed iterations (not the warm-up) run under CUDA's sync
-//     debug mode (csrc/util/cuda_sync_debug.h), and the JSON line says so ("sync_debug").
+//     debug mode (csrc/util/cuda_sync_debug.h), and the JSON line says so ("sync_debug"); in mode warn
+//     "sync_warnings" counts the synchronisations of the timed iterations (0 when the mode is off).
 //   moe-bench dense-swiglu [same options]
 //     The reference for the MoE layer: a dense SwiGLU with hidden size top_k·hidden, which has the same
 //     matmul FLOPs per token as the MoE layer's experts (the router's D·E is not counted).
@@ -93,6 +94,7 @@ int time_steps(const char* bench, const Args& args, Step step) {
   const auto sync_debug = bench_device.is_cuda() ? moetrain::util::sync_debug_from_env().mode
                                                  : moetrain::util::SyncDebugMode::kOff;
   moetrain::util::set_cuda_sync_debug(sync_debug);
+  moetrain::util::SyncWarningCount sync_warnings;  // mode warn: every synchronisation, counted
   const auto t0 = std::chrono::steady_clock::now();
   try {
     for (int64_t i = 0; i < args.at("iters"); ++i) run_step(args, step);
@@ -109,12 +111,13 @@ int time_steps(const char* bench, const Args& args, Step step) {
       "{\"bench\": \"%s\", \"precision\": \"%s\", \"device\": \"%s\", \"sync_debug\": \"%s\", "
       "\"tokens\": %lld, \"d_model\": %lld, \"experts\": %lld, "
       "\"top_k\": %lld, \"hidden\": %lld, \"threads\": %d, \"iters\": %lld, \"ms_per_iter\": %.3f, "
-      "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f}\n",
+      "\"tokens_per_s\": %.1f, \"matmul_gflop_per_s\": %.1f, \"sync_warnings\": %lld}\n",
       bench, bf16 ? "bf16" : "fp32", bench_device.is_cuda() ? "cuda" : "cpu",
       moetrain::util::to_string(sync_debug), static_cast<long long>(T), static_cast<long long>(D),
       static_cast<long long>(args.at("experts")), static_cast<long long>(K), static_cast<long long>(F),
       torch::get_num_threads(), static_cast<long long>(args.at("iters")), 1e3 * seconds / args.at("iters"),
-      T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9);
+      T * args.at("iters") / seconds, flops * args.at("iters") / seconds / 1e9,
+      static_cast<long long>(sync_warnings.count()));
   std::fflush(stdout);
   return 0;
 }

@@ -47,8 +47,12 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
   s.placement = moetrain::trainer::resolve_placement(recipe.train().device(), s.launch.local_rank,
                                                      s.launch.local_world_size,
                                                      moetrain::trainer::visible_gpu_count());
+  // Whether local ranks share a GPU is settled in make_mesh from the GPUs they bind (several processes
+  // may each see one GPU of their own); here the other reasons to refuse NCCL are checked.
+  const bool settled_later = s.launch.world_size > 1 && s.placement.device.is_cuda();
   s.data_plane = moetrain::parallel::resolve_data_plane(recipe.parallel().data_plane(),
-                                                        s.placement.device.is_cuda(), s.placement.shares_gpu,
+                                                        s.placement.device.is_cuda(),
+                                                        s.placement.shares_gpu && !settled_later,
                                                         moetrain::parallel::nccl_built());
   if (s.launch.world_size > 1 && s.launch.launcher == "torchrun" &&
       (s.launch.master_addr.empty() || s.launch.master_port == 0)) {
@@ -67,13 +71,27 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
   moetrain::parallel::watchdog().configure(watch);
 }
 
+// Settles whether local ranks share a GPU from the device each rank bound (its UUID), and with it the
+// data plane: the same verdict on every rank (all see the same list). Several processes on GPUs only.
+void settle_gpu_sharing(Setup& s, moetrain::parallel::Communicator& host_world) {
+  if (s.launch.world_size == 1 || !s.placement.device.is_cuda()) return;
+  const auto bound = moetrain::parallel::all_gather_strings(host_world, moetrain::parallel::host_name() + " " +
+                                                                            moetrain::trainer::device_identity(
+                                                                                s.placement.device));
+  s.placement.shares_gpu = moetrain::trainer::local_ranks_share_a_gpu(bound);
+  s.data_plane = moetrain::parallel::resolve_data_plane(s.recipe.parallel().data_plane(), true,
+                                                        s.placement.shares_gpu,
+                                                        moetrain::parallel::nccl_built());
+}
+
 // Builds the process mesh (when there are several processes, or an explicit NCCL data plane, so that a
 // one-rank run checks it); rank 0 alone keeps its stdout. Null for one process.
-std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
+std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(Setup& s) {
   const bool nccl = s.data_plane == moetrain::parallel::DataPlane::kNccl;
   if (s.launch.world_size == 1 && !nccl) return nullptr;
-  auto world = moetrain::parallel::with_data_plane(moetrain::parallel::world_communicator(s.launch),
-                                                   s.data_plane, s.placement.device);
+  auto host_world = moetrain::parallel::world_communicator(s.launch);
+  settle_gpu_sharing(s, *host_world);
+  auto world = moetrain::parallel::with_data_plane(std::move(host_world), s.data_plane, s.placement.device);
   auto mesh = std::make_unique<moetrain::parallel::ProcessMesh>(std::move(world), s.sizes);
   moetrain::parallel::watchdog().set_world_processes(
       moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
@@ -89,7 +107,7 @@ std::unique_ptr<moetrain::parallel::ProcessMesh> make_mesh(const Setup& s) {
 
 // Trains; 0, or 1 after reporting the error (and taking the whole job down: peers may be blocked in a
 // collective with us).
-int train(const Setup& s, const std::string& run_dir) {
+int train(Setup& s, const std::string& run_dir) {
   std::unique_ptr<moetrain::parallel::ProcessMesh> mesh;
   try {
     moetrain::trainer::bind_device(s.placement);

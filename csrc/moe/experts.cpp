@@ -41,6 +41,16 @@ torch::Tensor grouped_swiglu(const ExpertOperands& o, const torch::Tensor& offse
   return add_adapter(at::_grouped_mm(h_NF, o.w2_EFD, offsets), h_NF, o.w2_a, o.w2_b, offsets, s);
 }
 
+ExpertOperands mask_empty_experts(ExpertOperands o, const torch::Tensor& tokens_per_expert_El) {
+  const auto has_tokens_E11 = (tokens_per_expert_El > 0).view({-1, 1, 1});
+  auto mask = [&](torch::Tensor& w) {
+    if (w.defined() && w.requires_grad()) w = torch::where(has_tokens_E11, w, torch::zeros({}, w.options()));
+  };
+  for (auto* w : {&o.w1_EDF, &o.w3_EDF, &o.w2_EFD, &o.w1_a, &o.w1_b, &o.w3_a, &o.w3_b, &o.w2_a, &o.w2_b})
+    mask(*w);
+  return o;
+}
+
 void GroupedExpertsImpl::merge_adapters() {
   torch::NoGradGuard no_grad;
   const double s = lora_.rank > 0 ? lora_.scale() : 0.0;
@@ -72,7 +82,8 @@ torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND,
   // dtype here. The result stays in the compute dtype (half the bytes of an expert-parallel return
   // trip): combine_rows widens it to fp32 inside its gate product, so the combine accumulates in fp32.
   const auto dtype = layers::compute_dtype_for(tokens_ND.device().type());
-  return grouped_swiglu(operands(tokens_ND, dtype), offsets, s);
+  // The empty experts' gradients are masked to 0 (an empty CUTLASS group leaves them uninitialised).
+  return grouped_swiglu(mask_empty_experts(operands(tokens_ND, dtype), tokens_per_expert_El), offsets, s);
 }
 
 }  // namespace moetrain::moe

@@ -32,6 +32,15 @@ struct ExpertOperands {
 // projection. offsets_E: int32 cumulative rows per expert. Returns (N, D) in the operands' dtype.
 torch::Tensor grouped_swiglu(const ExpertOperands& ops, const torch::Tensor& offsets_E, double lora_scale);
 
+// The operands with every trainable per-expert weight (E, in, out) passed through
+// where(expert has tokens, w, 0). The forward values of experts with tokens are w itself (bitwise), and an
+// expert with no tokens uses none of its weights; the point is the backward: the gradient of an expert
+// with no tokens is exactly 0 whatever the grouped GEMM wrote for its empty group. CUDA's grouped GEMM
+// (CUTLASS, bf16) leaves an empty group's weight gradient uninitialised (NaN under deterministic
+// algorithms, which fill new memory with NaN); the CPU fallback writes 0, so CPU results are unchanged.
+// On the device, from tokens_per_expert_El (int64, E): no host read. Operands without grad are kept.
+ExpertOperands mask_empty_experts(ExpertOperands ops, const torch::Tensor& tokens_per_expert_El);
+
 // E in this file is this rank's local experts (all of them without expert parallelism). Weights are
 // stored per expert as (E, in, out) so each group is a plain x·W. Grouped GEMMs
 // (at::_grouped_mm, offsets = cumulative tokens per expert): no loop over experts. Adapters add two

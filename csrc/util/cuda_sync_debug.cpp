@@ -1,5 +1,8 @@
 #include "csrc/util/cuda_sync_debug.h"
 
+#include <c10/util/Exception.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -106,5 +109,26 @@ SyncDebugPause::SyncDebugPause() : saved_(cuda_sync_debug()) {
 SyncDebugPause::~SyncDebugPause() {
   if (saved_ != SyncDebugMode::kOff) set_cuda_sync_debug(saved_);
 }
+
+bool is_sync_debug_warning(const std::string& message) {
+  return message.find("called a synchronizing CUDA operation") != std::string::npos;
+}
+
+struct SyncWarningCount::Handler : c10::WarningHandler {
+  c10::WarningHandler* previous = c10::WarningUtils::get_warning_handler();
+  std::atomic<int64_t> count{0};
+  void process(const c10::Warning& warning) override {
+    if (is_sync_debug_warning(warning.msg())) ++count;
+    else previous->process(warning);
+  }
+};
+
+SyncWarningCount::SyncWarningCount() : handler_(std::make_unique<Handler>()) {
+  c10::WarningUtils::set_warning_handler(handler_.get());
+}
+
+SyncWarningCount::~SyncWarningCount() { c10::WarningUtils::set_warning_handler(handler_->previous); }
+
+int64_t SyncWarningCount::count() const { return handler_->count.load(); }
 
 }  // namespace moetrain::util

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace moetrain::util {
@@ -73,5 +74,27 @@ class SyncDebugPause {
  private:
   SyncDebugMode saved_;
 };
+
+// Counts CUDA's sync debug warnings (mode warn: c10 warns "called a synchronizing CUDA operation" at every
+// synchronisation) raised by this thread, and by the backward passes it runs (the autograd engine replays
+// its device threads' warnings on the thread that called backward), between construction and destruction.
+// Other warnings go on to the handler that was installed before. The fp32 checks count their syncs this
+// way (torch's grouped-GEMM fallback: one per grouped GEMM), where "error" would stop at the first.
+class SyncWarningCount {
+ public:
+  SyncWarningCount();
+  ~SyncWarningCount();
+  SyncWarningCount(const SyncWarningCount&) = delete;
+  SyncWarningCount& operator=(const SyncWarningCount&) = delete;
+
+  int64_t count() const;
+
+ private:
+  struct Handler;
+  std::unique_ptr<Handler> handler_;
+};
+
+// True when `message` is c10's sync debug warning.
+bool is_sync_debug_warning(const std::string& message);
 
 }  // namespace moetrain::util

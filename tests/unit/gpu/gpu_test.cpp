@@ -11,6 +11,7 @@
 
 #include "csrc/layers/precision.h"
 #include "csrc/model/transformer.h"
+#include "csrc/moe/experts.h"
 #include "csrc/moe/moe_layer.h"
 #include "csrc/util/cuda_sync_debug.h"
 #include "csrc/util/host_sync.h"
@@ -72,7 +73,89 @@ LayerRun run_layer(moe::MoELayer& layer, const torch::Tensor& x_cpu, torch::Devi
   return r;
 }
 
+// A layer whose router never picks expert 0: its router row is -1 and every input is positive, so its
+// logit is far below the others (rows of N(0, 0.1)). Forward + backward under deterministic algorithms
+// (torch then fills new memory with NaN, so anything left uninitialised shows), bf16 autocast when asked.
+LayerRun run_with_an_empty_expert(torch::Device device, bool bf16) {
+  config::RoutingConfig r;
+  r.set_aux_loss_coeff(0.01);
+  auto layer = moe_layer(r);
+  {
+    torch::NoGradGuard no_grad;
+    layer->named_parameters()["router.weight"][0].fill_(-1.0);
+  }
+  layer->to(device);
+  torch::manual_seed(9);
+  auto x = torch::randn({2, 64, 32}).abs() + 0.5;
+  const auto logits = x.view({-1, 32}).matmul(layer->named_parameters()["router.weight"].cpu().t());
+  EXPECT_FALSE((std::get<1>(logits.topk(2, 1)) == 0).any().item<bool>()) << "expert 0 got tokens";
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/false);
+  LayerRun run;
+  try {
+    layers::AutocastScope autocast(device.type(), bf16 ? torch::kBFloat16 : torch::kFloat32);
+    run = run_layer(layer, x, device);
+  } catch (...) {
+    at::globalContext().setDeterministicAlgorithms(false, false);
+    throw;
+  }
+  at::globalContext().setDeterministicAlgorithms(false, false);
+  return run;
+}
+
+void expect_empty_expert_gradients_zero(const LayerRun& run, const char* what) {
+  for (const char* name : {"experts.w1", "experts.w3", "experts.w2"}) {
+    const auto g = run.grads.at(name).cpu();
+    EXPECT_TRUE(torch::equal(g[0], torch::zeros_like(g[0])))
+        << what << ": " << name << "[0] (the empty expert)";
+    EXPECT_TRUE(torch::isfinite(g).all().item<bool>()) << what << ": " << name;
+    EXPECT_GT(g.slice(0, 1).abs().sum().item<double>(), 0.0) << what << ": " << name << " of the others";
+  }
+}
+
 }  // namespace
+
+// The empty expert's gradient is exactly 0 (GroupedExpertsImpl masks it: moe::mask_empty_experts). On the
+// CPU the mask changes nothing: the layer's output and gradients equal the unmasked grouped GEMMs'.
+TEST(EmptyExpert, CpuGradientIsExactlyZeroAndTheMaskChangesNothing) {
+  expect_empty_expert_gradients_zero(run_with_an_empty_expert(torch::kCPU, /*bf16=*/false), "cpu fp32");
+  auto layer = moe_layer(config::RoutingConfig{});
+  torch::manual_seed(4);
+  const auto x = torch::randn({40, 32});
+  auto counts = torch::tensor({10, 0, 25, 0, 5, 0, 0, 0}, torch::kInt64);
+  auto offsets = counts.cumsum(0).to(torch::kInt32);
+  auto grads_of = [&](bool masked) {
+    for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+    auto ops = layer->experts->operands(x, std::nullopt);
+    auto y = moe::grouped_swiglu(masked ? moe::mask_empty_experts(ops, counts) : ops, offsets, 0.0);
+    y.square().sum().backward();
+    return std::make_pair(y, layer->experts->w2_EFD.grad().clone());
+  };
+  auto [y_plain, g_plain] = grads_of(false);
+  auto [y_masked, g_masked] = grads_of(true);
+  EXPECT_TRUE(torch::equal(y_plain, y_masked));
+  EXPECT_TRUE(torch::equal(g_plain, g_masked));
+}
+
+// bf16 on CUDA: an empty CUTLASS group leaves its weight gradient uninitialised; masked, it is exactly 0.
+TEST_F(Cuda, MoELayerBf16EmptyExpertGetsExactlyZeroGradient) {
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  expect_empty_expert_gradients_zero(run_with_an_empty_expert(torch::kCUDA, /*bf16=*/true), "cuda bf16");
+  expect_empty_expert_gradients_zero(run_with_an_empty_expert(torch::kCUDA, /*bf16=*/false), "cuda fp32");
+}
+
+// c10's sync debug warnings are counted and nothing else is (runs everywhere: the warning is raised here).
+TEST(CudaSyncDebugEnv, SyncWarningCountCountsOnlySyncWarnings) {
+  util::SyncWarningCount outer;
+  {
+    util::SyncWarningCount inner;
+    TORCH_WARN("called a synchronizing CUDA operation");
+    TORCH_WARN("called a synchronizing CUDA operation");
+    EXPECT_EQ(inner.count(), 2);
+  }
+  TORCH_WARN("called a synchronizing CUDA operation");
+  TORCH_WARN("some other warning: passed on, not counted");
+  EXPECT_EQ(outer.count(), 1);
+}
 
 TEST(CudaSyncDebugEnv, ParsesModesAndStepsAndRejectsTypos) {
   auto env = [](std::map<std::string, std::string> vars) {
@@ -172,27 +255,47 @@ TEST_F(Cuda, MoELayerBf16TracksFp32AndKeepsFp32Gradients) {
 }
 
 // docs/routing.md, "Host reads": with one expert rank a layer's forward and backward read nothing of the
-// device. On CUDA that means they never make the host wait: they run under sync debug "error".
+// device. On CUDA that means they never make the host wait in bf16 (the grouped GEMM's CUTLASS path on
+// sm90/sm100): forward and backward run under sync debug "error". fp32 takes torch's grouped-GEMM
+// fallback, which copies the offsets to the host once per grouped GEMM; under "warn" those are counted:
+// 3 in the forward (gate, up, down) and 4 in the backward (the weight gradients of w1, w3, w2 and the
+// down projection's input gradient; the input x needs no gradient here).
 TEST_F(Cuda, MoELayerForwardAndBackwardNeverSynchroniseWithOneExpertRank) {
   for (const bool capped : {false, true}) {
+    const char* layout = capped ? "capacity 1.25" : "dropless";
     config::RoutingConfig r;
     r.set_aux_loss_coeff(0.01);
     if (capped) r.set_capacity_factor(1.25);
     auto layer = moe_layer(r);
     layer->to(torch::kCUDA);
     auto x = torch::randn({2, 64, 32}, torch::kCUDA);
-    run_layer(layer, x, torch::kCUDA);  // warm-up: allocator and kernel selection
-    util::HostReadCount reads;
-    util::set_cuda_sync_debug(util::SyncDebugMode::kError);
-    try {
-      run_layer(layer, x, torch::kCUDA);
-    } catch (const std::exception& e) {
+    {
+      layers::AutocastScope autocast(torch::kCUDA, torch::kBFloat16);
+      run_layer(layer, x, torch::kCUDA);  // warm-up: allocator and kernel selection
+      util::HostReadCount reads;
+      util::set_cuda_sync_debug(util::SyncDebugMode::kError);
+      try {
+        run_layer(layer, x, torch::kCUDA);
+      } catch (const std::exception& e) {
+        util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
+        ADD_FAILURE() << layout << ", bf16: a synchronising operation in the hot path: " << e.what();
+      }
       util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
-      ADD_FAILURE() << (capped ? "capacity 1.25" : "dropless")
-                    << ": a synchronising operation in the hot path: " << e.what();
+      EXPECT_EQ(reads.reads(), 0) << layout;
     }
-    util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
-    EXPECT_EQ(reads.reads(), 0);
+    run_layer(layer, x, torch::kCUDA);  // fp32 warm-up
+    util::HostReadCount reads;
+    int64_t syncs = -1;
+    {
+      util::SyncWarningCount warnings;
+      util::set_cuda_sync_debug(util::SyncDebugMode::kWarn);
+      run_layer(layer, x, torch::kCUDA);
+      util::set_cuda_sync_debug(util::SyncDebugMode::kOff);
+      syncs = warnings.count();
+    }
+    EXPECT_EQ(reads.reads(), 0) << layout;
+    EXPECT_EQ(syncs, 7) << layout
+                        << ", fp32: one sync per grouped GEMM of the fallback (3 forward, 4 backward)";
   }
 }
 

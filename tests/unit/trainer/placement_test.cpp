@@ -82,3 +82,30 @@ TEST(DataPlaneChoice, NcclThatCannotWorkIsRefusedWithTheReasonAndTheFix) {
   const auto unbuilt = error_of([] { parallel::resolve_data_plane(ParallelConfig::NCCL, true, false, false); });
   EXPECT_NE(unbuilt.find("this build has no NCCL"), std::string::npos) << unbuilt;
 }
+
+// Sharing is judged by the GPUs the local ranks bind, not by counting: with CUDA_VISIBLE_DEVICES set per
+// rank (Slurm's --gpus-per-task) each of 4 ranks sees one GPU, cuda:0, and resolve_placement's count-based
+// guess says "shared"; their UUIDs differ, so they do not share and NCCL is allowed.
+TEST(Placement, SharingIsJudgedByTheGpusTheLocalRanksBind) {
+  const auto guess = trainer::resolve_placement(TrainConfig::CUDA, 2, 4, 1);
+  EXPECT_EQ(guess.device, torch::Device(torch::kCUDA, 0));
+  EXPECT_TRUE(guess.shares_gpu) << "the count's guess, settled by moe-train from the UUIDs";
+  const std::vector<std::string> per_rank = {"node0 GPU-aaaa", "node0 GPU-bbbb", "node0 GPU-cccc",
+                                             "node0 GPU-dddd"};
+  EXPECT_FALSE(trainer::local_ranks_share_a_gpu(per_rank));
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true,
+                                         trainer::local_ranks_share_a_gpu(per_rank), true),
+            parallel::DataPlane::kNccl);
+  // Two ranks on one GPU (the GPU check's parity runs), and the same GPU UUID on two nodes (not possible
+  // for one GPU, but the host names keep nodes apart).
+  EXPECT_TRUE(trainer::local_ranks_share_a_gpu({"node0 GPU-aaaa", "node0 GPU-aaaa"}));
+  EXPECT_FALSE(trainer::local_ranks_share_a_gpu({"node0 GPU-aaaa", "node1 GPU-aaaa"}));
+  EXPECT_TRUE(trainer::local_ranks_share_a_gpu({"node0 GPU-aaaa", "node1 GPU-bbbb", "node1 GPU-bbbb"}));
+  EXPECT_EQ(parallel::resolve_data_plane(ParallelConfig::AUTO, true,
+                                         trainer::local_ranks_share_a_gpu({"n GPU-a", "n GPU-a"}), true),
+            parallel::DataPlane::kHost);
+  // CPU processes never share.
+  EXPECT_FALSE(trainer::local_ranks_share_a_gpu({"node0 cpu", "node0 cpu"}));
+  EXPECT_FALSE(trainer::local_ranks_share_a_gpu({}));
+  EXPECT_EQ(trainer::device_identity(torch::kCPU), "cpu");
+}
