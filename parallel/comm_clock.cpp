@@ -10,7 +10,8 @@ void CommClock::add(const std::string& group, const std::string& op, double seco
       return;
     }
   }
-  tallies_.push_back({group, op, 1, seconds, bytes});
+  const bool async = op.size() > 6 && op.compare(op.size() - 6, 6, "_async") == 0;
+  tallies_.push_back({group, op, 1, seconds, bytes, async});
 }
 
 std::vector<CommTally> CommClock::take() {

@@ -4,7 +4,10 @@
 //
 // What the seconds mean: on the host backends (MPI, the store) a collective returns when its data has
 // arrived, so its time is the transfer plus the wait for the slowest peer to join. On NCCL it is the time
-// the host spent in the call. Thread-safe (autograd may run collectives from its device threads).
+// the host spent in the call. A collective started without waiting (an op named "..._async") is tallied
+// twice: its time in flight, from start to end, which overlaps other work (`overlapped`), and under
+// "OP/wait" the time the host blocked in Work::wait for it. Thread-safe (autograd may run collectives from
+// its device threads).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +22,8 @@ struct CommTally {
   std::string op;     // "all_to_all_v", "all_reduce_sum", ...
   int64_t calls = 0;
   double seconds = 0;
-  int64_t bytes = 0;  // the operation's payload as the watchdog records it (this rank's send buffer)
+  int64_t bytes = 0;        // the operation's payload as the watchdog records it (this rank's send buffer)
+  bool overlapped = false;  // time in flight of an asynchronous collective: not time the host waited
 };
 
 class CommClock {

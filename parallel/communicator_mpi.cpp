@@ -1,7 +1,10 @@
 #include "parallel/communicator_mpi.h"
 
+#include "parallel/comm_clock.h"
+
 #include <sched.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -223,8 +226,11 @@ class MpiWork : public Work {
 
   void wait() override {
     if (done_) return;
+    const auto start = std::chrono::steady_clock::now();
     comm_.complete(request, *wait_, "Iallreduce");
     finish();
+    comm_clock().add(comm_.name(), "all_reduce_sum_async/wait",
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 0);
   }
   bool completed() override {
     if (done_) return true;
@@ -249,7 +255,7 @@ class MpiWork : public Work {
 std::unique_ptr<Work> MpiCommunicator::all_reduce_sum_async(torch::Tensor& t) {
   auto host = staged(t, /*summed=*/true);
   auto work = std::make_unique<MpiWork>(*this, t, host,
-                                        watched("all_reduce_sum", static_cast<int64_t>(host.nbytes())));
+                                        watched("all_reduce_sum_async", static_cast<int64_t>(host.nbytes())));
   check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host),
                        MPI_SUM, comm_, &work->request),
         "Iallreduce");

@@ -8,8 +8,9 @@ For each rate:
 - `moe-bench collectives` (all-reduce and all-to-all, 8 B to 4 MiB per rank) over 2 nodes x 1 rank (one
   rank per core: the link's cost alone) and over the 4 ranks (half of every rank's peers on the other
   node; 4 ranks share the 2 cores, so small messages also pay scheduling);
-- the tiny recipe (on --corpus) for --steps steps in two layouts: EP 2 x DP 2, whose expert groups stay
-  within a node (only the gradient reduction crosses the link), and EP 4, whose all-to-all crosses it.
+- the tiny recipe (on --corpus) for --steps steps in three layouts: EP 2 x DP 2, whose expert groups stay
+  within a node (only the gradient reduction crosses the link), EP 4, whose all-to-all crosses it, and
+  EP 2 x DP 2 with its gradients reduced during backward in 1 MiB buckets (parallel.grad_bucket_mb).
   Per step (median over the steps after the first two): step time, rank 0's seconds in the expert
   all-to-all (comm_s/ep/all_to_all_v), in the gradient reduction (dp and expert_dp all-reduces), in all
   collectives (comm_s), and the payload (comm_bytes).
@@ -31,7 +32,9 @@ ENV = {**os.environ, "MOESIM_CLUSTER": "bench"}
 MPI = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP_NUM_THREADS=1",
        "--mca", "plm_rsh_agent", os.path.join(ROOT, "launch/cluster-sim-rsh.sh"), "--mca", "btl", "self,vader,tcp",
        "--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0"]
-LAYOUTS = {"EP 2 x DP 2": ["parallel.expert=2"], "EP 4": ["parallel.expert=4"]}
+LAYOUTS = {"EP 2 x DP 2": ["parallel.expert=2"], "EP 4": ["parallel.expert=4"],
+           # the same, its gradients reduced in 1 MiB buckets while backward runs (parallel.grad_bucket_mb)
+           "EP 2 x DP 2, buckets": ["parallel.expert=2", "parallel.grad_bucket_mb=1"]}
 
 
 def cluster_mpirun(args, hostfile, timeout=900, np=4):
@@ -62,8 +65,10 @@ def training(bin_dir, corpus, run, layout, steps, hostfile):
     records = records[2:] or records  # the first steps warm up
     med = lambda key: statistics.median(r.get(key, 0.0) for r in records)
     step_s = statistics.median(r["tokens"] / r["step"] / r["tokens_per_s"] for r in records)
-    grads = statistics.median(r.get("comm_s/dp/all_reduce_sum", 0) + r.get("comm_s/expert_dp/all_reduce_sum", 0)
-                              for r in records)
+    # the host's time in the gradient reduction: blocking all-reduces, and the waits of those started during
+    # backward (their time in flight, "..._async", overlaps the backward)
+    grads = statistics.median(sum(v for k, v in r.items() if k.split("/")[1:2] in (["dp"], ["expert_dp"])
+                                  and not k.endswith("_async")) for r in records)
     return {"step_ms": 1e3 * step_s, "all_to_all_ms": 1e3 * med("comm_s/ep/all_to_all_v"),
             "grad_reduce_ms": 1e3 * grads, "comm_ms": 1e3 * med("comm_s"), "comm_mb": med("comm_bytes") / 2**20,
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records)}

@@ -51,12 +51,16 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   return rec;
 }
 
-// Rank 0's seconds in collectives this step: "comm_s" in all and "comm_s/GROUP/OP" each, and the bytes they
-// carried (parallel/comm_clock.h says what the seconds hold). Nothing for one process.
+// Rank 0's seconds in collectives this step: "comm_s" the host spent waiting in all, "comm_s/GROUP/OP" each
+// (an asynchronous one's time in flight, and its wait as ".../OP/wait"), and the bytes they carried
+// (parallel/comm_clock.h says what the seconds hold). Nothing for one process.
 void StepReporter::add_communication(StepRecord& rec, const std::vector<parallel::CommTally>& comm) {
   if (comm.empty()) return;
   double seconds = 0, bytes = 0;
-  for (const auto& t : comm) seconds += t.seconds, bytes += static_cast<double>(t.bytes);
+  for (const auto& t : comm) {
+    if (!t.overlapped) seconds += t.seconds;  // the host's waits; an async collective's flight overlaps them
+    bytes += static_cast<double>(t.bytes);
+  }
   rec.add("comm_s", seconds);
   rec.add("comm_bytes", bytes);
   for (const auto& t : comm) rec.add("comm_s/" + t.group + "/" + t.op, t.seconds);

@@ -24,6 +24,8 @@ TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
   if (p_.mesh) dp_ = p_.mesh->sizes().dp(), dp_rank_ = p_.mesh->dp_rank();
   const double clip = recipe.optimizer().grad_clip();
   clip_ = clip > 0 ? clip : std::numeric_limits<double>::infinity();
+  if (p_.mesh && recipe.parallel().grad_bucket_mb() > 0)
+    buckets_ = std::make_unique<parallel::GradBuckets>(p_.model, *p_.mesh, recipe.parallel().grad_bucket_mb());
 }
 
 StepOutcome TrainStep::run(TrainState& state) {
@@ -80,6 +82,7 @@ torch::Tensor TrainStep::forward_backward(const TrainState& state) {
     auto out = model.forward(batch.narrow(1, 0, seq_len_));
     auto lm = model.token_losses(out.logits, batch.narrow(1, 1, seq_len_)).mean();
     auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accumulation_);
+    if (buckets_ && micro == accumulation_ - 1) buckets_->arm();  // its gradients are final: reduce them now
     loss.backward();
     lm_sum += lm.detach().to(torch::kFloat64);
   }
@@ -92,7 +95,11 @@ void TrainStep::reduce_gradients() {
   for (auto& p : p_.model.parameters()) {
     if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
   }
-  if (p_.mesh) parallel::sync_gradients(p_.model, *p_.mesh);
+  if (buckets_) {
+    buckets_->finish();
+  } else if (p_.mesh) {
+    parallel::sync_gradients(p_.model, *p_.mesh);
+  }
 }
 
 }  // namespace moetrain::trainer

@@ -9,6 +9,7 @@
 #include "csrc/config/recipe.pb.h"
 #include "csrc/model/transformer.h"
 #include "parallel/comm_clock.h"
+#include "parallel/grad_buckets.h"
 #include "parallel/mesh.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data_feed.h"
@@ -57,6 +58,7 @@ class TrainStep {
 
   const config::Recipe& recipe_;
   StepParts p_;
+  std::unique_ptr<parallel::GradBuckets> buckets_;  // parallel.grad_bucket_mb > 0 with several ranks
   std::vector<moe::MoELayer> moe_layers_;
   int64_t micro_batch_ = 0, accumulation_ = 0, seq_len_ = 0, dp_ = 1, dp_rank_ = 0;
   double clip_ = 0;

@@ -306,6 +306,11 @@ void check_training(const Recipe& r, Problems& p) {
 void check_parallel(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
+  if (r.parallel().grad_bucket_mb() < 0) {
+    p.add("parallel.grad_bucket_mb", r.parallel().grad_bucket_mb(),
+          "must be >= 0: 0 reduces the gradients after backward in one bucket per group, a size in MiB (e.g. 25) "
+          "reduces buckets of that size during backward");
+  }
   if (r.parallel().timeout_s() <= 0) {
     p.add("parallel.timeout_s", r.parallel().timeout_s(),
           "must be > 0: the seconds a rank waits for its peers in a collective before the job is stopped with a report "

@@ -22,6 +22,13 @@ TEST(CommClock, TalliesByGroupAndOperationUntilTaken) {
   EXPECT_EQ(tallies[1].group, "dp");
   EXPECT_EQ(tallies[2].op, "all_reduce_sum");
   EXPECT_TRUE(clock.take().empty());
+  EXPECT_FALSE(tallies[0].overlapped);
+  clock.add("dp", "all_reduce_sum_async", 0.5, 64);
+  clock.add("dp", "all_reduce_sum_async/wait", 0.125, 0);
+  const auto async = clock.take();
+  ASSERT_EQ(async.size(), 2u);
+  EXPECT_TRUE(async[0].overlapped);   // in flight, beside other work
+  EXPECT_FALSE(async[1].overlapped);  // the host waited
 }
 
 }  // namespace

@@ -1,0 +1,150 @@
+#include "parallel/grad_buckets.h"
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "csrc/model/sharding.h"
+#include "csrc/util/fault_injection.h"
+
+namespace moetrain::parallel {
+
+struct GradBuckets::Bucket {
+  Communicator* group = nullptr;  // dp (dense) or expert_dp (experts)
+  std::vector<torch::Tensor> params;
+  int64_t elements = 0;
+  size_t waiting = 0;  // parameters of this bucket whose final gradient has not arrived this step
+  bool started = false;
+  torch::Tensor flat;          // the gradients, concatenated, reduced in place
+  std::unique_ptr<Work> work;  // null when the group has one rank
+};
+
+// Called by autograd once a parameter's gradient has been accumulated in this backward.
+class GradBuckets::Hook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  Hook(GradBuckets* owner, size_t bucket) : owner_(owner), bucket_(bucket) {}
+  void operator()(const torch::autograd::Variable&) override { owner_->gradient_final(bucket_); }
+
+ private:
+  GradBuckets* owner_;
+  size_t bucket_;
+};
+
+namespace {
+
+// Sums `grads` over `group` in one flat message, in place, and divides by `divisor` (grad_sync's bucket).
+void reduce_now(std::vector<torch::Tensor>& grads, Communicator& group, double divisor) {
+  if (grads.empty()) return;
+  std::vector<torch::Tensor> flat;
+  for (auto& g : grads) flat.push_back(g.reshape({-1}));
+  auto bucket = torch::cat(flat);
+  group.all_reduce_sum(bucket);
+  bucket.div_(divisor);
+  int64_t offset = 0;
+  for (auto& g : grads) {
+    g.copy_(bucket.narrow(0, offset, g.numel()).view_as(g));
+    offset += g.numel();
+  }
+}
+
+}  // namespace
+
+GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, double bucket_mb) : mesh_(mesh) {
+  const int64_t limit = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024 / 4));  // fp32 elements
+  auto roled = model::roled_parameters(model);
+  const bool tp = mesh.tp().size() > 1;
+  // The bucket being filled for each group, closed (appended to buckets_) when full.
+  std::unique_ptr<Bucket> open[2];
+  Communicator* groups[2] = {&mesh.dp(), &mesh.expert_dp()};
+  for (const auto& p : roled) {  // in registration order, as sync_gradients concatenates them
+    if (p.tensor.requires_grad() && tp && p.role.tp_partial_grad) (p.role.expert ? partial_expert_ : partial_dense_).push_back(p.tensor);
+  }
+  for (auto it = roled.rbegin(); it != roled.rend(); ++it) {
+    if (!it->tensor.requires_grad()) continue;  // frozen (fine-tuning)
+    if (tp && it->role.tp_partial_grad) continue;
+    const int g = it->role.expert ? 1 : 0;
+    if (!open[g]) open[g] = std::make_unique<Bucket>(), open[g]->group = groups[g];
+    open[g]->params.push_back(it->tensor);
+    open[g]->elements += it->tensor.numel();
+    if (open[g]->elements >= limit) buckets_.push_back(std::move(open[g]));
+  }
+  for (auto& b : open) {
+    if (b) buckets_.push_back(std::move(b));
+  }
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    for (auto& p : buckets_[i]->params) {
+      torch::autograd::impl::set_post_acc_grad_hooks(p, std::make_unique<Hook>(this, i));
+      hooked_.push_back(p);
+    }
+    buckets_[i]->waiting = buckets_[i]->params.size();
+  }
+}
+
+GradBuckets::~GradBuckets() {
+  for (auto& p : hooked_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+}
+
+void GradBuckets::arm() { armed_ = true; }
+
+void GradBuckets::gradient_final(size_t bucket) {
+  if (!armed_) return;  // an earlier micro-batch: the gradient is still accumulating
+  Bucket& b = *buckets_[bucket];
+  if (b.waiting > 0) --b.waiting;
+  start_ready_buckets();
+  // MPI progresses a non-blocking collective only inside MPI calls: poll the ones in flight.
+  for (size_t i = 0; i < next_; ++i) {
+    if (buckets_[i]->work) buckets_[i]->work->completed();
+  }
+}
+
+void GradBuckets::start_ready_buckets() {
+  while (next_ < buckets_.size() && buckets_[next_]->waiting == 0) start(*buckets_[next_++]);
+}
+
+void GradBuckets::start(Bucket& b) {
+  std::vector<torch::Tensor> flat;
+  for (auto& p : b.params) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused this step (finish())
+    flat.push_back(p.grad().reshape({-1}));
+  }
+  b.flat = torch::cat(flat);
+  b.started = true;
+  if (b.group->size() > 1) b.work = b.group->all_reduce_sum_async(b.flat);
+}
+
+void GradBuckets::finish() {
+  armed_ = false;
+  util::inject_fault(util::FaultPoint::kGradSync);
+  // What backward left: buckets with a parameter that got no gradient, in order.
+  for (; next_ < buckets_.size(); ++next_) start(*buckets_[next_]);
+  const double dp = mesh_.sizes().dp();
+  for (auto& b : buckets_) {
+    if (b->work) b->work->wait();
+    b->work.reset();
+    b->flat.div_(dp);
+    int64_t offset = 0;
+    for (auto& p : b->params) {
+      p.mutable_grad().copy_(b->flat.narrow(0, offset, p.numel()).view_as(p));
+      offset += p.numel();
+    }
+    b->flat = torch::Tensor();
+    b->started = false;
+    b->waiting = b->params.size();
+  }
+  next_ = 0;
+  // Tensor-parallel shares: the sum over tp first, then the mean over their data-parallel group.
+  std::vector<torch::Tensor> dense, expert, all;
+  for (auto* list : {&partial_dense_, &partial_expert_}) {
+    for (auto& p : *list) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      (list == &partial_dense_ ? dense : expert).push_back(p.mutable_grad());
+    }
+  }
+  if (dense.empty() && expert.empty()) return;
+  all = dense;
+  all.insert(all.end(), expert.begin(), expert.end());
+  reduce_now(all, mesh_.tp(), 1.0);
+  if (mesh_.dp().size() > 1) reduce_now(dense, mesh_.dp(), dp);
+  if (mesh_.expert_dp().size() > 1 || dp > 1) reduce_now(expert, mesh_.expert_dp(), dp);
+}
+
+}  // namespace moetrain::parallel
