@@ -56,7 +56,8 @@ GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, doubl
   std::unique_ptr<Bucket> open[2];
   Communicator* groups[2] = {&mesh.dp(), &mesh.expert_dp()};
   for (const auto& p : roled) {  // in registration order, as sync_gradients concatenates them
-    if (p.tensor.requires_grad() && tp && p.role.tp_partial_grad) (p.role.expert ? partial_expert_ : partial_dense_).push_back(p.tensor);
+    if (p.tensor.requires_grad() && tp && p.role.tp_partial_grad)
+      (p.role.expert ? partial_expert_ : partial_dense_).push_back(p.tensor);
   }
   for (auto it = roled.rbegin(); it != roled.rend(); ++it) {
     if (!it->tensor.requires_grad()) continue;  // frozen (fine-tuning)

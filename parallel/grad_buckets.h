@@ -49,9 +49,9 @@ class GradBuckets {
 
   ProcessMesh& mesh_;
   std::vector<std::unique_ptr<Bucket>> buckets_;
-  std::vector<torch::Tensor> hooked_;   // parameters carrying our hook (removed in the destructor)
+  std::vector<torch::Tensor> hooked_;  // parameters carrying our hook (removed in the destructor)
   std::vector<torch::Tensor> partial_dense_, partial_expert_;  // tp shares: summed over tp after backward
-  size_t next_ = 0;                     // the first bucket not started
+  size_t next_ = 0;                                            // the first bucket not started
   bool armed_ = false;
 };
 
