@@ -5,6 +5,7 @@
 
 #include "csrc/model/sharding.h"
 #include "csrc/util/fault_injection.h"
+#include "parallel/grad_sync.h"
 
 namespace moetrain::parallel {
 
@@ -12,8 +13,7 @@ struct GradBuckets::Bucket {
   Communicator* group = nullptr;  // dp (dense) or expert_dp (experts)
   std::vector<torch::Tensor> params;
   int64_t elements = 0;
-  size_t waiting = 0;  // parameters of this bucket whose final gradient has not arrived this step
-  bool started = false;
+  size_t waiting = 0;          // parameters of this bucket whose final gradient has not arrived this step
   torch::Tensor flat;          // the gradients, concatenated, reduced in place
   std::unique_ptr<Work> work;  // null when the group has one rank
 };
@@ -28,25 +28,6 @@ class GradBuckets::Hook : public torch::autograd::PostAccumulateGradHook {
   GradBuckets* owner_;
   size_t bucket_;
 };
-
-namespace {
-
-// Sums `grads` over `group` in one flat message, in place, and divides by `divisor` (grad_sync's bucket).
-void reduce_now(std::vector<torch::Tensor>& grads, Communicator& group, double divisor) {
-  if (grads.empty()) return;
-  std::vector<torch::Tensor> flat;
-  for (auto& g : grads) flat.push_back(g.reshape({-1}));
-  auto bucket = torch::cat(flat);
-  group.all_reduce_sum(bucket);
-  bucket.div_(divisor);
-  int64_t offset = 0;
-  for (auto& g : grads) {
-    g.copy_(bucket.narrow(0, offset, g.numel()).view_as(g));
-    offset += g.numel();
-  }
-}
-
-}  // namespace
 
 GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, double bucket_mb) : mesh_(mesh) {
   const int64_t limit = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024 / 4));  // fp32 elements
@@ -108,7 +89,6 @@ void GradBuckets::start(Bucket& b) {
     flat.push_back(p.grad().reshape({-1}));
   }
   b.flat = torch::cat(flat);
-  b.started = true;
   if (b.group->size() > 1) b.work = b.group->all_reduce_sum_async(b.flat);
 }
 
@@ -128,7 +108,6 @@ void GradBuckets::finish() {
       offset += p.numel();
     }
     b->flat = torch::Tensor();
-    b->started = false;
     b->waiting = b->params.size();
   }
   next_ = 0;
@@ -143,9 +122,9 @@ void GradBuckets::finish() {
   if (dense.empty() && expert.empty()) return;
   all = dense;
   all.insert(all.end(), expert.begin(), expert.end());
-  reduce_now(all, mesh_.tp(), 1.0);
-  if (mesh_.dp().size() > 1) reduce_now(dense, mesh_.dp(), dp);
-  if (mesh_.expert_dp().size() > 1 || dp > 1) reduce_now(expert, mesh_.expert_dp(), dp);
+  all_reduce_mean_bucket(all, mesh_.tp(), 1.0);
+  if (mesh_.dp().size() > 1) all_reduce_mean_bucket(dense, mesh_.dp(), dp);
+  if (mesh_.expert_dp().size() > 1 || dp > 1) all_reduce_mean_bucket(expert, mesh_.expert_dp(), dp);
 }
 
 }  // namespace moetrain::parallel

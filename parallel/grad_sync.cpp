@@ -3,8 +3,6 @@
 #include "csrc/util/fault_injection.h"
 
 namespace moetrain::parallel {
-namespace {
-
 void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& group, double divisor) {
   if (grads.empty()) return;
   std::vector<torch::Tensor> flat;
@@ -18,8 +16,6 @@ void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& gro
     offset += g.numel();
   }
 }
-
-}  // namespace
 
 void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh) {
   std::vector<torch::Tensor> dense, expert, partial;

@@ -23,6 +23,9 @@ namespace moetrain::parallel {
 
 void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh);
 
+// Sums `grads` over `group` in one flat message (their concatenation), in place, and divides by `divisor`.
+void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& group, double divisor);
+
 // L2 norm of the whole model's gradient, every parameter counted once: replicated parameters from this
 // rank, expert shards summed over the ep group. Identical on every rank. An fp64 scalar on the
 // gradients' device (no host read).
