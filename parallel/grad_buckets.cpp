@@ -79,7 +79,8 @@ void GradBuckets::gradient_final(size_t bucket) {
 }
 
 void GradBuckets::start_ready_buckets() {
-  while (next_ < buckets_.size() && buckets_[next_]->waiting == 0) start(*buckets_[next_++]);
+  for (; next_ < buckets_.size() && buckets_[next_]->waiting == 0; ++started_in_backward_)
+    start(*buckets_[next_++]);
 }
 
 void GradBuckets::start(Bucket& b) {
@@ -92,8 +93,10 @@ void GradBuckets::start(Bucket& b) {
   if (b.group->size() > 1) b.work = b.group->all_reduce_sum_async(b.flat);
 }
 
-void GradBuckets::finish() {
+int64_t GradBuckets::finish() {
   armed_ = false;
+  const int64_t in_backward = started_in_backward_;
+  started_in_backward_ = 0;
   util::inject_fault(util::FaultPoint::kGradSync);
   // What backward left: buckets with a parameter that got no gradient, in order.
   for (; next_ < buckets_.size(); ++next_) start(*buckets_[next_]);
@@ -119,12 +122,13 @@ void GradBuckets::finish() {
       (list == &partial_dense_ ? dense : expert).push_back(p.mutable_grad());
     }
   }
-  if (dense.empty() && expert.empty()) return;
+  if (dense.empty() && expert.empty()) return in_backward;
   all = dense;
   all.insert(all.end(), expert.begin(), expert.end());
   all_reduce_mean_bucket(all, mesh_.tp(), 1.0);
   if (mesh_.dp().size() > 1) all_reduce_mean_bucket(dense, mesh_.dp(), dp);
   if (mesh_.expert_dp().size() > 1 || dp > 1) all_reduce_mean_bucket(expert, mesh_.expert_dp(), dp);
+  return in_backward;
 }
 
 }  // namespace moetrain::parallel

@@ -36,8 +36,9 @@ class GradBuckets {
 
   // The next backward is the step's last: each gradient it finishes is final.
   void arm();
-  // After that backward: every bucket reduced, every gradient the mean over its group.
-  void finish();
+  // After that backward: every bucket reduced, every gradient the mean over its group. Returns how many
+  // buckets started during the backward (the others started here).
+  int64_t finish();
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
 
  private:
@@ -52,6 +53,7 @@ class GradBuckets {
   std::vector<torch::Tensor> hooked_;  // parameters carrying our hook (removed in the destructor)
   std::vector<torch::Tensor> partial_dense_, partial_expert_;  // tp shares: summed over tp after backward
   size_t next_ = 0;                                            // the first bucket not started
+  int64_t started_in_backward_ = 0;                            // this step's buckets started from the hooks
   bool armed_ = false;
 };
 

@@ -48,6 +48,10 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   rec.add("tokens", static_cast<double>(o.tokens));
   rec.add("tokens_per_s", o.tokens_per_step / o.seconds);
   add_communication(rec, o.comm);
+  if (o.grad_buckets >= 0) {  // how much of the gradient reduction could overlap the backward
+    rec.add("grad_buckets", static_cast<double>(o.grad_buckets));
+    rec.add("grad_buckets_in_backward", static_cast<double>(o.grad_buckets_in_backward));
+  }
   return rec;
 }
 

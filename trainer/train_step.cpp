@@ -36,7 +36,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   out.lr = set_learning_rate(state.step);
   torch::Tensor lm_sum = forward_backward(state);
   state.samples_consumed += micro_batch_ * accumulation_ * dp_;
-  reduce_gradients();
+  reduce_gradients(out);
   const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh)
                                           : local_grad_norm(p_.model);
   clip_gradients(p_.model, clip_, grad_norm);
@@ -89,14 +89,15 @@ torch::Tensor TrainStep::forward_backward(const TrainState& state) {
   return lm_sum;
 }
 
-void TrainStep::reduce_gradients() {
+void TrainStep::reduce_gradients(StepOutcome& out) {
   // Every trainable parameter has a gradient, zero where the step did not use it (a router under RANDOM
   // routing): AdamW then decays it alike in one process and in every layout's gradient buckets.
   for (auto& p : p_.model.parameters()) {
     if (p.requires_grad() && !p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
   }
   if (buckets_) {
-    buckets_->finish();
+    out.grad_buckets = buckets_->buckets();
+    out.grad_buckets_in_backward = buckets_->finish();
   } else if (p_.mesh) {
     parallel::sync_gradients(p_.model, *p_.mesh);
   }

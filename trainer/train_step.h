@@ -31,6 +31,8 @@ struct StepOutcome {
   double seconds = 0;                  // wall time of the step
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
   std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
+  // Gradient buckets (parallel.grad_bucket_mb > 0; both -1 without): in all, and started during backward.
+  int64_t grad_buckets = -1, grad_buckets_in_backward = -1;
 };
 
 // What a step works on; every reference outlives the TrainStep.
@@ -54,7 +56,7 @@ class TrainStep {
   // The step's micro-batches, forward and backward; returns Σ of their LM losses, fp64 on the device.
   torch::Tensor forward_backward(const TrainState& state);
   // Every gradient final and reduced over its groups (tp, dp, expert dp) as one process would have it.
-  void reduce_gradients();
+  void reduce_gradients(StepOutcome& out);
 
   const config::Recipe& recipe_;
   StepParts p_;

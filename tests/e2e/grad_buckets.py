@@ -2,7 +2,8 @@
 training as the reduction after backward (0): every per-step figure and every final parameter bitwise
 equal where each group has 2 ranks (DP 2 with gradient accumulation, the buckets cut small so a step has
 many; TP 2 x DP 2, whose tensor-parallel shares wait for the end of backward), and within 1e-6 with 4
-ranks per group (DP 4: the MPI library may add a message of another size in another order). Also: the
+ranks per group (DP 4: the MPI library may add a message of another size in another order); every
+bucket's reduction starts during backward (metrics.jsonl grad_buckets_in_backward). Also: the
 recipe refuses a negative size, naming the field."""
 import os
 import subprocess
@@ -34,6 +35,10 @@ def final_params(run):
 def compare(after, during, label, bitwise):
     a, b = [without_timings(r) for r in metrics(after)], [without_timings(r) for r in metrics(during)]
     check(len(a) == len(b) == 8, f"{label}: 8 steps each")
+    # Every bucket's reduction started from the hooks, during backward, none after it.
+    for r in b:
+        total, early = r.pop("grad_buckets"), r.pop("grad_buckets_in_backward")
+        check(total > 1 and early == total, f"{label} step {r['step']}: {early} of {total} buckets started in backward")
     worst = 0.0
     for x, y in zip(a, b):
         check(x.keys() == y.keys(), f"{label} step {x['step']}: different keys")
