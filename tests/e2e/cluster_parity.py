@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from common import SMALL_DATA, SOURCE, check, fresh_dir, metrics, moe_train
+from common import SMALL_DATA, SOURCE, check, fresh_dir, matches_one_process, moe_train
 
 if os.geteuid() != 0:
     print("cluster_parity: needs root; skipped")
@@ -65,19 +65,6 @@ def torchrun_example(run, parallel):
     return max(j.returncode for j in jobs), out
 
 
-def compare(single, run, label):
-    a, b = metrics(single), metrics(run)
-    check(len(a) == len(b) == 10, f"{label}: 10 steps each ({len(a)}, {len(b)})")
-    worst = 0.0
-    for x, y in zip(a, b):
-        for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "max_vio", "val_loss"):
-            if key in x:
-                rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
-                worst = max(worst, rel)
-                check(rel <= TOLERANCE, f"{label} step {x['step']} {key}: {x[key]!r} vs {y[key]!r} (rel {rel:.2e})")
-    print(f"{label}: 10 steps agree with one process, worst relative difference {worst:.2e}")
-
-
 subprocess.run(SIM + ["up", "2"], check=True)
 try:
     hostfile = fresh_dir("cluster_parity_hostfile")
@@ -93,6 +80,6 @@ try:
             check(rc == 0, f"{label} under {launcher} across 2 nodes failed ({rc}):\n{out[-6000:]}")
             check(f"launch: {launcher}, 4 ranks on 2 hosts: {TWO_NODES}" in out,
                   f"{label} under {launcher}: the ranks did not run 2 per node:\n{out[:3000]}")
-            compare(single, run, f"{label} under {launcher} on 2 nodes x 2 ranks")
+            matches_one_process(single, run, f"{label} under {launcher} on 2 nodes x 2 ranks", 10, TOLERANCE)
 finally:
     subprocess.run(SIM + ["down"], capture_output=True)

@@ -29,6 +29,21 @@ def metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
+def matches_one_process(single, run, label, steps, tolerance=1e-5):
+    """A parallel run's per-step loss terms, gradient norm, max_vio and validation loss equal one process's within
+    `tolerance` relative (the parity tolerance; docs/parallelism.md gives its margin); prints the worst."""
+    a, b = metrics(single), metrics(run)
+    check(len(a) == len(b) == steps, f"{label}: {steps} steps each ({len(a)}, {len(b)})")
+    worst = 0.0
+    for x, y in zip(a, b):
+        for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "max_vio", "val_loss"):
+            if key in x:
+                rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
+                worst = max(worst, rel)
+                check(rel <= tolerance, f"{label} step {x['step']} {key}: {x[key]!r} vs {y[key]!r} (rel {rel:.2e})")
+    print(f"{label}: {steps} steps agree with one process, worst relative difference {worst:.2e}")
+
+
 def without_timings(record):
     """A metrics.jsonl record without what depends on the clock (tokens_per_s, the comm_s* seconds)."""
     return {k: v for k, v in record.items() if k != "tokens_per_s" and not k.startswith("comm_s")}

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from common import BIN, SMALL_DATA, SOURCE, TINY, check, fresh_dir, metrics, moe_train
+from common import BIN, SMALL_DATA, SOURCE, TINY, check, fresh_dir, matches_one_process, metrics, moe_train
 
 if os.geteuid() != 0:
     print("slurm_cluster: needs root; skipped")
@@ -175,19 +175,6 @@ def wait_done(job, out, restarts=0, timeout=150):
     return log
 
 
-def compare(single, run, label):
-    a, b = metrics(single), metrics(run)
-    check(len(a) == len(b) == PARITY_STEPS, f"{label}: {PARITY_STEPS} steps each ({len(a)}, {len(b)})")
-    worst = 0.0
-    for x, y in zip(a, b):
-        for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "max_vio", "val_loss"):
-            if key in x:
-                rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
-                worst = max(worst, rel)
-                check(rel <= TOLERANCE, f"{label} step {x['step']} {key}: {x[key]!r} vs {y[key]!r} (rel {rel:.2e})")
-    print(f"{label}: {PARITY_STEPS} steps agree with one process, worst relative difference {worst:.2e}")
-
-
 def steps_logged(run_dir):
     try:
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -266,7 +253,7 @@ try:
     print(f"ranks on both nodes, local ranks from SLURM_LOCALID: {line}")
     single = fresh_dir("slurm_cluster_single_accum4")
     moe_train(single, BASE + [f"train.steps={PARITY_STEPS}", "train.grad_accum_steps=4"])
-    compare(single, parity, "EP 2 x DP 2 by sbatch on 2 nodes x 2 tasks")
+    matches_one_process(single, parity, "EP 2 x DP 2 by sbatch on 2 nodes x 2 tasks", PARITY_STEPS, TOLERANCE)
 
     # 2. Preemption by --signal=USR1@60 and requeue by the script; the resumed job equals an uninterrupted one.
     straight = fresh_dir("slurm_cluster_straight")
