@@ -10,8 +10,10 @@ void CommClock::add(const std::string& group, const std::string& op, double seco
       return;
     }
   }
-  const bool async = op.size() > 6 && op.compare(op.size() - 6, 6, "_async") == 0;
-  tallies_.push_back({group, op, 1, seconds, bytes, async});
+  auto ends_with = [&](const std::string& tail) {
+    return op.size() > tail.size() && op.compare(op.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  tallies_.push_back({group, op, 1, seconds, bytes, ends_with("_async") || ends_with("/on_stream")});
 }
 
 std::vector<CommTally> CommClock::take() {

@@ -4,7 +4,8 @@
 //
 // What the seconds mean: on the host backends (MPI, the store) a collective returns when its data has
 // arrived, so its time is the transfer plus the wait for the slowest peer to join. On NCCL it is the time
-// the host spent in the call. A collective started without waiting (an op named "..._async") is tallied
+// the host spent enqueueing it, and its time on the device stream, from enqueue to its end event, is
+// tallied apart as "OP/on_stream" (overlapped: the host did not wait). A collective started without waiting (an op named "..._async") is tallied
 // twice: its time in flight, from start to end, which overlaps other work (`overlapped`), and under
 // "OP/wait" the time the host blocked in Work::wait for it. Thread-safe (autograd may run collectives from
 // its device threads).

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,7 @@ class FlightRecorder {
   nlohmann::json to_json() const;                 // the records as an array of objects
 
  private:
+  mutable std::mutex mutex_;  // finish() may come from the device-side monitor's thread
   std::vector<CollectiveRecord> ring_;
   int64_t count_ = 0;  // collectives begun; the next goes to ring_[count_ % capacity]
 };

@@ -96,7 +96,11 @@ Watchdog::Wait::Wait(Wait&& other) noexcept : owner_(other.owner_), in_flight_(o
 Watchdog::Wait::~Wait() {
   if (!owner_) return;
   owner_->recorder_.finish(in_flight_.record, wall_clock_s());
-  comm_clock().add(in_flight_.group->name, in_flight_.op, waited_s(), in_flight_.bytes);
+  if (in_flight_.on_stream) {
+    comm_clock().add(in_flight_.group->name, std::string(in_flight_.op) + "/on_stream", waited_s(), 0);
+  } else {
+    comm_clock().add(in_flight_.group->name, in_flight_.op, waited_s(), in_flight_.bytes);
+  }
 }
 
 void Watchdog::Wait::tick() { owner_->tick(in_flight_); }
@@ -309,6 +313,20 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
         text += "\n  killed process " + std::to_string(pid) + " of this machine, a rank that sent no report";
       }
     }
+  }
+  text += "\n";
+  std::fputs(text.c_str(), stderr);
+  std::fflush(stderr);
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::duration<double>(settings_.linger_s));
+  std::_Exit(kCollectiveTimeoutExitCode);
+}
+
+void Watchdog::expire_detached(const std::string& what) {
+  std::string text = "moe-train: rank " + std::to_string(settings_.world_rank) + ": " + what;
+  if (!settings_.run_dir.empty()) {
+    const json mine = {{"rank", settings_.world_rank}, {"timed_out", true}, {"detached", what}};
+    text += write_flight_record(settings_, mine, Answers{}, recorder_);
   }
   text += "\n";
   std::fputs(text.c_str(), stderr);

@@ -14,7 +14,8 @@
 // before SIGKILL (mpirun kills the other ranks at once, and reports the first exit code: 124 stays the
 // job's).
 //
-// All calls come from the thread that runs the collectives (the only one that communicates).
+// All calls come from the thread that runs the collectives (the only one that communicates), except the
+// end of a Wait and expire_detached, which the device-side monitor's thread may call (parallel/work_monitor.h).
 #pragma once
 
 #include <chrono>
@@ -70,6 +71,11 @@ class Watchdog {
     ~Wait();
     void tick();
     double waited_s() const;
+    // For a collective left running on a device stream (NCCL): its end is tallied as time in flight
+    // ("OP/on_stream", overlapped), not as a host wait; the communicator tallies its host time itself.
+    void mark_on_stream() { in_flight_.on_stream = true; }
+    // For a collective that failed: ends nothing (its flight record stays in flight, nothing is tallied).
+    void abandon() { owner_ = nullptr; }
 
    private:
     friend class Watchdog;
@@ -78,6 +84,7 @@ class Watchdog {
       const char* op = "";
       int64_t sequence = 0, record = 0, step = 0, bytes = 0;
       const char* phase = "";
+      bool on_stream = false;
       std::chrono::steady_clock::time_point start;
     };
     Wait(Watchdog* owner, InFlight in_flight);
@@ -96,6 +103,11 @@ class Watchdog {
   Wait enter(const GroupIdentity& group, int64_t sequence, const char* op, int64_t bytes);
 
   const FlightRecorder& recorder() const { return recorder_; }
+
+  // For the device-side monitor (parallel/work_monitor.h), from its own thread: prints "moe-train: rank R:
+  // WHAT", writes this rank's flight record (without the other ranks' reports: the alarm channel belongs
+  // to the communicating thread) and ends the process with kCollectiveTimeoutExitCode.
+  [[noreturn]] void expire_detached(const std::string& what);
 
  private:
   void tick(const Wait::InFlight& in_flight);
