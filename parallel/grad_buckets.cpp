@@ -13,9 +13,10 @@ struct GradBuckets::Bucket {
   Communicator* group = nullptr;  // dp (dense) or expert_dp (experts)
   std::vector<torch::Tensor> params;
   int64_t elements = 0;
-  size_t waiting = 0;          // parameters of this bucket whose final gradient has not arrived this step
-  torch::Tensor flat;          // the gradients, concatenated, reduced in place
-  std::unique_ptr<Work> work;  // null when the group has one rank
+  size_t waiting = 0;  // parameters of this bucket whose final gradient has not arrived this step
+  torch::Tensor flat;  // (elements,): the parameters' gradients, back to back, reduced in place
+  std::vector<torch::Tensor> views;  // views[i]: params[i]'s gradient, a view of flat shaped like it
+  std::unique_ptr<Work> work;        // null when the group has one rank
 };
 
 // Called by autograd once a parameter's gradient has been accumulated in this backward.
@@ -44,6 +45,9 @@ GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, doubl
     if (!it->tensor.requires_grad()) continue;  // frozen (fine-tuning)
     if (tp && it->role.tp_partial_grad) continue;
     const int g = it->role.expert ? 1 : 0;
+    if (open[g] && (open[g]->params.front().dtype() != it->tensor.dtype() ||
+                    open[g]->params.front().device() != it->tensor.device()))
+      buckets_.push_back(std::move(open[g]));  // a bucket holds one dtype on one device
     if (!open[g]) open[g] = std::make_unique<Bucket>(), open[g]->group = groups[g];
     open[g]->params.push_back(it->tensor);
     open[g]->elements += it->tensor.numel();
@@ -52,6 +56,17 @@ GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, doubl
   for (auto& b : open) {
     if (b) buckets_.push_back(std::move(b));
   }
+  torch::NoGradGuard no_grad;
+  for (auto& b : buckets_) {
+    b->flat = torch::zeros({b->elements}, b->params.front().options());
+    int64_t offset = 0;
+    for (auto& p : b->params) {
+      b->views.push_back(b->flat.narrow(0, offset, p.numel()).view_as(p));
+      offset += p.numel();
+    }
+    point_grads_at_buffers(*b);
+  }
+  copies_ = 0;  // gradients that existed before are not the step's copies
   for (size_t i = 0; i < buckets_.size(); ++i) {
     for (auto& p : buckets_[i]->params) {
       torch::autograd::impl::set_post_acc_grad_hooks(p, std::make_unique<Hook>(this, i));
@@ -83,14 +98,32 @@ void GradBuckets::start_ready_buckets() {
     start(*buckets_[next_++]);
 }
 
-void GradBuckets::start(Bucket& b) {
-  std::vector<torch::Tensor> flat;
-  for (auto& p : b.params) {
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused this step (finish())
-    flat.push_back(p.grad().reshape({-1}));
+void GradBuckets::point_grads_at_buffers(Bucket& b) {
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    const torch::Tensor& grad = b.params[i].grad();
+    if (grad.defined() && grad.data_ptr() == b.views[i].data_ptr()) continue;
+    if (grad.defined()) b.views[i].copy_(grad);
+    b.params[i].mutable_grad() = b.views[i];
+    ++copies_;
   }
-  b.flat = torch::cat(flat);
+}
+
+void GradBuckets::start(Bucket& b) {
+  point_grads_at_buffers(b);  // in training a no-op: autograd accumulated into the views
   if (b.group->size() > 1) b.work = b.group->all_reduce_sum_async(b.flat);
+}
+
+void GradBuckets::zero_grad() {
+  torch::NoGradGuard no_grad;
+  for (auto& b : buckets_) {
+    b->flat.zero_();
+    const int64_t before = copies_;
+    point_grads_at_buffers(*b);  // the optimizer or a checkpoint load may have set .grad elsewhere
+    copies_ = before;
+  }
+  for (auto* list : {&partial_dense_, &partial_expert_}) {
+    for (auto& p : *list) p.mutable_grad() = torch::Tensor();
+  }
 }
 
 int64_t GradBuckets::finish() {
@@ -104,13 +137,7 @@ int64_t GradBuckets::finish() {
   for (auto& b : buckets_) {
     if (b->work) b->work->wait();
     b->work.reset();
-    b->flat.div_(dp);
-    int64_t offset = 0;
-    for (auto& p : b->params) {
-      p.mutable_grad().copy_(b->flat.narrow(0, offset, p.numel()).view_as(p));
-      offset += p.numel();
-    }
-    b->flat = torch::Tensor();
+    b->flat.div_(dp);  // the .grad views now hold the means
     b->waiting = b->params.size();
   }
   next_ = 0;

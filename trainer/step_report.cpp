@@ -51,6 +51,7 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   if (o.grad_buckets >= 0) {  // how much of the gradient reduction could overlap the backward
     rec.add("grad_buckets", static_cast<double>(o.grad_buckets));
     rec.add("grad_buckets_in_backward", static_cast<double>(o.grad_buckets_in_backward));
+    rec.add("grad_bucket_copies", static_cast<double>(o.grad_bucket_copies));
   }
   return rec;
 }

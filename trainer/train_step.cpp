@@ -42,7 +42,11 @@ StepOutcome TrainStep::run(TrainState& state) {
   clip_gradients(p_.model, clip_, grad_norm);
   util::inject_fault(util::FaultPoint::kOptimizerStep);
   p_.optimizer.step();
-  p_.optimizer.zero_grad();
+  if (buckets_) {
+    buckets_->zero_grad();  // keeps the .grad views into the buckets
+  } else {
+    p_.optimizer.zero_grad();
+  }
   // The step's routing measures and global-batch load, summed over the world, in one host read; then the
   // aux-loss-free bias update from that load.
   out.moe = read_step_measures(moe_layers_, p_.moe);
@@ -98,6 +102,7 @@ void TrainStep::reduce_gradients(StepOutcome& out) {
   if (buckets_) {
     out.grad_buckets = buckets_->buckets();
     out.grad_buckets_in_backward = buckets_->finish();
+    out.grad_bucket_copies = buckets_->copies();
   } else if (p_.mesh) {
     parallel::sync_gradients(p_.model, *p_.mesh);
   }

@@ -31,8 +31,9 @@ struct StepOutcome {
   double seconds = 0;                  // wall time of the step
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
   std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
-  // Gradient buckets (parallel.grad_bucket_mb > 0; both -1 without): in all, and started during backward.
-  int64_t grad_buckets = -1, grad_buckets_in_backward = -1;
+  // Gradient buckets (parallel.grad_bucket_mb > 0; -1 without): in all, started during backward, and the
+  // gradients since the start that were not accumulated in place in their bucket (GradBuckets::copies).
+  int64_t grad_buckets = -1, grad_buckets_in_backward = -1, grad_bucket_copies = -1;
 };
 
 // What a step works on; every reference outlives the TrainStep.

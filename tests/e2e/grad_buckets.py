@@ -3,7 +3,8 @@ training as the reduction after backward (0): every per-step figure and every fi
 equal where each group has 2 ranks (DP 2 with gradient accumulation, the buckets cut small so a step has
 many; TP 2 x DP 2, whose tensor-parallel shares wait for the end of backward), and within 1e-6 with 4
 ranks per group (DP 4: the MPI library may add a message of another size in another order); every
-bucket's reduction starts during backward (metrics.jsonl grad_buckets_in_backward). Also: the
+bucket's reduction starts during backward (metrics.jsonl grad_buckets_in_backward) and works in place
+(grad_bucket_copies 0: autograd accumulated every gradient in its bucket's buffer). Also: the
 recipe refuses a negative size, naming the field."""
 import os
 import subprocess
@@ -39,6 +40,9 @@ def compare(after, during, label, bitwise):
     for r in b:
         total, early = r.pop("grad_buckets"), r.pop("grad_buckets_in_backward")
         check(total > 1 and early == total, f"{label} step {r['step']}: {early} of {total} buckets started in backward")
+        # Autograd accumulated every gradient in place, in its bucket's buffer: nothing was copied in.
+        copies = r.pop("grad_bucket_copies")
+        check(copies == 0, f"{label} step {r['step']}: {copies} gradients copied into their bucket")
     worst = 0.0
     for x, y in zip(a, b):
         check(x.keys() == y.keys(), f"{label} step {x['step']}: different keys")
