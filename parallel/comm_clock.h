@@ -25,11 +25,15 @@ struct CommTally {
   double seconds = 0;
   int64_t bytes = 0;        // the operation's payload as the watchdog records it (this rank's send buffer)
   bool overlapped = false;  // time in flight of an asynchronous collective: not time the host waited
+  int64_t host_waits = 0;   // calls in which the host waited for the peers (0 for enqueues and flights)
 };
 
 class CommClock {
  public:
-  void add(const std::string& group, const std::string& op, double seconds, int64_t bytes);
+  // host_waits: how many host waits the call was (-1: 0 for an overlapped op, "..._async" or
+  // "/on_stream", else 1; a stream-ordered enqueue passes 0).
+  void add(const std::string& group, const std::string& op, double seconds, int64_t bytes,
+           int64_t host_waits = -1);
   // The tallies since the last take(), in order of first use; starts over.
   std::vector<CommTally> take();
 

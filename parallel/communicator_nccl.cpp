@@ -196,7 +196,8 @@ std::unique_ptr<Work> NcclCommunicator::enqueue(const char* op, int64_t bytes,
   settle(comm_, op, watch);  // a non-blocking communicator may still be enqueueing
   Event end = make_event();
   cuda_check(cudaEventRecord(end.get(), stream_.stream()), std::string("NCCL ") + op);
-  comm_clock().add(name_, op, std::chrono::duration<double>(Clock::now() - start).count(), bytes);
+  comm_clock().add(name_, op, std::chrono::duration<double>(Clock::now() - start).count(), bytes,
+                   /*host_waits=*/0);
   watch.mark_on_stream();
 
   PendingWork pending;
@@ -315,6 +316,7 @@ torch::Tensor NcclCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) 
 
 // The one host wait of this backend: returns once every rank's all-reduce has completed on the device.
 void NcclCommunicator::barrier() {
+  const auto start = Clock::now();
   auto one = torch::ones({1}, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA, device_));
   auto work = all_reduce_sum_async(one);
   while (!work->completed()) {  // the monitor bounds it (parallel.timeout_s) and reports a failure
@@ -322,6 +324,7 @@ void NcclCommunicator::barrier() {
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
   work->wait();
+  comm_clock().add(name_, "barrier/wait", std::chrono::duration<double>(Clock::now() - start).count(), 0, 1);
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key, const std::string& name) {

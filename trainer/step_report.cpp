@@ -47,6 +47,7 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   rec.add("grad_norm", o.grad_norm);
   rec.add("tokens", static_cast<double>(o.tokens));
   rec.add("tokens_per_s", o.tokens_per_step / o.seconds);
+  rec.add("host_reads", static_cast<double>(o.host_reads));
   add_communication(rec, o.comm);
   if (o.grad_buckets >= 0) {  // how much of the gradient reduction could overlap the backward
     rec.add("grad_buckets", static_cast<double>(o.grad_buckets));
@@ -61,13 +62,15 @@ StepRecord StepReporter::record(const StepOutcome& o) {
 // (parallel/comm_clock.h says what the seconds hold). Nothing for one process.
 void StepReporter::add_communication(StepRecord& rec, const std::vector<parallel::CommTally>& comm) {
   if (comm.empty()) return;
-  double seconds = 0, bytes = 0;
+  double seconds = 0, bytes = 0, waits = 0;
   for (const auto& t : comm) {
     if (!t.overlapped) seconds += t.seconds;  // the host's waits; an async collective's flight overlaps them
     bytes += static_cast<double>(t.bytes);
+    waits += static_cast<double>(t.host_waits);
   }
   rec.add("comm_s", seconds);
   rec.add("comm_bytes", bytes);
+  rec.add("comm_host_waits", waits);  // collectives that held the host until the peers' data came
   for (const auto& t : comm) rec.add("comm_s/" + t.group + "/" + t.op, t.seconds);
 }
 

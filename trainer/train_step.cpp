@@ -30,7 +30,8 @@ TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
 
 StepOutcome TrainStep::run(TrainState& state) {
   const double start = monotonic_seconds();
-  parallel::comm_clock().take();  // what came before the step (evaluation, checkpoints) is not the step's
+  const util::HostReadCount reads;  // every device-to-host read of the step, from any thread
+  parallel::comm_clock().take();    // what came before the step (evaluation, checkpoints) is not the step's
   StepOutcome out;
   out.micro_batches = accumulation_;
   out.lr = set_learning_rate(state.step);
@@ -61,6 +62,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   state.tokens += out.tokens_per_step;
   out.step = state.step, out.tokens = state.tokens;
   out.seconds = monotonic_seconds() - start;
+  out.host_reads = reads.reads();
   out.comm = parallel::comm_clock().take();
   return out;
 }

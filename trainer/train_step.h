@@ -29,6 +29,7 @@ struct StepOutcome {
   int64_t tokens_per_step = 0;         // global batch: micro-batch × accumulation × sequence length × dp
   int64_t tokens = 0;                  // training tokens seen in total after the step
   double seconds = 0;                  // wall time of the step
+  int64_t host_reads = 0;              // device-to-host reads (util::read_to_host) during the step
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
   std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
   // Gradient buckets (parallel.grad_bucket_mb > 0; -1 without): in all, started during backward, and the

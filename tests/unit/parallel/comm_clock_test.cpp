@@ -29,6 +29,25 @@ TEST(CommClock, TalliesByGroupAndOperationUntilTaken) {
   ASSERT_EQ(async.size(), 2u);
   EXPECT_TRUE(async[0].overlapped);   // in flight, beside other work
   EXPECT_FALSE(async[1].overlapped);  // the host waited
+  EXPECT_EQ(async[0].host_waits, 0);
+  EXPECT_EQ(async[1].host_waits, 1);
+}
+
+// A host backend's collective is one host wait per call; a stream-ordered enqueue (NCCL) and its time on
+// the stream are none.
+TEST(CommClock, CountsTheCallsThatHeldTheHost) {
+  CommClock clock;
+  clock.add("ep", "all_to_all_v", 0.5, 100);
+  clock.add("ep", "all_to_all_v", 0.5, 100);
+  clock.add("tp", "all_reduce_sum", 1e-5, 64, /*host_waits=*/0);
+  clock.add("tp", "all_reduce_sum/on_stream", 0.25, 0);
+  const auto tallies = clock.take();
+  ASSERT_EQ(tallies.size(), 3u);
+  EXPECT_EQ(tallies[0].host_waits, 2);
+  EXPECT_EQ(tallies[1].host_waits, 0);
+  EXPECT_FALSE(tallies[1].overlapped);  // the enqueue is host time, though not a wait
+  EXPECT_EQ(tallies[2].host_waits, 0);
+  EXPECT_TRUE(tallies[2].overlapped);
 }
 
 }  // namespace
