@@ -24,21 +24,41 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
     case torch::kUInt8:
     case torch::kBool: return MPI_UINT8_T;
     case torch::kBFloat16:
-    case torch::kHalf: return MPI_UINT16_T;  // moved bit for bit; summed as fp32 (staged)
+    case torch::kHalf: return MPI_UINT16_T;  // moved bit for bit; summed by sum_op
     default:
       throw CommError("MPI communicator: unsupported dtype " + std::string(c10::toString(t.scalar_type())));
   }
 }
 
-// Host staging, written once for every operation. MPI reads and writes host memory and sums only the
-// types it knows, so each operation runs on staged(t): t itself when it is a contiguous CPU tensor
-// (the CPU path copies nothing), else a contiguous host copy: CUDA tensors go through host memory,
-// and 16-bit floats that are summed are widened to fp32. unstaged() takes a result back to the
-// caller's device and dtype (no copy when they are the host tensor's).
-torch::Tensor staged(const torch::Tensor& t, bool summed) {
-  const bool half = t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf;
-  return t.to(torch::kCPU, summed && half ? torch::kFloat32 : t.scalar_type()).contiguous();
+// MPI sums only the types it knows: 16-bit floats are summed by user operations on MPI_UINT16_T that
+// add in fp32 and round to the tensor's dtype at each step of the reduction, as NCCL does. With two ranks
+// that is the fp32 sum rounded once; with more, each partial sum is rounded (the reduction's order is
+// MPI's, as for fp32). The message stays 16-bit: half the bytes of widening to fp32.
+template <typename T>
+void sum_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
 }
+
+MPI_Op sum_op(const torch::Tensor& t) {
+  static MPI_Op bf16 = MPI_OP_NULL, fp16 = MPI_OP_NULL;  // created on first use (after MPI_Init), kept
+  if (t.scalar_type() == torch::kBFloat16) {
+    if (bf16 == MPI_OP_NULL) MPI_Op_create(&sum_16bit<c10::BFloat16>, /*commute=*/1, &bf16);
+    return bf16;
+  }
+  if (t.scalar_type() == torch::kHalf) {
+    if (fp16 == MPI_OP_NULL) MPI_Op_create(&sum_16bit<c10::Half>, /*commute=*/1, &fp16);
+    return fp16;
+  }
+  return MPI_SUM;
+}
+
+// Host staging, written once for every operation. MPI reads and writes host memory, so each operation
+// runs on staged(t): t itself when it is a contiguous CPU tensor (the CPU path copies nothing), else a
+// contiguous host copy (CUDA tensors go through host memory). unstaged() takes a result back to the
+// caller's device (no copy when it is the host tensor's).
+torch::Tensor staged(const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); }
 torch::Tensor unstaged(const torch::Tensor& host, const torch::Tensor& like) {
   return host.to(like.device(), like.scalar_type());
 }
@@ -199,11 +219,11 @@ void MpiCommunicator::complete(MPI_Request& request, Watchdog::Wait& wait, const
 }
 
 void MpiCommunicator::all_reduce_sum(torch::Tensor& t) {
-  auto host = staged(t, /*summed=*/true);
+  auto host = staged(t);
   auto wait = watched("all_reduce_sum", static_cast<int64_t>(host.nbytes()));
   MPI_Request request;
   check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host),
-                       MPI_SUM, comm_, &request),
+                       sum_op(host), comm_, &request),
         "Iallreduce");
   complete(request, wait, "Iallreduce");
   write_back(t, host);
@@ -253,17 +273,17 @@ class MpiWork : public Work {
 };
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce_sum_async(torch::Tensor& t) {
-  auto host = staged(t, /*summed=*/true);
+  auto host = staged(t);
   auto work = std::make_unique<MpiWork>(*this, t, host,
                                         watched("all_reduce_sum_async", static_cast<int64_t>(host.nbytes())));
   check(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count(host.numel(), "all_reduce_sum"), mpi_type(host),
-                       MPI_SUM, comm_, &work->request),
+                       sum_op(host), comm_, &work->request),
         "Iallreduce");
   return work;
 }
 
 void MpiCommunicator::broadcast(torch::Tensor& t, int root) {
-  auto host = staged(t, /*summed=*/false);
+  auto host = staged(t);
   auto wait = watched("broadcast", static_cast<int64_t>(host.nbytes()));
   MPI_Request request;
   check(MPI_Ibcast(host.data_ptr(), count(host.numel(), "broadcast"), mpi_type(host), root, comm_, &request),
@@ -276,7 +296,7 @@ torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std
                                             const std::vector<int64_t>& recv_counts) {
   TORCH_CHECK(static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
               "all_to_all_v: one count per rank of group ", name_);
-  auto in = staged(send, /*summed=*/false);
+  auto in = staged(send);
   int64_t row = 1;  // elements per row (the tensor may have no rows at all)
   for (int64_t d = 1; d < in.dim(); ++d) row *= in.size(d);
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
@@ -305,7 +325,7 @@ torch::Tensor MpiCommunicator::all_to_all_v(const torch::Tensor& send, const std
 
 torch::Tensor MpiCommunicator::all_gather_rows(const torch::Tensor& rows) {
   agree_on_rows("all_gather_rows", rows, /*divisible_rows=*/false);
-  auto in = staged(rows, /*summed=*/false);
+  auto in = staged(rows);
   auto shape = in.sizes().vec();
   shape[0] *= size_;
   auto out = torch::empty(shape, in.options());  // (size·n, ...)
@@ -322,7 +342,7 @@ torch::Tensor MpiCommunicator::all_gather_rows(const torch::Tensor& rows) {
 
 torch::Tensor MpiCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
   agree_on_rows("reduce_scatter_rows_sum", t, /*divisible_rows=*/true);
-  auto in = staged(t, /*summed=*/true);
+  auto in = staged(t);
   auto shape = in.sizes().vec();
   shape[0] /= size_;
   auto out = torch::empty(shape, in.options());  // (n, ...)
@@ -330,7 +350,7 @@ torch::Tensor MpiCommunicator::reduce_scatter_rows_sum(const torch::Tensor& t) {
   auto wait = watched("reduce_scatter_rows_sum", static_cast<int64_t>(in.nbytes()));
   MPI_Request request;
   check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count(out.numel(), "reduce_scatter_rows_sum"),
-                                  mpi_type(in), MPI_SUM, comm_, &request),
+                                  mpi_type(in), sum_op(in), comm_, &request),
         "Ireduce_scatter_block");
   complete(request, wait, "Ireduce_scatter_block");
   reduce_scatter_bytes_ += (size_ - 1) * static_cast<int64_t>(out.nbytes());

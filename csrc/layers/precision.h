@@ -57,4 +57,11 @@ inline std::optional<at::ScalarType> compute_dtype_for(c10::DeviceType device) {
   return at::autocast::get_autocast_dtype(device);
 }
 
+// `x` in the compute dtype while autocast is on for its device (what an autocast matmul would cast it to),
+// else `x`. Tensor-parallel layers cast before their collectives so that the sums travel in bf16.
+inline at::Tensor in_compute_dtype(const at::Tensor& x) {
+  const auto dtype = compute_dtype_for(x.device().type());
+  return dtype && at::isFloatingType(x.scalar_type()) ? x.to(*dtype) : x;
+}
+
 }  // namespace moetrain::layers

@@ -1,5 +1,7 @@
 #include "csrc/layers/swiglu.h"
 
+#include "csrc/layers/precision.h"
+
 namespace moetrain::layers {
 
 SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
@@ -10,9 +12,10 @@ SwiGLUImpl::SwiGLUImpl(int64_t d_model, int64_t hidden, int64_t tp_size) {
 }
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& input) {
-  auto x = tp_ ? tp_->copy_to_tp(input) : input;
-  auto y = w2(torch::silu(w1(x)) * w3(x)).to(input.scalar_type());  // residual dtype, as in attention
-  return tp_ ? tp_->reduce_from_tp(y) : y;
+  auto x = tp_ ? tp_->copy_to_tp(in_compute_dtype(input)) : input;  // as in attention
+  auto y = w2(torch::silu(w1(x)) * w3(x));                          // the compute dtype
+  if (tp_) y = tp_->reduce_from_tp(y);                              // summed in it
+  return y.to(input.scalar_type());                                 // residual dtype
 }
 
 }  // namespace moetrain::layers

@@ -1,5 +1,7 @@
 #include "csrc/model/attention.h"
 
+#include "csrc/layers/precision.h"
+
 namespace moetrain::model {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -79,7 +81,9 @@ torch::Tensor AttentionImpl::full_width_norm(const torch::Tensor& x, const torch
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
-  auto x = tp_ ? tp_->copy_to_tp(input) : input;
+  // Under tensor parallelism the input is cast to the compute dtype before copy_to_tp (as the projection's
+  // autocast would), so the backward's gradient sum over tp travels in bf16 under mixed precision.
+  auto x = tp_ ? tp_->copy_to_tp(layers::in_compute_dtype(input)) : input;
   const int64_t B = x.size(0), S = x.size(1), G = groups_, Hkv = local_kv_heads_, Dh = head_dim_;
   const auto& lora = options_.lora;
   const double s = lora.rank > 0 ? lora.alpha / static_cast<double>(lora.rank) : 0.0;
@@ -102,10 +106,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
     k = k.repeat_interleave(G, 1), v = v.repeat_interleave(G, 1);  // key/value head h / G for query head h
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                               /*is_causal=*/true);  // (B, H, S, Dh)
-  // Back to the residual stream's dtype (fp32 under mixed precision) before the tensor-parallel sum.
-  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s)
-               .to(input.scalar_type());
-  return tp_ ? tp_->reduce_from_tp(y) : y;
+  // The tensor-parallel sum in the compute dtype (bf16 under mixed precision: half the bytes, as Megatron),
+  // then back to the residual stream's dtype (fp32).
+  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s);
+  if (tp_) y = tp_->reduce_from_tp(y);
+  return y.to(input.scalar_type());
 }
 
 }  // namespace moetrain::model

@@ -210,12 +210,12 @@ layouts = saved
 # changes which rows one bf16 GEMM call sums (the expert weight gradients are bf16 GEMM outputs over the
 # rows a rank holds) and the fp32 summation order, and each bf16 rounding is 2^-8 relative, so bf16 runs
 # agree within these tolerances instead of 1e-5. Measured worst over 10 steps and every layout, under
-# ONEDNN_MAX_CPU_ISA=AVX2, AVX512_CORE and AVX512_CORE_BF16 (docs/parallelism.md has the table): loss 1.6e-4
-# (6.3x), lm loss 1.1e-4 (9x), validation loss 1.8e-5 (55x), gradient norm 6.4e-3 (TP 2, AVX2: 3.1x), aux loss
-# 3.2e-2 (TP 2, AVX512_CORE: 3.1x; 5e-2 before, set from 1.4e-2 on an AVX2-only CPU); DP 2 is bitwise equal.
+# ONEDNN_MAX_CPU_ISA=AVX2, AVX512_CORE and AVX512_CORE_BF16 (docs/parallelism.md has the table), TP 2 summing
+# in bf16 as Megatron does: loss 3.8e-4 (5.3x), lm loss 2.5e-4 (8x), validation loss 5.1e-5 (20x), gradient norm
+# 1.7e-2 (3.5x), aux loss 3.6e-2 (4.2x), all TP 2 under AVX512_CORE; DP 2 is bitwise equal.
 # MaxVio and the expert biases are left out: a one-ulp change can move a near-tied token to another expert,
 # and the aux loss follows the counts.
-BF16_TOL = {"loss": 1e-3, "lm_loss": 1e-3, "val_loss": 1e-3, "grad_norm": 2e-2, "aux_loss": 0.1}
+BF16_TOL = {"loss": 2e-3, "lm_loss": 2e-3, "val_loss": 1e-3, "grad_norm": 6e-2, "aux_loss": 0.15}
 if np_ranks == 2:
     layouts_against_one_process(["routing.capacity_factor=0", "train.precision=BF16"], "bf16", BF16_TOL, params=False)
 print("ok")

@@ -11,6 +11,7 @@
 #include <functional>
 #include <thread>
 
+#include "parallel/comm_clock.h"
 #include "parallel/communicator_mpi.h"
 #include "parallel/communicator_store.h"
 #include "parallel/tensor_parallel.h"
@@ -274,19 +275,29 @@ TEST(MpiStaging, NonContiguousTensorsAreStagedAndWrittenBack) {
   EXPECT_TRUE(torch::equal(got.narrow(0, 3 * me, 3), rows));
 }
 
-TEST(MpiStaging, Bf16IsMovedBitForBitAndSummedInFp32) {
+TEST(MpiStaging, Bf16IsMovedBitForBitAndSummedInBf16OnTheWire) {
   auto comm = parallel::MpiCommunicator::world();
   const int p = comm->size(), me = comm->rank();
   auto x = torch::full({4}, 1.0 + me / 128.0, torch::kBFloat16);  // exact in bf16
   auto got = comm->all_gather_rows(x);
   EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
   for (int r = 0; r < p; ++r) EXPECT_EQ(got[r * 4].item<float>(), static_cast<float>(1.0 + r / 128.0));
-  // 256 + 1 + 1 + 1 summed in fp32 is 259, rounded once to bf16: 260; a running bf16 sum would lose
-  // each +1 (256 + 1 rounds to 256) and give 256. With 2 ranks both give 256.
+  // Sums travel in bf16 (2 bytes an element, as NCCL's), each partial sum added in fp32 and rounded to bf16.
+  // Two ranks: the fp32 sum rounded once, 256 + 1 = 257 -> 256 (to even). Partial sums exact in bf16 give
+  // the exact sum in any order.
+  parallel::comm_clock().take();
   auto s = torch::full({2}, me == 0 ? 256.0 : 1.0, torch::kBFloat16);
   comm->all_reduce_sum(s);
   EXPECT_EQ(s.scalar_type(), torch::kBFloat16);
-  EXPECT_EQ(s[0].item<float>(), torch::tensor({256.0f + (p - 1)}).to(torch::kBFloat16).item<float>());
+  if (p == 2) {
+    EXPECT_EQ(s[0].item<float>(), 256.0f);
+  }
+  const auto tallies = parallel::comm_clock().take();
+  ASSERT_FALSE(tallies.empty());
+  EXPECT_EQ(tallies.back().bytes, 2 * 2) << "two bf16 elements on the wire, not widened to fp32";
+  auto e = torch::full({3}, 0.25 * (me + 1), torch::kBFloat16);
+  comm->all_reduce_sum(e);
+  EXPECT_EQ(e[1].item<float>(), static_cast<float>(0.25 * p * (p + 1) / 2));
   auto rs = comm->reduce_scatter_rows_sum(torch::full({p, 2}, 0.5, torch::kBFloat16));
   EXPECT_EQ(rs.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(torch::equal(rs, torch::full({1, 2}, 0.5 * p, torch::kBFloat16)));
