@@ -210,8 +210,15 @@ int ablate(const Plan& plan, ab::Study study) {
   std::vector<size_t> pending;
   for (size_t i = 0; i < runs.size(); ++i) {
     double seconds;
-    if (finished(runs[i], &seconds)) progress.add(seconds);
-    else pending.push_back(i);
+    if (!finished(runs[i], &seconds)) {
+      pending.push_back(i);
+      continue;
+    }
+    if (const int64_t steps = ab::read_run_metrics(runs[i].dir).steps; steps != runs[i].steps)
+      throw std::runtime_error(runs[i].dir + " finished at step " + std::to_string(steps) +
+                               " but the study now asks " + std::to_string(runs[i].steps) +
+                               " steps; give another budget its own --out folder");
+    progress.add(seconds);
   }
   std::printf("[ablate] %zu variants x %zu seeds: %s, %zu to train, %ld at a time\n", study.variants.size(),
               study.seeds.size(), progress.line(plan.parallel).c_str(), pending.size(), plan.parallel);

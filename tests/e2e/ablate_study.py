@@ -147,6 +147,12 @@ for fig in ["val_ppl.svg", "val_ppl_vs_baseline.svg", "val_max_vio.svg", "val_lo
     check(f"figures/{fig}" in md, f"{fig} in report.md")
 print("ok: report.md shows the same numbers and words; the figures are SVG")
 
+with open(os.path.join(work, "smoke.textproto"), "w") as f:
+    f.write(files["smoke.textproto"].replace("steps: 60", "steps: 80"))
+other_budget = subprocess.run(ablate, capture_output=True, text=True)
+check(other_budget.returncode == 1 and "finished at step 60 but the study now asks 80 steps; give another budget its "
+      "own --out folder" in other_budget.stderr, "a changed budget is refused:\n" + other_budget.stderr)
+
 bad = subprocess.run([os.path.join(BIN, "moe-ablate"), os.path.join(work, "variants/a_aux.textproto")],
                      capture_output=True, text=True)
 check(bad.returncode == 1 and 'unknown field "base" in Study' in bad.stderr, "a recipe is not a study:\n" + bad.stderr)

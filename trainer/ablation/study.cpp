@@ -118,6 +118,15 @@ Study load_study(const std::string& path) {
 }
 
 std::vector<Run> plan_runs(const Study& study, const std::string& out_dir) {
+  for (const auto& set : study.sets) {
+    if (set.rfind("train.seed=", 0) == 0)
+      throw std::runtime_error(study.source + ": set " + set +
+                               ": every run's seed is one of the study's seeds; " +
+                               "list the seeds in the study file (seeds: [...]) instead");
+    if (set.rfind("train.steps=", 0) == 0 && (study.steps > 0 || study.tokens > 0))
+      throw std::runtime_error(study.source + ": set " + set + ": the study's budget (steps: or tokens:) sets " +
+                               "train.steps; change the budget in the study file instead");
+  }
   std::vector<Run> runs;
   for (size_t v = 0; v < study.variants.size(); ++v) {
     const Variant& variant = study.variants[v];

@@ -47,7 +47,8 @@ std::vector<Variant> folder_variants(const std::string& dir);
 
 // The runs, variant-major (every seed of the first variant, then the next variant's); loads each
 // variant's recipe with its overrides (so a bad recipe or override fails here, before any training)
-// and turns a token budget into steps.
+// and turns a token budget into steps. An override of train.seed, or of train.steps when the study has
+// a budget, is an error (the study decides them).
 std::vector<Run> plan_runs(const Study& study, const std::string& out_dir);
 
 }  // namespace moetrain::trainer::ablation

@@ -90,6 +90,19 @@ TEST_F(StudyFiles, ErrorsNameTheFieldTheValueAndTheFix) {
   EXPECT_NE(error_of("steps: 3\n").find("the study names no variant; add variants_dir"), std::string::npos);
   EXPECT_NE(error_of("variants_dir: \"missing\"\n").find("missing: cannot open the variants folder"),
             std::string::npos);
+  Study seeded = load_study(write("s.textproto", "variants_dir: \"v\"\nsteps: 4\n"));
+  seeded.sets = {"train.seed=3"};
+  EXPECT_THROW(plan_runs(seeded, "o"), std::runtime_error);
+  seeded.sets = {"train.steps=3"};
+  try {
+    plan_runs(seeded, "o");
+    FAIL() << "train.steps beside the study's budget";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "set train.steps=3: the study's budget (steps: or tokens:) sets train.steps"),
+              std::string::npos)
+        << e.what();
+  }
   const Study bad_set = load_study(write("s.textproto", "variants_dir: \"v\"\nset: \"train.stepz=3\"\n"));
   try {
     plan_runs(bad_set, "o");
@@ -98,6 +111,14 @@ TEST_F(StudyFiles, ErrorsNameTheFieldTheValueAndTheFix) {
     EXPECT_NE(std::string(e.what()).find("variant a_aux"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("stepz"), std::string::npos) << e.what();
   }
+}
+
+TEST(Study, TheCommittedRoutingStudyPlans) {
+  const Study s = load_study("recipes/ablations/routing.study.textproto");
+  EXPECT_EQ(s.baseline, "switch_aux");
+  const auto runs = plan_runs(s, "o");
+  EXPECT_EQ(runs.size(), s.variants.size() * 3);
+  EXPECT_EQ(runs.front().steps, 300);
 }
 
 }  // namespace
