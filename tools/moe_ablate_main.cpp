@@ -139,20 +139,38 @@ struct Progress {
   }
 };
 
+using Clock = std::chrono::steady_clock;
+using Running = std::map<pid_t, std::pair<size_t, Clock::time_point>>;  // pid -> (run index, start)
+
+// Waits for one of `running` to end and returns its pid and exit status. Checks for a stop signal
+// every 50 ms, and on the first passes SIGTERM on to every running training.
+pid_t wait_any(const Running& running, bool* forwarded, int* status) {
+  while (true) {
+    if (g_stop_signal && !*forwarded) {
+      for (const auto& [pid, r] : running) ::kill(pid, SIGTERM);
+      *forwarded = true;
+    }
+    const pid_t pid = ::waitpid(-1, status, WNOHANG);
+    if (pid > 0 && running.count(pid)) return pid;
+    if (pid < 0 && errno != EINTR)
+      throw std::runtime_error("waitpid failed with no training left to wait for");
+    if (pid == 0 || pid < 0) ::usleep(50000);
+  }
+}
+
 // Trains `pending` (indices into runs), up to plan.parallel at once. After a failure or a stop signal
 // it starts nothing new (a signal is passed on to the running trainings, which save a checkpoint and
 // stop). Returns the names of the runs that failed.
 std::vector<std::string> train_runs(const Plan& plan, const ab::Study& study, const std::vector<ab::Run>& runs,
                                     const std::vector<size_t>& pending, Progress& progress) {
-  using Clock = std::chrono::steady_clock;
-  std::map<pid_t, std::pair<size_t, Clock::time_point>> running;
+  Running running;
   std::vector<std::string> failed;
   size_t next = 0;
   bool forwarded = false;
   const bool logs = plan.parallel > 1;
   while (next < pending.size() || !running.empty()) {
-    while (!g_stop_signal && failed.empty() && next < pending.size() &&
-           static_cast<long>(running.size()) < plan.parallel) {
+    if (g_stop_signal || !failed.empty()) next = pending.size();
+    while (next < pending.size() && static_cast<long>(running.size()) < plan.parallel) {
       const ab::Run& run = runs[pending[next]];
       make_dirs(run.dir);
       std::printf("[ablate] %s: training%s\n", run_name(study, run).c_str(),
@@ -160,16 +178,9 @@ std::vector<std::string> train_runs(const Plan& plan, const ab::Study& study, co
       running[start(train_command(plan, study, run), logs ? run.dir + "/train.log" : "")] = {pending[next++],
                                                                                              Clock::now()};
     }
-    if (g_stop_signal && !forwarded) {
-      for (const auto& [pid, r] : running) ::kill(pid, SIGTERM);
-      forwarded = true, next = pending.size();
-    }
+    if (running.empty()) break;
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0 && errno == EINTR) continue;
-    if (pid < 0) throw std::runtime_error("waitpid failed");
-    const auto it = running.find(pid);
-    if (it == running.end()) continue;
+    const auto it = running.find(wait_any(running, &forwarded, &status));
     const ab::Run& run = runs[it->second.first];
     const double seconds = std::chrono::duration<double>(Clock::now() - it->second.second).count();
     running.erase(it);
@@ -179,7 +190,7 @@ std::vector<std::string> train_runs(const Plan& plan, const ab::Study& study, co
       progress.add(seconds);
       std::printf("[ablate] %s: finished in %s | %s\n", run_name(study, run).c_str(),
                   duration(seconds).c_str(), progress.line(plan.parallel).c_str());
-    } else if (rc == 0 || g_stop_signal) {
+    } else if (rc == 0 || g_stop_signal) {  // stopped by the signal, or by train.exit_interval
       std::printf("[ablate] %s: stopped before step %lld; it resumes from its checkpoint on the next moe-ablate\n",
                   run_name(study, run).c_str(), static_cast<long long>(run.steps));
     } else {
@@ -233,7 +244,7 @@ int ablate(const Plan& plan, ab::Study study) {
   if (progress.done < progress.total) {
     std::fprintf(stderr, "moe-ablate: stopped with %s; rerun the same command to continue\n",
                  progress.line(plan.parallel).c_str());
-    return 128 + static_cast<int>(g_stop_signal ? g_stop_signal : SIGTERM);
+    return g_stop_signal ? 128 + static_cast<int>(g_stop_signal) : 1;  // else a run stopped by exit_interval
   }
   const auto results = ab::study_results(study, runs);
   ab::write_report(study, results, runs, plan.out, command_line(plan));
@@ -294,7 +305,7 @@ int main(int argc, char** argv) {
       plan.out = "runs/ablation-" + name;
     }
     struct sigaction sa {};
-    sa.sa_handler = on_stop;  // no SA_RESTART: waitpid returns EINTR and the loop passes the signal on
+    sa.sa_handler = on_stop;  // wait_any passes the signal on to the running trainings
     ::sigaction(SIGTERM, &sa, nullptr);
     ::sigaction(SIGINT, &sa, nullptr);
     return ablate(plan, study);
