@@ -1,6 +1,6 @@
-"""moe-ablate on a two-variant folder (a study with one seed, 1234) with a tiny budget: a bad recipe is refused
+"""moe-ablate on a three-variant folder (a study with one seed, 1234) with a tiny budget: a bad recipe is refused
 before anything trains, the report's table matches the metrics files, the figures are valid SVG, and a study
-stopped by a failing run resumes without redoing the finished one."""
+stopped by a failing run (nothing new starts after it) resumes without redoing the finished one."""
 import json
 import os
 import re
@@ -21,6 +21,8 @@ with open(os.path.join(variants, "base.textproto"), "w") as f:
             'schedule { warmup_steps: 2 }\ncheckpoint { interval: 3 }\n')
 with open(os.path.join(variants, "a_switch.textproto"), "w") as f:
     f.write('base: "base.textproto"\nrouting { aux_loss_coeff: 0.01 }\n')
+with open(os.path.join(variants, "c_seq.textproto"), "w") as f:
+    f.write('base: "base.textproto"\nrouting { aux_loss_coeff: 0 seq_aux_loss_coeff: 0.01 }\n')
 broken = os.path.join(variants, "b_bias.textproto")
 with open(broken, "w") as f:
     f.write('base: "base.textproto"\nrouting { aux_loss_coeff: 0 bias_update_rat: 0.001 }\n')  # typo
@@ -38,6 +40,7 @@ with open(broken, "w") as f:  # loads, but fails when it trains: its training da
 first = subprocess.run(ablate, capture_output=True, text=True, timeout=600)
 check(first.returncode == 1, f"the failing run stops the study:\n{first.stdout}\n{first.stderr}")
 check("run b_bias/seed-1234 failed" in first.stderr, first.stderr)
+check(not os.path.exists(os.path.join(out, "runs/c_seq")), "nothing starts after a failed run")
 done_metrics = os.path.join(out, "runs/a_switch/seed-1234/metrics.jsonl")
 before = os.stat(done_metrics).st_mtime_ns
 
@@ -45,11 +48,11 @@ with open(broken, "w") as f:
     f.write('base: "base.textproto"\nrouting { aux_loss_coeff: 0 bias_update_rate: 0.001 }\n')
 second = subprocess.run(ablate, capture_output=True, text=True, timeout=600)
 check(second.returncode == 0, f"second run:\n{second.stdout}\n{second.stderr}")
-check("2 variants x 1 seeds: 1/2 runs done" in second.stdout and "1 to train" in second.stdout, second.stdout)
+check("3 variants x 1 seeds: 1/3 runs done" in second.stdout and "2 to train" in second.stdout, second.stdout)
 check(os.stat(done_metrics).st_mtime_ns == before, "the finished run was not retrained")
 
 report = open(os.path.join(out, "report.md")).read()
-for name in ("a_switch", "b_bias"):
+for name in ("a_switch", "b_bias", "c_seq"):
     rows = [json.loads(line) for line in open(os.path.join(out, "runs", name, "seed-1234", "metrics.jsonl"))]
     evals = [r for r in rows if "val_loss" in r]
     mean = lambda key, rs=rows: sum(r[key] for r in rs) / len(rs)
