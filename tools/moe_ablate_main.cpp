@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -94,10 +95,11 @@ std::string run_name(const ab::Study& study, const ab::Run& run) {
 // written by an older moe-ablate ("done").
 bool finished(const ab::Run& run, double* seconds) {
   std::ifstream in(run.dir + "/.complete");
-  std::string word;
   *seconds = NAN;
+  if (!in) return false;
+  std::string word;
   if (in >> word && word == "seconds") in >> *seconds;
-  return static_cast<bool>(std::ifstream(run.dir + "/.complete"));
+  return true;
 }
 
 // Whether the run's metrics reached its planned steps (a run stopped by a signal or train.exit_interval
@@ -128,7 +130,7 @@ struct Progress {
   size_t timed = 0;
   void add(double s) {
     ++done;
-    if (s == s) seconds += s, ++timed;
+    if (!std::isnan(s)) seconds += s, ++timed;
   }
   std::string line(long parallel) const {
     std::string out = std::to_string(done) + "/" + std::to_string(total) + " runs done";

@@ -2,6 +2,7 @@
 #include "trainer/ablation/study.h"
 
 #include <gtest/gtest.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -113,7 +114,21 @@ TEST_F(StudyFiles, ErrorsNameTheFieldTheValueAndTheFix) {
   }
 }
 
-TEST(Study, TheCommittedRoutingStudyPlans) {
+// Every study file shipped in recipes/ (*.study.textproto) loads and plans; the routing study is
+// 3 seeds of its folder at 300 steps.
+TEST(Study, TheShippedStudiesPlan) {
+  static std::vector<std::string> found;
+  nftw(
+      "recipes",
+      [](const char* path, const struct stat*, int type, struct FTW*) {
+    const std::string p = path;
+    if (type == FTW_F && p.size() > 16 && p.compare(p.size() - 16, 16, ".study.textproto") == 0)
+      found.push_back(p);
+    return 0;
+      },
+      16, FTW_PHYS);
+  ASSERT_FALSE(found.empty());
+  for (const auto& path : found) EXPECT_NO_THROW(plan_runs(load_study(path), "o")) << path;
   const Study s = load_study("recipes/ablations/routing.study.textproto");
   EXPECT_EQ(s.baseline, "switch_aux");
   const auto runs = plan_runs(s, "o");
