@@ -55,7 +55,8 @@ std::vector<svg::Series> mean_curves(const std::vector<VariantResult>& results, 
       for (size_t i = 0; i + window <= points.size(); i += window) {
         double sum = 0;
         for (size_t j = i; j < i + window; ++j) sum += points[j].second;
-        at_step[points[i + window - 1].first].push_back(sum / window);
+        if (!std::isnan(sum))
+          at_step[points[i + window - 1].first].push_back(sum / window);  // NaN: not logged
       }
     }
     svg::Series s{v.name, {}, {}};
