@@ -131,8 +131,10 @@ std::string report_markdown(const Study& study, const std::vector<VariantResult>
      << command << "`\n\nStudy: `" << study.source << "`; " << results.size() << " variants × " << n
      << " seed(s) (";
   for (size_t i = 0; i < study.seeds.size(); ++i) md << (i ? ", " : "") << study.seeds[i];
-  md << "); baseline `" << study.baseline << "`.\n\n## Summary\n\nMean ± standard deviation over the seeds "
-     << "[95% t-interval of the mean].\n\n| variant | steps |";
+  md << "); baseline `" << study.baseline << "`.\n\n## Summary\n\n"
+     << (n < 2 ? "One seed: each cell is that run's value, with no spread and no interval."
+               : "Mean ± standard deviation over the seeds [95% t-interval of the mean].")
+     << "\n\n| variant | steps |";
   for (const Column& c : kSummary) md << " " << c.heading << " |";
   md << "\n|---|---|---|---|---|---|---|\n";
   for (const auto& v : results) {
@@ -143,7 +145,7 @@ std::string report_markdown(const Study& study, const std::vector<VariantResult>
   md << "\n## Against `" << study.baseline << "`, seed by seed\n\nVariant minus baseline, mean of the paired "
      << "differences [95% paired t-interval]; **bold** with * where the interval excludes 0.\n\n| variant |";
   for (const Column& c : kCompared) md << " Δ " << c.heading << " |";
-  md << " val ppl |\n|---|---|---|---|---|\n";
+  md << " val ppl, in words |\n|---|---|---|---|---|\n";
   for (const auto& v : results) {
     if (v.name == study.baseline) continue;
     md << "| " << v.name << " |";
