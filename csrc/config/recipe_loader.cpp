@@ -47,31 +47,33 @@ std::string unknown_field_help(const pb::Descriptor* d, const std::string& name)
   return help + "known fields: " + known_fields(d);
 }
 
-// Rewrites protobuf's parser messages into ones that say what to do.
-std::string explain(const std::string& message) {
+// Rewrites protobuf's parser messages into ones that say what to do; `docs` documents the schema.
+std::string explain(const std::string& message, const std::string& docs) {
   static const std::regex unknown(R"(Message type \"([\w.]+)\" has no field named \"(\w+)\"\.?)");
   std::smatch m;
   if (std::regex_search(message, m, unknown)) {
     const pb::Descriptor* d = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(m[1]);
     std::string where = d ? d->name() : std::string(m[1]);
     return "unknown field \"" + std::string(m[2]) + "\" in " + where + "; " +
-           (d ? unknown_field_help(d, m[2]) : "see docs/recipes.md");
+           (d ? unknown_field_help(d, m[2]) : "see " + docs);
   }
-  return message + " (see docs/recipes.md for the field's type)";
+  return message + " (see " + docs + " for the field's type)";
 }
 
 // Keeps the first parse error: its 1-based position and its explained message.
 class CollectErrors : public pb::io::ErrorCollector {
  public:
+  explicit CollectErrors(std::string docs) : docs_(std::move(docs)) {}
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
     if (!message_.empty()) return;
     position_ = std::to_string(line + 1) + ":" + std::to_string(column + 1);
-    message_ = explain(message);
+    message_ = explain(message, docs_);
   }
   const std::string& position() const { return position_; }
   const std::string& message() const { return message_; }
 
  private:
+  std::string docs_;
   std::string position_;
   std::string message_;
 };
@@ -104,19 +106,23 @@ void fill_message_defaults(pb::Message& msg) {
 
 }  // namespace
 
+void parse_text(const std::string& text, const std::string& source, const std::string& docs,
+                google::protobuf::Message& out, google::protobuf::TextFormat::ParseInfoTree* tree) {
+  pb::TextFormat::Parser parser;
+  CollectErrors errors(docs);
+  parser.RecordErrorsTo(&errors);
+  if (tree) parser.WriteLocationsTo(tree);
+  if (!parser.ParseFromString(text, &out))
+    throw RecipeError(source + ":" + errors.position() + ": " + errors.message());
+}
+
 namespace {
 
 // Parses like parse_recipe and records where each field set in the text was set.
 Recipe parse_with_locations(const std::string& text, const std::string& source,
                             pb::TextFormat::ParseInfoTree* tree) {
   Recipe recipe;
-  pb::TextFormat::Parser parser;
-  CollectErrors errors;
-  parser.RecordErrorsTo(&errors);
-  if (tree) parser.WriteLocationsTo(tree);
-  if (!parser.ParseFromString(text, &recipe)) {
-    throw RecipeError(source + ":" + errors.position() + ": " + errors.message());
-  }
+  parse_text(text, source, "docs/recipes.md", recipe, tree);
   return recipe;
 }
 
@@ -153,7 +159,7 @@ void set_field(pb::Message* msg, const pb::FieldDescriptor* f, const std::string
                const std::string& where) {
   std::unique_ptr<pb::Message> scratch(msg->New());
   pb::TextFormat::Parser parser;
-  CollectErrors errors;
+  CollectErrors errors("docs/recipes.md");
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text, scratch.get())) {
     throw RecipeError(where + ": " + errors.message());

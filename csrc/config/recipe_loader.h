@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/text_format.h>
+
 #include "csrc/config/recipe.pb.h"
 
 namespace moetrain::config {
@@ -20,6 +22,12 @@ struct RecipeError : std::runtime_error {
 // Parses recipe text; `source` names it in errors (a file path or "<string>"). Unknown fields, type
 // mismatches and repeated singular fields are errors.
 Recipe parse_recipe(const std::string& text, const std::string& source);
+
+// Parses protobuf text into `out` (any message: recipes, ablation studies) with the same errors as
+// recipes: "SOURCE:LINE:COL: what is wrong", an unknown field with the likely name and the known ones, a
+// type error pointing at `docs` (the page documenting the schema). Records locations in `tree` if given.
+void parse_text(const std::string& text, const std::string& source, const std::string& docs,
+                google::protobuf::Message& out, google::protobuf::TextFormat::ParseInfoTree* tree = nullptr);
 
 // Applies one `field.path=value` override, typed and checked like the file. Repeated fields take a
 // list (`model.moe_layers=[0,2]`) and replace the whole list.

@@ -45,7 +45,7 @@ usage_errors = [
     (["moe-export", "--checkpoint", "c", "--out", "o", "--tokenizer", "t", "--no-tokenizer"],
      "moe-export: error: --tokenizer and --no-tokenizer exclude each other; pass one"),
     (["moe-import", "--hf", "h"], "moe-import: error: --out is required; pass --out RUN_DIR"),
-    (["moe-ablate"], "moe-ablate: error: name the folder of variant recipes"),
+    (["moe-ablate"], "moe-ablate: error: name a study file or a folder of variant recipes"),
     (["moe-ckpt"], "moe-ckpt: error: a command is required: verify or reshard"),
     (["moe-ckpt", "verify", "runs/x/checkpoints/step_00000002"],
      "moe-ckpt: error: verify runs/x/checkpoints/step_00000002: the checkpoint is a flag, as in reshard; pass verify "

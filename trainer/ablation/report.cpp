@@ -4,197 +4,205 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
-#include <stdexcept>
+#include <set>
+#include <sstream>
 
-#include "trainer/ablation/svg.h"
+#include "trainer/ablation/figures.h"
 
-namespace moetrain::trainer {
+namespace moetrain::trainer::ablation {
 namespace {
 
 using nlohmann::json;
 
-std::vector<json> read_jsonl(const std::string& path) {
-  std::ifstream in(path);
-  if (!in)
-    throw std::runtime_error(path + ": missing; did the variant's run finish? (rerun moe-ablate to resume it)");
-  std::vector<json> rows;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.empty()) continue;
-    try {
-      rows.push_back(json::parse(line));
-    } catch (const json::parse_error& e) {
-      throw std::runtime_error(path + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")");
-    }
-  }
-  return rows;
-}
-
-double number(const json& row, const char* key) {
-  return row.contains(key) && row[key].is_number() ? row[key].get<double>() : NAN;
-}
+// The report's columns: metric key, heading, decimals.
+struct Column {
+  const char* key;
+  const char* heading;
+  int digits;
+};
+const Column kSummary[] = {{"val_ppl", "val ppl", 2},
+                           {"val_max_vio", "val MaxVio_global", 3},
+                           {"batch_max_vio", "batch MaxVio (last quarter)", 3},
+                           {"dropped_frac", "dropped frac", 4},
+                           {"tokens_per_s", "tokens/s", 0}};
+const Column kCompared[] = {kSummary[0], kSummary[1], kSummary[2]};  // lower is better in each
 
 std::string fixed(double v, int digits) {
   if (!std::isfinite(v)) return "–";
-  char buf[32];
+  char buf[48];
   std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
   return buf;
 }
 
-// Last evaluation's routed counts: layer → domain → counts per expert.
-std::map<std::string, std::map<std::string, std::vector<double>>> last_domain_load(const std::string& run_dir) {
-  const auto rows = read_jsonl(run_dir + "/expert_domains.jsonl");
-  std::map<std::string, std::map<std::string, std::vector<double>>> out;
-  if (rows.empty()) return out;
-  const int64_t last = rows.back()["step"].get<int64_t>();
-  for (const auto& r : rows) {
-    if (r["step"].get<int64_t>() != last) continue;
-    out[r["layer"].get<std::string>()][r["domain"].get<std::string>()] = r["tokens_per_expert"]
-                                                                             .get<std::vector<double>>();
-  }
-  return out;
+// "m ± s [lo, hi]", or "m" with one seed; "–" when the runs lack the metric.
+std::string cell(const std::map<std::string, stats::Interval>& table, const std::string& key, int digits) {
+  const auto it = table.find(key);
+  if (it == table.end()) return "–";
+  const stats::Interval& i = it->second;
+  if (i.n < 2) return fixed(i.mean, digits);
+  return fixed(i.mean, digits) + " ± " + fixed(i.std, digits) + " [" + fixed(i.lo, digits) + ", " +
+         fixed(i.hi, digits) + "]";
 }
 
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  if (!(out << text)) throw std::runtime_error(path + ": cannot write; check the output directory");
+// A paired difference with its interval, bold and starred when the interval excludes 0.
+std::string difference_cell(const VariantResult& v, const std::string& key, int digits) {
+  const auto it = v.vs_baseline.find(key);
+  if (it == v.vs_baseline.end()) return "–";
+  const stats::Interval& d = it->second;
+  const std::string sign = d.mean > 0 ? "+" : "";
+  if (d.n < 2) return sign + fixed(d.mean, digits);
+  const std::string text = sign + fixed(d.mean, digits) + " [" + fixed(d.lo, digits) + ", " +
+                           fixed(d.hi, digits) + "]";
+  return d.excludes_zero() ? "**" + text + "** *" : text;
 }
 
-// A layer's routed counts per expert, summed over the domains.
-std::vector<double> expert_totals(const std::map<std::string, std::vector<double>>& per_domain) {
-  std::vector<double> total;
-  for (const auto& [domain, counts] : per_domain) {
-    total.resize(counts.size(), 0.0);
-    for (size_t e = 0; e < counts.size(); ++e) total[e] += counts[e];
-  }
-  return total;
+json interval_json(const stats::Interval& i) {
+  return {{"n", i.n}, {"mean", i.mean}, {"std", i.std}, {"lo", i.lo}, {"hi", i.hi}};
 }
 
-// Each count's share of their sum (all 0 when the sum is).
-std::vector<double> shares(const std::vector<double>& counts) {
-  double sum = 0;
-  for (double c : counts) sum += c;
-  std::vector<double> share;
-  for (double c : counts) share.push_back(sum > 0 ? c / sum : 0);
-  return share;
-}
-
-struct Curves {
-  svg::Series val, vio;
-};
-
-// A variant's curves from its metrics.jsonl: validation loss at each evaluation, and batch MaxVio as the
-// mean of each 10 steps.
-Curves training_curves(const std::string& name, const std::string& dir) {
-  Curves out{{name, {}}, {name, {}}};
-  const auto rows = read_jsonl(dir + "/metrics.jsonl");
-  double window = 0;
-  int n = 0;
-  for (const auto& r : rows) {
-    const double step = r["step"].get<double>();
-    if (r.contains("val_loss")) out.val.points.emplace_back(step, number(r, "val_loss"));
-    window += number(r, "max_vio"), ++n;
-    if (n == 10) out.vio.points.emplace_back(step, window / n), window = 0, n = 0;  // mean of 10 steps
-  }
-  return out;
-}
-
-// Per-layer expert load and expert × domain specialisation (of the last MoE layer) at the last
-// evaluation: writes OUT/figures/load_NAME.svg and domains_NAME.svg and returns the report's section on
-// them; nothing when the run has no domain counts.
-std::string write_expert_figures(const std::string& name, const std::string& dir, const std::string& out_dir) {
-  const auto load = last_domain_load(dir);
-  if (load.empty()) return {};
-  std::vector<std::string> layers, experts, domains;
-  std::vector<std::vector<double>> layer_share, domain_share;
-  for (const auto& [layer, per_domain] : load) {
-    layers.push_back(layer), layer_share.push_back(shares(expert_totals(per_domain)));
-  }
-  for (size_t e = 0; e < layer_share.front().size(); ++e) experts.push_back(std::to_string(e));
-  const auto& last_layer = load.rbegin()->second;
-  for (const auto& [domain, counts] : last_layer)
-    domains.push_back(domain), domain_share.push_back(shares(counts));
-  write_file(out_dir + "/figures/load_" + name + ".svg",
-             svg::heatmap(name + ": share of validation tokens per expert, by layer", layers, experts,
-                          layer_share));
-  write_file(out_dir + "/figures/domains_" + name + ".svg",
-             svg::heatmap(name + ": " + load.rbegin()->first + ", share of each domain's tokens per expert",
-                          domains, experts, domain_share));
-  return "### " + name + "\n\n![expert load](figures/load_" + name +
-         ".svg)\n![specialisation](figures/domains_" + name + ".svg)\n\n";
-}
-
-// OUT/report.md: the summary table, what its columns mean, the figures (`figures`: their sections).
-std::string report_markdown(const std::vector<VariantSummary>& summaries, const std::string& command,
-                            const std::string& figures) {
+// The conclusions section: for each compared metric, the variants whose difference is resolved, and
+// how many are not; nothing is claimed beyond "the 95% interval excludes 0".
+std::string conclusions(const std::vector<VariantResult>& results, const std::string& baseline, int n) {
   std::ostringstream md;
-  md << "# Routing ablation\n\nGenerated by `moe-ablate` from the runs' metrics files; every number below is read "
-        "from them.\n\nCommand: `"
-     << command << "`\n\n## Summary\n\n"
-     << "| variant | steps | val loss | val ppl | val MaxVio_global | mean batch MaxVio | dropped frac | tokens/s | dead experts |\n"
-     << "|---|---|---|---|---|---|---|---|---|\n";
-  for (const auto& s : summaries) {
-    md << "| " << s.name << " | " << s.steps << " | " << fixed(s.val_loss, 4) << " | " << fixed(s.val_ppl, 2)
-       << " | " << fixed(s.val_max_vio, 3) << " | " << fixed(s.mean_max_vio, 3) << " | "
-       << fixed(s.dropped_frac, 4) << " | " << fixed(s.tokens_per_s, 0) << " | " << s.dead_experts << " |\n";
+  md << "## Conclusions\n\nA difference is *resolved* when its 95% paired t-interval (n = " << n
+     << " seeds) excludes 0; no correction is made for comparing several variants, so with many variants a "
+        "few resolved differences are expected by chance. An unresolved difference is not evidence of no "
+        "effect: the interval says how large an effect the study could have missed.\n\n";
+  if (n < 2) return md.str() + "One seed per variant: no interval, so no difference is resolved.\n\n";
+  for (const Column& c : kCompared) {
+    std::vector<std::string> lower, higher, unresolved;
+    for (const auto& v : results) {
+      const auto it = v.vs_baseline.find(c.key);
+      if (it == v.vs_baseline.end()) continue;
+      (it->second.excludes_zero() ? (it->second.mean < 0 ? lower : higher) : unresolved).push_back(v.name);
+    }
+    auto list = [](const std::vector<std::string>& names) {
+      std::string out;
+      for (const auto& s : names) out += (out.empty() ? "`" : ", `") + s + "`";
+      return out;
+    };
+    md << "- **" << c.heading << "**:";
+    if (!lower.empty()) md << " lower than `" << baseline << "`: " << list(lower) << ".";
+    if (!higher.empty()) md << " higher than `" << baseline << "`: " << list(higher) << ".";
+    if (!unresolved.empty()) md << " no difference resolved at n=" << n << ": " << list(unresolved) << ".";
+    md << "\n";
   }
-  md << "\nMaxVio = (max load − mean load) / mean load; MaxVio_global over the whole validation set at the last "
-        "evaluation, batch MaxVio over each training step's batch. Dead experts: (layer, expert) pairs that received "
-        "no validation token. Expert-choice routing is not causal (an expert picks among all tokens of a sequence), "
-        "so its loss is not comparable to the autoregressive variants'.\n\n"
-     << "## Validation loss\n\n![validation loss](figures/val_loss.svg)\n\n"
-     << "## Load balance over training\n\n![MaxVio](figures/max_vio.svg)\n\n"
-     << "## Expert load per layer and specialisation by data domain (last evaluation)\n\n"
-     << figures;
-  return md.str();
+  return md.str() + "\n";
 }
 
 }  // namespace
 
-VariantSummary summarize_run(const std::string& name, const std::string& run_dir) {
-  VariantSummary s;
-  s.name = name;
-  const auto rows = read_jsonl(run_dir + "/metrics.jsonl");
-  if (rows.empty())
-    throw std::runtime_error(run_dir + "/metrics.jsonl: empty; the variant has not trained yet");
-  double vio = 0, dropped = 0, tps = 0;
-  for (const auto& r : rows) {
-    vio += number(r, "max_vio"), dropped += number(r, "dropped_frac"), tps += number(r, "tokens_per_s");
-    if (r.contains("val_loss")) {
-      s.val_loss = number(r, "val_loss"), s.val_ppl = number(r, "val_ppl"),
-      s.val_max_vio = number(r, "val_max_vio");
+json report_json(const Study& study, const std::vector<VariantResult>& results, const std::vector<Run>& runs,
+                 const std::string& command) {
+  json variants = json::array();
+  for (size_t v = 0; v < results.size(); ++v) {
+    const VariantResult& r = results[v];
+    json jr = {{"name", r.name},
+               {"runs", json::array()},
+               {"stats", json::object()},
+               {"vs_baseline", json::object()}};
+    size_t k = 0;
+    for (const auto& run : runs) {
+      if (run.variant != v) continue;
+      jr["runs"].push_back(
+          {{"seed", run.seed}, {"dir", run.dir}, {"steps", r.runs[k].steps}, {"values", r.runs[k].values}});
+      ++k;
     }
+    for (const auto& [key, i] : r.stats) jr["stats"][key] = interval_json(i);
+    for (const auto& [key, i] : r.vs_baseline) {
+      jr["vs_baseline"][key] = interval_json(i);
+      jr["vs_baseline"][key]["significant"] = i.excludes_zero();
+    }
+    variants.push_back(jr);
   }
-  s.steps = rows.back()["step"].get<int64_t>();
-  s.mean_max_vio = vio / rows.size(), s.dropped_frac = dropped / rows.size(),
-  s.tokens_per_s = tps / rows.size();
-  for (const auto& [layer, domains] : last_domain_load(run_dir)) {
-    for (double c : expert_totals(domains)) s.dead_experts += c == 0;
-  }
-  return s;
+  return {{"command", command},
+          {"study", study.source},
+          {"baseline", study.baseline},
+          {"seeds", study.seeds},
+          {"variants", variants}};
 }
 
-std::vector<VariantSummary> write_report(const std::vector<std::pair<std::string, std::string>>& variants,
-                                         const std::string& out_dir, const std::string& command) {
+std::string report_markdown(const Study& study, const std::vector<VariantResult>& results,
+                            const std::string& command, const std::string& figures) {
+  const int n = static_cast<int>(study.seeds.size());
+  std::ostringstream md;
+  md << "# Ablation study\n\nGenerated by `moe-ablate` from the runs' metrics files; every number below is read "
+        "from them (all of them are in report.json).\n\nCommand: `"
+     << command << "`\n\nStudy: `" << study.source << "`; " << results.size() << " variants × " << n
+     << " seed(s) (";
+  for (size_t i = 0; i < study.seeds.size(); ++i) md << (i ? ", " : "") << study.seeds[i];
+  md << "); baseline `" << study.baseline << "`.\n\n## Summary\n\n"
+     << (n < 2 ? "One seed: each cell is that run's value, with no spread and no interval."
+               : "Mean ± standard deviation over the seeds [95% t-interval of the mean].")
+     << "\n\n| variant | steps |";
+  for (const Column& c : kSummary) md << " " << c.heading << " |";
+  md << "\n|---|---|---|---|---|---|---|\n";
+  for (const auto& v : results) {
+    md << "| " << v.name << " | " << v.runs.front().steps << " |";
+    for (const Column& c : kSummary) md << " " << cell(v.stats, c.key, c.digits) << " |";
+    md << "\n";
+  }
+  md << "\n## Against `" << study.baseline << "`, seed by seed\n\nVariant minus baseline, mean of the paired "
+     << "differences [95% paired t-interval]; **bold** with * where the interval excludes 0.\n\n| variant |";
+  for (const Column& c : kCompared) md << " Δ " << c.heading << " |";
+  md << " val ppl, in words |\n|---|---|---|---|---|\n";
+  for (const auto& v : results) {
+    if (v.name == study.baseline) continue;
+    md << "| " << v.name << " |";
+    for (const Column& c : kCompared) md << " " << difference_cell(v, c.key, c.digits) << " |";
+    md << " "
+       << verdict(v.vs_baseline.count("val_ppl") ? v.vs_baseline.at("val_ppl") : stats::Interval{},
+                  study.baseline)
+       << " |\n";
+  }
+  std::set<std::string> domains;
+  for (const auto& [key, i] : results.front().stats)
+    if (key.rfind("val_ppl/", 0) == 0) domains.insert(key.substr(8));
+  md << "\n## Validation perplexity per data domain\n\nMean ± standard deviation over the seeds.\n\n| variant |";
+  for (const auto& d : domains) md << " " << d << " |";
+  md << "\n|---|";
+  for (size_t i = 0; i < domains.size(); ++i) md << "---|";
+  md << "\n";
+  for (const auto& v : results) {
+    md << "| " << v.name << " |";
+    for (const auto& d : domains) {
+      const auto it = v.stats.find("val_ppl/" + d);
+      md << " "
+         << (it == v.stats.end()
+                 ? "–"
+                 : fixed(it->second.mean, 2) + (it->second.n > 1 ? " ± " + fixed(it->second.std, 2) : ""))
+         << " |";
+    }
+    md << "\n";
+  }
+  md << "\n"
+     << conclusions(results, study.baseline, n)
+     << "## Definitions\n\nval ppl: exp of the mean validation loss at the last evaluation. MaxVio = (max load − "
+        "mean load) / mean load over a layer's experts; MaxVio_global: on the whole validation set at the last "
+        "evaluation, averaged over the MoE layers; batch MaxVio: on each training step's batch, averaged over "
+        "the layers, then over the last quarter of the steps. Dropped frac and tokens/s: mean over every step "
+        "(tokens/s is only comparable between runs that had the machine to themselves). 95% t-interval: mean ± "
+        "t(0.975, n−1)·s/√n. Expert-choice routing is not causal, so its loss is not comparable to the "
+        "autoregressive variants'.\n\n"
+     << "## Figures\n\n![validation perplexity](figures/val_ppl.svg)\n\n"
+     << "![difference with the baseline](figures/val_ppl_vs_baseline.svg)\n\n"
+     << "![MaxVio_global](figures/val_max_vio.svg)\n\n![validation loss](figures/val_loss.svg)\n\n"
+     << "![batch MaxVio](figures/max_vio.svg)\n\n"
+     << "## Expert load per layer and specialisation by data domain (first seed, last evaluation)\n\n"
+     << figures;
+  return md.str();
+}
+
+void write_report(const Study& study, const std::vector<VariantResult>& results, const std::vector<Run>& runs,
+                  const std::string& out_dir, const std::string& command) {
   ::mkdir((out_dir + "/figures").c_str(), 0755);
-  std::vector<VariantSummary> summaries;
-  std::vector<svg::Series> val_curves, vio_curves;
+  write_study_figures(results, study.baseline, out_dir);
   std::string figures;
-  for (const auto& [name, dir] : variants) {
-    summaries.push_back(summarize_run(name, dir));
-    const Curves curves = training_curves(name, dir);
-    val_curves.push_back(curves.val), vio_curves.push_back(curves.vio);
-    figures += write_expert_figures(name, dir, out_dir);
-  }
-  write_file(out_dir + "/figures/val_loss.svg",
-             svg::line_chart("Validation loss", "step", "val_loss", val_curves));
-  write_file(out_dir + "/figures/max_vio.svg",
-             svg::line_chart("Batch MaxVio (mean of 10 steps)", "step", "MaxVio", vio_curves));
-  write_file(out_dir + "/report.md", report_markdown(summaries, command, figures));
-  return summaries;
+  for (const auto& run : runs)
+    if (run.seed == study.seeds.front())
+      figures += write_expert_figures(results[run.variant].name, run.dir, out_dir);
+  write_file(out_dir + "/report.json", report_json(study, results, runs, command).dump(2) + "\n");
+  write_file(out_dir + "/report.md", report_markdown(study, results, command, figures));
 }
 
-}  // namespace moetrain::trainer
+}  // namespace moetrain::trainer::ablation

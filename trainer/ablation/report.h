@@ -1,29 +1,30 @@
-// The ablation report: reads each variant's run directory (metrics.jsonl, expert_load.jsonl,
-// expert_domains.jsonl) and writes OUT/report.md with SVG figures in OUT/figures/. Every number in
-// the report comes from those files.
+// The study report: OUT/report.md (tables, paired comparisons with the baseline, conclusions worded no
+// stronger than the intervals), OUT/report.json (every run's numbers and every statistic) and the SVG
+// figures in OUT/figures/ (figures.h). Every number comes from the runs' metrics files.
 #pragma once
 
 #include <string>
 #include <vector>
 
-namespace moetrain::trainer {
+#include <nlohmann/json.hpp>
 
-struct VariantSummary {
-  std::string name;
-  double val_loss = 0, val_ppl = 0, val_max_vio = 0;  // last evaluation
-  double mean_max_vio = 0;                            // batch MaxVio, mean over steps
-  double dropped_frac = 0;                            // mean over steps
-  double tokens_per_s = 0;                            // mean over steps
-  int64_t dead_experts = 0;                           // (layer, expert) pairs with no validation tokens
-  int64_t steps = 0;
-};
+#include "trainer/ablation/results.h"
+#include "trainer/ablation/study.h"
 
-// Summary of one run directory; throws naming the file when a metrics file is missing or malformed.
-VariantSummary summarize_run(const std::string& name, const std::string& run_dir);
+namespace moetrain::trainer::ablation {
 
-// Writes OUT/report.md and OUT/figures/*.svg for the variants (name, run directory); `command` is
-// recorded in the report.
-std::vector<VariantSummary> write_report(const std::vector<std::pair<std::string, std::string>>& variants,
-                                         const std::string& out_dir, const std::string& command);
+// report.json: {"command", "study", "baseline", "seeds", "variants": [{"name", "runs": [{"seed", "dir",
+// "steps", "values": {metric: value}}], "stats": {metric: {"n", "mean", "std", "lo", "hi"}},
+// "vs_baseline": {metric: {"n", "mean", "std", "lo", "hi", "significant"}}}]} (NaN as null).
+nlohmann::json report_json(const Study& study, const std::vector<VariantResult>& results,
+                           const std::vector<Run>& runs, const std::string& command);
 
-}  // namespace moetrain::trainer
+// report.md's text; `figures` is the Markdown of the per-variant expert figures.
+std::string report_markdown(const Study& study, const std::vector<VariantResult>& results,
+                            const std::string& command, const std::string& figures);
+
+// Writes OUT/report.md, OUT/report.json and OUT/figures/; throws naming a file it cannot write.
+void write_report(const Study& study, const std::vector<VariantResult>& results, const std::vector<Run>& runs,
+                  const std::string& out_dir, const std::string& command);
+
+}  // namespace moetrain::trainer::ablation

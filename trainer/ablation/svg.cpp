@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <sstream>
 
 namespace moetrain::trainer::svg {
@@ -29,50 +30,148 @@ std::string fmt(double v) {
   return buf;
 }
 
+const char* color(size_t i) { return kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))]; }
+
+// Marker i % 7 centred at (x, y): circle, square, triangle up, diamond, triangle down, plus, cross.
+std::string marker(size_t i, double x, double y, const char* c) {
+  std::ostringstream o;
+  const double r = 4;
+  auto polygon = [&](std::initializer_list<std::pair<double, double>> pts) {
+    o << "<polygon fill=\"" << c << "\" points=\"";
+    for (const auto& [dx, dy] : pts) o << x + dx * r << "," << y + dy * r << " ";
+    o << "\"/>";
+  };
+  auto lines = [&](std::initializer_list<std::pair<double, double>> ends) {
+    for (const auto& [dx, dy] : ends)
+      o << "<line x1=\"" << x - dx * r << "\" y1=\"" << y - dy * r << "\" x2=\"" << x + dx * r << "\" y2=\""
+        << y + dy * r << "\" stroke=\"" << c << "\" stroke-width=\"2.2\"/>";
+  };
+  switch (i % 7) {
+    case 0:
+      o << "<circle cx=\"" << x << "\" cy=\"" << y << "\" r=\"" << r << "\" fill=\"" << c << "\"/>";
+      break;
+    case 1: polygon({{-0.9, -0.9}, {0.9, -0.9}, {0.9, 0.9}, {-0.9, 0.9}}); break;
+    case 2: polygon({{0, -1.2}, {1.1, 0.8}, {-1.1, 0.8}}); break;
+    case 3: polygon({{0, -1.2}, {1.2, 0}, {0, 1.2}, {-1.2, 0}}); break;
+    case 4: polygon({{0, 1.2}, {1.1, -0.8}, {-1.1, -0.8}}); break;
+    case 5: lines({{1.2, 0}, {0, 1.2}}); break;
+    default: lines({{0.9, 0.9}, {0.9, -0.9}}); break;
+  }
+  return o.str() + "\n";
+}
+
+// A vertical error bar from y_lo to y_hi (pixels) at x, with caps.
+std::string error_bar(double x, double y_lo, double y_hi, const char* c) {
+  std::ostringstream o;
+  o << "<path d=\"M" << x << "," << y_lo << "V" << y_hi << "M" << x - 4 << "," << y_lo << "h8M" << x - 4
+    << "," << y_hi << "h8\" stroke=\"" << c << "\" stroke-width=\"1.2\" fill=\"none\"/>\n";
+  return o.str();
+}
+
+// The plot area and the data ranges mapped onto it.
+struct Frame {
+  double W, H, L, R, T, B;
+  double x0, x1, y0, y1;
+  double px(double x) const { return L + (x - x0) / (x1 - x0) * (W - L - R); }
+  double py(double y) const { return H - B - (y - y0) / (y1 - y0) * (H - T - B); }
+};
+
+// Pads the y range by 5% and widens empty ranges.
+void settle_ranges(Frame& f) {
+  if (f.x0 > f.x1) f.x0 = 0, f.x1 = 1, f.y0 = 0, f.y1 = 1;
+  if (f.x1 == f.x0) f.x1 = f.x0 + 1;
+  if (f.y1 == f.y0) f.y1 = f.y0 + 1;
+  const double pad = 0.05 * (f.y1 - f.y0);
+  f.y0 -= pad, f.y1 += pad;
+}
+
+void include_y(Frame& f, double y) {
+  if (std::isfinite(y)) f.y0 = std::min(f.y0, y), f.y1 = std::max(f.y1, y);
+}
+
+// The opening of the SVG: title, grid, y ticks (x ticks when `x_ticks`), box and axis labels.
+std::string axes(const Frame& f, const std::string& title, const std::string& x_label,
+                 const std::string& y_label, bool x_ticks) {
+  std::ostringstream o;
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << f.W << "\" height=\"" << f.H
+    << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    << "<text x=\"" << f.W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << escape(title)
+    << "</text>\n";
+  for (int i = 0; i <= 5; ++i) {
+    const double y = f.y0 + (f.y1 - f.y0) * i / 5, x = f.x0 + (f.x1 - f.x0) * i / 5;
+    o << "<line x1=\"" << f.L << "\" x2=\"" << f.W - f.R << "\" y1=\"" << f.py(y) << "\" y2=\"" << f.py(y)
+      << "\" stroke=\"#ddd\"/>\n"
+      << "<text x=\"" << f.L - 6 << "\" y=\"" << f.py(y) + 4 << "\" text-anchor=\"end\">" << fmt(y)
+      << "</text>\n";
+    if (x_ticks)
+      o << "<text x=\"" << f.px(x) << "\" y=\"" << f.H - f.B + 16 << "\" text-anchor=\"middle\">" << fmt(x)
+        << "</text>\n";
+  }
+  o << "<rect x=\"" << f.L << "\" y=\"" << f.T << "\" width=\"" << f.W - f.L - f.R << "\" height=\""
+    << f.H - f.T - f.B << "\" fill=\"none\" stroke=\"black\"/>\n"
+    << "<text x=\"" << (f.L + f.W - f.R) / 2 << "\" y=\"" << f.H - 10 << "\" text-anchor=\"middle\">"
+    << escape(x_label) << "</text>\n"
+    << "<text transform=\"translate(16," << (f.T + f.H - f.B) / 2 << ") rotate(-90)\" text-anchor=\"middle\">"
+    << escape(y_label) << "</text>\n";
+  return o.str();
+}
+
 }  // namespace
 
 std::string line_chart(const std::string& title, const std::string& x_label, const std::string& y_label,
                        const std::vector<Series>& series) {
-  const double W = 760, H = 420, L = 70, R = 200, T = 40, B = 50;
-  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
-  for (const auto& s : series)
+  Frame f{760, 420, 70, 200, 40, 50, 1e300, -1e300, 1e300, -1e300};
+  for (const auto& s : series) {
     for (const auto& [x, y] : s.points)
-      if (std::isfinite(y))
-        x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
-  if (x0 > x1) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
-  if (x1 == x0) x1 = x0 + 1;
-  if (y1 == y0) y1 = y0 + 1;
-  const double pad = 0.05 * (y1 - y0);
-  y0 -= pad, y1 += pad;
-  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
-  auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
-  std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-    << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << escape(title)
-    << "</text>\n";
-  for (int i = 0; i <= 5; ++i) {
-    const double y = y0 + (y1 - y0) * i / 5, x = x0 + (x1 - x0) * i / 5;
-    o << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << py(y) << "\" y2=\"" << py(y)
-      << "\" stroke=\"#ddd\"/>\n"
-      << "<text x=\"" << L - 6 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">" << fmt(y) << "</text>\n"
-      << "<text x=\"" << px(x) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << fmt(x)
-      << "</text>\n";
+      if (std::isfinite(y)) f.x0 = std::min(f.x0, x), f.x1 = std::max(f.x1, x), include_y(f, y);
+    for (const auto& [lo, hi] : s.bars) include_y(f, lo), include_y(f, hi);
   }
-  o << "<rect x=\"" << L << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << H - T - B
-    << "\" fill=\"none\" stroke=\"black\"/>\n"
-    << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">"
-    << escape(x_label) << "</text>\n"
-    << "<text transform=\"translate(16," << (T + H - B) / 2 << ") rotate(-90)\" text-anchor=\"middle\">"
-    << escape(y_label) << "</text>\n";
+  settle_ranges(f);
+  std::ostringstream o;
+  o << axes(f, title, x_label, y_label, true);
   for (size_t i = 0; i < series.size(); ++i) {
-    const char* color = kPalette[i % (sizeof(kPalette) / sizeof(kPalette[0]))];
-    o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.6\" points=\"";
-    for (const auto& [x, y] : series[i].points)
-      if (std::isfinite(y)) o << px(x) << "," << py(y) << " ";
-    o << "\"/>\n<line x1=\"" << W - R + 12 << "\" x2=\"" << W - R + 32 << "\" y1=\"" << T + 8 + 16 * i
-      << "\" y2=\"" << T + 8 + 16 * i << "\" stroke=\"" << color << "\" stroke-width=\"3\"/>\n<text x=\""
-      << W - R + 38 << "\" y=\"" << T + 12 + 16 * i << "\">" << escape(series[i].label) << "</text>\n";
+    const char* c = color(i);
+    const auto& s = series[i];
+    o << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"1.6\" points=\"";
+    for (const auto& [x, y] : s.points)
+      if (std::isfinite(y)) o << f.px(x) << "," << f.py(y) << " ";
+    o << "\"/>\n";
+    for (size_t p = 0; p < s.points.size(); ++p) {
+      const auto& [x, y] = s.points[p];
+      if (!std::isfinite(y)) continue;
+      if (p < s.bars.size() && std::isfinite(s.bars[p].first) && std::isfinite(s.bars[p].second))
+        o << error_bar(f.px(x), f.py(s.bars[p].first), f.py(s.bars[p].second), c);
+      if (s.points.size() <= 40) o << marker(i, f.px(x), f.py(y), c);  // dense curves: markers in the legend
+    }
+    const double ly = f.T + 8 + 16 * i;
+    o << "<line x1=\"" << f.W - f.R + 12 << "\" x2=\"" << f.W - f.R + 36 << "\" y1=\"" << ly << "\" y2=\""
+      << ly << "\" stroke=\"" << c << "\" stroke-width=\"2\"/>\n"
+      << marker(i, f.W - f.R + 24, ly, c) << "<text x=\"" << f.W - f.R + 42 << "\" y=\"" << ly + 4 << "\">"
+      << escape(s.label) << "</text>\n";
+  }
+  o << "</svg>\n";
+  return o.str();
+}
+
+std::string interval_chart(const std::string& title, const std::string& y_label,
+                           const std::vector<Estimate>& estimates, double reference) {
+  const double n = static_cast<double>(estimates.size());
+  Frame f{std::max(360.0, 120 + 48 * n), 440, 70, 20, 40, 130, -0.5, n - 0.5, 1e300, -1e300};
+  for (const auto& e : estimates) include_y(f, e.value), include_y(f, e.low), include_y(f, e.high);
+  include_y(f, reference);
+  settle_ranges(f);
+  std::ostringstream o;
+  o << axes(f, title, "", y_label, false);
+  if (std::isfinite(reference))
+    o << "<line x1=\"" << f.L << "\" x2=\"" << f.W - f.R << "\" y1=\"" << f.py(reference) << "\" y2=\""
+      << f.py(reference) << "\" stroke=\"black\" stroke-dasharray=\"5,4\"/>\n";
+  for (size_t i = 0; i < estimates.size(); ++i) {
+    const auto& e = estimates[i];
+    const double x = f.px(static_cast<double>(i));
+    if (std::isfinite(e.low) && std::isfinite(e.high)) o << error_bar(x, f.py(e.low), f.py(e.high), color(i));
+    if (std::isfinite(e.value)) o << marker(i, x, f.py(e.value), color(i));
+    o << "<text transform=\"translate(" << x + 4 << "," << f.H - f.B + 12
+      << ") rotate(-40)\" text-anchor=\"end\">" << escape(e.label) << "</text>\n";
   }
   o << "</svg>\n";
   return o.str();

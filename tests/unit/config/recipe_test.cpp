@@ -42,7 +42,9 @@ std::vector<std::string> shipped_recipes() {
   found.clear();
   auto visit = [](const char* path, const struct stat*, int type, struct FTW*) {
     const std::string p = path;
-    if (type == FTW_F && p.size() > 10 && p.compare(p.size() - 10, 10, ".textproto") == 0) found.push_back(p);
+    const bool study = p.size() > 16 && p.compare(p.size() - 16, 16, ".study.textproto") == 0;  // ablation_test's
+    if (type == FTW_F && p.size() > 10 && p.compare(p.size() - 10, 10, ".textproto") == 0 && !study)
+      found.push_back(p);
     return 0;
   };
   nftw((source_dir() + "/recipes").c_str(), visit, 16, FTW_PHYS);
