@@ -64,9 +64,9 @@ void GroupedExpertsImpl::merge_adapters() {
 
 ExpertOperands GroupedExpertsImpl::operands(const torch::Tensor& tokens_ND,
                                             std::optional<torch::ScalarType> dtype) const {
-  auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? t.to(*dtype) : t; };
+  auto c = [&](const torch::Tensor& t) { return dtype && t.defined() ? weight_casts_.get(t, *dtype) : t; };
   ExpertOperands o;
-  o.x_ND = c(tokens_ND);
+  o.x_ND = dtype ? tokens_ND.to(*dtype) : tokens_ND;  // tokens change every call: cast, never cached
   o.w1_EDF = c(w1_EDF), o.w3_EDF = c(w3_EDF);
   o.w2_EFD = c(w2_EFD);
   o.w1_a = c(w1_lora_a), o.w1_b = c(w1_lora_b), o.w3_a = c(w3_lora_a), o.w3_b = c(w3_lora_b);

@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "csrc/layers/cast_cache.h"
+
 namespace moetrain::moe {
 
 // LoRA on the expert projections (recipe finetune.lora): per expert, W (in, out) becomes
@@ -52,7 +54,8 @@ class GroupedExpertsImpl : public torch::nn::Module {
   // dtype (layers::compute_dtype_for: bf16 under mixed precision, else tokens_ND's dtype).
   torch::Tensor forward(const torch::Tensor& tokens_ND, const torch::Tensor& tokens_per_expert_El);
   // forward() in its two parts: the operands cast to `dtype` (std::nullopt: as they are; the casts'
-  // backward returns fp32 gradients to fp32 master weights), then grouped_swiglu. moe-bench times them apart.
+  // backward returns fp32 gradients to fp32 master weights; the weights' casts are kept until the weights
+  // change, layers::CastCache), then grouped_swiglu. moe-bench times them apart.
   ExpertOperands operands(const torch::Tensor& tokens_ND, std::optional<torch::ScalarType> dtype) const;
 
   torch::Tensor w1_EDF;  // gate projection
@@ -64,9 +67,11 @@ class GroupedExpertsImpl : public torch::nn::Module {
   // Folds the adapters into the base weights, W += (alpha / rank)·A·B per expert, and zeroes B, so the
   // module computes the same function with base weights alone (export of a LoRA run).
   void merge_adapters();
+  int64_t weight_casts() const { return weight_casts_.casts(); }  // casts made so far (tests, benchmarks)
 
  private:
   ExpertLoraOptions lora_;
+  mutable layers::CastCache weight_casts_;  // the weights in the compute dtype, cast once per optimizer step
 };
 TORCH_MODULE(GroupedExperts);
 
