@@ -290,6 +290,17 @@ std::string write_flight_record(const WatchdogSettings& settings, const json& mi
   }
 }
 
+// The end of an expiry: the text (and a newline) to stderr, then, after `linger_s` for the other ranks to print
+// theirs, the process ends with kCollectiveTimeoutExitCode.
+[[noreturn]] void print_and_exit(std::string text, double linger_s) {
+  text += "\n";
+  std::fputs(text.c_str(), stderr);
+  std::fflush(stderr);
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::duration<double>(linger_s));
+  std::_Exit(kCollectiveTimeoutExitCode);
+}
+
 }  // namespace
 
 void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vector<std::string> early_reports) {
@@ -314,12 +325,7 @@ void Watchdog::expire(const Wait::InFlight& in_flight, bool timed_out, std::vect
       }
     }
   }
-  text += "\n";
-  std::fputs(text.c_str(), stderr);
-  std::fflush(stderr);
-  std::fflush(stdout);
-  std::this_thread::sleep_for(std::chrono::duration<double>(settings_.linger_s));
-  std::_Exit(kCollectiveTimeoutExitCode);
+  print_and_exit(text, settings_.linger_s);
 }
 
 void Watchdog::expire_detached(const std::string& what) {
@@ -328,12 +334,7 @@ void Watchdog::expire_detached(const std::string& what) {
     const json mine = {{"rank", settings_.world_rank}, {"timed_out", true}, {"detached", what}};
     text += write_flight_record(settings_, mine, Answers{}, recorder_);
   }
-  text += "\n";
-  std::fputs(text.c_str(), stderr);
-  std::fflush(stderr);
-  std::fflush(stdout);
-  std::this_thread::sleep_for(std::chrono::duration<double>(settings_.linger_s));
-  std::_Exit(kCollectiveTimeoutExitCode);
+  print_and_exit(text, settings_.linger_s);
 }
 
 }  // namespace moetrain::parallel

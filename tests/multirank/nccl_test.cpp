@@ -15,15 +15,27 @@
 
 using namespace moetrain;
 
+#ifdef MOETRAIN_WITH_NCCL
+// The MPI world, an NCCL communicator over it on this rank's GPU (rank modulo the GPUs), and that GPU.
+struct NcclWorld {
+  std::unique_ptr<parallel::MpiCommunicator> world;
+  std::unique_ptr<parallel::NcclCommunicator> nccl;
+  torch::TensorOptions on_gpu;
+};
+NcclWorld nccl_world() {
+  auto world = parallel::MpiCommunicator::world();
+  const int device = world->rank() % static_cast<int>(torch::cuda::device_count());
+  auto nccl = parallel::NcclCommunicator::create(*world, device);
+  return {std::move(world), std::move(nccl), torch::TensorOptions().device(torch::kCUDA, device)};
+}
+#endif
+
 TEST(NcclCommunicator, CollectivesMatchTheMpiBackend) {
 #ifndef MOETRAIN_WITH_NCCL
   GTEST_SKIP() << "built without NCCL";
 #else
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU on this machine: NCCL backend compiled, not run";
-  auto world = parallel::MpiCommunicator::world();
-  const int device = world->rank() % static_cast<int>(torch::cuda::device_count());
-  auto nccl = parallel::NcclCommunicator::create(*world, device);
-  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA, device);
+  auto [world, nccl, on_gpu] = nccl_world();
   auto x = torch::arange(6, torch::kFloat32) * (world->rank() + 1);
   auto x_gpu = x.to(on_gpu);
   nccl->all_reduce_sum(x_gpu);
@@ -53,10 +65,7 @@ TEST(NcclCommunicator, EnqueuedCollectivesAreOrderedOnTheStreamWithoutHostWaits)
   GTEST_SKIP() << "built without NCCL";
 #else
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU on this machine: NCCL backend compiled, not run";
-  auto world = parallel::MpiCommunicator::world();
-  const int device = world->rank() % static_cast<int>(torch::cuda::device_count());
-  auto nccl = parallel::NcclCommunicator::create(*world, device);
-  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA, device);
+  auto [world, nccl, on_gpu] = nccl_world();
   const int p = world->size();
   auto x = torch::ones({1 << 16}, on_gpu);
   for (int i = 0; i < 20; ++i) nccl->all_reduce_sum(x);  // each result feeds the next: stream order
