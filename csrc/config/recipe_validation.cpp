@@ -289,6 +289,39 @@ void check_data(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("data.seq_len", r.data().seq_len(), 1);
 }
 
+// Recomputation: known modules under SELECTIVE, a layer count under FULL, neither otherwise.
+void check_recompute(const Recipe& r, Problems& p) {
+  const auto& t = r.train();
+  const auto mode = t.recompute();
+  const std::set<std::string> known = {"core_attn", "moe_act", "layernorm", "mlp", "moe"};
+  std::set<std::string> seen;
+  for (const auto& m : t.recompute_modules()) {
+    if (!known.count(m)) {
+      p.add("train.recompute_modules", "\"" + m + "\"",
+            "unknown module; use any of core_attn, moe_act, layernorm, mlp, moe");
+    } else if (!seen.insert(m).second) {
+      p.add("train.recompute_modules", "\"" + m + "\"", "listed twice; list each module once");
+    }
+  }
+  if (mode == TrainConfig::SELECTIVE && t.recompute_modules_size() == 0) {
+    p.add("train.recompute", "SELECTIVE",
+          "needs train.recompute_modules; list what to recompute, e.g. recompute_modules: [\"moe_act\", "
+          "\"core_attn\"], or use FULL");
+  }
+  if (mode != TrainConfig::SELECTIVE && t.recompute_modules_size() > 0) {
+    p.add("train.recompute_modules", "[" + std::to_string(t.recompute_modules_size()) + " modules]",
+          "only applies with train.recompute = SELECTIVE; set it or remove the list");
+  }
+  const int64_t layers = r.model().num_layers();
+  if (t.recompute_num_layers() < 0 || t.recompute_num_layers() > layers) {
+    p.add("train.recompute_num_layers", t.recompute_num_layers(),
+          "must be 0 (every layer) to model.num_layers = " + std::to_string(layers) + "; set it in that range");
+  } else if (mode != TrainConfig::FULL && t.recompute_num_layers() != 0) {
+    p.add("train.recompute_num_layers", t.recompute_num_layers(),
+          "only applies with train.recompute = FULL; set it or remove it");
+  }
+}
+
 // The learning-rate schedule's steps and the training loop's sizes and intervals.
 void check_training(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("schedule.warmup_steps", r.schedule().warmup_steps(), 0);
@@ -300,6 +333,7 @@ void check_training(const Recipe& r, Problems& p) {
   p.at_least<int64_t>("train.eval_sequences", r.train().eval_sequences(), 1);
   p.at_least<int64_t>("train.threads", r.train().threads(), 0);
   p.at_least<int64_t>("train.exit_interval", r.train().exit_interval(), 0);
+  check_recompute(r, p);
 }
 
 // The mesh: sizes that divide the experts and the heads, and the collective timeout.

@@ -1,5 +1,7 @@
 #include "csrc/model/attention.h"
 
+#include "csrc/layers/recompute.h"
+
 #include "csrc/layers/precision.h"
 
 namespace moetrain::model {
@@ -9,7 +11,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat32);
+  // x enters the graph once (alias): its two uses below meet in that view's backward, so x's gradient
+  // sums in the same order whether the norm is recomputed (train.recompute "layernorm") or not.
+  auto xf = x.to(torch::kFloat32).alias();
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return (normed * weight.to(torch::kFloat32)).to(x.scalar_type());
 }
@@ -102,13 +106,21 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& input) {
   q = apply_rotary(q.transpose(1, 2), options_.rope_theta);  // (B, H, S, Dh)
   k = apply_rotary(k.transpose(1, 2), options_.rope_theta);  // (B, Hkv, S, Dh)
   v = v.transpose(1, 2);
-  if (G > 1)
-    k = k.repeat_interleave(G, 1), v = v.repeat_interleave(G, 1);  // key/value head h / G for query head h
-  auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                              /*is_causal=*/true);  // (B, H, S, Dh)
+  // Core attention: q (B, H, S, Dh), k and v (B, Hkv, S, Dh) -> (B, S, H·Dh). Under train.recompute_modules
+  // "core_attn" only q, k and v are kept for backward.
+  auto core = [=](const std::vector<torch::Tensor>& in) {
+    auto k_rep = in[1], v_rep = in[2];
+    if (G > 1)  // key/value head h / G for query head h
+      k_rep = k_rep.repeat_interleave(G, 1), v_rep = v_rep.repeat_interleave(G, 1);
+    auto out = at::scaled_dot_product_attention(in[0], k_rep, v_rep, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                /*is_causal=*/true);  // (B, H, S, Dh)
+    return std::vector{out.transpose(1, 2).reshape({B, S, Hkv * G * Dh})};
+  };
+  const bool recompute = options_.recompute_core && is_training() && layers::can_recompute();
+  auto out = recompute ? layers::recompute(core, {q, k, v})[0] : core({q, k, v})[0];
   // The tensor-parallel sum in the compute dtype (bf16 under mixed precision: half the bytes, as Megatron),
   // then back to the residual stream's dtype (fp32).
-  auto y = adapted(wo->weight, out.transpose(1, 2).reshape({B, S, Hkv * G * Dh}), out_lora_a, out_lora_b, s);
+  auto y = adapted(wo->weight, out, out_lora_a, out_lora_b, s);
   if (tp_) y = tp_->reduce_from_tp(y);
   return y.to(input.scalar_type());
 }

@@ -63,6 +63,7 @@ struct AttentionOptions {
   bool qkv_bias = false;
   int64_t tp_size = 1;
   AttentionLora lora;
+  bool recompute_core = false;  // train.recompute_modules "core_attn": keep only q, k, v for backward
   int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : d_model / num_heads; }
   int64_t groups() const { return num_heads / kv_heads(); }  // query heads per key/value head

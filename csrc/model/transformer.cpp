@@ -1,6 +1,7 @@
 #include "csrc/model/transformer.h"
 
 #include "csrc/layers/precision.h"
+#include "csrc/layers/recompute.h"
 
 #include "csrc/model/sharding.h"
 
@@ -53,6 +54,17 @@ TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe,
   o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16
                                                                             : torch::kFloat32;
   o.seed = recipe.train().seed();
+  const auto& train = recipe.train();
+  if (train.recompute() == config::TrainConfig::FULL) {
+    o.recompute.full_layers = train.recompute_num_layers() > 0 ? train.recompute_num_layers() : o.num_layers;
+  } else if (train.recompute() == config::TrainConfig::SELECTIVE) {
+    for (const auto& m : train.recompute_modules()) {
+      auto& r = o.recompute;
+      r.core_attn |= m == "core_attn", r.moe_act |= m == "moe_act", r.layernorm |= m == "layernorm";
+      r.mlp |= m == "mlp", r.moe |= m == "moe";
+    }
+  }
+  o.moe.recompute_act = o.recompute.moe_act;
   const auto& lora = recipe.finetune().lora();
   if (lora.rank() > 0) {
     o.moe.lora.rank = lora.rank();
@@ -73,10 +85,13 @@ AttentionOptions TransformerOptions::attention() const {
   a.d_model = d_model, a.num_heads = num_heads, a.num_kv_heads = num_kv_heads, a.head_dim = head_dim;
   a.rope_theta = rope_theta, a.norm_eps = norm_eps, a.qk_norm = qk_norm, a.qkv_bias = qkv_bias;
   a.tp_size = tp_size, a.lora = attn_lora;
+  a.recompute_core = recompute.core_attn;
   return a;
 }
 
-BlockImpl::BlockImpl(const TransformerOptions& o, bool is_moe) {
+BlockImpl::BlockImpl(const TransformerOptions& o, int64_t layer)
+    : recompute_(o.recompute), full_recompute_(layer < o.recompute.full_layers) {
+  const bool is_moe = o.is_moe.at(layer);
   attn_norm = register_module("attn_norm", RMSNorm(o.d_model, o.norm_eps));
   attn = register_module("attn", Attention(o.attention()));
   ffn_norm = register_module("ffn_norm", RMSNorm(o.d_model, o.norm_eps));
@@ -118,40 +133,107 @@ UnevenSplit uneven_split(int64_t T, int64_t p, int64_t rank, const torch::Device
 }
 }  // namespace
 
+bool BlockImpl::recompute_now() const { return is_training() && layers::can_recompute(); }
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out,
                                  int64_t first_token) {
-  auto h = x + attn(attn_norm(x));
-  if (!moe) return h + mlp(ffn_norm(h));
-  if (tp_) {  // sequence-parallel MoE: this rank routes and computes its 1/tp of the tokens
-    const int64_t D = h.size(2), T = h.size(0) * h.size(1), p = tp_->size();
-    auto x_TD = ffn_norm(h).reshape({T, D});
-    auto ids_T = tokens.reshape({-1});
-    int64_t first = tp_->rank() * (T / p), count = T / p;
-    UnevenSplit split;
-    if (T % p == 0) {
-      x_TD = tp_->scatter_tokens(x_TD);
-    } else {
-      split = uneven_split(T, p, tp_->rank(), h.device());
-      first = split.first, count = split.count;
-      x_TD = tp_->scatter_tokens(x_TD.index_select(0, split.padded_rows)).narrow(0, 0, count);
-    }
-    moe->router->set_noise_position(first_token + first);
-    moe::MoEOutput m = moe(x_TD.unsqueeze(0), ids_T.narrow(0, first, count).unsqueeze(0),
-                           moe::TokenSlice{h.size(0), h.size(1), first});
+  if (!(full_recompute_ && recompute_now())) return forward_layer(x, tokens, out, first_token);
+  // FULL: only x is kept; backward runs the layer again. Its losses leave as outputs (0 + loss is exact,
+  // so the sums equal the unrecomputed ones bitwise); its measures come from the first run.
+  ModelOutput* sink = &out;  // touched by the first run only: a replay outlives `out`
+  auto outs = layers::recompute(
+      [this, tokens, first_token, sink](const std::vector<torch::Tensor>& in) {
+    ModelOutput layer;
+    layer.aux_loss = torch::zeros({}, in[0].options().dtype(torch::kFloat32));
+    layer.z_loss = torch::zeros({}, in[0].options().dtype(torch::kFloat32));
+    auto y = forward_layer(in[0], tokens, layer, first_token);
+    if (!layers::replaying())
+      sink->moe_measures.insert(sink->moe_measures.end(), layer.moe_measures.begin(), layer.moe_measures.end());
+    return std::vector{y, layer.aux_loss, layer.z_loss};
+      },
+      {x});
+  out.aux_loss = out.aux_loss + outs[1];
+  out.z_loss = out.z_loss + outs[2];
+  return outs[0];
+}
+
+torch::Tensor BlockImpl::forward_layer(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out,
+                                       int64_t first_token) {
+  auto h = x + normed(attn_norm, x, [&](const torch::Tensor& n) { return attn(n); });
+  return h + normed(ffn_norm, h, [&](const torch::Tensor& n) { return ffn(n, tokens, out, first_token); });
+}
+
+torch::Tensor BlockImpl::normed(RMSNorm& norm, const torch::Tensor& x,
+                                const std::function<torch::Tensor(const torch::Tensor&)>& consumer) {
+  if (!(recompute_.layernorm && recompute_now())) return consumer(norm(x));
+  layers::RecomputeWithoutOutput norm_output;
+  auto n = norm_output.run(
+      [norm](const std::vector<torch::Tensor>& in) mutable { return std::vector{norm(in[0])}; }, {x})[0];
+  auto y = consumer(n);
+  norm_output.discard_outputs(y);  // every use of n is upstream of y
+  return y;
+}
+
+torch::Tensor BlockImpl::ffn(const torch::Tensor& normed_BSD, const torch::Tensor& tokens, ModelOutput& out,
+                             int64_t first_token) {
+  if (!moe) {
+    if (!(recompute_.mlp && recompute_now())) return mlp(normed_BSD);
+    return layers::recompute(
+        [m = mlp](const std::vector<torch::Tensor>& in) mutable { return std::vector{m(in[0])}; },
+        {normed_BSD})[0];
+  }
+  auto add_losses = [&](const moe::MoEOutput& m) {
     out.aux_loss = out.aux_loss + m.aux_loss;
     out.z_loss = out.z_loss + m.z_loss;
     out.moe_measures.push_back(m.measures);
-    auto y_TD = m.y.reshape({count, D});
-    if (T % p == 0) return h + tp_->gather_tokens(y_TD).view(h.sizes());
-    y_TD = torch::constant_pad_nd(y_TD, {0, 0, 0, split.rows - count});  // zero rows up to L
-    return h + tp_->gather_tokens(y_TD).index_select(0, split.token_rows).view(h.sizes());
+  };
+  if (!tp_) {
+    moe::MoEOutput m = run_moe(normed_BSD, tokens, {}, first_token);
+    add_losses(m);
+    return m.y;
   }
-  moe->router->set_noise_position(first_token);
-  moe::MoEOutput m = moe(ffn_norm(h), tokens);
-  out.aux_loss = out.aux_loss + m.aux_loss;
-  out.z_loss = out.z_loss + m.z_loss;
-  out.moe_measures.push_back(m.measures);
-  return h + m.y;
+  // Sequence-parallel MoE: this rank routes and computes its 1/tp of the tokens.
+  const int64_t D = normed_BSD.size(2), T = normed_BSD.size(0) * normed_BSD.size(1), p = tp_->size();
+  auto x_TD = normed_BSD.reshape({T, D});
+  auto ids_T = tokens.reshape({-1});
+  int64_t first = tp_->rank() * (T / p), count = T / p;
+  UnevenSplit split;
+  if (T % p == 0) {
+    x_TD = tp_->scatter_tokens(x_TD);
+  } else {
+    split = uneven_split(T, p, tp_->rank(), normed_BSD.device());
+    first = split.first, count = split.count;
+    x_TD = tp_->scatter_tokens(x_TD.index_select(0, split.padded_rows)).narrow(0, 0, count);
+  }
+  moe::MoEOutput m = run_moe(x_TD.unsqueeze(0), ids_T.narrow(0, first, count).unsqueeze(0),
+                             moe::TokenSlice{normed_BSD.size(0), normed_BSD.size(1), first},
+                             first_token + first);
+  add_losses(m);
+  auto y_TD = m.y.reshape({count, D});
+  if (T % p == 0) return tp_->gather_tokens(y_TD).view(normed_BSD.sizes());
+  y_TD = torch::constant_pad_nd(y_TD, {0, 0, 0, split.rows - count});  // zero rows up to L
+  return tp_->gather_tokens(y_TD).index_select(0, split.token_rows).view(normed_BSD.sizes());
+}
+
+moe::MoEOutput BlockImpl::run_moe(const torch::Tensor& x_BSD, const torch::Tensor& ids_BS,
+                                  const moe::TokenSlice& slice, int64_t noise_position) {
+  if (!(recompute_.moe && recompute_now())) {
+    moe->router->set_noise_position(noise_position);
+    return moe(x_BSD, ids_BS, slice);
+  }
+  // "moe": only the layer's input is kept; the replay routes exactly as the first run (same noise
+  // position, same expert bias, the step's counts as they were).
+  moe::MoEMeasures measures;
+  moe::MoEMeasures* sink = &measures;  // touched by the first run only
+  auto outs = layers::recompute(
+      [this, ids_BS, slice, noise_position, sink](const std::vector<torch::Tensor>& in) {
+    moe->router->set_noise_position(noise_position);
+    moe::MoEOutput m = moe(in[0], ids_BS, slice);
+    if (!layers::replaying()) *sink = m.measures;
+    return std::vector{m.y, m.aux_loss, m.z_loss};
+      },
+      {x_BSD});
+  return moe::MoEOutput{outs[0], outs[1], outs[2], measures};
 }
 
 TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
@@ -159,7 +241,7 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options_(o) {
   embed = register_module("embed", torch::nn::Embedding(local_vocab, o.d_model));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < o.num_layers; ++l) {
-    Block block(o, o.is_moe.at(l));
+    Block block(o, l);
     if (block->moe) block->moe->router->set_noise_stream(o.seed, l);
     layers->push_back(block);
   }

@@ -3,6 +3,7 @@
 //   Block: x + Attention(RMSNorm(x)), then x + FFN(RMSNorm(x)), FFN = dense SwiGLU or MoE layer.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "csrc/config/recipe.pb.h"
@@ -11,6 +12,12 @@
 #include "csrc/moe/moe_layer.h"
 
 namespace moetrain::model {
+
+// train.recompute (csrc/layers/recompute.h): what each layer computes again in backward.
+struct RecomputeOptions {
+  int64_t full_layers = 0;  // FULL: layers [0, full_layers) whole, keeping only their inputs
+  bool core_attn = false, moe_act = false, layernorm = false, mlp = false, moe = false;  // SELECTIVE
+};
 
 struct TransformerOptions {
   int64_t vocab_size = 0, d_model = 0, num_layers = 0, num_heads = 0, ffn_hidden = 0;
@@ -27,6 +34,7 @@ struct TransformerOptions {
   // Matmul dtype (train.precision): kFloat32, or kBFloat16 for mixed precision with fp32 master weights
   // (csrc/layers/precision.h). Parameters stay fp32 either way.
   torch::ScalarType compute_dtype = torch::kFloat32;
+  RecomputeOptions recompute;  // training forwards only
   uint64_t seed = 0;  // train.seed: keys the routers' noise streams (jitter, RANDOM routing) with the layer index
 
   // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
@@ -47,7 +55,7 @@ struct ModelOutput {
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const TransformerOptions& options, bool is_moe);
+  BlockImpl(const TransformerOptions& options, int64_t layer);
   // x: (B, S, D), tokens (B, S). An MoE block adds its losses and measures to `out`. first_token: global
   // index of tokens[0][0] (global sample · S), which keys the router's noise.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& tokens, struct ModelOutput& out,
@@ -60,6 +68,22 @@ class BlockImpl : public torch::nn::Module {
   layers::SwiGLU mlp{nullptr};  // dense layers
   moe::MoELayer moe{nullptr};   // MoE layers
  private:
+  // forward() without whole-layer recomputation.
+  torch::Tensor forward_layer(const torch::Tensor& x, const torch::Tensor& tokens, ModelOutput& out,
+                              int64_t first_token);
+  // The FFN: dense SwiGLU or MoE on the normed h (B, S, D); MoE losses and measures go to `out`.
+  torch::Tensor ffn(const torch::Tensor& normed, const torch::Tensor& tokens, ModelOutput& out,
+                    int64_t first_token);
+  // The MoE layer with its router's noise position set, recomputed in backward under "moe".
+  moe::MoEOutput run_moe(const torch::Tensor& x_BSD, const torch::Tensor& ids_BS,
+                         const moe::TokenSlice& slice, int64_t noise_position);
+  // A norm, its output freed and recomputed before the backward of `consumer` under "layernorm".
+  torch::Tensor normed(RMSNorm& norm, const torch::Tensor& x,
+                       const std::function<torch::Tensor(const torch::Tensor&)>& consumer);
+
+  bool recompute_now() const;  // a training forward that records gradients, outside any replay
+  RecomputeOptions recompute_;
+  bool full_recompute_ = false;  // this layer is one of the FULL layers
   std::shared_ptr<layers::TensorParallelOps> tp_;
 };
 TORCH_MODULE(Block);

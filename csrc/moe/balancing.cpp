@@ -1,5 +1,7 @@
 #include "csrc/moe/balancing.h"
 
+#include "csrc/layers/recompute.h"
+
 namespace moetrain::moe {
 
 torch::Tensor switch_aux_loss(const torch::Tensor& probs_TE, const torch::Tensor& routed_TE, int64_t top_k) {
@@ -77,9 +79,14 @@ torch::Tensor sequence_loss(const Routing& route, const ForwardTokens& tokens, i
 // routes k pairs per token, so tokens · k = Σ counts). Divided by the micro-batch ranks, as the Switch loss.
 torch::Tensor global_batch_loss(const Routing& route, const MoEParallelContext& context,
                                 torch::Tensor& global_counts_E) {
-  auto counts_E = context.sum_over_global_batch(route.routed_TE.sum(0));
-  if (global_counts_E.device() != counts_E.device()) global_counts_E = global_counts_E.to(counts_E.device());
-  global_counts_E += counts_E;
+  // A replay in backward (train.recompute) finds the counts as its first run left them: it adds nothing,
+  // and its collective is skipped on every rank alike.
+  if (!layers::replaying()) {
+    auto counts_E = context.sum_over_global_batch(route.routed_TE.sum(0));
+    if (global_counts_E.device() != counts_E.device())
+      global_counts_E = global_counts_E.to(counts_E.device());
+    global_counts_E += counts_E;
+  }
   return global_aux_loss(route.probs_TE, global_counts_E) / static_cast<double>(context.micro_batch_ranks());
 }
 

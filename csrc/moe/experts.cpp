@@ -1,5 +1,7 @@
 #include "csrc/moe/experts.h"
 
+#include "csrc/layers/recompute.h"
+
 #include "csrc/layers/precision.h"
 
 #include <tuple>
@@ -33,12 +35,23 @@ torch::Tensor add_adapter(torch::Tensor y, const torch::Tensor& x, const torch::
 }
 }  // namespace
 
-torch::Tensor grouped_swiglu(const ExpertOperands& o, const torch::Tensor& offsets, double s) {
+torch::Tensor grouped_swiglu(const ExpertOperands& o, const torch::Tensor& offsets, double s,
+                             bool recompute_activation) {
   auto gate_NF = add_adapter(at::_grouped_mm(o.x_ND, o.w1_EDF, offsets), o.x_ND, o.w1_a, o.w1_b, offsets, s);
   auto up_NF = add_adapter(at::_grouped_mm(o.x_ND, o.w3_EDF, offsets), o.x_ND, o.w3_a, o.w3_b, offsets, s);
   // _grouped_mm's backward needs a dense incoming gradient: the product below always provides one.
-  auto h_NF = torch::silu(gate_NF) * up_NF;
-  return add_adapter(at::_grouped_mm(h_NF, o.w2_EFD, offsets), h_NF, o.w2_a, o.w2_b, offsets, s);
+  auto act = [](const std::vector<torch::Tensor>& in) { return std::vector{torch::silu(in[0]) * in[1]}; };
+  const bool recompute = recompute_activation && layers::can_recompute() &&
+                         (gate_NF.requires_grad() || up_NF.requires_grad());
+  if (!recompute) {
+    auto h_NF = act({gate_NF, up_NF})[0];
+    return add_adapter(at::_grouped_mm(h_NF, o.w2_EFD, offsets), h_NF, o.w2_a, o.w2_b, offsets, s);
+  }
+  layers::RecomputeWithoutOutput activation;
+  auto h_NF = activation.run(act, {gate_NF, up_NF})[0];
+  auto y_ND = add_adapter(at::_grouped_mm(h_NF, o.w2_EFD, offsets), h_NF, o.w2_a, o.w2_b, offsets, s);
+  activation.discard_outputs(y_ND);  // the down projection has saved h: free it until its backward
+  return y_ND;
 }
 
 ExpertOperands mask_empty_experts(ExpertOperands o, const torch::Tensor& tokens_per_expert_El) {
@@ -83,7 +96,8 @@ torch::Tensor GroupedExpertsImpl::forward(const torch::Tensor& tokens_ND,
   // trip): combine_rows widens it to fp32 inside its gate product, so the combine accumulates in fp32.
   const auto dtype = layers::compute_dtype_for(tokens_ND.device().type());
   // The empty experts' gradients are masked to 0 (an empty CUTLASS group leaves them uninitialised).
-  return grouped_swiglu(mask_empty_experts(operands(tokens_ND, dtype), tokens_per_expert_El), offsets, s);
+  return grouped_swiglu(mask_empty_experts(operands(tokens_ND, dtype), tokens_per_expert_El), offsets, s,
+                        recompute_activation && is_training());
 }
 
 }  // namespace moetrain::moe

@@ -32,7 +32,10 @@ struct ExpertOperands {
 
 // silu(x·w1) * (x·w3) · w2 per expert group, with the adapters' scale·(x·A)·B added to each adapted
 // projection. offsets_E: int32 cumulative rows per expert. Returns (N, D) in the operands' dtype.
-torch::Tensor grouped_swiglu(const ExpertOperands& ops, const torch::Tensor& offsets_E, double lora_scale);
+// recompute_activation (train.recompute_modules "moe_act", training only): silu(gate)·up is freed once the
+// down projection has saved it, and computed again from gate and up just before that projection's backward.
+torch::Tensor grouped_swiglu(const ExpertOperands& ops, const torch::Tensor& offsets_E, double lora_scale,
+                             bool recompute_activation = false);
 
 // The operands with every trainable per-expert weight (E, in, out) passed through
 // where(expert has tokens, w, 0). The forward values of experts with tokens are w itself (bitwise), and an
@@ -68,6 +71,7 @@ class GroupedExpertsImpl : public torch::nn::Module {
   // module computes the same function with base weights alone (export of a LoRA run).
   void merge_adapters();
   int64_t weight_casts() const { return weight_casts_.casts(); }  // casts made so far (tests, benchmarks)
+  bool recompute_activation = false;  // train.recompute_modules "moe_act" (grouped_swiglu)
 
  private:
   ExpertLoraOptions lora_;

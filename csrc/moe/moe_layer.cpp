@@ -1,5 +1,6 @@
 #include "csrc/moe/moe_layer.h"
 
+#include "csrc/layers/recompute.h"
 #include "csrc/moe/balancing.h"
 
 namespace moetrain::moe {
@@ -12,6 +13,7 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
   experts = register_module("experts",
                             GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
+  experts->recompute_activation = options.recompute_act;
   if (options.shared_hidden > 0) {
     shared = register_module("shared", layers::SwiGLU(options.d_model, options.shared_hidden));
     if (options.shared_gate) {
@@ -71,7 +73,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x_BSD, const torch::Tensor&
     out.aux_loss = out.z_loss = torch::zeros({}, route.probs_TE.options());
   }
   out.measures = forward_measures(route, out);
-  if (is_training()) accumulate_step(out.measures);
+  if (is_training() && !layers::replaying()) accumulate_step(out.measures);
   return out;
 }
 

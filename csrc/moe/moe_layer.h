@@ -24,6 +24,7 @@ struct MoEOptions {
   int64_t first_local_expert = 0;
   config::RoutingConfig routing;  // defaults filled in
   ExpertLoraOptions lora;         // adapters on the experts (fine-tuning)
+  bool recompute_act = false;     // train.recompute_modules "moe_act" (GroupedExperts)
 };
 
 // Per-layer measures of one forward: detached tensors on the layer's device, never read on the host in
