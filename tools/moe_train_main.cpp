@@ -8,6 +8,7 @@
 #include "csrc/config/recipe_loader.h"
 #include "csrc/util/fault_injection.h"
 #include "csrc/util/host_allocator.h"
+#include "csrc/util/memory_stats.h"
 #include "csrc/util/run_position.h"
 #include "parallel/agreement.h"
 #include "parallel/data_plane.h"
@@ -141,6 +142,7 @@ int train(Setup& s, const std::string& run_dir) {
 int main(int argc, char** argv) {
   // Before the first tensor; a malformed MOETRAIN_HOST_MALLOC is a usage error.
   if (const int rc = cli::setup_error("moe-train", moetrain::util::keep_freed_host_memory)) return rc;
+  moetrain::util::track_cpu_memory();  // mem_allocated_mib / mem_peak_mib in the step metrics
   cli::Command cmd("moe-train", "usage: moe-train --recipe FILE [--set field.path=value]... [--run-dir DIR]\n");
   cmd.required("--recipe", "FILE",
                "recipe in Protobuf text format (schema: csrc/config/recipe.proto, docs/recipes.md)")

@@ -48,6 +48,10 @@ StepRecord StepReporter::record(const StepOutcome& o) {
   rec.add("tokens", static_cast<double>(o.tokens));
   rec.add("tokens_per_s", o.tokens_per_step / o.seconds);
   rec.add("host_reads", static_cast<double>(o.host_reads));
+  if (o.mem_peak >= 0) {  // this rank's tensor memory (util::memory_stats), MiB
+    rec.add("mem_allocated_mib", static_cast<double>(o.mem_allocated) / (1 << 20));
+    rec.add("mem_peak_mib", static_cast<double>(o.mem_peak) / (1 << 20));
+  }
   add_communication(rec, o.comm);
   if (o.grad_buckets >= 0) {  // how much of the gradient reduction could overlap the backward
     rec.add("grad_buckets", static_cast<double>(o.grad_buckets));

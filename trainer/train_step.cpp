@@ -5,6 +5,7 @@
 
 #include "csrc/util/fault_injection.h"
 #include "csrc/util/host_sync.h"
+#include "csrc/util/memory_stats.h"
 #include "parallel/grad_sync.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
@@ -31,6 +32,9 @@ TrainStep::TrainStep(const config::Recipe& recipe, StepParts parts)
 StepOutcome TrainStep::run(TrainState& state) {
   const double start = monotonic_seconds();
   const util::HostReadCount reads;  // every device-to-host read of the step, from any thread
+  const bool count_memory = !p_.device.is_cpu() || util::tracking_cpu_memory();
+  if (count_memory) util::reset_memory_peak(p_.device);
+  const int64_t allocated_at_start = count_memory ? util::memory_stats(p_.device).allocated : -1;
   parallel::comm_clock().take();    // what came before the step (evaluation, checkpoints) is not the step's
   StepOutcome out;
   out.micro_batches = accumulation_;
@@ -63,6 +67,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   out.step = state.step, out.tokens = state.tokens;
   out.seconds = monotonic_seconds() - start;
   out.host_reads = reads.reads();
+  if (count_memory) out.mem_allocated = allocated_at_start, out.mem_peak = util::memory_stats(p_.device).peak;
   out.comm = parallel::comm_clock().take();
   return out;
 }

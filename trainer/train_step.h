@@ -30,6 +30,9 @@ struct StepOutcome {
   int64_t tokens = 0;                  // training tokens seen in total after the step
   double seconds = 0;                  // wall time of the step
   int64_t host_reads = 0;              // device-to-host reads (util::read_to_host) during the step
+  // Tensor memory of this process's device (util::memory_stats; -1 where not counted): held when the step
+  // started (parameters, optimizer state, buckets) and the most held at once during it.
+  int64_t mem_allocated = -1, mem_peak = -1;
   std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
   std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
   // Gradient buckets (parallel.grad_bucket_mb > 0; -1 without): in all, started during backward, and the

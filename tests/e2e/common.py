@@ -45,8 +45,10 @@ def matches_one_process(single, run, label, steps, tolerance=1e-5):
 
 
 def without_timings(record):
-    """A metrics.jsonl record without what depends on the clock (tokens_per_s, the comm_s* seconds)."""
-    return {k: v for k, v in record.items() if k != "tokens_per_s" and not k.startswith("comm_s")}
+    """A metrics.jsonl record without what depends on the clock (tokens_per_s, the comm_s* seconds) or on
+    the process's history (mem_*: tensor memory, which differs between a resumed and a continuous run)."""
+    return {k: v for k, v in record.items()
+            if k != "tokens_per_s" and not k.startswith("comm_s") and not k.startswith("mem_")}
 
 
 def fresh_dir(name):
