@@ -22,6 +22,7 @@
 #include "csrc/model/sharding.h"
 #include "csrc/util/fault_injection.h"
 #include "parallel/agreement.h"
+#include "parallel/distributed_optimizer.h"
 #include "parallel/mesh.h"
 
 namespace moetrain::trainer {
@@ -122,6 +123,7 @@ struct Block {
   std::string name;
   torch::Tensor data;  // shape box.local_view
   model::ShardBox box;
+  std::string key;  // the tensor's key in the rank's file when a rank writes several pieces of `name`; "" = name
 };
 
 torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const torch::Tensor& p) {
@@ -198,15 +200,49 @@ struct RankBlocks {
   std::string replicas;        // bytes of the replicated buffers: every rank must hold the same
 };
 
+// The distributed optimizer's moments: this rank's piece of each parameter, as boxes of the global tensor
+// (a flat range of the rank's block is up to 2·dims − 1 boxes), keyed "NAME#i" in the file. Every
+// data-parallel rank writes its pieces; of the ranks that hold the same pieces (tensor-parallel ranks
+// of replicated tensors and of experts) only tp rank 0.
+void add_moment_pieces(const Ranks& ranks, model::TransformerImpl& model,
+                       parallel::DistributedOptimizer& optimizer, std::vector<Block>& blocks) {
+  int64_t index = 0;
+  for (auto& piece : optimizer.pieces()) {
+    if (!piece.exp_avg.defined()) continue;  // never stepped
+    const auto box = model::shard_box(model.options(), piece.name, piece.param.sizes().vec());
+    if (box.kind != model::ShardBox::Kind::kTensorParallel && ranks.tp_rank() != 0) continue;
+    int64_t at = 0;
+    for (const auto& sub : parallel::flat_range_boxes(box.local_view, piece.begin, piece.end)) {
+      model::ShardBox part = box;
+      part.local_view = sub.sizes;
+      for (size_t d = 0; d < sub.offsets.size(); ++d) part.offsets[d] += sub.offsets[d];
+      int64_t count = 1;
+      for (auto s : sub.sizes) count *= s;
+      for (const char* moment : {"exp_avg", "exp_avg_sq"}) {
+        const auto& values = std::string(moment) == "exp_avg" ? piece.exp_avg : piece.exp_avg_sq;
+        const std::string name = std::string("optim/") + moment + "/" + piece.name;
+        blocks.push_back({name, host(values.narrow(0, at, count)).reshape(sub.sizes), part,
+                          name + "#" + std::to_string(index)});
+      }
+      at += count, ++index;
+    }
+  }
+}
+
 // The blocks `ranks` writes: the parameters it owns with their AdamW moments (once stepped), the
 // replicated buffers (rank 0; every rank hashes its copy) and its random-number streams.
-RankBlocks owned_blocks(const Ranks& ranks, model::TransformerImpl& model, torch::optim::AdamW& optimizer) {
+RankBlocks owned_blocks(const Ranks& ranks, model::TransformerImpl& model, torch::optim::AdamW& optimizer,
+                        parallel::DistributedOptimizer* distributed) {
   RankBlocks out;
+  if (distributed) {
+    add_moment_pieces(ranks, model, *distributed, out.blocks);
+    out.optimizer_step = distributed->steps();
+  }
   for (const auto& p : model.named_parameters()) {
     const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
     if (!ranks.writes(box)) continue;
     out.blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box});
-    if (auto* s = adam_state(optimizer, p.value())) {
+    if (auto* s = distributed ? nullptr : adam_state(optimizer, p.value())) {
       out.blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box});
       out.blocks.push_back({"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box});
     }
@@ -233,11 +269,13 @@ json write_rank_file(const RankBlocks& owned, const fs::path& tmp_dir, int rank,
   io::NamedTensors tensors;
   json entries = json::array();
   for (const auto& b : owned.blocks) {
-    tensors.emplace_back(b.name, b.data);
-    entries.push_back({{"name", b.name},
-                       {"global", b.box.global_view},
-                       {"offsets", b.box.offsets},
-                       {"shape", b.box.local_view}});
+    tensors.emplace_back(b.key.empty() ? b.name : b.key, b.data);
+    json entry = {{"name", b.name},
+                  {"global", b.box.global_view},
+                  {"offsets", b.box.offsets},
+                  {"shape", b.box.local_view}};
+    if (!b.key.empty()) entry["key"] = b.key;
+    entries.push_back(entry);
   }
   const std::map<std::string, std::string> metadata{{"format", "moetrain-checkpoint-shard"}};
   const std::string file = rank_file(rank), path = (tmp_dir / file).string();
@@ -279,7 +317,9 @@ void add_rank_reports(json& manifest, const std::vector<std::string>& reports) {
       if (t["shape"] != b["global"])
         throw std::runtime_error("checkpoint: ranks disagree on the global shape of " +
                                  b["name"].get<std::string>());
-      t["shards"].push_back({{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}});
+      json shard = {{"file", r["file"]}, {"offsets", b["offsets"]}, {"shape", b["shape"]}};
+      if (b.contains("key")) shard["key"] = b["key"];
+      t["shards"].push_back(shard);
     }
   }
   for (auto& [name, t] : manifest["tensors"].items()) {
@@ -413,7 +453,7 @@ torch::Tensor ShardReader::assemble(const std::string& name, const model::ShardB
     const auto off = s["offsets"].get<std::vector<int64_t>>(), shape = s["shape"].get<std::vector<int64_t>>();
     std::vector<int64_t> lo, len;
     if (!intersect(off, shape, box, lo, len)) continue;
-    copy_intersection(name, s["file"].get<std::string>(), off, shape, lo, len, box, out);
+    copy_intersection(s.value("key", name), s["file"].get<std::string>(), off, shape, lo, len, box, out);
     covered += volume(len);
   }
   if (covered != volume(box.local_view)) {
@@ -475,6 +515,23 @@ void restore_optimizer(ShardReader& reader, model::TransformerImpl& model, torch
   }
 }
 
+// The distributed optimizer's pieces from a checkpoint of any layout: each parameter's moments assembled
+// for this rank's block (one parameter at a time), then the piece's elements taken.
+void restore_distributed_optimizer(ShardReader& reader, model::TransformerImpl& model,
+                                   parallel::DistributedOptimizer& optimizer, int64_t optimizer_step) {
+  torch::NoGradGuard no_grad;
+  optimizer.prepare_to_load(optimizer_step);
+  for (auto& piece : optimizer.pieces()) {
+    if (!reader.saved("optim/exp_avg/" + piece.name)) continue;  // never stepped
+    const auto box = model::shard_box(model.options(), piece.name, piece.param.sizes().vec());
+    for (auto [moment, values] :
+         {std::pair{"exp_avg", piece.exp_avg}, std::pair{"exp_avg_sq", piece.exp_avg_sq}}) {
+      auto whole = reader.assemble(std::string("optim/") + moment + "/" + piece.name, box).reshape({-1});
+      values.copy_(whole.narrow(0, piece.begin, piece.end - piece.begin));
+    }
+  }
+}
+
 // The saved step and data position; sets this process's random-number streams. Same layout: each rank
 // continues its own stream. New layout: every rank takes rank 0's (router jitter and random routing draw
 // from it; the streams cannot map onto a new layout).
@@ -530,7 +587,8 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   // 1. Every rank writes the blocks it owns.
   json report;
   ranks.agree(attempt([&] {
-    report = write_rank_file(owned_blocks(ranks, model, optimizer), tmp_dir, ranks.rank(), state.step);
+    report = write_rank_file(owned_blocks(ranks, model, optimizer, distributed_), tmp_dir, ranks.rank(),
+                             state.step);
   }));
 
   // 2. Rank 0 checks coverage, writes the manifest and commits.
@@ -648,7 +706,11 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
     restore_model(reader, model, options);
     const int64_t optimizer_step = manifest.value("optimizer_step", int64_t{0});
     if (optimizer && options.optimizer && optimizer_step > 0) {
-      restore_optimizer(reader, model, *optimizer, optimizer_step);
+      if (distributed_) {
+        restore_distributed_optimizer(reader, model, *distributed_, optimizer_step);
+      } else {
+        restore_optimizer(reader, model, *optimizer, optimizer_step);
+      }
     }
     if (options.train_state) state = restore_train_state(reader, model, ranks);
   }));

@@ -29,7 +29,8 @@
 
 namespace moetrain::parallel {
 class ProcessMesh;
-}
+class DistributedOptimizer;
+}  // namespace moetrain::parallel
 
 namespace moetrain::trainer {
 
@@ -53,6 +54,10 @@ class Checkpointer {
   // `mesh`: null for one process. Every method is collective over the mesh's world.
   Checkpointer(std::string run_dir, int64_t keep_last, std::string model_section,
                std::string recipe_text = "", parallel::ProcessMesh* mesh = nullptr);
+
+  // optimizer.distributed: save() writes, and load() restores, the sharded moments of `optimizer` (owned by
+  // the caller) instead of torch::optim::AdamW's. Null (the default): the replicated optimizer's.
+  void set_distributed_optimizer(parallel::DistributedOptimizer* optimizer) { distributed_ = optimizer; }
 
   // Returns the committed directory.
   std::string save(const TrainState& state, model::TransformerImpl& model, torch::optim::AdamW& optimizer);
@@ -85,6 +90,7 @@ class Checkpointer {
   int64_t keep_last_;
   std::string model_section_, recipe_text_;
   parallel::ProcessMesh* mesh_;
+  parallel::DistributedOptimizer* distributed_ = nullptr;
 };
 
 // The text a checkpoint's model digest covers: the recipe's model section (fine-tuning and parallel

@@ -35,23 +35,13 @@ StepOutcome TrainStep::run(TrainState& state) {
   const bool count_memory = !p_.device.is_cpu() || util::tracking_cpu_memory();
   if (count_memory) util::reset_memory_peak(p_.device);
   const int64_t allocated_at_start = count_memory ? util::memory_stats(p_.device).allocated : -1;
-  parallel::comm_clock().take();    // what came before the step (evaluation, checkpoints) is not the step's
+  parallel::comm_clock().take();  // what came before the step (evaluation, checkpoints) is not the step's
   StepOutcome out;
   out.micro_batches = accumulation_;
   out.lr = set_learning_rate(state.step);
   torch::Tensor lm_sum = forward_backward(state);
   state.samples_consumed += micro_batch_ * accumulation_ * dp_;
-  reduce_gradients(out);
-  const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh)
-                                          : local_grad_norm(p_.model);
-  clip_gradients(p_.model, clip_, grad_norm);
-  util::inject_fault(util::FaultPoint::kOptimizerStep);
-  p_.optimizer.step();
-  if (buckets_) {
-    buckets_->zero_grad();  // keeps the .grad views into the buckets
-  } else {
-    p_.optimizer.zero_grad();
-  }
+  const torch::Tensor grad_norm = p_.distributed ? distributed_step(out.lr) : replicated_step(out);
   // The step's routing measures and global-batch load, summed over the world, in one host read; then the
   // aux-loss-free bias update from that load.
   out.moe = read_step_measures(moe_layers_, p_.moe);
@@ -70,6 +60,32 @@ StepOutcome TrainStep::run(TrainState& state) {
   if (count_memory) out.mem_allocated = allocated_at_start, out.mem_peak = util::memory_stats(p_.device).peak;
   out.comm = parallel::comm_clock().take();
   return out;
+}
+
+torch::Tensor TrainStep::replicated_step(StepOutcome& out) {
+  reduce_gradients(out);
+  const torch::Tensor grad_norm = p_.mesh ? parallel::global_grad_norm(p_.model, *p_.mesh)
+                                          : local_grad_norm(p_.model);
+  clip_gradients(p_.model, clip_, grad_norm);
+  util::inject_fault(util::FaultPoint::kOptimizerStep);
+  p_.optimizer.step();
+  if (buckets_) {
+    buckets_->zero_grad();  // keeps the .grad views into the buckets
+  } else {
+    p_.optimizer.zero_grad();
+  }
+  return grad_norm;
+}
+
+torch::Tensor TrainStep::distributed_step(double lr) {
+  auto& optimizer = *p_.distributed;
+  optimizer.reduce_scatter_gradients();  // frees the full gradients
+  const torch::Tensor grad_norm = optimizer.grad_norm();
+  optimizer.clip(clip_, grad_norm);
+  util::inject_fault(util::FaultPoint::kOptimizerStep);
+  optimizer.set_lr(lr);
+  optimizer.step();
+  return grad_norm;
 }
 
 double TrainStep::set_learning_rate(int64_t step) {

@@ -9,6 +9,7 @@
 #include "csrc/config/recipe.pb.h"
 #include "csrc/model/transformer.h"
 #include "parallel/comm_clock.h"
+#include "parallel/distributed_optimizer.h"
 #include "parallel/grad_buckets.h"
 #include "parallel/mesh.h"
 #include "trainer/checkpoint.h"
@@ -21,19 +22,19 @@ namespace moetrain::trainer {
 double monotonic_seconds();
 
 struct StepOutcome {
-  int64_t step = 0;                    // optimizer steps completed, this one included
-  int64_t micro_batches = 0;           // train.grad_accum_steps
-  double lr = 0;                       // the learning rate the step used
-  double lm_sum = 0;                   // Σ over micro-batches of the mean LM loss (the same on every rank)
-  double grad_norm = 0;                // global gradient norm before clipping
-  int64_t tokens_per_step = 0;         // global batch: micro-batch × accumulation × sequence length × dp
-  int64_t tokens = 0;                  // training tokens seen in total after the step
-  double seconds = 0;                  // wall time of the step
-  int64_t host_reads = 0;              // device-to-host reads (util::read_to_host) during the step
+  int64_t step = 0;             // optimizer steps completed, this one included
+  int64_t micro_batches = 0;    // train.grad_accum_steps
+  double lr = 0;                // the learning rate the step used
+  double lm_sum = 0;            // Σ over micro-batches of the mean LM loss (the same on every rank)
+  double grad_norm = 0;         // global gradient norm before clipping
+  int64_t tokens_per_step = 0;  // global batch: micro-batch × accumulation × sequence length × dp
+  int64_t tokens = 0;           // training tokens seen in total after the step
+  double seconds = 0;           // wall time of the step
+  int64_t host_reads = 0;       // device-to-host reads (util::read_to_host) during the step
   // Tensor memory of this process's device (util::memory_stats; -1 where not counted): held when the step
   // started (parameters, optimizer state, buckets) and the most held at once during it.
   int64_t mem_allocated = -1, mem_peak = -1;
-  std::vector<LayerStepMeasures> moe;  // per MoE layer, in layer order
+  std::vector<LayerStepMeasures> moe;     // per MoE layer, in layer order
   std::vector<parallel::CommTally> comm;  // this rank's collectives of the step, by group and operation
   // Gradient buckets (parallel.grad_bucket_mb > 0; -1 without): in all, started during backward, and the
   // gradients since the start that were not accumulated in place in their bucket (GradBuckets::copies).
@@ -48,6 +49,7 @@ struct StepParts {
   parallel::ProcessMesh* mesh;  // null: one process
   const moe::MoEParallelContext& moe;
   torch::Device device;
+  parallel::DistributedOptimizer* distributed = nullptr;  // optimizer.distributed: steps instead of `optimizer`
 };
 
 class TrainStep {
@@ -62,6 +64,10 @@ class TrainStep {
   torch::Tensor forward_backward(const TrainState& state);
   // Every gradient final and reduced over its groups (tp, dp, expert dp) as one process would have it.
   void reduce_gradients(StepOutcome& out);
+  // Reduction, norm, clipping and AdamW: replicated (torch::optim::AdamW on every rank) or distributed
+  // (parallel::DistributedOptimizer). Both return the gradient norm before clipping.
+  torch::Tensor replicated_step(StepOutcome& out);
+  torch::Tensor distributed_step(double lr);
 
   const config::Recipe& recipe_;
   StepParts p_;

@@ -18,6 +18,7 @@
 #include "trainer/data_feed.h"
 #include "trainer/evaluator.h"
 #include "trainer/metrics.h"
+#include "parallel/distributed_optimizer.h"
 #include "trainer/optimizer.h"
 #include "trainer/preemption.h"
 #include "trainer/progress_line.h"
@@ -70,6 +71,7 @@ struct Trainer::State {
   model::Transformer model{nullptr};
   parallel::ModelParallelism parallelism;  // tensor parallelism and the MoE layers' context
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<parallel::DistributedOptimizer> distributed;  // optimizer.distributed with a mesh
   std::unique_ptr<TrainingData> train_data;
   EvalWindows eval_data;
   bool has_eval = false;
@@ -153,6 +155,8 @@ void Trainer::State::build_model() {
   model->to(placement.device);
   parallelism = parallel::parallelize(*model, mesh);
   optimizer = make_optimizer(*model, r.optimizer());
+  if (mesh && r.optimizer().distributed())
+    distributed = std::make_unique<parallel::DistributedOptimizer>(*model, *mesh, r.optimizer());
 }
 
 // Resumes from checkpoints/latest, or starts from finetune.init_from's weights, or from the initialisation.
@@ -160,6 +164,7 @@ void Trainer::State::restore() {
   const auto& r = recipe;
   checkpointer = std::make_unique<Checkpointer>(run_dir, r.checkpoint().keep_last(), model_section_text(r),
                                                 config::to_text(r), mesh);
+  checkpointer->set_distributed_optimizer(distributed.get());
   if (r.checkpoint().resume()) {
     if (auto latest = checkpointer->latest()) {
       train_state = checkpointer->load(*latest, *model, optimizer.get());
@@ -212,7 +217,7 @@ TrainSummary Trainer::run() {
   }
   install_preemption_handlers();
   TrainStep train_step(s_->recipe, {*s_->model, *s_->optimizer, *s_->train_data, s_->mesh,
-                                    *s_->parallelism.moe, s_->placement.device});
+                                    *s_->parallelism.moe, s_->placement.device, s_->distributed.get()});
   StepReporter& reporter = *s_->reporter;
   const double start = monotonic_seconds();
   const int64_t first_step = state.step;

@@ -338,6 +338,12 @@ void check_training(const Recipe& r, Problems& p) {
 
 // The mesh: sizes that divide the experts and the heads, and the collective timeout.
 void check_parallel(const Recipe& r, Problems& p) {
+  if (r.optimizer().distributed() && r.parallel().grad_bucket_mb() > 0) {
+    p.add("optimizer.distributed", "true",
+          "does not yet combine with parallel.grad_bucket_mb = " + num(r.parallel().grad_bucket_mb()) +
+              " (gradients reduced during backward are all-reduced, the distributed optimizer reduce-scatters "
+              "them after backward); set parallel.grad_bucket_mb: 0 or optimizer.distributed: false");
+  }
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);
   if (r.parallel().grad_bucket_mb() < 0) {

@@ -43,7 +43,9 @@ class CountingCpuAllocator final : public c10::Allocator {
     return {data, new CountedBlock{std::move(inner), bytes}, &free_block, device};
   }
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
-  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    std::memcpy(dest, src, count);
+  }
 
  private:
   static void free_block(void* context) {
@@ -88,7 +90,8 @@ void reset_memory_peak(const c10::Device& device) {
     return;
   }
 #endif
-  if (device.is_cpu()) cpu_peak.store(cpu_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  if (device.is_cpu())
+    cpu_peak.store(cpu_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
 }  // namespace moetrain::util
