@@ -82,7 +82,7 @@ Counts count_parameters(const Shape& s, const Layout& l) {
     }
   };
   auto small = [&](double n) { (finetune ? c.frozen_other : c.dense) += n; };
-  dense_matrix(s.V / tp * s.D, 0);               // embedding (vocab rows over tp)
+  small(s.V / tp * s.D);                         // embedding (vocab rows over tp; fp32 under a bf16 base)
   if (!s.tied) dense_matrix(s.V / tp * s.D, 0);  // LM head
   small(s.D);                                    // final norm
   const double q = s.H * s.Dh / tp, kv = s.Hkv * s.Dh / tp;
@@ -121,11 +121,6 @@ struct LayerBytes {
   double moe_replay = 0;  // SELECTIVE "moe": what its replay in backward holds (the MoE part, not recomputed)
 };
 
-double moe_rows(const Shape& s, const Layout& l, double tokens) {
-  if (s.capacity_factor > 0) return tokens * s.k * s.capacity_factor;  // capacity slots, every source rank
-  return tokens * s.k * (l.ep > 1 ? 1.25 : 1.0);  // replaced by Options::imbalance in layer_bytes
-}
-
 LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options& o) {
   const double f = 4, c = s.bf16 ? 2 : 4, tp = l.tp;
   const double T = s.mbs * s.seq, q = s.H * s.Dh / tp, kv = s.Hkv * s.Dh / tp;
@@ -133,35 +128,45 @@ LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options&
   b.full_input = f * T * s.D;
   const bool norm_recompute = has(l, "layernorm");
   // Each norm: its input (saved by x·x and x·rsqrt) and x·rsqrt (saved for the gain's gradient).
-  double bytes = 2 * (f * T * s.D + (norm_recompute ? 0 : f * T * s.D));
+  const bool frozen = s.lora_rank > 0;  // fine-tuning: only the adapters train
+  // x·rsqrt is kept for the gain's gradient only: not under fine-tuning (frozen gains).
+  double bytes = 2 * (f * T * s.D + (norm_recompute || frozen ? 0 : f * T * s.D));
   // Attention: the q/k/v projection's input (fp32 norm output, or its bf16 cast), the q/k/v projection's
   // output (alive while v views it), the rotated q and k (or, with grouped heads, k and v repeated to
-  // every query head), the attention output and its log-sum-exp, and the output projection's input.
+  // every query head), the attention output and its log-sum-exp, and the output projection's input.  // A frozen projection (fine-tuning) saves no input: its weight has no gradient; its adapter's does.
   const bool n_saved_fp32 = !s.bf16 || tp > 1;
-  bytes += n_saved_fp32 ? (norm_recompute && !s.bf16 ? 0 : f * T * s.D) : c * T * s.D;
+  if (!frozen || s.lora_qkv)
+    bytes += n_saved_fp32 ? (norm_recompute && !s.bf16 ? 0 : f * T * s.D) : c * T * s.D;
   bytes += c * T * (q + 2 * kv);
   bytes += c * T * q + (s.H > s.Hkv ? 2 * c * T * q : c * T * kv);
   if (!has(l, "core_attn")) bytes += c * T * q + f * s.mbs * (s.H / tp) * s.seq;
-  bytes += c * T * q;
+  if (!frozen || s.lora_out) bytes += c * T * q;
   if (!moe) {
     // Dense SwiGLU: its input (or bf16 cast), gate, up, silu(gate) and their product.
-    double ffn = (s.bf16 ? c : (norm_recompute ? 0 : f)) * T * s.D + 4 * c * T * s.ffn / tp;
+    double ffn = frozen ? 3 * c * T * s.ffn / tp
+                        : (s.bf16 ? c : (norm_recompute ? 0 : f)) * T * s.D + 4 * c * T * s.ffn / tp;
     if (has(l, "mlp")) ffn = f * T * s.D;
     b.kept = bytes + ffn;
     return b;
   }
   const double Tm = T / tp;  // sequence-parallel MoE: this rank's tokens
-  double rows = moe_rows(s, l, Tm);
-  if (s.capacity_factor <= 0 && l.ep > 1) rows = Tm * s.k * o.imbalance;
+  // Rows this rank's experts compute: with a capacity, its slots (capacity_factor x the even share, from
+  // every source rank); dropless, the even share, times the imbalance under expert parallelism.
+  const double rows = Tm * s.k * (s.capacity_factor > 0 ? s.capacity_factor : l.ep > 1 ? o.imbalance : 1.0);
   double m = 0;
-  m += (norm_recompute && tp == 1 ? 0 : f * Tm * s.D);  // the router's input (the norm output, fp32)
+  const bool router_trains = !frozen && !s.freeze_router;
+  if (router_trains)
+    m += norm_recompute && tp == 1 ? 0 : f * Tm * s.D;  // the router's input (the norm output)
   if (s.jitter) m += f * Tm * s.D;                      // the jitter noise
   m += 4 * f * Tm * s.E;                                // logits, probabilities, gates, selection
-  m += c * rows * s.D;                                  // dispatched rows (the grouped GEMMs' input)
-  m += (has(l, "moe_act") ? 3 : 4) * c * rows * s.F;    // gate, up, silu(gate), silu(gate)·up
-  m += f * Tm * s.k * s.D;                              // expert outputs back, widened for the combine
-  m += 3 * c * (s.E / l.ep) * s.D * s.F;                // the expert weights masked for empty experts
-  if (s.Fs > 0) m += (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;  // shared experts
+  if (!frozen || s.lora_expert[0] || s.lora_expert[1])
+    m += c * rows * s.D;  // dispatched rows (the GEMMs' input)
+  const bool h_saved = (!frozen || s.lora_expert[2]) && !has(l, "moe_act");
+  m += (h_saved ? 4 : 3) * c * rows * s.F;  // gate, up, silu(gate), and silu(gate)·up for the down projection
+  m += f * Tm * s.k * s.D;                  // expert outputs back, widened for the combine
+  if (s.lora_rank == 0)
+    m += 3 * c * (s.E / l.ep) * s.D *
+         s.F;  // trained expert weights, masked for empty experts  if (s.Fs > 0) m += frozen ? 3 * c * Tm * s.Fs : (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;  // shared
   b.moe_replay = m;
   if (has(l, "moe")) m = f * Tm * s.D;
   b.kept = bytes + m;
@@ -195,7 +200,9 @@ Memory estimate_memory(const config::Recipe& recipe, const Layout& l, const Opti
   m.parameters = 4 * (n.dense + n.expert + n.frozen_other) + base * n.frozen_matrices;
   const double expert_dp = static_cast<double>(l.dp) / l.ep;
   m.optimizer = 8 * (l.distributed ? n.dense / l.dp + n.expert / expert_dp : n.dense + n.expert);
-  if (s.bf16 && !s.base_bf16) m.weight_casts = 2 * n.expert_weights;  // CastCache
+  if (s.bf16) {  // CastCache: the experts' fp32 operands (base weights unless held in bf16, adapters) in bf16
+    m.weight_casts = 2 * ((s.base_bf16 ? 0 : n.expert_weights) + (s.lora_rank > 0 ? n.expert : 0));
+  }
   // Activations of one micro-batch: every layer's, FULL layers keeping their input only.
   const int64_t layers = static_cast<int64_t>(s.is_moe.size());
   const int64_t full = l.recompute == TrainConfig::FULL
@@ -212,7 +219,8 @@ Memory estimate_memory(const config::Recipe& recipe, const Layout& l, const Opti
   }
   const double T = s.mbs * s.seq, c = s.bf16 ? 2 : 4, V = s.V / l.tp;
   // Final norm (input, x·rsqrt), the LM head's input, the logits (held by the step) and the log-softmax.
-  m.activations += 8 * T * s.D + (s.bf16 ? c : 4) * T * s.D + c * T * V + 4 * T * V;
+  m.activations += (s.lora_rank > 0 ? 4 : 8) * T * s.D + (s.lora_rank > 0 ? 0 : (s.bf16 ? c : 4) * T * s.D) +
+                   c * T * V + 4 * T * V;
   // At the peak: at the start of backward the logits' gradient and the log-softmax's, or later a layer's
   // replay (FULL, "moe"), whichever is larger; the gradients: all of them once a micro-batch has finished (accumulation, and by the end
   // of backward), else those of the LM head.

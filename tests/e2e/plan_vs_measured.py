@@ -1,6 +1,8 @@
 """moe-plan's memory model against memory measured by moe-train (docs/planning.md): for recipes and layouts
 on the CPU (one process and mpirun), the plan's tensor memory held between steps and its peak must be
-within 15% of rank 0's mem_allocated_mib and mem_peak_mib (the largest over the steps after the first).
+within 15% of rank 0's mem_peak_mib (the largest over the steps after the first), and the memory held
+between steps within 15% (or 1.5 MiB: the data moe-train keeps, which the plan leaves out) of
+mem_allocated_mib.
 Covers fp32 and bf16, sequence lengths 128 to 512, gradient accumulation, EP 2, TP 2, EP 2 x DP 2,
 the distributed optimizer and every recomputation setting moe-plan proposes."""
 import json
@@ -13,6 +15,7 @@ from common import BIN, SMALL_DATA, TINY, check, fresh_dir, metrics
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP_NUM_THREADS=1"]
 BASE = ["train.steps=3", "train.eval_interval=0", "checkpoint.interval=0", "train.threads=1"]
 TOLERANCE = 0.15
+DATA_MIB = 1.5
 CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
     ("seq 256", 1, ["data.seq_len=256"], "none"),
     ("seq 512, accumulation 2", 1, ["data.seq_len=512", "train.micro_batch_size=8", "train.grad_accum_steps=2"], "none"),
@@ -29,6 +32,9 @@ CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
                                              "optimizer.distributed=true"], "none"),
     ("DP 2 distributed bf16, seq 128", 2, ["data.seq_len=128", "optimizer.distributed=true",
                                            "train.precision=BF16"], "none"),
+    ("EP 2 LoRA, bf16 base, frozen router, seq 256", 2,
+     ["data.seq_len=256", "parallel.expert=2", "train.precision=BF16", "finetune.lora.rank=8",
+      "finetune.freeze_router=true", "finetune.base_dtype=BF16"], "none"),
 ]
 
 
@@ -79,7 +85,10 @@ for label, ranks, overrides, recompute in CASES:
     worst = max(worst, abs(errors[1]))
     print(f"{label}: held {held:.1f} MiB, planned {plan_held:.1f} ({errors[0]:+.1%}); "
           f"peak {peak:.1f} MiB, planned {plan_peak:.1f} ({errors[1]:+.1%})", flush=True)
-    if abs(errors[0]) > TOLERANCE or abs(errors[1]) > TOLERANCE:
+    # Held between steps: the plan leaves out the token data and evaluation windows moe-train keeps (about
+    # 1 MiB here, whatever the model), so a small model's held memory may differ by that much.
+    held_ok = abs(errors[0]) <= TOLERANCE or abs(plan_held - held) <= DATA_MIB
+    if not held_ok or abs(errors[1]) > TOLERANCE:
         failures.append(label)
 check(not failures, f"outside {TOLERANCE:.0%}: {failures}")
 print(f"ok: worst peak error {worst:.1%}")
