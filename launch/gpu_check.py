@@ -312,6 +312,41 @@ def check_two_ranks_share_the_gpu(res):
         sub(res, name, layout(name, over, accum))
 
 
+def check_memory_features(res):
+    """Recomputation and the distributed optimizer on the GPU (bf16, deterministic): every recomputation
+    setting gives bitwise the losses and gradient norms of none, FULL lowers the CUDA caching allocator's
+    peak (mem_peak_mib, util::memory_stats on CUDA); the distributed optimizer over two ranks sharing the
+    GPU (host data plane) gives the replicated optimizer's losses within 1e-6."""
+    n = steps(4)
+    base = SMALL + ["train.steps=%d" % n, "train.deterministic=true", "train.precision=BF16",
+                    "train.threads=1", "train.grad_accum_steps=2"] + device()
+    one_gpu = {} if DRY else {"CUDA_VISIBLE_DEVICES": GPUS[0]["uuid"] if GPUS else "0"}
+
+    def recompute(d):
+        runs = {}
+        for name, over in (("none", []), ("full", ["train.recompute=FULL"]),
+                           ("selective", ["train.recompute=SELECTIVE",
+                                          'train.recompute_modules=["core_attn", "moe_act", "layernorm", "mlp", "moe"]'])):
+            runs[name], _ = train(f"recompute_{name}", base + over, env=one_gpu)
+        same = all([(r["loss"], r["grad_norm"]) for r in runs[k] if "grad_norm" in r] ==
+                   [(r["loss"], r["grad_norm"]) for r in runs["none"] if "grad_norm" in r] for k in runs)
+        peak = {k: max(r.get("mem_peak_mib", -1) for r in v) for k, v in runs.items()}
+        d.update({"bitwise_equal": same, "peak_mib": peak,
+                  "pass": same and 0 < peak["full"] < peak["none"]})
+
+    def distributed(d):
+        rows = {}
+        for name, over in (("replicated", []), ("distributed", ["optimizer.distributed=true"])):
+            rows[name], r = train(f"zero1_{name}", base + over + ["parallel.data_plane=HOST"], ranks=2,
+                                  env={"OMP_NUM_THREADS": "1", **one_gpu})
+        worst = worst_rel(rows["distributed"], rows["replicated"])[0]
+        held = [max(r.get("mem_allocated_mib", -1) for r in rows[k]) for k in ("replicated", "distributed")]
+        d.update({"worst_rel_loss": worst, "held_mib": held, "pass": worst <= 1e-6 and held[1] < held[0]})
+
+    sub(res, "recompute", recompute)
+    sub(res, "distributed_optimizer", distributed)
+
+
 def check_nccl_one_rank(res):
     """One rank over NCCL (the data plane's collectives run, on a world of one) against the same rank on
     the host data plane: equal losses."""
@@ -578,6 +613,7 @@ CHECKS = [("moe_bench_bf16", check_bench_bf16, 75),
           ("bf16_gpu_tracks_fp32", check_bf16_gpu, 60),
           ("checkpoints_cross_devices", check_checkpoints_cross_devices, 45),
           ("ep2_tp2_two_ranks_share_gpu", check_two_ranks_share_the_gpu, 60),
+          ("recompute_and_distributed_optimizer", check_memory_features, 60),
           ("nccl_one_rank_equals_host", check_nccl_one_rank, 30),
           ("nccl_communicator_tests", check_nccl_communicator_tests, 40),
           ("multi_gpu_nccl", check_multi_gpu, 90),
