@@ -92,10 +92,45 @@ std::vector<DistributedOptimizer::Segment> DistributedOptimizer::segments(const 
   return out;
 }
 
+void DistributedOptimizer::hold_params_in_bf16(
+    const std::function<bool(const std::string&, const torch::Tensor&)>& in_bf16, bool reduce_in_bf16) {
+  torch::NoGradGuard no_grad;
+  bf16_params_ = true, reduce_in_bf16_ = reduce_in_bf16;
+  for (auto& g : groups_) {
+    if (g.members.empty()) continue;
+    g.master = torch::zeros({g.shard_size}, g.members[0].param.options());
+    for (const auto& s : segments(g))
+      g.master.narrow(0, s.at, s.count).copy_(s.member->param.detach().reshape({-1}).narrow(0, s.begin, s.count));
+    for (auto& m : g.members) {
+      if (!in_bf16(m.name, m.param)) continue;
+      m.param.set_data(m.param.detach().to(torch::kBFloat16));  // the fp32 storage is released here
+      m.bf16 = true;
+    }
+  }
+}
+
+void DistributedOptimizer::accumulate_gradients() {
+  if (!bf16_params_ || reduce_in_bf16_) return;
+  torch::NoGradGuard no_grad;
+  for (auto& g : groups_) {
+    for (auto& m : g.members) {
+      if (!m.bf16 || !m.param.grad().defined()) continue;
+      auto grad = m.param.grad().to(torch::kFloat32);
+      if (m.grad_sum.defined()) {
+        m.grad_sum.add_(grad);
+      } else {
+        m.grad_sum = grad;
+      }
+      m.param.mutable_grad() = torch::Tensor();
+    }
+  }
+}
+
 void DistributedOptimizer::reduce_scatter_gradients() {
   torch::NoGradGuard no_grad;
   for (auto& g : groups_) {
     for (auto& m : g.members) {
+      if (m.grad_sum.defined()) m.param.mutable_grad() = std::move(m.grad_sum), m.grad_sum = torch::Tensor();
       if (!m.param.grad().defined()) m.param.mutable_grad() = torch::zeros_like(m.param);
     }
   }
@@ -109,16 +144,18 @@ void DistributedOptimizer::reduce_scatter_gradients() {
   for (auto& g : groups_) {
     if (g.members.empty()) continue;
     const int64_t d = g.comm->size();
+    // fp32, or bf16 under optimizer.grad_dtype BF16 (fp32 members' gradients cast for the message)
+    const auto dtype = reduce_in_bf16_ ? torch::kBFloat16 : torch::kFloat32;
     std::vector<torch::Tensor> flat;
     for (auto& m : g.members) {
-      flat.push_back(m.param.grad().reshape({-1}));
+      flat.push_back(m.param.grad().reshape({-1}).to(dtype));
     }
     if (g.shard_size * d > g.numel)
       flat.push_back(torch::zeros({g.shard_size * d - g.numel}, flat[0].options()));
     auto all = torch::cat(flat);
     flat.clear();
     for (auto& m : g.members) m.param.mutable_grad() = torch::Tensor();  // only the shard is kept
-    g.grad_shard = d > 1 ? g.comm->reduce_scatter_rows_sum(all) : all;
+    g.grad_shard = (d > 1 ? g.comm->reduce_scatter_rows_sum(all) : all).to(torch::kFloat32);
     g.grad_shard.div_(dp);
   }
 }
@@ -167,15 +204,16 @@ void DistributedOptimizer::step() {
   const double step_size = lr_ / bias_correction1;
   for (auto& g : groups_) {
     if (g.members.empty()) continue;
-    const auto opts = g.members[0].param.options();
+    const auto opts = g.members[0].param.options().dtype(torch::kFloat32);
     if (!g.exp_avg.defined()) {
       g.exp_avg = torch::zeros({g.shard_size}, opts);
       g.exp_avg_sq = torch::zeros({g.shard_size}, opts);
     }
-    auto params = torch::zeros({g.shard_size}, opts);  // this rank's elements of the parameters
+    // This rank's elements of the parameters: the fp32 masters, or a copy of the parameters' values.
+    auto params = g.master.defined() ? g.master : torch::zeros({g.shard_size}, opts);
     for (const auto& s : segments(g)) {
       auto p = params.narrow(0, s.at, s.count);
-      p.copy_(s.member->param.detach().reshape({-1}).narrow(0, s.begin, s.count));
+      if (!g.master.defined()) p.copy_(s.member->param.detach().reshape({-1}).narrow(0, s.begin, s.count));
       auto grad = g.grad_shard.narrow(0, s.at, s.count);
       auto exp_avg = g.exp_avg.narrow(0, s.at, s.count), exp_avg_sq = g.exp_avg_sq.narrow(0, s.at, s.count);
       p.mul_(1 - lr_ * (s.member->decay ? weight_decay_ : 0.0));
@@ -196,7 +234,8 @@ std::vector<DistributedOptimizer::Piece> DistributedOptimizer::pieces() {
   std::vector<Piece> out;
   for (auto& g : groups_) {
     for (const auto& s : segments(g)) {
-      Piece p{s.member->name, s.member->param, s.begin, s.begin + s.count, {}, {}};
+      Piece p{s.member->name, s.member->param, s.begin, s.begin + s.count, {}, {}, {}, s.member->bf16};
+      if (g.master.defined()) p.master = g.master.narrow(0, s.at, s.count);
       if (g.exp_avg.defined()) {
         p.exp_avg = g.exp_avg.narrow(0, s.at, s.count);
         p.exp_avg_sq = g.exp_avg_sq.narrow(0, s.at, s.count);
@@ -211,8 +250,9 @@ void DistributedOptimizer::prepare_to_load(int64_t steps) {
   steps_ = steps;
   for (auto& g : groups_) {
     if (g.members.empty()) continue;
-    g.exp_avg = torch::zeros({g.shard_size}, g.members[0].param.options());
-    g.exp_avg_sq = torch::zeros({g.shard_size}, g.members[0].param.options());
+    const auto opts = g.members[0].param.options().dtype(torch::kFloat32);
+    g.exp_avg = torch::zeros({g.shard_size}, opts);
+    g.exp_avg_sq = torch::zeros({g.shard_size}, opts);
   }
 }
 
@@ -220,6 +260,7 @@ int64_t DistributedOptimizer::state_bytes() const {
   int64_t bytes = 0;
   for (const auto& g : groups_) {
     if (g.exp_avg.defined()) bytes += 2 * g.exp_avg.numel() * g.exp_avg.element_size();
+    if (g.master.defined()) bytes += g.master.numel() * g.master.element_size();
   }
   return bytes;
 }

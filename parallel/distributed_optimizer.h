@@ -24,6 +24,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,18 @@ class DistributedOptimizer {
   DistributedOptimizer(model::TransformerImpl& model, ProcessMesh& mesh,
                        const config::OptimizerConfig& options);
 
+  // optimizer.param_dtype BF16: the parameters `in_bf16` selects are converted to bf16, and this rank's
+  // shard of every parameter is kept in fp32 (the master weights) and updated there. Call it once, after
+  // initialisation and before the first step. `reduce_in_bf16` (optimizer.grad_dtype BF16): gradients stay
+  // bf16 and are reduce-scattered in bf16; otherwise each micro-batch's are accumulated in fp32
+  // (accumulate_gradients) and reduce-scattered in fp32.
+  void hold_params_in_bf16(const std::function<bool(const std::string&, const torch::Tensor&)>& in_bf16,
+                           bool reduce_in_bf16);
+  bool keeps_master() const { return bf16_params_; }
+  // After each micro-batch's backward: bf16 gradients added into fp32 buffers and freed (bf16 parameters
+  // with fp32 gradients; otherwise nothing).
+  void accumulate_gradients();
+
   void set_lr(double lr) { lr_ = lr; }
   // After the step's last backward: the tensor-parallel sums, then the reduce-scatter of each group.
   // Parameters without a gradient count zeros. The parameters' .grad are freed.
@@ -72,6 +85,8 @@ class DistributedOptimizer {
     torch::Tensor param;
     int64_t begin = 0, end = 0;
     torch::Tensor exp_avg, exp_avg_sq;  // (end − begin) fp32
+    torch::Tensor master;               // bf16 parameters: the fp32 master values of those elements
+    bool bf16 = false;                  // the parameter is held in bf16 (its weights are saved from `master`)
   };
   std::vector<Piece> pieces();
   // Starts the moments (zeros) so that a checkpoint can fill the pieces, with the step count it saved.
@@ -85,8 +100,10 @@ class DistributedOptimizer {
     std::string name;
     torch::Tensor param;
     model::ParamRole role;
-    int64_t offset = 0;  // in the group's flat vector
-    bool decay = false;  // weight decay applies (matrices)
+    int64_t offset = 0;      // in the group's flat vector
+    bool decay = false;      // weight decay applies (matrices)
+    bool bf16 = false;       // held in bf16 (optimizer.param_dtype BF16)
+    torch::Tensor grad_sum;  // fp32 sum of its bf16 gradients over the step's micro-batches
   };
   struct Group {
     Communicator* comm = nullptr;
@@ -95,6 +112,7 @@ class DistributedOptimizer {
     FlatRange shard;
     torch::Tensor grad_shard;           // (shard_size) fp32, this step's mean gradient
     torch::Tensor exp_avg, exp_avg_sq;  // (shard_size) fp32, from the first step
+    torch::Tensor master;               // (shard_size) fp32 master weights (bf16 parameters)
   };
   // The members' elements intersecting the shard: (member, first element in it, count, position in shard).
   struct Segment {
@@ -108,6 +126,7 @@ class DistributedOptimizer {
   std::vector<torch::Tensor> partial_;  // tp shares, summed over tp before the reduce-scatter
   double lr_, beta1_, beta2_, eps_, weight_decay_;
   int64_t steps_ = 0;
+  bool bf16_params_ = false, reduce_in_bf16_ = false;
 };
 
 }  // namespace moetrain::parallel

@@ -200,7 +200,8 @@ struct RankBlocks {
   std::string replicas;        // bytes of the replicated buffers: every rank must hold the same
 };
 
-// The distributed optimizer's moments: this rank's piece of each parameter, as boxes of the global tensor
+// The distributed optimizer's moments (and, for bf16 parameters, their fp32 master weights): this rank's
+// piece of each parameter, as boxes of the global tensor
 // (a flat range of the rank's block is up to 2·dims − 1 boxes), keyed "NAME#i" in the file. Every
 // data-parallel rank writes its pieces; of the ranks that hold the same pieces (tensor-parallel ranks
 // of replicated tensors and of experts) only tp rank 0.
@@ -208,9 +209,16 @@ void add_moment_pieces(const Ranks& ranks, model::TransformerImpl& model,
                        parallel::DistributedOptimizer& optimizer, std::vector<Block>& blocks) {
   int64_t index = 0;
   for (auto& piece : optimizer.pieces()) {
-    if (!piece.exp_avg.defined()) continue;  // never stepped
+    if (!piece.exp_avg.defined() && !piece.bf16) continue;  // never stepped, and nothing else to save
     const auto box = model::shard_box(model.options(), piece.name, piece.param.sizes().vec());
     if (box.kind != model::ShardBox::Kind::kTensorParallel && ranks.tp_rank() != 0) continue;
+    // The piece's tensors by name: its moments once stepped; a bf16 parameter's weights as fp32 masters.
+    std::vector<std::pair<std::string, torch::Tensor>> values;
+    if (piece.exp_avg.defined()) {
+      values.emplace_back("optim/exp_avg/" + piece.name, piece.exp_avg);
+      values.emplace_back("optim/exp_avg_sq/" + piece.name, piece.exp_avg_sq);
+    }
+    if (piece.bf16) values.emplace_back("model/" + piece.name, piece.master);
     int64_t at = 0;
     for (const auto& sub : parallel::flat_range_boxes(box.local_view, piece.begin, piece.end)) {
       model::ShardBox part = box;
@@ -218,10 +226,8 @@ void add_moment_pieces(const Ranks& ranks, model::TransformerImpl& model,
       for (size_t d = 0; d < sub.offsets.size(); ++d) part.offsets[d] += sub.offsets[d];
       int64_t count = 1;
       for (auto s : sub.sizes) count *= s;
-      for (const char* moment : {"exp_avg", "exp_avg_sq"}) {
-        const auto& values = std::string(moment) == "exp_avg" ? piece.exp_avg : piece.exp_avg_sq;
-        const std::string name = std::string("optim/") + moment + "/" + piece.name;
-        blocks.push_back({name, host(values.narrow(0, at, count)).reshape(sub.sizes), part,
+      for (const auto& [name, flat] : values) {
+        blocks.push_back({name, host(flat.narrow(0, at, count)).reshape(sub.sizes), part,
                           name + "#" + std::to_string(index)});
       }
       at += count, ++index;
@@ -241,24 +247,28 @@ RankBlocks owned_blocks(const Ranks& ranks, model::TransformerImpl& model, torch
   for (const auto& p : model.named_parameters()) {
     const auto box = model::shard_box(model.options(), p.key(), p.value().sizes().vec());
     if (!ranks.writes(box)) continue;
-    out.blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box});
+    const bool from_master = distributed && distributed->keeps_master() &&
+                             p.value().scalar_type() == torch::kBFloat16;
+    if (!from_master)  // (a bf16 parameter of the distributed optimizer: its fp32 master, as pieces above)
+      out.blocks.push_back({"model/" + p.key(), host(p.value().detach()).reshape(box.local_view), box, ""});
     if (auto* s = distributed ? nullptr : adam_state(optimizer, p.value())) {
-      out.blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box});
-      out.blocks.push_back({"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box});
+      out.blocks.push_back({"optim/exp_avg/" + p.key(), host(s->exp_avg()).reshape(box.local_view), box, ""});
+      out.blocks.push_back(
+          {"optim/exp_avg_sq/" + p.key(), host(s->exp_avg_sq()).reshape(box.local_view), box, ""});
     }
   }
   for (const auto& p : model.parameters())
     if (auto* s = adam_state(optimizer, p)) out.optimizer_step = std::max(out.optimizer_step, s->step());
   for (const auto& b : model.named_buffers()) {  // expert selection biases of aux-loss-free balancing
     auto c = host(b.value().detach());
-    if (ranks.rank() == 0) out.blocks.push_back({"model/" + b.key(), c, whole(b.value())});
+    if (ranks.rank() == 0) out.blocks.push_back({"model/" + b.key(), c, whole(b.value()), ""});
     out.replicas.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
   }
   auto rng = at::detail::getDefaultCPUGenerator().get_state();
-  out.blocks.push_back({rng_name("cpu", ranks.rank()), rng, whole(rng)});
+  out.blocks.push_back({rng_name("cpu", ranks.rank()), rng, whole(rng), ""});
   if (auto gpu = cuda_generator(model)) {  // the GPU's stream too, when training on one
     auto gpu_rng = gpu->get_state();
-    out.blocks.push_back({rng_name("cuda", ranks.rank()), gpu_rng, whole(gpu_rng)});
+    out.blocks.push_back({rng_name("cuda", ranks.rank()), gpu_rng, whole(gpu_rng), ""});
   }
   return out;
 }
@@ -515,6 +525,18 @@ void restore_optimizer(ShardReader& reader, model::TransformerImpl& model, torch
   }
 }
 
+// bf16 parameters: the fp32 master weights of this rank's shard, from the checkpoint's fp32 weights (one
+// parameter at a time), not from the bf16 values they were rounded to.
+void restore_master_weights(ShardReader& reader, model::TransformerImpl& model,
+                            parallel::DistributedOptimizer& optimizer) {
+  torch::NoGradGuard no_grad;
+  for (auto& piece : optimizer.pieces()) {
+    const auto box = model::shard_box(model.options(), piece.name, piece.param.sizes().vec());
+    auto whole = reader.assemble("model/" + piece.name, box).reshape({-1});
+    piece.master.copy_(whole.narrow(0, piece.begin, piece.end - piece.begin));
+  }
+}
+
 // The distributed optimizer's pieces from a checkpoint of any layout: each parameter's moments assembled
 // for this rank's block (one parameter at a time), then the piece's elements taken.
 void restore_distributed_optimizer(ShardReader& reader, model::TransformerImpl& model,
@@ -704,6 +726,7 @@ TrainState Checkpointer::load(const std::string& dir, model::TransformerImpl& mo
   ranks.agree(attempt([&] {
     ShardReader reader(dir, manifest);
     restore_model(reader, model, options);
+    if (distributed_ && distributed_->keeps_master()) restore_master_weights(reader, model, *distributed_);
     const int64_t optimizer_step = manifest.value("optimizer_step", int64_t{0});
     if (optimizer && options.optimizer && optimizer_step > 0) {
       if (distributed_) {

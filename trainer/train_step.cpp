@@ -111,6 +111,7 @@ torch::Tensor TrainStep::forward_backward(const TrainState& state) {
     auto loss = (lm + out.aux_loss + out.z_loss) / static_cast<double>(accumulation_);
     if (buckets_ && micro == accumulation_ - 1) buckets_->arm();  // its gradients are final: reduce them now
     loss.backward();
+    if (p_.distributed) p_.distributed->accumulate_gradients();  // bf16 parameters: their gradients in fp32
     lm_sum += lm.detach().to(torch::kFloat64);
   }
   return lm_sum;

@@ -157,6 +157,18 @@ void Trainer::State::build_model() {
   optimizer = make_optimizer(*model, r.optimizer());
   if (mesh && r.optimizer().distributed())
     distributed = std::make_unique<parallel::DistributedOptimizer>(*model, *mesh, r.optimizer());
+  if (r.optimizer().param_dtype() == config::TrainConfig::BF16) {
+    if (!distributed) {
+      throw std::invalid_argument(
+          "optimizer.param_dtype = BF16: needs the distributed optimizer, which shards over several processes; "
+          "launch with mpirun or torchrun, or set optimizer.param_dtype: FP32");
+    }
+    // The matrices the matmuls take (the same set a bf16 frozen base holds: not the embedding, router,
+    // norms or adapters).
+    distributed->hold_params_in_bf16(
+        [this](const std::string& name, const torch::Tensor& p) { return held_in_base_dtype(*model, name, p); },
+        r.optimizer().grad_dtype() == config::TrainConfig::BF16);
+  }
 }
 
 // Resumes from checkpoints/latest, or starts from finetune.init_from's weights, or from the initialisation.

@@ -338,6 +338,23 @@ void check_training(const Recipe& r, Problems& p) {
 
 // The mesh: sizes that divide the experts and the heads, and the collective timeout.
 void check_parallel(const Recipe& r, Problems& p) {
+  const auto& o = r.optimizer();
+  if (o.param_dtype() == TrainConfig::BF16 && !o.distributed()) {
+    p.add("optimizer.param_dtype", "BF16",
+          "needs optimizer.distributed: true (the fp32 master weights live in its shards); set it, or FP32");
+  }
+  if (o.param_dtype() == TrainConfig::BF16 && r.train().precision() != TrainConfig::BF16) {
+    p.add("optimizer.param_dtype", "BF16", "needs train.precision: BF16 (bf16 matmuls); set it, or FP32");
+  }
+  if (o.param_dtype() == TrainConfig::BF16 && r.finetune().lora().rank() > 0) {
+    p.add("optimizer.param_dtype", "BF16",
+          "is for training the whole model; under finetune.lora hold the frozen base in bf16 with "
+          "finetune.base_dtype: BF16 instead");
+  }
+  if (o.grad_dtype() == TrainConfig::BF16 && o.param_dtype() != TrainConfig::BF16) {
+    p.add("optimizer.grad_dtype", "BF16",
+          "applies to bf16 parameters only; set optimizer.param_dtype: BF16 or FP32");
+  }
   if (r.optimizer().distributed() && r.parallel().grad_bucket_mb() > 0) {
     p.add("optimizer.distributed", "true",
           "does not yet combine with parallel.grad_bucket_mb = " + num(r.parallel().grad_bucket_mb()) +

@@ -10,11 +10,11 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  // x enters the graph once (alias): its two uses below meet in that view's backward, so x's gradient
-  // sums in the same order whether the norm is recomputed (train.recompute "layernorm") or not.
-  auto xf = x.to(torch::kFloat32).alias();
-  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return forward_parts(x, x); }
+
+torch::Tensor RMSNormImpl::forward_parts(const torch::Tensor& x, const torch::Tensor& x_for_scale) {
+  auto xf = x.to(torch::kFloat32), xs = x_for_scale.to(torch::kFloat32);
+  auto normed = xf * torch::rsqrt(xs.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return (normed * weight.to(torch::kFloat32)).to(x.scalar_type());
 }
 

@@ -16,6 +16,11 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);  // (..., D) -> (..., D)
+  // forward(x) with x's two uses given apart: x · rsqrt(mean(x_for_scale²) + eps) · weight, both the same
+  // values. A recomputed norm (train.recompute "layernorm") passes x twice, so that its two gradient terms
+  // reach x one by one, in the order they do without recomputation (x · … first, then x²), and x's
+  // gradient is summed bitwise alike.
+  torch::Tensor forward_parts(const torch::Tensor& x, const torch::Tensor& x_for_scale);
 
   torch::Tensor weight;  // (D)
  private:

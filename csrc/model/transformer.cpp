@@ -167,8 +167,12 @@ torch::Tensor BlockImpl::normed(RMSNorm& norm, const torch::Tensor& x,
                                 const std::function<torch::Tensor(const torch::Tensor&)>& consumer) {
   if (!(recompute_.layernorm && recompute_now())) return consumer(norm(x));
   layers::RecomputeWithoutOutput norm_output;
+  // x twice: its two gradient terms then reach x apart, as without recomputation (RMSNorm::forward_parts).
   auto n = norm_output.run(
-      [norm](const std::vector<torch::Tensor>& in) mutable { return std::vector{norm(in[0])}; }, {x})[0];
+      [norm](const std::vector<torch::Tensor>& in) mutable {
+    return std::vector{norm->forward_parts(in[0], in[1])};
+      },
+      {x, x})[0];
   auto y = consumer(n);
   norm_output.discard_outputs(y);  // every use of n is upstream of y
   return y;

@@ -9,7 +9,10 @@ sharded over dp (dense) and expert_dp (experts), gradients reduce-scattered, par
 2. Checkpoints stay layout-independent: a sharded run stopped at step 3 resumes (a) with the replicated
    optimizer, (b) sharded over 4 data-parallel ranks (accumulation 2 -> 1: the same global batch), and a
    replicated run resumes sharded; every continued step matches the uninterrupted replicated run.
-3. optimizer.distributed with parallel.grad_bucket_mb is refused naming both fields."""
+3. bf16 parameters (optimizer.param_dtype BF16, with fp32 or bf16 gradients) stay within 2e-3 of fp32
+   parameters for 6 steps and hold less memory; their checkpoints keep the fp32 masters, so a stopped run
+   resumes bitwise and can resume with fp32 parameters.
+4. optimizer.distributed with parallel.grad_bucket_mb is refused naming both fields."""
 import os
 import subprocess
 
@@ -70,7 +73,33 @@ for label, first, then in (("sharded -> replicated", DIST, (2, ACC2)),
     print(f"{label}: steps 4-6 match the uninterrupted run within 1e-6"
           + (" (bitwise)" if all(continued[s]["loss"] == reference[s]["loss"] for s in range(4, 7)) else ""))
 
-# 3. Not with gradient buckets (yet).
+# 3. bf16 parameters (optimizer.param_dtype BF16): the matrices in bf16, their fp32 masters in the shards.
+BF16 = ["train.precision=BF16"] + DIST
+fp32_params = steps(train("bf16_fp32_params", 2, BF16))
+for label, extra in (("bf16 parameters, fp32 gradients", ["optimizer.param_dtype=BF16"]),
+                     ("bf16 parameters, bf16 gradients", ["optimizer.param_dtype=BF16", "optimizer.grad_dtype=BF16"])):
+    got = steps(train(label.replace(" ", "_").replace(",", ""), 2, BF16 + extra))
+    worst = max(abs(got[s]["loss"] / fp32_params[s]["loss"] - 1) for s in range(1, 7))
+    check(worst <= 2e-3, f"{label}: loss {worst:.2e} relative from fp32 parameters (bound 2e-3)")
+    held = (fp32_params[6]["mem_allocated_mib"], got[6]["mem_allocated_mib"])
+    check(held[1] < held[0], f"{label}: holds {held[1]:.2f} MiB between steps, fp32 parameters {held[0]:.2f}")
+    print(f"{label}: loss within {worst:.1e} of fp32 parameters; held {held[0]:.2f} -> {held[1]:.2f} MiB")
+# Its checkpoints hold the fp32 masters: a stopped run resumes bitwise, and resumes with fp32 parameters.
+PARAMS16 = BF16 + ["optimizer.param_dtype=BF16"]
+continuous = steps(train("bf16_params_continuous", 2, PARAMS16))
+run = train("bf16_params_stopped", 2, PARAMS16 + ["train.exit_interval=3"])
+train(run, 2, PARAMS16, fresh=False)
+resumed = steps(run)
+check(all(resumed[s]["loss"] == continuous[s]["loss"] for s in range(4, 7)),
+      "bf16 parameters: the resumed steps 4-6 must equal the uninterrupted run bitwise")
+run = train("bf16_params_to_fp32", 2, PARAMS16 + ["train.exit_interval=3"])
+train(run, 2, BF16, fresh=False)
+compare_bound = max(abs(steps(run)[s]["loss"] / continuous[s]["loss"] - 1) for s in range(4, 7))
+check(compare_bound <= 2e-3, f"bf16 parameters resumed with fp32 parameters: {compare_bound:.2e} from the bf16 run")
+print("bf16 parameters: resumed bitwise; resumed with fp32 parameters within "
+      f"{compare_bound:.1e}")
+
+# 4. Not with gradient buckets (yet).
 proc = moe_train(fresh_dir("dist_opt_bad"), BASE + DIST + ["parallel.grad_bucket_mb=1"], check=False)
 check(proc.returncode != 0 and "optimizer.distributed = true" in proc.stderr and "grad_bucket_mb" in proc.stderr,
       f"expected a refusal naming optimizer.distributed and parallel.grad_bucket_mb:\n{proc.stderr}")

@@ -105,10 +105,10 @@ TEST(RecipeFiles, FillDefaultsMakesEveryFieldExplicit) {
 }
 
 TEST(RecipeErrors, UnknownFieldNamesFileLineColumnAndClosestField) {
-  EXPECT_EQ(
-      error_of([] { parse_recipe("train {\n  stepz: 5\n}\n", "r.textproto"); }),
-      "r.textproto:2:8: unknown field \"stepz\" in TrainConfig; did you mean \"steps\"? known fields: "
-      "steps, seed, micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
+  EXPECT_EQ(error_of([] { parse_recipe("train {\n  stepz: 5\n}\n", "r.textproto"); }),
+            "r.textproto:2:8: unknown field \"stepz\" in TrainConfig; did you mean \"steps\"? known fields: "
+            "steps, seed, micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic, "
+            "recompute, recompute_modules, recompute_num_layers");
 }
 
 TEST(RecipeErrors, UnknownSectionIsAnError) {
@@ -155,14 +155,14 @@ TEST(RecipeOverrides, BadOverridesNameTheOverrideAndTheFix) {
   Recipe r = valid_recipe();
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps=abc"); }),
             "--set train.steps=abc: Expected integer, got: abc (see docs/recipes.md for the field's type)");
-  EXPECT_EQ(
-      error_of([&] { apply_override(r, "train.stepz=5"); }),
-      "--set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"? known fields: steps, seed, "
-      "micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
-  EXPECT_EQ(
-      error_of([&] { apply_override(r, "train=5"); }),
-      "--set train=5: \"train\" is a section; set one of its fields: steps, seed, micro_batch_size, "
-      "grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train.stepz=5"); }),
+            "--set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"? known fields: steps, seed, "
+            "micro_batch_size, grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic, "
+            "recompute, recompute_modules, recompute_num_layers");
+  EXPECT_EQ(error_of([&] { apply_override(r, "train=5"); }),
+            "--set train=5: \"train\" is a section; set one of its fields: steps, seed, micro_batch_size, "
+            "grad_accum_steps, eval_interval, eval_sequences, threads, exit_interval, precision, device, deterministic, "
+            "recompute, recompute_modules, recompute_num_layers");
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps.x=5"); }),
             "--set train.steps.x=5: \"train.steps\" is a value, not a section; override it as train.steps=VALUE");
   EXPECT_EQ(error_of([&] { apply_override(r, "train.steps"); }),
