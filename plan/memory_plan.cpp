@@ -68,6 +68,7 @@ struct Counts {
   double dense = 0, expert = 0;                  // trainable: over dp, over expert_dp
   double frozen_matrices = 0, frozen_other = 0;  // not trained
   double expert_weights = 0;                     // local expert matrices (cast to bf16 under BF16)
+  double matrices = 0;  // trainable matrices the matmuls take (bf16 under optimizer.param_dtype BF16)
 };
 
 Counts count_parameters(const Shape& s, const Layout& l) {
@@ -78,7 +79,7 @@ Counts count_parameters(const Shape& s, const Layout& l) {
     if (finetune) {
       c.frozen_matrices += n, c.dense += adapter;
     } else {
-      c.dense += n;
+      c.dense += n, c.matrices += n;
     }
   };
   auto small = [&](double n) { (finetune ? c.frozen_other : c.dense) += n; };
@@ -106,7 +107,7 @@ Counts count_parameters(const Shape& s, const Layout& l) {
       c.frozen_matrices += 3 * local * per_expert;
       for (bool target : s.lora_expert) c.expert += target ? local * lora * (s.D + s.F) : 0;
     } else {
-      c.expert += 3 * local * per_expert;
+      c.expert += 3 * local * per_expert, c.matrices += 3 * local * per_expert;
     }
     if (s.Fs > 0) dense_matrix(3 * s.D * s.Fs + (s.shared_gate ? s.D : 0), 0);
   }
@@ -200,8 +201,12 @@ Memory estimate_memory(const config::Recipe& recipe, const Layout& l, const Opti
   m.parameters = 4 * (n.dense + n.expert + n.frozen_other) + base * n.frozen_matrices;
   const double expert_dp = static_cast<double>(l.dp) / l.ep;
   m.optimizer = 8 * (l.distributed ? n.dense / l.dp + n.expert / expert_dp : n.dense + n.expert);
-  if (s.bf16) {  // CastCache: the experts' fp32 operands (base weights unless held in bf16, adapters) in bf16
+  if (s.bf16 && !l.bf16_params) {  // CastCache: the experts' fp32 operands (weights unless bf16, adapters)
     m.weight_casts = 2 * ((s.base_bf16 ? 0 : n.expert_weights) + (s.lora_rank > 0 ? n.expert : 0));
+  }
+  if (l.bf16_params) {  // the matrices in bf16; every trainable element's fp32 master in the shards
+    m.parameters -= 2 * n.matrices;
+    m.optimizer += 4 * (n.dense / l.dp + n.expert / expert_dp);
   }
   // Activations of one micro-batch: every layer's, FULL layers keeping their input only.
   const int64_t layers = static_cast<int64_t>(s.is_moe.size());
@@ -225,7 +230,10 @@ Memory estimate_memory(const config::Recipe& recipe, const Layout& l, const Opti
   // replay (FULL, "moe"), whichever is larger; the gradients: all of them once a micro-batch has finished (accumulation, and by the end
   // of backward), else those of the LM head.
   m.transient = std::max(8 * T * V, replay);
-  const double grads = 4 * (n.dense + n.expert);
+  // bf16 parameters: bf16 gradients of the matrices (2 bytes) during backward, summed over micro-batches in
+  // fp32 (4 more) unless optimizer.grad_dtype is BF16.
+  const double all = n.dense + n.expert, narrow = l.bf16_params ? n.matrices : 0;
+  const double grads = 4 * (all - narrow) + 2 * narrow + (l.bf16_params && !l.bf16_grads ? 4 * narrow : 0);
   m.gradients = s.accum > 1 ? grads : std::min(grads, 4 * 2 * V * s.D);
   return m;
 }
@@ -294,11 +302,16 @@ std::vector<Layout> candidate_layouts(const config::Recipe& recipe, const Cluste
         continue;
       }
       if (m.num_kv_heads() > 0 && m.num_kv_heads() % tp != 0) continue;
-      for (bool distributed : {false, true}) {
+      const bool bf16_possible = recipe.train().precision() == TrainConfig::BF16 &&
+                                 recipe.finetune().lora().rank() == 0;
+      for (int optimizer = 0; optimizer < 3; ++optimizer) {  // replicated, distributed, distributed + bf16
+        const bool distributed = optimizer > 0, bf16_params = optimizer == 2;
         if (distributed && sizes.dp() == 1) continue;
+        if (bf16_params && !bf16_possible) continue;
         for (const auto& r : recomputes) {
           Layout l = r;
-          l.tp = tp, l.ep = ep, l.dp = sizes.dp(), l.distributed = distributed;
+          l.tp = tp, l.ep = ep, l.dp = sizes.dp(), l.distributed = distributed, l.bf16_params = bf16_params;
+          l.bf16_grads = bf16_params && recipe.optimizer().grad_dtype() == TrainConfig::BF16;
           out.push_back(l);
         }
       }

@@ -21,6 +21,8 @@ struct Cluster {
 struct Layout {
   int64_t tp = 1, ep = 1, dp = 1;
   bool distributed = false;  // optimizer.distributed
+  bool bf16_params = false;  // optimizer.param_dtype BF16 (with the distributed optimizer, BF16 precision)
+  bool bf16_grads = false;   // optimizer.grad_dtype BF16
   config::TrainConfig::Recompute recompute = config::TrainConfig::NONE;
   std::vector<std::string> modules;    // SELECTIVE
   int64_t recompute_layers = 0;        // FULL; 0 = all

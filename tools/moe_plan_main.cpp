@@ -53,6 +53,7 @@ nlohmann::json to_json(const plan::Estimate& e) {
           {"ep", e.layout.ep},
           {"dp", e.layout.dp},
           {"distributed_optimizer", e.layout.distributed},
+          {"bf16_params", e.layout.bf16_params},
           {"recompute", e.layout.recompute_text()},
           {"fits", e.fits},
           {"memory_bytes",
@@ -124,6 +125,7 @@ int main(int argc, char** argv) {
       if (recompute_cost(a.layout) != recompute_cost(b.layout))
         return recompute_cost(a.layout) < recompute_cost(b.layout);
       if (a.layout.distributed != b.layout.distributed) return !a.layout.distributed;
+      if (a.layout.bf16_params != b.layout.bf16_params) return !a.layout.bf16_params;
       return inter_node_bytes(a.traffic) < inter_node_bytes(b.traffic);
     });
     if (!cmd.get("--json").empty()) {
@@ -147,7 +149,10 @@ int main(int argc, char** argv) {
       };
       std::printf("| %lld | %lld | %lld | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
                   static_cast<long long>(r.layout.tp), static_cast<long long>(r.layout.ep),
-                  static_cast<long long>(r.layout.dp), r.layout.distributed ? "distributed" : "replicated",
+                  static_cast<long long>(r.layout.dp),
+                  r.layout.bf16_params   ? "distributed, bf16 params"
+                  : r.layout.distributed ? "distributed"
+                                         : "replicated",
                   r.layout.recompute_text().c_str(), gib(m.parameters).c_str(), gib(m.gradients).c_str(),
                   gib(m.optimizer).c_str(), gib(m.activations).c_str(), gib(m.peak()).c_str(),
                   r.fits ? "yes" : "no", link(t.tp, t.tp_inter).c_str(), link(t.ep, t.ep_inter).c_str(),

@@ -9,8 +9,8 @@ sharded over dp (dense) and expert_dp (experts), gradients reduce-scattered, par
 2. Checkpoints stay layout-independent: a sharded run stopped at step 3 resumes (a) with the replicated
    optimizer, (b) sharded over 4 data-parallel ranks (accumulation 2 -> 1: the same global batch), and a
    replicated run resumes sharded; every continued step matches the uninterrupted replicated run.
-3. bf16 parameters (optimizer.param_dtype BF16, with fp32 or bf16 gradients) stay within 2e-3 of fp32
-   parameters for 6 steps and hold less memory; their checkpoints keep the fp32 masters, so a stopped run
+3. bf16 parameters (optimizer.param_dtype BF16) with fp32 gradients give bitwise the losses of fp32
+   parameters (accumulation 2), with bf16 gradients within 2e-3, and hold less memory; their checkpoints keep the fp32 masters, so a stopped run
    resumes bitwise and can resume with fp32 parameters.
 4. optimizer.distributed with parallel.grad_bucket_mb is refused naming both fields."""
 import os
@@ -75,12 +75,15 @@ for label, first, then in (("sharded -> replicated", DIST, (2, ACC2)),
 
 # 3. bf16 parameters (optimizer.param_dtype BF16): the matrices in bf16, their fp32 masters in the shards.
 BF16 = ["train.precision=BF16"] + DIST
-fp32_params = steps(train("bf16_fp32_params", 2, BF16))
-for label, extra in (("bf16 parameters, fp32 gradients", ["optimizer.param_dtype=BF16"]),
-                     ("bf16 parameters, bf16 gradients", ["optimizer.param_dtype=BF16", "optimizer.grad_dtype=BF16"])):
-    got = steps(train(label.replace(" ", "_").replace(",", ""), 2, BF16 + extra))
+fp32_params = steps(train("bf16_fp32_params", 2, BF16 + ["train.grad_accum_steps=2"]))
+# With fp32 gradients the numbers are those of fp32 parameters bitwise: bf16 matmuls round the same weights
+# either way, and the weight gradients are the same bf16 products widened to fp32.
+for label, extra, bound in (("bf16 parameters, fp32 gradients", ["optimizer.param_dtype=BF16"], 0.0),
+                            ("bf16 parameters, bf16 gradients",
+                             ["optimizer.param_dtype=BF16", "optimizer.grad_dtype=BF16"], 2e-3)):
+    got = steps(train(label.replace(" ", "_").replace(",", ""), 2, BF16 + extra + ["train.grad_accum_steps=2"]))
     worst = max(abs(got[s]["loss"] / fp32_params[s]["loss"] - 1) for s in range(1, 7))
-    check(worst <= 2e-3, f"{label}: loss {worst:.2e} relative from fp32 parameters (bound 2e-3)")
+    check(worst <= bound, f"{label}: loss {worst:.2e} relative from fp32 parameters (bound {bound})")
     held = (fp32_params[6]["mem_allocated_mib"], got[6]["mem_allocated_mib"])
     check(held[1] < held[0], f"{label}: holds {held[1]:.2f} MiB between steps, fp32 parameters {held[0]:.2f}")
     print(f"{label}: loss within {worst:.1e} of fp32 parameters; held {held[0]:.2f} -> {held[1]:.2f} MiB")

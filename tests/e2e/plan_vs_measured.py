@@ -32,6 +32,9 @@ CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
                                              "optimizer.distributed=true"], "none"),
     ("DP 2 distributed bf16, seq 128", 2, ["data.seq_len=128", "optimizer.distributed=true",
                                            "train.precision=BF16"], "none"),
+    ("EP 2 x DP 2 distributed, bf16 parameters, seq 128", 4,
+     ["data.seq_len=128", "parallel.expert=2", "optimizer.distributed=true", "train.precision=BF16",
+      "optimizer.param_dtype=BF16", "train.grad_accum_steps=2"], "none"),
     ("EP 2 LoRA, bf16 base, frozen router, seq 256", 2,
      ["data.seq_len=256", "parallel.expert=2", "train.precision=BF16", "finetune.lora.rank=8",
       "finetune.freeze_router=true", "finetune.base_dtype=BF16"], "none"),
@@ -60,7 +63,7 @@ def planned(ranks, overrides, recompute):
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     check(proc.returncode == 0, f"moe-plan failed:\n{proc.stdout}\n{proc.stderr}")
-    want = {"tp": 1, "ep": 1, "distributed_optimizer": False}
+    want = {"tp": 1, "ep": 1, "distributed_optimizer": False, "bf16_params": False}
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "parallel.tensor":
@@ -69,6 +72,8 @@ def planned(ranks, overrides, recompute):
             want["ep"] = int(value)
         elif key == "optimizer.distributed":
             want["distributed_optimizer"] = value == "true"
+        elif key == "optimizer.param_dtype":
+            want["bf16_params"] = value == "BF16"
     with open(out) as f:
         rows = [r for r in json.load(f) if all(r[k] == v for k, v in want.items()) and r["recompute"] == recompute]
     check(len(rows) == 1, f"moe-plan lists {len(rows)} rows for {want} {recompute}")
