@@ -113,11 +113,15 @@ int main(int argc, char** argv) {
                             std::to_string(cluster.gpus) + "; give nodes with equal GPU counts");
     }
     plan::Options options;
-    if (!cmd.get("--imbalance").empty()) {
-      options.imbalance = std::stod(cmd.get("--imbalance"));
-      if (!(options.imbalance >= 1.0))
-        throw cli::UsageError("--imbalance " + cmd.get("--imbalance") +
-                              ": expected a factor >= 1 (1 = even load)");
+    if (const std::string text = cmd.get("--imbalance"); !text.empty()) {
+      size_t used = 0;
+      try {
+        options.imbalance = std::stod(text, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != text.size() || !(options.imbalance >= 1.0))
+        throw cli::UsageError("--imbalance " + text + ": expected a factor >= 1, such as 1.25 (1 = even load)");
     }
     auto rows = plan::plan(recipe, cluster, options);
     std::stable_sort(rows.begin(), rows.end(), [](const plan::Estimate& a, const plan::Estimate& b) {

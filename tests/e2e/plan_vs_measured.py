@@ -14,7 +14,7 @@ from common import BIN, SMALL_DATA, TINY, check, fresh_dir, metrics
 
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-x", "OMP_NUM_THREADS=1"]
 BASE = ["train.steps=3", "train.eval_interval=0", "checkpoint.interval=0", "train.threads=1"]
-TOLERANCE = 0.15
+TOLERANCE = 0.15  # the bound issue 23 sets; measured worst 5.1% (TP 2), so a 3x margin
 DATA_MIB = 1.5
 CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
     ("seq 256", 1, ["data.seq_len=256"], "none"),
@@ -96,4 +96,15 @@ for label, ranks, overrides, recompute in CASES:
     if not held_ok or abs(errors[1]) > TOLERANCE:
         failures.append(label)
 check(not failures, f"outside {TOLERANCE:.0%}: {failures}")
+
+# Bad command lines: one error naming the flag, the value and the fix, exit 2.
+for flags, needle in ((["--gpus", "4", "--gpu-mem", "80XB"], "--gpu-mem 80XB: expected a size"),
+                      (["--gpus", "4", "--gpu-mem", "80GiB", "--imbalance", "1.2x"], "--imbalance 1.2x: expected a factor"),
+                      (["--gpus", "4", "--gpu-mem", "80GiB", "--imbalance", "0.5"], "--imbalance 0.5: expected a factor"),
+                      (["--gpus", "6", "--gpu-mem", "80GiB", "--nodes", "4"], "--nodes 4: does not divide --gpus 6")):
+    cmd = [os.path.join(BIN, "moe-plan"), "--recipe", TINY] + flags
+    for o in SMALL_DATA:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    check(proc.returncode == 2 and needle in proc.stderr, f"{flags}: expected exit 2 naming {needle!r}:\n{proc.stderr}")
 print(f"ok: worst peak error {worst:.1%}")
