@@ -19,16 +19,15 @@ void add_boxes(const std::vector<int64_t>& shape, size_t dim, int64_t begin, int
                std::vector<int64_t> prefix, std::vector<FlatBox>& out) {
   if (begin >= end) return;
   const int64_t dims = static_cast<int64_t>(shape.size());
-  auto box = [&](int64_t first_row, int64_t rows, bool whole_rest) {
+  auto box = [&](int64_t first_row, int64_t rows) {  // rows [first_row, +rows) of this dim, whole below it
     FlatBox b;
     b.offsets = prefix, b.sizes.assign(prefix.size(), 1);
     b.offsets.push_back(first_row), b.sizes.push_back(rows);
-    for (int64_t d = static_cast<int64_t>(dim) + 1; d < dims; ++d) {
-      b.offsets.push_back(0), b.sizes.push_back(whole_rest ? shape[d] : 0);
-    }
+    for (int64_t d = static_cast<int64_t>(dim) + 1; d < dims; ++d)
+      b.offsets.push_back(0), b.sizes.push_back(shape[d]);
     out.push_back(b);
   };
-  if (dim + 1 == shape.size()) return box(begin, end - begin, true);
+  if (dim + 1 == shape.size()) return box(begin, end - begin);
   int64_t inner = 1;
   for (size_t d = dim + 1; d < shape.size(); ++d) inner *= shape[d];
   int64_t first = begin / inner;
@@ -40,7 +39,7 @@ void add_boxes(const std::vector<int64_t>& shape, size_t dim, int64_t begin, int
   };
   if (first == last) return within_row(first, begin - first * inner, end - first * inner);
   if (begin % inner != 0) within_row(first, begin % inner, inner), ++first;
-  if (last > first) box(first, last - first, true);
+  if (last > first) box(first, last - first);
   if (end % inner != 0) within_row(last, 0, end % inner);
 }
 }  // namespace
@@ -71,7 +70,7 @@ DistributedOptimizer::DistributedOptimizer(model::TransformerImpl& model, Proces
     TORCH_CHECK(p.tensor.scalar_type() == torch::kFloat32, "optimizer.distributed: parameter ", p.name,
                 " is ", p.tensor.scalar_type(), "; the distributed optimizer keeps fp32 parameters");
     Group& g = groups_[p.role.expert ? 1 : 0];
-    g.members.push_back({p.name, p.tensor, p.role, g.numel, p.tensor.dim() >= 2});
+    g.members.push_back({p.name, p.tensor, p.role, g.numel, p.tensor.dim() >= 2, false, {}});
     g.numel += p.tensor.numel();
     if (p.role.tp_partial_grad) partial_.push_back(p.tensor);
   }
@@ -180,10 +179,7 @@ torch::Tensor DistributedOptimizer::grad_norm() {
   }
   if (mesh_.dp().size() > 1) mesh_.dp().all_reduce_sum(dense_sq);  // the shards' sums: the group's whole
   if (mesh_.expert_dp().size() > 1) mesh_.expert_dp().all_reduce_sum(expert_sq);
-  auto tp_sq = dense_sq.narrow(0, 1, 1).clone();
-  if (mesh_.tp().size() > 1) mesh_.tp().all_reduce_sum(tp_sq);
-  if (mesh_.ep().size() > 1) mesh_.ep().all_reduce_sum(expert_sq);
-  return (dense_sq.narrow(0, 0, 1) + tp_sq + expert_sq).sqrt().squeeze(0);
+  return grad_norm_from_squares(dense_sq.narrow(0, 0, 1), dense_sq.narrow(0, 1, 1).clone(), expert_sq, mesh_);
 }
 
 void DistributedOptimizer::clip(double max_norm, const torch::Tensor& norm) {

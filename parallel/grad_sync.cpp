@@ -46,6 +46,11 @@ torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh)
     auto sq = p.tensor.grad().to(torch::kFloat64).square().sum();
     (p.role.expert ? expert_sq : p.role.tensor_parallel ? tp_sq : replicated_sq) += sq;
   }
+  return grad_norm_from_squares(replicated_sq, tp_sq, expert_sq, mesh);
+}
+
+torch::Tensor grad_norm_from_squares(const torch::Tensor& replicated_sq, torch::Tensor tp_sq,
+                                     torch::Tensor expert_sq, ProcessMesh& mesh) {
   if (mesh.tp().size() > 1) mesh.tp().all_reduce_sum(tp_sq);
   if (mesh.ep().size() > 1) mesh.ep().all_reduce_sum(expert_sq);
   return (replicated_sq + tp_sq + expert_sq).sqrt().squeeze(0);

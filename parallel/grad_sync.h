@@ -31,6 +31,11 @@ void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& gro
 // gradients' device (no host read).
 torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh);
 
+// The global norm from this rank's sums of squares (fp64, shape (1)) of the replicated parameters, of its
+// tensor-parallel slices (summed over tp here) and of its expert shards (summed over ep here).
+torch::Tensor grad_norm_from_squares(const torch::Tensor& replicated_sq, torch::Tensor tp_sq,
+                                     torch::Tensor expert_sq, ProcessMesh& mesh);
+
 // Sums a tensor over the data-parallel group, in place (routing counts of the global-batch aux loss).
 void sum_over_dp(torch::Tensor& t, ProcessMesh& mesh);
 // Sums a tensor over every rank, in place (step routing counts, loss sums for logging).

@@ -140,7 +140,7 @@ std::vector<torch::Tensor> recompute(const RecomputeBody& body, const std::vecto
   state->body = body;
   state->autocast = capture_autocast();
   // Only inputs that require a gradient connect the outputs to the graph. When none does (a frozen
-  // embedding), a placeholder that does makes the backward run, for the parameters inside.
+  // embedding), an empty tensor that requires one makes the backward run, for the parameters inside.
   std::vector<torch::Tensor> connected = inputs;
   if (std::none_of(inputs.begin(), inputs.end(), [](const torch::Tensor& t) { return t.requires_grad(); }))
     connected.push_back(torch::empty({0}).requires_grad_(true));
