@@ -86,6 +86,54 @@ double inter_node_bytes(const plan::Traffic& t) {
   return (t.tp_inter ? t.tp : 0) + (t.ep_inter ? t.ep : 0) + (t.dp_inter ? t.dp : 0);
 }
 
+// --gpus, --nodes and --gpu-mem.
+plan::Cluster cluster_of(const cli::Command& cmd) {
+  plan::Cluster cluster;
+  cluster.gpus = cmd.integer("--gpus", 1, 1);
+  cluster.nodes = cmd.integer("--nodes", 1, 1);
+  cluster.memory_bytes = parse_memory(cmd.get("--gpu-mem"));
+  if (cluster.gpus % cluster.nodes != 0) {
+    throw cli::UsageError("--nodes " + std::to_string(cluster.nodes) + ": does not divide --gpus " +
+                          std::to_string(cluster.gpus) + "; give nodes with equal GPU counts");
+  }
+  return cluster;
+}
+
+// --imbalance.
+plan::Options options_of(const cli::Command& cmd) {
+  plan::Options options;
+  if (const std::string text = cmd.get("--imbalance"); !text.empty()) {
+    size_t used = 0;
+    try {
+      options.imbalance = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != text.size() || !(options.imbalance >= 1.0))
+      throw cli::UsageError("--imbalance " + text + ": expected a factor >= 1, such as 1.25 (1 = even load)");
+  }
+  return options;
+}
+
+// One layout's line of the table.
+void print_row(const plan::Estimate& r) {
+  const auto& m = r.memory;
+  const auto& t = r.traffic;
+  auto link = [](double bytes, bool inter) {
+    return gib(bytes) + (bytes > 0 ? (inter ? " (inter)" : " (intra)") : "");
+  };
+  std::printf("| %lld | %lld | %lld | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+              static_cast<long long>(r.layout.tp), static_cast<long long>(r.layout.ep),
+              static_cast<long long>(r.layout.dp),
+              r.layout.bf16_params   ? "distributed, bf16 params"
+              : r.layout.distributed ? "distributed"
+                                     : "replicated",
+              r.layout.recompute_text().c_str(), gib(m.parameters).c_str(), gib(m.gradients).c_str(),
+              gib(m.optimizer).c_str(), gib(m.activations).c_str(), gib(m.peak()).c_str(),
+              r.fits ? "yes" : "no", link(t.tp, t.tp_inter).c_str(), link(t.ep, t.ep_inter).c_str(),
+              link(t.dp, t.dp_inter).c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -104,25 +152,8 @@ int main(int argc, char** argv) {
       .toggle("--all", "list the layouts that do not fit too");
   return cmd.run(argc, argv, [&] {
     const auto recipe = moetrain::config::load_recipe(cmd.get("--recipe"), cmd.all("--set"));
-    plan::Cluster cluster;
-    cluster.gpus = cmd.integer("--gpus", 1, 1);
-    cluster.nodes = cmd.integer("--nodes", 1, 1);
-    cluster.memory_bytes = parse_memory(cmd.get("--gpu-mem"));
-    if (cluster.gpus % cluster.nodes != 0) {
-      throw cli::UsageError("--nodes " + std::to_string(cluster.nodes) + ": does not divide --gpus " +
-                            std::to_string(cluster.gpus) + "; give nodes with equal GPU counts");
-    }
-    plan::Options options;
-    if (const std::string text = cmd.get("--imbalance"); !text.empty()) {
-      size_t used = 0;
-      try {
-        options.imbalance = std::stod(text, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != text.size() || !(options.imbalance >= 1.0))
-        throw cli::UsageError("--imbalance " + text + ": expected a factor >= 1, such as 1.25 (1 = even load)");
-    }
+    const plan::Cluster cluster = cluster_of(cmd);
+    const plan::Options options = options_of(cmd);
     auto rows = plan::plan(recipe, cluster, options);
     std::stable_sort(rows.begin(), rows.end(), [](const plan::Estimate& a, const plan::Estimate& b) {
       if (a.fits != b.fits) return a.fits;
@@ -145,22 +176,7 @@ int main(int argc, char** argv) {
         "| TP | EP | DP | optimizer | recompute | params | grads | optim | activations | peak GiB | fits | "
         "TP GiB/step | EP GiB/step | DP GiB/step |\n|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n");
     for (const auto& r : rows) {
-      if (!r.fits && !cmd.has("--all")) continue;
-      const auto& m = r.memory;
-      const auto& t = r.traffic;
-      auto link = [](double bytes, bool inter) {
-        return gib(bytes) + (bytes > 0 ? (inter ? " (inter)" : " (intra)") : "");
-      };
-      std::printf("| %lld | %lld | %lld | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-                  static_cast<long long>(r.layout.tp), static_cast<long long>(r.layout.ep),
-                  static_cast<long long>(r.layout.dp),
-                  r.layout.bf16_params   ? "distributed, bf16 params"
-                  : r.layout.distributed ? "distributed"
-                                         : "replicated",
-                  r.layout.recompute_text().c_str(), gib(m.parameters).c_str(), gib(m.gradients).c_str(),
-                  gib(m.optimizer).c_str(), gib(m.activations).c_str(), gib(m.peak()).c_str(),
-                  r.fits ? "yes" : "no", link(t.tp, t.tp_inter).c_str(), link(t.ep, t.ep_inter).c_str(),
-                  link(t.dp, t.dp_inter).c_str());
+      if (r.fits || cmd.has("--all")) print_row(r);
     }
     if (fitting == 0) {
       std::printf(
