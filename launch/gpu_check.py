@@ -290,8 +290,9 @@ def check_bf16_gpu(res):
 
 
 def check_two_ranks_share_the_gpu(res):
-    """EP 2 and TP 2, two ranks on one GPU (host data plane: NCCL refuses two ranks on one GPU), against one
-    GPU process with the same global batch (EP 2 is data-parallel 2: one process accumulates 2 micro-batches).
+    """EP 2, TP 2 and expert TP 2 (each expert's hidden dimension split over the two ranks), two ranks on one GPU
+    (host data plane: NCCL refuses two ranks on one GPU), against one GPU process with the same global batch
+    (EP 2 and expert TP 2 are data-parallel 2: one process accumulates 2 micro-batches).
     With several GPUs the ranks are kept on the first (CUDA_VISIBLE_DEVICES)."""
     n = steps(10)
     base = SMALL + ["train.steps=%d" % n, "train.deterministic=true", "train.threads=1"] + device()
@@ -308,7 +309,8 @@ def check_two_ranks_share_the_gpu(res):
                       "pass": len(two) == n and worst <= 1e-4})
         return go
 
-    for name, over, accum in (("ep2", ["parallel.expert=2"], 2), ("tp2", ["parallel.tensor=2"], 1)):
+    for name, over, accum in (("ep2", ["parallel.expert=2"], 2), ("tp2", ["parallel.tensor=2"], 1),
+                              ("etp2", ["parallel.expert_tensor=2"], 2)):
         sub(res, name, layout(name, over, accum))
 
 
@@ -612,7 +614,7 @@ CHECKS = [("moe_bench_bf16", check_bench_bf16, 75),
           ("fp32_gpu_vs_cpu", check_fp32_gpu_vs_cpu, 60),
           ("bf16_gpu_tracks_fp32", check_bf16_gpu, 60),
           ("checkpoints_cross_devices", check_checkpoints_cross_devices, 45),
-          ("ep2_tp2_two_ranks_share_gpu", check_two_ranks_share_the_gpu, 60),
+          ("ep2_tp2_two_ranks_share_gpu", check_two_ranks_share_the_gpu, 80),
           ("recompute_and_distributed_optimizer", check_memory_features, 60),
           ("nccl_one_rank_equals_host", check_nccl_one_rank, 30),
           ("nccl_communicator_tests", check_nccl_communicator_tests, 40),

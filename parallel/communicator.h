@@ -41,7 +41,7 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual const std::string& name() const = 0;  // "world", "dp", "ep", "expert_dp", "tp"
+  virtual const std::string& name() const = 0;  // "world", "dp", "tp", "ep", "expert_tp", "expert_dp"
 
   virtual void all_reduce_sum(torch::Tensor& t) = 0;  // in place
   // all_reduce_sum started without waiting, where the backend can (MPI); other backends run it now and

@@ -39,7 +39,7 @@ GradBuckets::GradBuckets(model::TransformerImpl& model, ProcessMesh& mesh, doubl
   Communicator* groups[2] = {&mesh.dp(), &mesh.expert_dp()};
   for (const auto& p : roled) {  // in registration order, as sync_gradients concatenates them
     if (p.tensor.requires_grad() && tp && p.role.tp_partial_grad)
-      (p.role.expert ? partial_expert_ : partial_dense_).push_back(p.tensor);
+      partial_.push_back(p.tensor);  // never experts
   }
   for (auto it = roled.rbegin(); it != roled.rend(); ++it) {
     if (!it->tensor.requires_grad()) continue;  // frozen (fine-tuning)
@@ -121,9 +121,7 @@ void GradBuckets::zero_grad() {
     point_grads_at_buffers(*b);  // the optimizer or a checkpoint load may have set .grad elsewhere
     copies_ = before;
   }
-  for (auto* list : {&partial_dense_, &partial_expert_}) {
-    for (auto& p : *list) p.mutable_grad() = torch::Tensor();
-  }
+  for (auto& p : partial_) p.mutable_grad() = torch::Tensor();
 }
 
 int64_t GradBuckets::finish() {
@@ -142,19 +140,14 @@ int64_t GradBuckets::finish() {
   }
   next_ = 0;
   // Tensor-parallel shares: the sum over tp first, then the mean over their data-parallel group.
-  std::vector<torch::Tensor> dense, expert, all;
-  for (auto* list : {&partial_dense_, &partial_expert_}) {
-    for (auto& p : *list) {
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      (list == &partial_dense_ ? dense : expert).push_back(p.mutable_grad());
-    }
+  std::vector<torch::Tensor> shares;
+  for (auto& p : partial_) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    shares.push_back(p.mutable_grad());
   }
-  if (dense.empty() && expert.empty()) return in_backward;
-  all = dense;
-  all.insert(all.end(), expert.begin(), expert.end());
-  all_reduce_mean_bucket(all, mesh_.tp(), 1.0);
-  if (mesh_.dp().size() > 1) all_reduce_mean_bucket(dense, mesh_.dp(), dp);
-  if (mesh_.expert_dp().size() > 1 || dp > 1) all_reduce_mean_bucket(expert, mesh_.expert_dp(), dp);
+  if (shares.empty()) return in_backward;
+  all_reduce_mean_bucket(shares, mesh_.tp(), 1.0);
+  if (mesh_.dp().size() > 1) all_reduce_mean_bucket(shares, mesh_.dp(), dp);
   return in_backward;
 }
 

@@ -60,10 +60,10 @@ class GradBuckets {
 
   ProcessMesh& mesh_;
   std::vector<std::unique_ptr<Bucket>> buckets_;
-  std::vector<torch::Tensor> hooked_;  // parameters carrying our hook (removed in the destructor)
-  std::vector<torch::Tensor> partial_dense_, partial_expert_;  // tp shares: summed over tp after backward
-  size_t next_ = 0;                                            // the first bucket not started
-  int64_t started_in_backward_ = 0;                            // this step's buckets started from the hooks
+  std::vector<torch::Tensor> hooked_;   // parameters carrying our hook (removed in the destructor)
+  std::vector<torch::Tensor> partial_;  // tp shares (never experts): summed over tp, then dp, after backward
+  size_t next_ = 0;                     // the first bucket not started
+  int64_t started_in_backward_ = 0;     // this step's buckets started from the hooks
   int64_t copies_ = 0;
   bool armed_ = false;
 };

@@ -53,6 +53,7 @@ torch::Tensor grad_norm_from_squares(const torch::Tensor& replicated_sq, torch::
                                      torch::Tensor expert_sq, ProcessMesh& mesh) {
   if (mesh.tp().size() > 1) mesh.tp().all_reduce_sum(tp_sq);
   if (mesh.ep().size() > 1) mesh.ep().all_reduce_sum(expert_sq);
+  if (mesh.expert_tp().size() > 1) mesh.expert_tp().all_reduce_sum(expert_sq);
   return (replicated_sq + tp_sq + expert_sq).sqrt().squeeze(0);
 }
 

@@ -6,9 +6,11 @@
 //   the contributions of every ep source (through the all-to-all backward); all-reduce-sum over
 //   expert_dp, divide by the dp size.
 // Tensor parallelism: attention and dense-MLP weights are sharded over tp (their gradients are complete
-// per shard); MoE parameters (router, experts, shared experts) see 1/tp of the tokens (sequence
-// parallel), so their gradients are first summed over tp; everything else is replicated with identical
-// gradients on every tp rank.
+// per shard); the router and shared experts see 1/tp of the tokens (sequence parallel), so their
+// gradients are first summed over tp; everything else is replicated with identical gradients on every tp
+// rank. Experts belong to the expert mesh (parallel/mesh.h): every rank holding an expert shard is in its
+// expert_dp group, tp peers included, so the expert_dp sum covers every token; under expert tensor
+// parallelism each rank's gradient is complete for its slice of the hidden dimension.
 // Gradients travel in one flat bucket per group (one collective each).
 #pragma once
 
@@ -27,12 +29,12 @@ void sync_gradients(model::TransformerImpl& model, ProcessMesh& mesh);
 void all_reduce_mean_bucket(std::vector<torch::Tensor>& grads, Communicator& group, double divisor);
 
 // L2 norm of the whole model's gradient, every parameter counted once: replicated parameters from this
-// rank, expert shards summed over the ep group. Identical on every rank. An fp64 scalar on the
-// gradients' device (no host read).
+// rank, expert shards summed over the ep and expert_tp groups. Identical on every rank. An fp64 scalar on
+// the gradients' device (no host read).
 torch::Tensor global_grad_norm(model::TransformerImpl& model, ProcessMesh& mesh);
 
 // The global norm from this rank's sums of squares (fp64, shape (1)) of the replicated parameters, of its
-// tensor-parallel slices (summed over tp here) and of its expert shards (summed over ep here).
+// tensor-parallel slices (summed over tp here) and of its expert shards (summed over ep and expert_tp here).
 torch::Tensor grad_norm_from_squares(const torch::Tensor& replicated_sq, torch::Tensor tp_sq,
                                      torch::Tensor expert_sq, ProcessMesh& mesh);
 

@@ -14,8 +14,9 @@ torch::Tensor sum_copy(Communicator* group, const torch::Tensor& t) {
 
 }  // namespace
 
-MeshMoEContext::MeshMoEContext(Communicator* ep_group, Communicator* tp_group, Communicator* world)
-    : ep_(ep_group), tp_(tp_group), world_(world) {}
+MeshMoEContext::MeshMoEContext(Communicator* ep_group, Communicator* expert_tp_group, Communicator* tp_group,
+                               Communicator* world)
+    : ep_(ep_group), etp_(expert_tp_group), tp_(tp_group), world_(world) {}
 
 torch::Tensor MeshMoEContext::sum_over_micro_batch(const torch::Tensor& t) const { return sum_copy(tp_, t); }
 
@@ -24,8 +25,9 @@ torch::Tensor MeshMoEContext::sum_over_global_batch(const torch::Tensor& t) cons
 }
 
 std::shared_ptr<moe::TokenDispatcher> MeshMoEContext::make_dispatcher(int64_t num_experts) const {
-  if (!ep_ || ep_->size() == 1) return MoEParallelContext::make_dispatcher(num_experts);
-  return std::make_shared<AllToAllDispatcher>(*ep_, num_experts);
+  const bool expert_tp = etp_ && etp_->size() > 1;
+  if (!ep_ || (ep_->size() == 1 && !expert_tp)) return MoEParallelContext::make_dispatcher(num_experts);
+  return std::make_shared<AllToAllDispatcher>(*ep_, etp_, num_experts);
 }
 
 ModelParallelism parallelize(model::TransformerImpl& model, ProcessMesh* mesh) {
@@ -39,7 +41,8 @@ ModelParallelism parallelize(model::TransformerImpl& model, ProcessMesh* mesh) {
     out.tensor_parallel = std::make_shared<TensorParallel>(mesh->tp());
     model.set_tensor_parallel(out.tensor_parallel);
   }
-  out.moe = std::make_shared<MeshMoEContext>(&mesh->ep(), tp ? &mesh->tp() : nullptr, &mesh->world());
+  out.moe = std::make_shared<MeshMoEContext>(&mesh->ep(), &mesh->expert_tp(), tp ? &mesh->tp() : nullptr,
+                                             &mesh->world());
   for (auto& layer : model.moe_layers()) layer->set_parallel_context(out.moe);
   return out;
 }

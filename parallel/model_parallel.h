@@ -11,11 +11,12 @@
 
 namespace moetrain::parallel {
 
-// MoE layers over the mesh's groups. Each group may be null (absent): no ep group or one of size 1
-// dispatches locally; no tp group means each rank routes whole micro-batches; no world is one process.
+// MoE layers over the mesh's groups. Each group may be null (absent): ep and expert_tp groups absent or
+// of size 1 dispatch locally; no tp group means each rank routes whole micro-batches; no world is one process.
 class MeshMoEContext : public moe::MoEParallelContext {
  public:
-  MeshMoEContext(Communicator* ep_group, Communicator* tp_group, Communicator* world);
+  MeshMoEContext(Communicator* ep_group, Communicator* expert_tp_group, Communicator* tp_group,
+                 Communicator* world);
   int64_t micro_batch_ranks() const override { return tp_ ? tp_->size() : 1; }
   int64_t global_batch_ranks() const override { return world_ ? world_->size() : 1; }
   torch::Tensor sum_over_micro_batch(const torch::Tensor& t) const override;
@@ -23,7 +24,7 @@ class MeshMoEContext : public moe::MoEParallelContext {
   std::shared_ptr<moe::TokenDispatcher> make_dispatcher(int64_t num_experts) const override;
 
  private:
-  Communicator *ep_, *tp_, *world_;
+  Communicator *ep_, *etp_, *tp_, *world_;
 };
 
 struct ModelParallelism {

@@ -101,7 +101,7 @@ Counts count_parameters(const Shape& s, const Layout& l) {
     } else {
       c.dense += router;
     }
-    const double local = s.E / ep, per_expert = s.D * s.F;
+    const double local = s.E / ep, per_expert = s.D * s.F / l.etp;  // expert tensor parallelism: F / etp
     c.expert_weights += 3 * local * per_expert;
     if (finetune) {
       c.frozen_matrices += 3 * local * per_expert;
@@ -152,8 +152,13 @@ LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options&
   }
   const double Tm = T / tp;  // sequence-parallel MoE: this rank's tokens
   // Rows this rank's experts compute: with a capacity, its slots (capacity_factor x the even share, from
-  // every source rank); dropless, the even share, times the imbalance under expert parallelism.
-  const double rows = Tm * s.k * (s.capacity_factor > 0 ? s.capacity_factor : l.ep > 1 ? o.imbalance : 1.0);
+  // every source rank); dropless, the even share, times the imbalance under expert parallelism. Under
+  // expert tensor parallelism the rows of all etp ranks, on F / etp of the hidden dimension.
+  const double rows = l.etp * Tm * s.k *
+                      (s.capacity_factor > 0 ? s.capacity_factor
+                       : l.ep > 1            ? o.imbalance
+                                             : 1.0);
+  const double F = s.F / l.etp;
   double m = 0;
   const bool router_trains = !frozen && !s.freeze_router;
   if (router_trains)
@@ -163,11 +168,11 @@ LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options&
   if (!frozen || s.lora_expert[0] || s.lora_expert[1])
     m += c * rows * s.D;  // dispatched rows (the GEMMs' input)
   const bool h_saved = (!frozen || s.lora_expert[2]) && !has(l, "moe_act");
-  m += (h_saved ? 4 : 3) * c * rows * s.F;  // gate, up, silu(gate), and silu(gate)·up for the down projection
-  m += f * Tm * s.k * s.D;                  // expert outputs back, widened for the combine
+  m += (h_saved ? 4 : 3) * c * rows * F;  // gate, up, silu(gate), and silu(gate)·up for the down projection
+  m += f * Tm * s.k * s.D;                // expert outputs back, widened for the combine
   if (s.lora_rank == 0)
     m += 3 * c * (s.E / l.ep) * s.D *
-         s.F;  // trained expert weights, masked for empty experts  if (s.Fs > 0) m += frozen ? 3 * c * Tm * s.Fs : (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;  // shared
+         F;  // trained expert weights, masked for empty experts  if (s.Fs > 0) m += frozen ? 3 * c * Tm * s.Fs : (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;  // shared
   b.moe_replay = m;
   if (has(l, "moe")) m = f * Tm * s.D;
   b.kept = bytes + m;
@@ -199,7 +204,7 @@ Memory estimate_memory(const config::Recipe& recipe, const Layout& l, const Opti
   Memory m;
   const double base = s.base_bf16 ? 2 : 4;
   m.parameters = 4 * (n.dense + n.expert + n.frozen_other) + base * n.frozen_matrices;
-  const double expert_dp = static_cast<double>(l.dp) / l.ep;
+  const double expert_dp = static_cast<double>(l.expert_dp());
   m.optimizer = 8 * (l.distributed ? n.dense / l.dp + n.expert / expert_dp : n.dense + n.expert);
   if (s.bf16 && !l.bf16_params) {  // CastCache: the experts' fp32 operands (weights unless bf16, adapters)
     m.weight_casts = 2 * ((s.base_bf16 ? 0 : n.expert_weights) + (s.lora_rank > 0 ? n.expert : 0));
@@ -261,20 +266,55 @@ Traffic estimate_traffic(const config::Recipe& recipe, const Layout& l, const Cl
     double rows = T / tp * s.k * (s.capacity_factor > 0 ? s.capacity_factor : o.imbalance);
     const double one_way = ring_share(rows * s.D * (4 + c) / 2, l.ep);
     t.ep += micro * (replay_moe ? 3 : 2) * 2 * one_way;
+    // Expert tensor parallelism: this rank's rows (compute dtype) to each of the etp − 1 peers, and the
+    // peers' partial outputs of them back; each again in backward, and again when the layer is replayed.
+    t.etp += micro * (replay_moe ? 3 : 2) * 2 * (l.etp - 1) * rows * s.D * c;
   }
   // Gradients: all-reduce over dp (dense) and expert_dp (experts); distributed: reduce-scatter of the
   // gradients plus all-gather of the parameters, the same bytes.
-  t.dp += ring_all_reduce(4 * n.dense, l.dp) + ring_all_reduce(4 * n.expert, static_cast<double>(l.dp) / l.ep);
+  t.dp += ring_all_reduce(4 * n.dense, l.dp) +
+          ring_all_reduce(4 * n.expert, static_cast<double>(l.expert_dp()));
   const int64_t per_node = cluster.per_node();
   t.tp_inter = l.tp > per_node;
-  t.ep_inter = l.tp * l.ep > per_node;
+  t.etp_inter = l.etp > per_node;        // expert-tensor ranks are adjacent
+  t.ep_inter = l.etp * l.ep > per_node;  // an expert-parallel group spans etp · ep consecutive ranks
   t.dp_inter = l.tp * l.dp > per_node;
   return t;
 }
 
+namespace {
+
+// The meshes moe-train accepts on the cluster: tensor and expert-tensor parallelism in powers of two within
+// a node, any expert-parallel size (parallel/mesh.h's checks, and no expert tensor parallelism under LoRA).
+std::vector<parallel::MeshSizes> candidate_meshes(const config::Recipe& recipe, const Cluster& cluster) {
+  const auto& m = recipe.model();
+  std::vector<parallel::MeshSizes> out;
+  const int64_t within_node = std::min<int64_t>(cluster.per_node(), cluster.gpus);
+  for (int64_t tp = 1; tp <= within_node; tp *= 2) {
+    for (int64_t etp = 1; etp <= within_node; etp *= 2) {
+      if (etp > 1 && recipe.finetune().lora().rank() > 0) continue;
+      for (int64_t ep = 1; ep * etp <= cluster.gpus; ++ep) {
+        parallel::MeshSizes sizes;
+        sizes.world = static_cast<int>(cluster.gpus), sizes.tp = static_cast<int>(tp);
+        sizes.ep = static_cast<int>(ep), sizes.etp = static_cast<int>(etp);
+        try {
+          parallel::validate_mesh(sizes, m);
+          parallel::validate_tensor_parallel_recipe(sizes, recipe);
+        } catch (const std::invalid_argument&) {
+          continue;
+        }
+        if (m.num_kv_heads() > 0 && m.num_kv_heads() % tp != 0) continue;
+        out.push_back(sizes);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<Layout> candidate_layouts(const config::Recipe& recipe, const Cluster& cluster) {
   std::vector<Layout> out;
-  const auto& m = recipe.model();
   Layout own;
   own.recompute = recipe.train().recompute();
   own.modules.assign(recipe.train().recompute_modules().begin(), recipe.train().recompute_modules().end());
@@ -289,31 +329,19 @@ std::vector<Layout> candidate_layouts(const config::Recipe& recipe, const Cluste
   add_recompute(TrainConfig::SELECTIVE, {"moe_act", "layernorm"});
   add_recompute(TrainConfig::SELECTIVE, {"moe"});
   add_recompute(TrainConfig::FULL, {});
-  for (int64_t tp = 1; tp <= std::min<int64_t>(cluster.per_node(), cluster.gpus); tp *= 2) {
-    if (cluster.gpus % tp != 0) continue;
-    for (int64_t ep = 1; ep <= cluster.gpus / tp; ++ep) {
-      parallel::MeshSizes sizes;
-      sizes.world = static_cast<int>(cluster.gpus), sizes.tp = static_cast<int>(tp),
-      sizes.ep = static_cast<int>(ep);
-      try {
-        parallel::validate_mesh(sizes, m.num_experts(), m.num_heads());
-        parallel::validate_tensor_parallel_recipe(sizes, recipe);
-      } catch (const std::invalid_argument&) {
-        continue;
-      }
-      if (m.num_kv_heads() > 0 && m.num_kv_heads() % tp != 0) continue;
-      const bool bf16_possible = recipe.train().precision() == TrainConfig::BF16 &&
-                                 recipe.finetune().lora().rank() == 0;
-      for (int optimizer = 0; optimizer < 3; ++optimizer) {  // replicated, distributed, distributed + bf16
-        const bool distributed = optimizer > 0, bf16_params = optimizer == 2;
-        if (distributed && sizes.dp() == 1) continue;
-        if (bf16_params && !bf16_possible) continue;
-        for (const auto& r : recomputes) {
-          Layout l = r;
-          l.tp = tp, l.ep = ep, l.dp = sizes.dp(), l.distributed = distributed, l.bf16_params = bf16_params;
-          l.bf16_grads = bf16_params && recipe.optimizer().grad_dtype() == TrainConfig::BF16;
-          out.push_back(l);
-        }
+  const bool bf16_possible = recipe.train().precision() == TrainConfig::BF16 &&
+                             recipe.finetune().lora().rank() == 0;
+  for (const auto& sizes : candidate_meshes(recipe, cluster)) {
+    for (int optimizer = 0; optimizer < 3; ++optimizer) {  // replicated, distributed, distributed + bf16
+      const bool distributed = optimizer > 0, bf16_params = optimizer == 2;
+      if (distributed && sizes.dp() == 1) continue;
+      if (bf16_params && !bf16_possible) continue;
+      for (const auto& r : recomputes) {
+        Layout l = r;
+        l.tp = sizes.tp, l.ep = sizes.ep, l.etp = sizes.etp, l.dp = sizes.dp();
+        l.distributed = distributed, l.bf16_params = bf16_params;
+        l.bf16_grads = bf16_params && recipe.optimizer().grad_dtype() == TrainConfig::BF16;
+        out.push_back(l);
       }
     }
   }

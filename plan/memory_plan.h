@@ -20,6 +20,9 @@ struct Cluster {
 
 struct Layout {
   int64_t tp = 1, ep = 1, dp = 1;
+  int64_t etp = 1;  // parallel.expert_tensor: each expert's hidden dimension split over etp ranks
+  int64_t world() const { return tp * dp; }
+  int64_t expert_dp() const { return world() / (etp * ep); }
   bool distributed = false;  // optimizer.distributed
   bool bf16_params = false;  // optimizer.param_dtype BF16 (with the distributed optimizer, BF16 precision)
   bool bf16_grads = false;   // optimizer.grad_dtype BF16
@@ -43,8 +46,8 @@ struct Memory {
 
 // Bytes this rank sends per optimizer step in each group, and whether the group spans nodes.
 struct Traffic {
-  double tp = 0, ep = 0, dp = 0;
-  bool tp_inter = false, ep_inter = false, dp_inter = false;
+  double tp = 0, ep = 0, etp = 0, dp = 0;  // dp: the gradients' reduction over dp and expert_dp
+  bool tp_inter = false, ep_inter = false, etp_inter = false, dp_inter = false;
 };
 
 struct Options {

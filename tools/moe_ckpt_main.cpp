@@ -49,10 +49,10 @@ int verify(const std::string& dir) {
   const auto& layout = manifest["layout"];
   std::printf(
       "{\"checkpoint\": \"%s\", \"ok\": true, \"step\": %lld, \"files\": %zu, \"bytes\": %lld, \"tensors\": %zu, "
-      "\"layout\": {\"world\": %d, \"tp\": %d, \"ep\": %d}}\n",
+      "\"layout\": {\"world\": %d, \"tp\": %d, \"ep\": %d, \"expert_tensor\": %d}}\n",
       dir.c_str(), static_cast<long long>(manifest["step"].get<int64_t>()), manifest["files"].size(),
       static_cast<long long>(bytes), manifest["tensors"].size(), layout["world"].get<int>(),
-      layout["tp"].get<int>(), layout["ep"].get<int>());
+      layout["tp"].get<int>(), layout["ep"].get<int>(), layout.value("expert_tensor", 1));
   return 0;
 }
 
@@ -87,11 +87,8 @@ int reshard(const std::string& source, const std::string& out, const std::vector
   try {
     launch = moetrain::parallel::detect_launch();
     const auto recipe = resharded_recipe(source, overrides);
-    moetrain::parallel::MeshSizes sizes;
-    sizes.world = launch.world_size;
-    sizes.tp = static_cast<int>(recipe.parallel().tensor());
-    sizes.ep = static_cast<int>(recipe.parallel().expert());
-    moetrain::parallel::validate_mesh(sizes, recipe.model().num_experts(), recipe.model().num_heads());
+    const auto sizes = moetrain::parallel::MeshSizes::from_recipe(recipe.parallel(), launch.world_size);
+    moetrain::parallel::validate_mesh(sizes, recipe.model());
     watch_collectives(recipe, launch, out);
     if (launch.world_size > 1) {
       mesh = std::make_unique<moetrain::parallel::ProcessMesh>(moetrain::parallel::world_communicator(launch),
@@ -99,9 +96,9 @@ int reshard(const std::string& source, const std::string& out, const std::vector
       moetrain::parallel::watchdog().set_world_processes(
           moetrain::parallel::all_gather_strings(mesh->world(), moetrain::parallel::this_process()));
     }
-    const int ep_rank = mesh ? mesh->ep_rank() : 0, tp_rank = mesh ? mesh->tp_rank() : 0;
     moetrain::model::Transformer model(
-        moetrain::model::TransformerOptions::from_recipe(recipe, sizes.ep, ep_rank, sizes.tp, tp_rank));
+        moetrain::model::TransformerOptions::from_recipe(recipe, mesh ? mesh->placement()
+                                                                      : moetrain::model::ModelPlacement{}));
     torch::optim::AdamW optimizer(model->parameters());
     const std::string section = moetrain::trainer::model_section_text(recipe);
     const auto state = moetrain::trainer::Checkpointer(source + "/..", 1, section, "", mesh.get())
@@ -110,8 +107,8 @@ int reshard(const std::string& source, const std::string& out, const std::vector
                                                               moetrain::config::to_text(recipe), mesh.get())
                                   .save(state, *model, optimizer);
     if (launch.rank == 0)
-      std::printf("resharded %s into %s (world %d, tp %d, ep %d)\n", source.c_str(), saved.c_str(),
-                  sizes.world, sizes.tp, sizes.ep);
+      std::printf("resharded %s into %s (world %d, tp %d, ep %d, expert_tensor %d)\n", source.c_str(),
+                  saved.c_str(), sizes.world, sizes.tp, sizes.ep, sizes.etp);
     if (mesh) mesh->world().barrier();
   } catch (const std::exception& e) {
     cli::print_error("moe-ckpt", e.what(), launch.world_size > 1 ? launch.rank : -1);

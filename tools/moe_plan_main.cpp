@@ -51,6 +51,7 @@ nlohmann::json to_json(const plan::Estimate& e) {
   const auto& t = e.traffic;
   return {{"tp", e.layout.tp},
           {"ep", e.layout.ep},
+          {"expert_tensor", e.layout.etp},
           {"dp", e.layout.dp},
           {"distributed_optimizer", e.layout.distributed},
           {"bf16_params", e.layout.bf16_params},
@@ -68,9 +69,11 @@ nlohmann::json to_json(const plan::Estimate& e) {
           {"bytes_per_step",
            {{"tp", t.tp},
             {"ep", t.ep},
+            {"expert_tp", t.etp},
             {"dp", t.dp},
             {"tp_inter_node", t.tp_inter},
             {"ep_inter_node", t.ep_inter},
+            {"expert_tp_inter_node", t.etp_inter},
             {"dp_inter_node", t.dp_inter}}}};
 }
 
@@ -83,7 +86,8 @@ int recompute_cost(const plan::Layout& l) {
 }
 
 double inter_node_bytes(const plan::Traffic& t) {
-  return (t.tp_inter ? t.tp : 0) + (t.ep_inter ? t.ep : 0) + (t.dp_inter ? t.dp : 0);
+  return (t.tp_inter ? t.tp : 0) + (t.ep_inter ? t.ep : 0) + (t.etp_inter ? t.etp : 0) +
+         (t.dp_inter ? t.dp : 0);
 }
 
 // --gpus, --nodes and --gpu-mem.
@@ -122,16 +126,16 @@ void print_row(const plan::Estimate& r) {
   auto link = [](double bytes, bool inter) {
     return gib(bytes) + (bytes > 0 ? (inter ? " (inter)" : " (intra)") : "");
   };
-  std::printf("| %lld | %lld | %lld | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-              static_cast<long long>(r.layout.tp), static_cast<long long>(r.layout.ep),
-              static_cast<long long>(r.layout.dp),
+  std::printf("| %lld | %lld | %lld | %lld | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+              static_cast<long long>(r.layout.tp), static_cast<long long>(r.layout.etp),
+              static_cast<long long>(r.layout.ep), static_cast<long long>(r.layout.dp),
               r.layout.bf16_params   ? "distributed, bf16 params"
               : r.layout.distributed ? "distributed"
                                      : "replicated",
               r.layout.recompute_text().c_str(), gib(m.parameters).c_str(), gib(m.gradients).c_str(),
               gib(m.optimizer).c_str(), gib(m.activations).c_str(), gib(m.peak()).c_str(),
-              r.fits ? "yes" : "no", link(t.tp, t.tp_inter).c_str(), link(t.ep, t.ep_inter).c_str(),
-              link(t.dp, t.dp_inter).c_str());
+              r.fits ? "yes" : "no", link(t.tp, t.tp_inter).c_str(), link(t.etp, t.etp_inter).c_str(),
+              link(t.ep, t.ep_inter).c_str(), link(t.dp, t.dp_inter).c_str());
 }
 
 }  // namespace
@@ -173,8 +177,9 @@ int main(int argc, char** argv) {
                 static_cast<long long>(cluster.gpus), gib(cluster.memory_bytes).c_str(),
                 static_cast<long long>(cluster.per_node()), static_cast<long long>(fitting), rows.size());
     std::printf(
-        "| TP | EP | DP | optimizer | recompute | params | grads | optim | activations | peak GiB | fits | "
-        "TP GiB/step | EP GiB/step | DP GiB/step |\n|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n");
+        "| TP | ETP | EP | DP | optimizer | recompute | params | grads | optim | activations | peak GiB | fits | "
+        "TP GiB/step | ETP GiB/step | EP GiB/step | DP GiB/step |\n"
+        "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n");
     for (const auto& r : rows) {
       if (r.fits || cmd.has("--all")) print_row(r);
     }

@@ -40,10 +40,8 @@ void prepare(Setup& s, const std::string& recipe_path, const std::vector<std::st
   s.launch = moetrain::parallel::detect_launch();
   s.recipe = moetrain::config::load_recipe(recipe_path, overrides);
   const auto& recipe = s.recipe;
-  s.sizes.world = s.launch.world_size;
-  s.sizes.tp = static_cast<int>(recipe.parallel().tensor());
-  s.sizes.ep = static_cast<int>(recipe.parallel().expert());
-  moetrain::parallel::validate_mesh(s.sizes, recipe.model().num_experts(), recipe.model().num_heads());
+  s.sizes = moetrain::parallel::MeshSizes::from_recipe(recipe.parallel(), s.launch.world_size);
+  moetrain::parallel::validate_mesh(s.sizes, recipe.model());
   moetrain::parallel::validate_tensor_parallel_recipe(s.sizes, recipe);
   s.placement = moetrain::trainer::resolve_placement(recipe.train().device(), s.launch.local_rank,
                                                      s.launch.local_world_size,

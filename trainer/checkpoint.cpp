@@ -91,8 +91,10 @@ struct Ranks {
   int world() const { return mesh ? mesh->sizes().world : 1; }
   int tp() const { return mesh ? mesh->sizes().tp : 1; }
   int ep() const { return mesh ? mesh->sizes().ep : 1; }
+  int etp() const { return mesh ? mesh->sizes().etp : 1; }
   int tp_rank() const { return mesh ? mesh->tp_rank() : 0; }
   int dp_rank() const { return mesh ? mesh->dp_rank() : 0; }
+  int expert_dp_rank() const { return mesh ? mesh->expert_dp_rank() : 0; }
   std::vector<std::string> gather(const std::string& s) const {
     return mesh ? parallel::all_gather_strings(mesh->world(), s) : std::vector<std::string>{s};
   }
@@ -100,12 +102,12 @@ struct Ranks {
     if (mesh) parallel::agree_or_throw(mesh->world(), error);
     else if (!error.empty()) throw std::runtime_error(error);
   }
-  // The lowest rank holding a block writes it: experts once per expert-data-parallel group (and not
-  // again by the other tensor-parallel ranks, which hold the same experts); tensor-parallel slices by
-  // the first data-parallel replica; replicated tensors by rank 0.
+  // The lowest rank holding a block writes it: expert shards by the first replica of their
+  // expert-data-parallel group; tensor-parallel slices by the first data-parallel replica; replicated
+  // tensors by rank 0.
   bool writes(const model::ShardBox& box) const {
     switch (box.kind) {
-      case model::ShardBox::Kind::kExpertSharded: return tp_rank() == 0 && dp_rank() < ep();
+      case model::ShardBox::Kind::kExpertSharded: return expert_dp_rank() == 0;
       case model::ShardBox::Kind::kTensorParallel: return dp_rank() == 0;
       default: return rank() == 0;
     }
@@ -204,14 +206,15 @@ struct RankBlocks {
 // piece of each parameter, as boxes of the global tensor
 // (a flat range of the rank's block is up to 2·dims − 1 boxes), keyed "NAME#i" in the file. Every
 // data-parallel rank writes its pieces; of the ranks that hold the same pieces (tensor-parallel ranks
-// of replicated tensors and of experts) only tp rank 0.
+// of replicated tensors) only tp rank 0. Expert pieces are never held twice: their shards are cut over the
+// expert_dp group, which holds every copy of an expert shard.
 void add_moment_pieces(const Ranks& ranks, model::TransformerImpl& model,
                        parallel::DistributedOptimizer& optimizer, std::vector<Block>& blocks) {
   int64_t index = 0;
   for (auto& piece : optimizer.pieces()) {
     if (!piece.exp_avg.defined() && !piece.bf16) continue;  // never stepped, and nothing else to save
     const auto box = model::shard_box(model.options(), piece.name, piece.param.sizes().vec());
-    if (box.kind != model::ShardBox::Kind::kTensorParallel && ranks.tp_rank() != 0) continue;
+    if (box.kind == model::ShardBox::Kind::kReplicated && ranks.tp_rank() != 0) continue;
     // The piece's tensors by name: its moments once stepped; a bf16 parameter's weights as fp32 masters.
     std::vector<std::pair<std::string, torch::Tensor>> values;
     if (piece.exp_avg.defined()) {
@@ -565,7 +568,7 @@ TrainState restore_train_state(ShardReader& reader, model::TransformerImpl& mode
   state.tokens = manifest.at("tokens").get<int64_t>();
   const auto& layout = manifest.at("layout");
   const bool same_layout = layout.at("world") == ranks.world() && layout.at("tp") == ranks.tp() &&
-                           layout.at("ep") == ranks.ep();
+                           layout.at("ep") == ranks.ep() && layout.value("expert_tensor", 1) == ranks.etp();
   const int source = same_layout ? ranks.rank() : 0;
   const std::string file = rank_file(source);
   at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -616,7 +619,7 @@ std::string Checkpointer::save(const TrainState& state, model::TransformerImpl& 
   // 2. Rank 0 checks coverage, writes the manifest and commits.
   const auto reports = ranks.gather(report.dump());
   ranks.agree(attempt([&] {
-    if (ranks.rank() == 0) commit(state, reports, ranks.world(), ranks.tp(), ranks.ep());
+    if (ranks.rank() == 0) commit(state, reports, ranks.world(), ranks.tp(), ranks.ep(), ranks.etp());
   }));
   return final_dir.string();
 }
@@ -670,14 +673,15 @@ std::string Checkpointer::save_streamed(const TrainState& state, const model::Tr
 }
 
 void Checkpointer::commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp,
-                          int ep) const {
+                          int ep, int etp) const {
   json manifest = {{"format", "moetrain-checkpoint"},
                    {"version", kCheckpointFormatVersion},
                    {"step", state.step},
                    {"samples_consumed", state.samples_consumed},
                    {"tokens", state.tokens},
                    {"optimizer_step", 0},
-                   {"layout", {{"world", world}, {"tp", tp}, {"ep", ep}, {"dp", world / tp}}},
+                   {"layout",
+                    {{"world", world}, {"tp", tp}, {"ep", ep}, {"expert_tensor", etp}, {"dp", world / tp}}},
                    {"model_digest", io::sha256_hex(model_section_)},
                    {"recipe_digest", io::sha256_hex(recipe_text_)},
                    {"model_section", model_section_},

@@ -84,7 +84,8 @@ class Checkpointer {
  private:
   // Rank 0 after every rank wrote its file into step_N.tmp: checks that the `reports` (one per rank) cover
   // every tensor once, writes the manifest, renames step_N.tmp to step_N, then moves `latest`; prunes.
-  void commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep) const;
+  void commit(const TrainState& state, const std::vector<std::string>& reports, int world, int tp, int ep,
+              int etp = 1) const;
 
   std::string root_;
   int64_t keep_last_;

@@ -103,6 +103,8 @@ json parse_manifest(const std::string& text, const std::string& path) {
     check.integer(m, key, key, 0);
   const json& layout = check.object(m, "layout", "layout");
   for (const char* key : {"world", "tp", "ep"}) check.integer(layout, key, std::string("layout.") + key, 1);
+  if (layout.contains("expert_tensor"))  // absent in checkpoints written before expert tensor parallelism: 1
+    check.integer(layout, "expert_tensor", "layout.expert_tensor", 1);
   for (const char* key : {"model_digest", "recipe_digest", "model_section", "recipe"})
     check.string(m, key, key);
 

@@ -136,9 +136,8 @@ void Trainer::State::load_data() {
 // initialised on the CPU, the same in every layout, then moved.
 void Trainer::State::build_model() {
   const auto& r = recipe;
-  const int64_t ep = mesh ? mesh->sizes().ep : 1, ep_rank = mesh ? mesh->ep_rank() : 0;
-  const int64_t tp = mesh ? mesh->sizes().tp : 1, tp_rank = mesh ? mesh->tp_rank() : 0;
-  model = model::Transformer(model::TransformerOptions::from_recipe(r, ep, ep_rank, tp, tp_rank));
+  model = model::Transformer(
+      model::TransformerOptions::from_recipe(r, mesh ? mesh->placement() : model::ModelPlacement{}));
   router_frozen = apply_freezing(*model, r.finetune());
   // Before initialisation (the experts' fp32 storage is then never written) and before the move to the
   // device (it never holds an fp32 base). Initialisation rounds into the bf16 weights.

@@ -392,6 +392,27 @@ void check_parallel(const Recipe& r, Problems& p) {
   }
 }
 
+// Expert tensor parallelism: each rank's slice of an expert's hidden dimension must be whole and aligned
+// for the grouped GEMM; adapters are not split over it.
+void check_expert_tensor(const Recipe& r, Problems& p) {
+  const int64_t etp = r.parallel().expert_tensor(), hidden = r.model().moe_ffn_hidden();
+  p.at_least<int64_t>("parallel.expert_tensor", etp, 1);
+  if (etp > 1 && hidden >= 1 && (hidden % etp != 0 || (hidden / etp) % 8 != 0)) {
+    std::string fits;
+    for (int64_t e = 1; e <= hidden / 8; ++e)
+      if (hidden % e == 0 && (hidden / e) % 8 == 0 && e <= 64)
+        fits += (fits.empty() ? "" : ", ") + std::to_string(e);
+    p.add("parallel.expert_tensor", etp,
+          "must split model.moe_ffn_hidden (" + std::to_string(hidden) +
+              ") into slices that are multiples of 8 (the grouped GEMM's alignment); sizes that do: " + fits);
+  }
+  if (etp > 1 && r.finetune().lora().rank() > 0) {
+    p.add("parallel.expert_tensor", etp,
+          "does not yet combine with finetune.lora (the adapters are not split over expert-tensor ranks); "
+          "set parallel.expert_tensor: 1 and spread the experts with parallel.expert instead");
+  }
+}
+
 // LoRA adapters: rank, alpha and targets (attention targets only without tensor parallelism).
 void check_lora(const Recipe& r, Problems& p) {
   const auto& lora = r.finetune().lora();
@@ -449,6 +470,7 @@ void validate_recipe(const Recipe& r, const std::string& source, const FieldOrig
   check_optimizer(r.optimizer(), p);
   check_training(r, p);
   check_parallel(r, p);
+  check_expert_tensor(r, p);
   p.at_least<int64_t>("checkpoint.interval", r.checkpoint().interval(), 0);
   p.at_least<int64_t>("checkpoint.keep_last", r.checkpoint().keep_last(), 1);
   p.at_least<int64_t>("logging.log_interval", r.logging().log_interval(), 1);

@@ -17,6 +17,15 @@ ShardBox shard_box(const TransformerOptions& o, const std::string& name,
     box.kind = ShardBox::Kind::kExpertSharded;
     box.global_view[0] = o.moe.num_experts;
     box.offsets[0] = o.moe.first_local_expert;
+    // Expert tensor parallelism: w1/w3 (E, D, H) split along H (dim 2), w2 (E, H, D) along H (dim 1).
+    const int64_t shards = o.moe.expert_hidden_shards;
+    const int64_t hidden_dim = ends_with(name, "w2")                            ? 1
+                               : ends_with(name, "w1") || ends_with(name, "w3") ? 2
+                                                                                : 0;
+    if (shards > 1 && hidden_dim > 0) {
+      box.global_view[hidden_dim] *= shards;
+      box.offsets[hidden_dim] = o.moe.expert_hidden_shard * local_shape[hidden_dim];
+    }
   } else if (ends_with(name, "attn.wqkv.weight") || ends_with(name, "attn.wqkv.bias")) {
     // (R, D) or (R) with R = (G + 2)·Hkv/tp·Dh: G + 2 slots (query heads, keys, values) of this rank's
     // Hkv/tp key/value heads (csrc/model/attention.h); globally (G + 2, Hkv·Dh[, D]), this rank's rows of each slot.
@@ -62,7 +71,9 @@ ParamRole parameter_role(const TransformerOptions& o, const std::string& name,
   role.tensor_parallel = has(".attn.wqkv.") || has(".attn.wo.") || has(".mlp.") || name == "embed.weight" ||
                          name == "lm_head.weight" || (qk_norm && o.qk_norm == QkNorm::kFullWidth);
   // Per-head q/k norm weights are shared by all heads: each tp rank's gradient covers its own heads.
-  role.tp_partial_grad = has(".moe.") || (qk_norm && o.qk_norm == QkNorm::kPerHead);
+  // Experts are not: the ranks of a tp group may hold different experts (the expert mesh is folded onto
+  // the world apart from the attention's), and all holders of an expert shard form its expert_dp group.
+  role.tp_partial_grad = (has(".moe.") && !role.expert) || (qk_norm && o.qk_norm == QkNorm::kPerHead);
   role.router = has(".moe.router.");
   role.adapter = has("_lora_");
   role.tied = name == "embed.weight" && o.tie_embeddings;

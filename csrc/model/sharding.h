@@ -1,6 +1,7 @@
 // Where each parameter of this process sits in the global (unsharded) model. One place knows how
 // tensors are split, and initialisation, checkpoints and export all ask it:
-//   experts (*.experts.w1/w3/w2, (E, …)):         rows [first_local_expert, +local) of dim 0
+//   experts (*.experts.w1/w3/w2, (E, …)):         rows [first_local_expert, +local) of dim 0; under expert
+//                                                 tensor parallelism also a slice of the hidden dim (w1/w3: 2, w2: 1)
 //   attn.wqkv.weight (R, D), bias (R):            viewed as (G + 2, Hkv·Dh[, D]) (G = heads / kv heads, csrc/model/
 //                                                 layers.h); under TP slice [tp_rank·Hkv/tp·Dh, +Hkv/tp·Dh) of dim 1
 //   attn.q_norm/k_norm.weight, qk_norm FULL_WIDTH: slice of dim 0 under TP (per head: replicated)
@@ -34,11 +35,12 @@ ShardBox shard_box(const TransformerOptions& options, const std::string& name,
 // each matching names of its own.
 struct ParamRole {
   ShardBox box;         // where this rank's tensor sits in the global model
-  bool expert = false;  // an expert weight (or its adapter): sharded over ep, replicated over expert_dp
+  bool expert = false;  // an expert weight (or its adapter): sharded over ep (and etp), replicated over expert_dp
   bool tensor_parallel = false;  // split over tp when tp > 1 (attention q/k/v and output, dense MLP, vocab rows)
   bool tp_partial_grad = false;  // under TP each rank's gradient is a share, summed over tp: in an MoE layer
-                                 // (each rank computes on its 1/tp of the tokens: experts, router, shared
-                                 // expert and its gate) and per-head q/k norm weights (each rank its heads)
+                                 // (each rank computes on its 1/tp of the tokens: router, shared expert and
+                                 // its gate; not the experts, whose holders are their expert_dp group) and
+                                 // per-head q/k norm weights (each rank its heads)
   bool router = false;           // router weight (finetune.freeze_router freezes it)
   bool adapter = false;          // LoRA A or B (the only trainable tensors under finetune.lora)
   bool tied = false;             // embed.weight doubling as the LM head (model.tie_embeddings)

@@ -10,8 +10,7 @@
 namespace moetrain::model {
 
 TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
-                                                   const config::RoutingConfig& r, int64_t ep_size,
-                                                   int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
+                                                   const config::RoutingConfig& r, const ModelPlacement& at) {
   TransformerOptions o;
   o.vocab_size = m.vocab_size();
   o.d_model = m.d_model();
@@ -27,7 +26,7 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
   o.rope_theta = m.rope_theta();
   o.norm_eps = m.norm_eps();
   o.tie_embeddings = m.tie_embeddings();
-  o.tp_size = tp_size, o.tp_rank = tp_rank;
+  o.tp_size = at.tp_size, o.tp_rank = at.tp_rank;
   o.is_moe.assign(m.num_layers(), false);
   if (m.moe_layers_size() > 0) {
     for (int64_t layer : m.moe_layers()) o.is_moe.at(layer) = true;
@@ -43,14 +42,14 @@ TransformerOptions TransformerOptions::from_recipe(const config::ModelConfig& m,
                                                            : m.moe_ffn_hidden() * m.num_shared_experts();
   o.moe.shared_gate = m.shared_expert_gate() && o.moe.shared_hidden > 0;
   o.moe.routing = r;
-  o.moe.local_experts = m.num_experts() / ep_size;
-  o.moe.first_local_expert = ep_rank * o.moe.local_experts;
+  o.moe.local_experts = m.num_experts() / at.ep_size;
+  o.moe.first_local_expert = at.ep_rank * o.moe.local_experts;
+  o.moe.expert_hidden_shards = at.etp_size, o.moe.expert_hidden_shard = at.etp_rank;
   return o;
 }
 
-TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, int64_t ep_size,
-                                                   int64_t ep_rank, int64_t tp_size, int64_t tp_rank) {
-  TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), ep_size, ep_rank, tp_size, tp_rank);
+TransformerOptions TransformerOptions::from_recipe(const config::Recipe& recipe, const ModelPlacement& at) {
+  TransformerOptions o = from_recipe(recipe.model(), recipe.routing(), at);
   o.compute_dtype = recipe.train().precision() == config::TrainConfig::BF16 ? torch::kBFloat16
                                                                             : torch::kFloat32;
   o.seed = recipe.train().seed();

@@ -19,6 +19,15 @@ struct RecomputeOptions {
   bool core_attn = false, moe_act = false, layernorm = false, mlp = false, moe = false;  // SELECTIVE
 };
 
+// Which share of the model one process holds: the attention mesh's tensor-parallel slice, and the expert
+// mesh's experts (expert parallelism: num_experts / ep_size of them) and slice of each expert's hidden
+// dimension (expert tensor parallelism: moe_ffn_hidden / etp_size of it). parallel::ProcessMesh::placement().
+struct ModelPlacement {
+  int64_t ep_size = 1, ep_rank = 0;
+  int64_t tp_size = 1, tp_rank = 0;
+  int64_t etp_size = 1, etp_rank = 0;
+};
+
 struct TransformerOptions {
   int64_t vocab_size = 0, d_model = 0, num_layers = 0, num_heads = 0, ffn_hidden = 0;
   int64_t num_kv_heads = 0, head_dim = 0;  // 0 = num_heads, d_model / num_heads (AttentionOptions)
@@ -37,13 +46,11 @@ struct TransformerOptions {
   RecomputeOptions recompute;  // training forwards only
   uint64_t seed = 0;  // train.seed: keys the routers' noise streams (jitter, RANDOM routing) with the layer index
 
-  // ep_size / ep_rank: expert parallelism (this process holds num_experts / ep_size experts).
-  static TransformerOptions from_recipe(const config::ModelConfig& model,
-                                        const config::RoutingConfig& routing, int64_t ep_size = 1,
-                                        int64_t ep_rank = 0, int64_t tp_size = 1, int64_t tp_rank = 0);
+  // `placement`: this process's share of the model (default: the whole model, one process).
+  static TransformerOptions from_recipe(const config::ModelConfig& model, const config::RoutingConfig& routing,
+                                        const ModelPlacement& placement = {});
   // The whole recipe: the above plus what other sections add to the model (finetune.lora adapters).
-  static TransformerOptions from_recipe(const config::Recipe& recipe, int64_t ep_size = 1,
-                                        int64_t ep_rank = 0, int64_t tp_size = 1, int64_t tp_rank = 0);
+  static TransformerOptions from_recipe(const config::Recipe& recipe, const ModelPlacement& placement = {});
 };
 
 struct ModelOutput {

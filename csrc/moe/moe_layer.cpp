@@ -11,8 +11,8 @@ MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   ro.routing = options.routing;
   router = register_module("router", Router(ro));
   const int64_t local = options.local_experts > 0 ? options.local_experts : options.num_experts;
-  experts = register_module("experts",
-                            GroupedExperts(local, options.d_model, options.expert_hidden, options.lora));
+  experts = register_module("experts", GroupedExperts(local, options.d_model, options.local_expert_hidden(),
+                                                      options.lora));
   experts->recompute_activation = options.recompute_act;
   if (options.shared_hidden > 0) {
     shared = register_module("shared", layers::SwiGLU(options.d_model, options.shared_hidden));

@@ -22,6 +22,11 @@ struct MoEOptions {
   // Expert parallelism: this process holds experts [first_local_expert, first_local_expert + local_experts).
   int64_t local_experts = 0;  // 0 = all experts
   int64_t first_local_expert = 0;
+  // Expert tensor parallelism: this process holds slice expert_hidden_shard of expert_hidden_shards of
+  // each local expert's hidden dimension, columns [shard · H/shards, +H/shards) of w1/w3 and rows of w2.
+  // Its output is then a partial sum, which the dispatcher sums over the expert-tensor group.
+  int64_t expert_hidden_shards = 1, expert_hidden_shard = 0;
+  int64_t local_expert_hidden() const { return expert_hidden / expert_hidden_shards; }
   config::RoutingConfig routing;  // defaults filled in
   ExpertLoraOptions lora;         // adapters on the experts (fine-tuning)
   bool recompute_act = false;     // train.recompute_modules "moe_act" (GroupedExperts)

@@ -4,7 +4,8 @@ within 15% of rank 0's mem_peak_mib (the largest over the steps after the first)
 between steps within 15% (or 1.5 MiB: the data moe-train keeps, which the plan leaves out) of
 mem_allocated_mib.
 Covers fp32 and bf16, sequence lengths 128 to 512, gradient accumulation, EP 2, TP 2, EP 2 x DP 2,
-the distributed optimizer and every recomputation setting moe-plan proposes."""
+expert tensor parallelism (ETP 2 x EP 2) and EP above DP (TP 2 x EP 4), the distributed optimizer and every
+recomputation setting moe-plan proposes."""
 import json
 import os
 import subprocess
@@ -35,6 +36,8 @@ CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
     ("EP 2 x DP 2 distributed, bf16 parameters, seq 128", 4,
      ["data.seq_len=128", "parallel.expert=2", "optimizer.distributed=true", "train.precision=BF16",
       "optimizer.param_dtype=BF16", "train.grad_accum_steps=2"], "none"),
+    ("ETP 2 x EP 2, seq 128", 4, ["data.seq_len=128", "parallel.expert=2", "parallel.expert_tensor=2"], "none"),
+    ("TP 2 x EP 4 (EP above DP), seq 128", 4, ["data.seq_len=128", "parallel.tensor=2", "parallel.expert=4"], "none"),
     ("EP 2 LoRA, bf16 base, frozen router, seq 256", 2,
      ["data.seq_len=256", "parallel.expert=2", "train.precision=BF16", "finetune.lora.rank=8",
       "finetune.freeze_router=true", "finetune.base_dtype=BF16"], "none"),
@@ -63,13 +66,15 @@ def planned(ranks, overrides, recompute):
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     check(proc.returncode == 0, f"moe-plan failed:\n{proc.stdout}\n{proc.stderr}")
-    want = {"tp": 1, "ep": 1, "distributed_optimizer": False, "bf16_params": False}
+    want = {"tp": 1, "ep": 1, "expert_tensor": 1, "distributed_optimizer": False, "bf16_params": False}
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "parallel.tensor":
             want["tp"] = int(value)
         elif key == "parallel.expert":
             want["ep"] = int(value)
+        elif key == "parallel.expert_tensor":
+            want["expert_tensor"] = int(value)
         elif key == "optimizer.distributed":
             want["distributed_optimizer"] = value == "true"
         elif key == "optimizer.param_dtype":

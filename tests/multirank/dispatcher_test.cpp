@@ -61,7 +61,7 @@ TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
     const auto layout = pad ? moe::RowLayout::padded(kE, pad) : moe::RowLayout::dropless(kT * kK);
     auto local = local_shard(s.all_experts, s.rank, s.size);
     auto x = s.x[s.rank].clone().requires_grad_();
-    parallel::AllToAllDispatcher ep(*s.world, kE);
+    parallel::AllToAllDispatcher ep(*s.world, nullptr, kE);
     auto y = run_moe(ep, local, x, s.kept[s.rank], s.gates[s.rank], layout);
 
     moe::LocalDispatcher ref_dispatch(kE);
@@ -93,7 +93,7 @@ TEST(AllToAllDispatcher, MatchesLocalDispatcherForwardAndBackward) {
 TEST(AllToAllDispatcher, DroplessBytesOnTheWireEqualTheRoutedRowsLeavingThisRank) {
   RankData s;
   auto local = local_shard(s.all_experts, s.rank, s.size);
-  parallel::AllToAllDispatcher ep(*s.world, kE);
+  parallel::AllToAllDispatcher ep(*s.world, nullptr, kE);
   const int64_t before = s.world->all_to_all_bytes_sent();
   run_moe(ep, local, s.x[s.rank], s.kept[s.rank], s.gates[s.rank], moe::RowLayout::dropless(kT * kK));
   const int64_t sent = s.world->all_to_all_bytes_sent() - before;
@@ -118,7 +118,7 @@ TEST(AllToAllDispatcher, DroplessBytesOnTheWireEqualTheRoutedRowsLeavingThisRank
 TEST(AllToAllDispatcher, MixedPrecisionRowsTravelInTheComputeDtype) {
   RankData s;
   auto local = local_shard(s.all_experts, s.rank, s.size);
-  parallel::AllToAllDispatcher ep(*s.world, kE);
+  parallel::AllToAllDispatcher ep(*s.world, nullptr, kE);
   const auto layout = moe::RowLayout::dropless(kT * kK);
   std::vector<int64_t> bytes;
   std::vector<torch::Tensor> outputs, grads;
@@ -156,7 +156,7 @@ TEST(AllToAllDispatcher, CappedLayoutSendsOnlyTheKeptRows) {
   kept.select(0, 0).fill_(false);  // fewer kept pairs than the bound
   auto x = s.x[s.rank].clone().requires_grad_();
   auto x_ref = s.x[s.rank].clone().requires_grad_();
-  parallel::AllToAllDispatcher ep(*s.world, kE);
+  parallel::AllToAllDispatcher ep(*s.world, nullptr, kE);
   moe::LocalDispatcher ref(kE);
   auto y = run_moe(ep, local, x, kept, s.gates[s.rank], moe::RowLayout::capped(kT * kK));
   auto y_ref = run_moe(ref, s.all_experts, x_ref, kept, s.gates[s.rank], moe::RowLayout::capped(kT * kK));
@@ -187,7 +187,8 @@ TEST(AllToAllDispatcher, HostReadsPerLayerForwardAndBackward) {
     torch::manual_seed(3 + rank);
     moe::MoELayer layer(o);
     for (auto& p : layer->parameters()) p.data().normal_(0, 0.3);
-    layer->set_parallel_context(std::make_shared<parallel::MeshMoEContext>(world.get(), nullptr, world.get()));
+    layer->set_parallel_context(
+        std::make_shared<parallel::MeshMoEContext>(world.get(), nullptr, nullptr, world.get()));
     auto x = torch::randn({2, kT / 2, kD}, torch::requires_grad());
     util::HostReadCount count;
     auto out = layer(x);
@@ -202,7 +203,7 @@ TEST(ProcessMesh, GroupsFollowTheDocumentedLayout) {
   auto world = parallel::MpiCommunicator::world();
   const int size = world->size(), rank = world->rank();
   if (size % 2 != 0) GTEST_SKIP() << "needs an even world";
-  parallel::ProcessMesh mesh(std::move(world), {size, 1, 2});
+  parallel::ProcessMesh mesh(std::move(world), {size, 1, 2, 1});
   EXPECT_EQ(mesh.dp().size(), size);
   EXPECT_EQ(mesh.ep().size(), 2);
   EXPECT_EQ(mesh.ep().rank(), rank % 2);
@@ -212,4 +213,90 @@ TEST(ProcessMesh, GroupsFollowTheDocumentedLayout) {
   auto t = torch::tensor({static_cast<int64_t>(rank)});
   mesh.ep().all_reduce_sum(t);
   EXPECT_EQ(t.item<int64_t>(), (rank / 2) * 4 + 1);
+}
+
+// MoE parallel folding (parallel/mesh.h): the expert mesh ETP × EP × EDP is laid over the world apart from
+// the attention mesh TP × DP, so EP may exceed DP and an EP group may span tensor-parallel ranks.
+TEST(ProcessMesh, ExpertMeshFoldsOntoTheWorldApartFromTheAttentionMesh) {
+  auto world = parallel::MpiCommunicator::world();
+  const int size = world->size(), rank = world->rank();
+  if (size != 4) GTEST_SKIP() << "the documented examples have 4 ranks";
+  auto ranks_of = [&](parallel::Communicator& group) {  // the group's world ranks, in group order
+    auto mine = torch::zeros({group.size()}, torch::kInt64);
+    mine[group.rank()] = rank;
+    group.all_reduce_sum(mine);
+    return std::vector<int64_t>(mine.data_ptr<int64_t>(), mine.data_ptr<int64_t>() + mine.numel());
+  };
+  {  // TP 2 × EP 4: the expert-parallel group is the world, wider than dp (2)
+    parallel::ProcessMesh mesh(world->split(0, rank, "world"), {4, 2, 4, 1});
+    EXPECT_EQ(ranks_of(mesh.tp()), (std::vector<int64_t>{rank / 2 * 2, rank / 2 * 2 + 1}));
+    EXPECT_EQ(mesh.dp().size(), 2);
+    EXPECT_EQ(ranks_of(mesh.ep()), (std::vector<int64_t>{0, 1, 2, 3}));
+    EXPECT_EQ(mesh.expert_dp().size(), 1);
+    EXPECT_EQ(mesh.placement().ep_rank, rank);
+  }
+  {  // ETP 2 × EP 2: expert-tensor ranks adjacent, expert-parallel ranks 2 apart
+    parallel::ProcessMesh mesh(world->split(0, rank, "world"), {4, 1, 2, 2});
+    EXPECT_EQ(ranks_of(mesh.expert_tp()), (std::vector<int64_t>{rank / 2 * 2, rank / 2 * 2 + 1}));
+    EXPECT_EQ(ranks_of(mesh.ep()), (std::vector<int64_t>{rank % 2, rank % 2 + 2}));
+    EXPECT_EQ(mesh.expert_dp().size(), 1);
+    EXPECT_EQ(mesh.placement().etp_rank, rank % 2);
+    EXPECT_EQ(mesh.placement().ep_rank, rank / 2);
+  }
+  {  // TP 2 × EP 2 × EDP 2: the expert shard of ranks 0 and 2 is the same
+    parallel::ProcessMesh mesh(world->split(0, rank, "world"), {4, 2, 2, 1});
+    EXPECT_EQ(ranks_of(mesh.ep()), (std::vector<int64_t>{rank / 2 * 2, rank / 2 * 2 + 1}));
+    EXPECT_EQ(ranks_of(mesh.expert_dp()), (std::vector<int64_t>{rank % 2, rank % 2 + 2}));
+  }
+}
+
+// Expert tensor parallelism: experts sharded over EP = size/2 and each expert's hidden dimension over
+// ETP = 2. The dispatcher gathers the expert-tensor peers' rows and sums their partial down projections,
+// so each rank's output and input gradient equal one process's, and each rank's weight slice gets the
+// gradient of every rank's tokens (ETP × EP = world: no expert-data-parallel copies).
+TEST(AllToAllDispatcher, ExpertTensorParallelMatchesLocalDispatcher) {
+  RankData s;
+  if (s.size % 2 != 0) GTEST_SKIP() << "needs an even world";
+  parallel::ProcessMesh mesh(s.world->split(0, s.rank, "world"), {s.size, 1, s.size / 2, 2});
+  const auto at = mesh.placement();
+  const int64_t El = kE / at.ep_size, Fl = kF / 2;
+  auto slice = [&](const torch::Tensor& w_EDF, int64_t hidden_dim) {
+    return w_EDF.narrow(0, at.ep_rank * El, El).narrow(hidden_dim, at.etp_rank * Fl, Fl);
+  };
+  for (int64_t pad : {int64_t{0}, int64_t{kT}}) {
+    const auto layout = pad ? moe::RowLayout::padded(kE, pad) : moe::RowLayout::dropless(kT * kK);
+    moe::GroupedExperts local(El, kD, Fl);
+    {
+      torch::NoGradGuard no_grad;
+      local->w1_EDF.copy_(slice(s.all_experts->w1_EDF, 2));
+      local->w3_EDF.copy_(slice(s.all_experts->w3_EDF, 2));
+      local->w2_EFD.copy_(slice(s.all_experts->w2_EFD, 1));
+    }
+    auto x = s.x[s.rank].clone().requires_grad_();
+    parallel::AllToAllDispatcher d(mesh.ep(), &mesh.expert_tp(), kE);
+    util::HostReadCount reads;
+    auto y = run_moe(d, local, x, s.kept[s.rank], s.gates[s.rank], layout);
+    EXPECT_EQ(reads.reads(), pad ? 0 : 1) << "one host read (dropless), none padded";
+
+    moe::LocalDispatcher ref_dispatch(kE);
+    auto x_ref = s.x[s.rank].clone().requires_grad_();
+    auto y_ref = run_moe(ref_dispatch, s.all_experts, x_ref, s.kept[s.rank], s.gates[s.rank],
+                         moe::RowLayout::dropless(kT * kK));
+    EXPECT_TRUE(torch::allclose(y, y_ref, 1e-5, 1e-6)) << "pad " << pad;
+    auto g = torch::ones_like(y) * (s.rank + 1);
+    (y * g).sum().backward();
+    (y_ref * g).sum().backward();
+    EXPECT_TRUE(torch::allclose(x.grad(), x_ref.grad(), 1e-5, 1e-6)) << "pad " << pad;
+    auto ref_w1 = torch::zeros_like(s.all_experts->w1_EDF), ref_w2 = torch::zeros_like(s.all_experts->w2_EFD);
+    for (int r = 0; r < s.size; ++r) {
+      moe::LocalDispatcher dr(kE);
+      auto yr = run_moe(dr, s.all_experts, s.x[r], s.kept[r], s.gates[r], moe::RowLayout::dropless(kT * kK));
+      auto grads = torch::autograd::grad({(yr * (r + 1)).sum()},
+                                         {s.all_experts->w1_EDF, s.all_experts->w2_EFD});
+      ref_w1 += grads[0], ref_w2 += grads[1];
+    }
+    EXPECT_TRUE(torch::allclose(local->w1_EDF.grad(), slice(ref_w1, 2), 1e-4, 1e-5)) << "pad " << pad;
+    EXPECT_TRUE(torch::allclose(local->w2_EFD.grad(), slice(ref_w2, 1), 1e-4, 1e-5)) << "pad " << pad;
+    s.all_experts->zero_grad();
+  }
 }

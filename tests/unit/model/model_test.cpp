@@ -244,7 +244,7 @@ TEST(Sharding, GqaAttentionShardsAreSlicesOfTheGlobalTensor) {
   auto global_bias = one->named_parameters()["layers.0.attn.wqkv.bias"];
   EXPECT_EQ(global_bias.abs().max().item<float>(), 0.0f) << "biases start at 0";
   for (int64_t rank = 0; rank < 2; ++rank) {
-    Transformer part(TransformerOptions::from_recipe(m, r, 1, 0, 2, rank));
+    Transformer part(TransformerOptions::from_recipe(m, r, {.tp_size = 2, .tp_rank = rank}));
     init_weights(*part, 5, 0.02);
     auto params = part->named_parameters();
     auto local = params["layers.0.attn.wqkv.weight"];
