@@ -134,7 +134,8 @@ LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options&
   double bytes = 2 * (f * T * s.D + (norm_recompute || frozen ? 0 : f * T * s.D));
   // Attention: the q/k/v projection's input (fp32 norm output, or its bf16 cast), the q/k/v projection's
   // output (alive while v views it), the rotated q and k (or, with grouped heads, k and v repeated to
-  // every query head), the attention output and its log-sum-exp, and the output projection's input.  // A frozen projection (fine-tuning) saves no input: its weight has no gradient; its adapter's does.
+  // every query head), the attention output and its log-sum-exp, and the output projection's input.
+  // A frozen projection (fine-tuning) saves no input: its weight has no gradient; its adapter's does.
   const bool n_saved_fp32 = !s.bf16 || tp > 1;
   if (!frozen || s.lora_qkv)
     bytes += n_saved_fp32 ? (norm_recompute && !s.bf16 ? 0 : f * T * s.D) : c * T * s.D;
@@ -171,8 +172,9 @@ LayerBytes layer_bytes(const Shape& s, const Layout& l, bool moe, const Options&
   m += (h_saved ? 4 : 3) * c * rows * F;  // gate, up, silu(gate), and silu(gate)·up for the down projection
   m += f * Tm * s.k * s.D;                // expert outputs back, widened for the combine
   if (s.lora_rank == 0)
-    m += 3 * c * (s.E / l.ep) * s.D *
-         F;  // trained expert weights, masked for empty experts  if (s.Fs > 0) m += frozen ? 3 * c * Tm * s.Fs : (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;  // shared
+    m += 3 * c * (s.E / l.ep) * s.D * F;  // trained expert weights, masked for empty experts
+  if (s.Fs > 0)  // shared experts: the input's bf16 cast, gate, up, silu(gate), their product (frozen: three)
+    m += frozen ? 3 * c * Tm * s.Fs : (s.bf16 ? c * Tm * s.D : 0) + 4 * c * Tm * s.Fs;
   b.moe_replay = m;
   if (has(l, "moe")) m = f * Tm * s.D;
   b.kept = bytes + m;
@@ -261,10 +263,10 @@ Traffic estimate_traffic(const config::Recipe& recipe, const Layout& l, const Cl
     t.tp += micro * 2 * ring_all_reduce(c * T * s.D, tp);
     t.tp += micro * (moe ? 2 * ring_share(4 * T * s.D, tp) : 2 * ring_all_reduce(c * T * s.D, tp));
     if (!moe) continue;
-    // Expert parallelism: dispatch (fp32) and combine (compute dtype), each with its backward; again when
+    // Expert parallelism: dispatch and combine (both in the compute dtype), each with its backward; again when
     // the layer is replayed in backward.
     double rows = T / tp * s.k * (s.capacity_factor > 0 ? s.capacity_factor : o.imbalance);
-    const double one_way = ring_share(rows * s.D * (4 + c) / 2, l.ep);
+    const double one_way = ring_share(rows * s.D * c, l.ep);
     t.ep += micro * (replay_moe ? 3 : 2) * 2 * one_way;
     // Expert tensor parallelism: this rank's rows (compute dtype) to each of the etp − 1 peers, and the
     // peers' partial outputs of them back; each again in backward, and again when the layer is replayed.

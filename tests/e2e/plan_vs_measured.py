@@ -21,6 +21,7 @@ CASES = [  # (label, ranks, overrides, moe-plan's name of the recomputation)
     ("seq 256", 1, ["data.seq_len=256"], "none"),
     ("seq 512, accumulation 2", 1, ["data.seq_len=512", "train.micro_batch_size=8", "train.grad_accum_steps=2"], "none"),
     ("seq 256 bf16", 1, ["data.seq_len=256", "train.precision=BF16"], "none"),
+    ("seq 256, a shared expert", 1, ["data.seq_len=256", "model.num_shared_experts=1"], "none"),
     ("seq 256 full", 1, ["data.seq_len=256", "train.recompute=FULL"], "full"),
     ("seq 256 moe", 1, ["data.seq_len=256", "train.recompute=SELECTIVE", 'train.recompute_modules=["moe"]'],
      "selective[moe]"),
