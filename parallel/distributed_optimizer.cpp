@@ -159,6 +159,19 @@ void DistributedOptimizer::reduce_scatter_gradients() {
   }
 }
 
+void DistributedOptimizer::shard_reduced_gradients() {
+  torch::NoGradGuard no_grad;
+  for (auto& g : groups_) {
+    if (g.members.empty()) continue;
+    std::vector<torch::Tensor> flat;
+    for (auto& m : g.members) flat.push_back(m.param.grad().reshape({-1}));
+    const int64_t d = g.comm->size();
+    if (g.shard_size * d > g.numel)
+      flat.push_back(torch::zeros({g.shard_size * d - g.numel}, flat[0].options()));
+    g.grad_shard = torch::cat(flat).narrow(0, g.shard.begin, g.shard_size).to(torch::kFloat32).clone();
+  }
+}
+
 torch::Tensor DistributedOptimizer::grad_norm() {
   torch::Device device(torch::kCPU);
   for (const auto& g : groups_) {

@@ -20,6 +20,11 @@
 // group): it may differ in the last bits of its fp64 value, and so may the clipping factor; steps where
 // the norm is below optimizer.grad_clip are then unaffected. tests/e2e/distributed_optimizer.py holds
 // every step's loss to 1e-6 relative and reports whether it was bitwise.
+//
+// With gradient buckets (parallel.grad_bucket_mb > 0) the gradients are all-reduced in buckets during backward
+// instead (parallel/grad_buckets.h) and each rank takes its shard of the means (shard_reduced_gradients): the
+// moments stay sharded, the reduction overlaps backward, and it moves twice the reduce-scatter's bytes (a
+// reduce-scatter per bucket, as Megatron-Core does, is not built yet).
 #pragma once
 
 #include <torch/torch.h>
@@ -70,6 +75,10 @@ class DistributedOptimizer {
   // After the step's last backward: the tensor-parallel sums, then the reduce-scatter of each group.
   // Parameters without a gradient count zeros. The parameters' .grad are freed.
   void reduce_scatter_gradients();
+  // Instead, with gradient buckets (parallel.grad_bucket_mb > 0): the .grad already hold the means, all-reduced
+  // in buckets during backward (parallel/grad_buckets.h); each group keeps its shard of them. Twice the bytes
+  // of the reduce-scatter, overlapped with backward; the .grad stay (they are views into the buckets).
+  void shard_reduced_gradients();
   // L2 norm of the whole model's gradient (fp64 scalar, the same on every rank), from the shards.
   torch::Tensor grad_norm();
   // Scales the shards' gradients by min(1, max_norm / (norm + 1e-6)), as trainer::clip_gradients does.

@@ -41,7 +41,7 @@ StepOutcome TrainStep::run(TrainState& state) {
   out.lr = set_learning_rate(state.step);
   torch::Tensor lm_sum = forward_backward(state);
   state.samples_consumed += micro_batch_ * accumulation_ * dp_;
-  const torch::Tensor grad_norm = p_.distributed ? distributed_step(out.lr) : replicated_step(out);
+  const torch::Tensor grad_norm = p_.distributed ? distributed_step(out) : replicated_step(out);
   // The step's routing measures and global-batch load, summed over the world, in one host read; then the
   // aux-loss-free bias update from that load.
   out.moe = read_step_measures(moe_layers_, p_.moe);
@@ -77,14 +77,20 @@ torch::Tensor TrainStep::replicated_step(StepOutcome& out) {
   return grad_norm;
 }
 
-torch::Tensor TrainStep::distributed_step(double lr) {
+torch::Tensor TrainStep::distributed_step(StepOutcome& out) {
   auto& optimizer = *p_.distributed;
-  optimizer.reduce_scatter_gradients();  // frees the full gradients
+  if (buckets_) {  // all-reduced in buckets during backward: each rank keeps its shard of the means
+    reduce_gradients(out);
+    optimizer.shard_reduced_gradients();
+  } else {
+    optimizer.reduce_scatter_gradients();  // frees the full gradients
+  }
   const torch::Tensor grad_norm = optimizer.grad_norm();
   optimizer.clip(clip_, grad_norm);
   util::inject_fault(util::FaultPoint::kOptimizerStep);
-  optimizer.set_lr(lr);
+  optimizer.set_lr(out.lr);
   optimizer.step();
+  if (buckets_) buckets_->zero_grad();  // keeps the .grad views into the buckets
   return grad_norm;
 }
 

@@ -67,7 +67,7 @@ class TrainStep {
   // Reduction, norm, clipping and AdamW: replicated (torch::optim::AdamW on every rank) or distributed
   // (parallel::DistributedOptimizer). Both return the gradient norm before clipping.
   torch::Tensor replicated_step(StepOutcome& out);
-  torch::Tensor distributed_step(double lr);
+  torch::Tensor distributed_step(StepOutcome& out);
 
   const config::Recipe& recipe_;
   StepParts p_;

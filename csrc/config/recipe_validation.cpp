@@ -355,11 +355,11 @@ void check_parallel(const Recipe& r, Problems& p) {
     p.add("optimizer.grad_dtype", "BF16",
           "applies to bf16 parameters only; set optimizer.param_dtype: BF16 or FP32");
   }
-  if (r.optimizer().distributed() && r.parallel().grad_bucket_mb() > 0) {
-    p.add("optimizer.distributed", "true",
+  if (o.param_dtype() == TrainConfig::BF16 && r.parallel().grad_bucket_mb() > 0) {
+    p.add("optimizer.param_dtype", "BF16",
           "does not yet combine with parallel.grad_bucket_mb = " + num(r.parallel().grad_bucket_mb()) +
-              " (gradients reduced during backward are all-reduced, the distributed optimizer reduce-scatters "
-              "them after backward); set parallel.grad_bucket_mb: 0 or optimizer.distributed: false");
+              " (the bf16 gradients are summed into fp32 after backward, not in buckets during it); set "
+              "parallel.grad_bucket_mb: 0 or optimizer.param_dtype: FP32");
   }
   p.at_least<int64_t>("parallel.tensor", r.parallel().tensor(), 1);
   p.at_least<int64_t>("parallel.expert", r.parallel().expert(), 1);

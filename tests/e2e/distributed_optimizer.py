@@ -12,9 +12,11 @@ sharded over dp (dense) and expert_dp (experts), gradients reduce-scattered, par
 3. bf16 parameters (optimizer.param_dtype BF16) with fp32 gradients give bitwise the losses of fp32
    parameters (accumulation 2), with bf16 gradients within 2e-3, and hold less memory; their checkpoints keep the fp32 masters, so a stopped run
    resumes bitwise and can resume with fp32 parameters.
-4. Refused, naming the fields: optimizer.distributed with parallel.grad_bucket_mb; bf16 parameters without
-   the distributed optimizer, without BF16 precision, or in one process; bf16 gradients without bf16
-   parameters."""
+4. With gradients all-reduced in buckets during backward (parallel.grad_bucket_mb), each rank keeping its
+   shard of the means: DP 2 (accumulation 2) and EP 2 x DP 2 give the replicated optimizer's losses within
+   1e-6, bitwise with 2 ranks per group.
+5. Refused, naming the fields: bf16 parameters with parallel.grad_bucket_mb, without the distributed
+   optimizer, without BF16 precision, or in one process; bf16 gradients without bf16 parameters."""
 import os
 import subprocess
 
@@ -106,9 +108,21 @@ check(compare_bound <= 2e-3, f"bf16 parameters resumed with fp32 parameters: {co
 print("bf16 parameters: resumed bitwise; resumed with fp32 parameters within "
       f"{compare_bound:.1e}")
 
-# 4. Refusals: each names the field, its value and the fix.
+# 4. Gradient buckets during backward, then each rank's shard of the means.
+BUCKETS = ["parallel.grad_bucket_mb=0.05"]  # several buckets per group for this model (about 0.4 MB of fp32)
+for label, np, layout in (("dp2 accumulation 2", 2, ACC2), ("ep2_dp2", 4, ["parallel.expert=2"])):
+    replicated = steps(train(f"{label}_replicated_buckets".replace(" ", "_"), np, layout + BUCKETS))
+    distributed = steps(train(f"{label}_distributed_buckets".replace(" ", "_"), np, layout + BUCKETS + DIST))
+    bitwise = compare(f"{label}, buckets", distributed, replicated)
+    check(bitwise, f"{label}, buckets: with 2 ranks per group the losses must be bitwise equal")
+    in_backward = distributed[6].get("grad_buckets_in_backward", 0)
+    check(in_backward > 0, f"{label}, buckets: no bucket was reduced during backward")
+    print(f"{label}: distributed optimizer with buckets: losses bitwise those of the replicated optimizer with "
+          f"buckets; {in_backward:.0f} of {distributed[6]['grad_buckets']:.0f} buckets reduced during backward")
+
+# 5. Refusals: each names the field, its value and the fix.
 for overrides, needles in (
-        (DIST + ["parallel.grad_bucket_mb=1"], ["optimizer.distributed = true", "grad_bucket_mb"]),
+        (PARAMS16 + ["parallel.grad_bucket_mb=1"], ["optimizer.param_dtype = BF16", "grad_bucket_mb"]),
         (["train.precision=BF16", "optimizer.param_dtype=BF16"], ["optimizer.param_dtype = BF16", "optimizer.distributed"]),
         (DIST + ["optimizer.param_dtype=BF16"], ["optimizer.param_dtype = BF16", "train.precision: BF16"]),
         (BF16 + ["optimizer.grad_dtype=BF16"], ["optimizer.grad_dtype = BF16", "optimizer.param_dtype"]),

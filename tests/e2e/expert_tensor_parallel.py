@@ -6,7 +6,8 @@ Layouts on 4 ranks (the expert mesh ETP × EP × EDP folded onto the world apart
   TP 2 × ETP 1 × EP 4   EP exceeds DP (2): each expert-parallel group spans both tensor-parallel ranks
   TP 1 × ETP 2 × EP 2   each expert's hidden dimension split in two, DP 4
   TP 2 × ETP 2 × EP 2   both at once
-and on 8 ranks TP 2 × ETP 2 × EP 2 × EDP 2 (each expert slice held twice, summed over expert_dp). A one-process
+and on 8 ranks TP 2 × ETP 2 × EP 2 × EDP 2 (each expert slice held twice, summed over expert_dp). ETP 2 × EDP 2
+combines with recomputation (bitwise), gradient buckets and the distributed optimizer (1e-6). A one-process
 checkpoint resumes in TP 1 × ETP 2 × EP 2 (each rank loads its hidden slice) and continues like one process.
 Sizes that do not fit are refused with one error naming them and the sizes that would.
 
@@ -82,6 +83,34 @@ for y in rows:
             worst = max(worst, rel)
             check(rel <= tol, f"resumed at {at}: step {y['step']} {key} {x[key]!r} vs {y[key]!r} ({rel:.2e})")
 print(f"tp1_etp2_ep2 resumed from one process's step {at}: steps {at + 1}-10 agree, worst relative difference {worst:.2e}")
+
+# With the other features, in ETP 2 × EDP 2 on 4 ranks (each expert slice held twice): the same run with
+# recomputation of the MoE layers (its replay gathers and scatters again) is bitwise the same; gradients
+# reduced during backward in 1 MiB buckets and the distributed optimizer (expert moments sharded over the
+# expert_dp group) give the same losses within 1e-6 (the same sums in other messages).
+def same_steps(a, b, label, tol):
+    ra, rb = metrics(a), metrics(b)
+    check(len(ra) == len(rb) == 10, f"{label}: 10 steps each")
+    worst = 0.0
+    for x, y in zip(ra, rb):
+        for key in ("loss", "lm_loss", "aux_loss", "grad_norm", "val_loss"):
+            if key in x:
+                rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
+                worst = max(worst, rel)
+                check(rel <= tol, f"{label} step {x['step']} {key}: {x[key]!r} vs {y[key]!r} ({rel:.2e})")
+    print(f"{label}: 10 steps agree, worst relative difference {worst:.2e}")
+
+
+etp_edp = sizes(1, 2, 1)
+plain = fresh_dir("etp_edp2_plain")
+mpi_train(plain, 4, base + etp_edp)
+compare(single(4, [], "dropless"), plain, "tp1_etp2_ep1_edp2 (dropless) vs 1 process")
+for tag, extra, tol in (("recompute moe", ["train.recompute=SELECTIVE", 'train.recompute_modules=["moe"]'], 0.0),
+                        ("grad buckets", ["parallel.grad_bucket_mb=1"], 1e-6),
+                        ("distributed optimizer", ["optimizer.distributed=true"], 1e-6)):
+    run = fresh_dir("etp_edp2_" + tag.replace(" ", "_"))
+    mpi_train(run, 4, base + etp_edp + extra)
+    same_steps(plain, run, f"tp1_etp2_ep1_edp2 {tag} vs without", tol)
 
 
 def refused(np, overrides, *needles):
