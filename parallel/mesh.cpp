@@ -51,8 +51,8 @@ void validate_mesh(const MeshSizes& s, const config::ModelConfig& m) {
                                 ") does not split into multiples of 8 over parallel.expert_tensor";
     throw std::invalid_argument(
         "parallel.expert = " + std::to_string(s.ep) + " × parallel.expert_tensor = " + std::to_string(s.etp) +
-        ": " + why + "; with " + world +
-        " processes these expert × expert_tensor sizes fit: " + expert_layouts_that_fit(s.world, m));
+        ": " + why + "; with " + world + (s.world == 1 ? " process" : " processes") +
+        " these expert × expert_tensor sizes fit: " + expert_layouts_that_fit(s.world, m));
   }
   if (m.num_heads() % s.tp != 0) {
     throw std::invalid_argument("parallel.tensor = " + std::to_string(s.tp) + ": model.num_heads (" +

@@ -170,6 +170,11 @@ void check_balancing(const RoutingConfig& r, const RouterKind& kind, Problems& p
       p.add(field, num(value), "routing.router_type " + kind.type + " has no router logits; set it to 0");
     }
   }
+  if (r.bias_update() != RoutingConfig::SIGN && !(r.bias_update_rate() > 0)) {
+    p.add("routing.bias_update", RoutingConfig::BiasUpdate_Name(r.bias_update()),
+          "chooses how the aux-loss-free bias moves, and it is off (routing.bias_update_rate = " +
+              num(r.bias_update_rate()) + "); set a rate such as 1e-3, or leave bias_update out");
+  }
 }
 
 // Gate scaling, router jitter, and the order of top-k and softmax.

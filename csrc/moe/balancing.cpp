@@ -110,10 +110,16 @@ LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens,
   return {aux, z};
 }
 
-void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate) {
+void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate,
+                        config::RoutingConfig::BiasUpdate rule) {
   torch::NoGradGuard no_grad;
   auto c = counts_E.to(torch::kFloat32);
-  bias_E.add_(torch::sign(c.mean() - c) * rate);
+  const auto mean = c.mean();
+  if (rule == config::RoutingConfig::PROPORTIONAL) {  // on the device: no host read of the mean
+    bias_E.add_((mean - c) / mean.clamp_min(1e-30) * rate);
+  } else {
+    bias_E.add_(torch::sign(mean - c) * rate);
+  }
 }
 
 double max_violation(const torch::Tensor& counts_E) {

@@ -57,8 +57,10 @@ LayerLosses balancing_losses(const Routing& route, const ForwardTokens& tokens,
                              const config::RoutingConfig& routing, int64_t top_k,
                              const MoEParallelContext& context, torch::Tensor& global_counts_E);
 
-// Aux-loss-free balancing step: bias_E += rate · sign(mean(counts) − counts), in place, no autograd.
-void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate);
+// Aux-loss-free balancing step, in place, no autograd: bias_E += rate · sign(mean(counts) − counts) (SIGN),
+// or rate · (mean(counts) − counts) / mean(counts) (PROPORTIONAL; no move when nothing was routed).
+void update_expert_bias(torch::Tensor& bias_E, const torch::Tensor& counts_E, double rate,
+                        config::RoutingConfig::BiasUpdate rule = config::RoutingConfig::SIGN);
 
 // MaxVio = (max_i load_i − mean load) / mean load; 0 for an empty load. Reads counts_E on the host:
 // for logging, with counts already there.

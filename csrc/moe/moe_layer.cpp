@@ -106,7 +106,8 @@ void MoELayerImpl::accumulate_step(const MoEMeasures& measures) {
 
 void MoELayerImpl::end_step(const torch::Tensor& counts_E) {
   const double rate = options_.routing.bias_update_rate();
-  if (rate > 0 && !router_frozen_) update_expert_bias(router->expert_bias, counts_E, rate);
+  if (rate > 0 && !router_frozen_)
+    update_expert_bias(router->expert_bias, counts_E, rate, options_.routing.bias_update());
   step_counts_E_.zero_();
   global_step_counts_E_.zero_();
   step_measures_.zero_();

@@ -9,8 +9,8 @@ from common import BIN, check, fresh_dir, moe_train
 cases = [
     (["train.stepz=5"], 2, "moe-train: error: --set train.stepz=5: unknown field \"stepz\" in train; did you mean \"steps\"?"),
     (["model.top_k=9"], 2, "  --set model.top_k=9: model.top_k = 9: must be between 1 and model.num_experts (8)"),
-    (["parallel.expert=2"], 2, "moe-train: error: parallel.expert = 2 does not divide the data-parallel size 1 (world 1 / "
-                               "parallel.tensor 1); launch a multiple of parallel.tensor × parallel.expert = 2 processes"),
+    (["parallel.expert=2"], 2, "moe-train: error: parallel.expert = 2 × parallel.expert_tensor = 1: their product 2 does "
+                               "not divide the world size 1; with 1 process these expert × expert_tensor sizes fit: 1 × 1"),
     (["data.train_prefix=/nonexistent/train"], 1, "moe-train: error: /nonexistent/train.idx: cannot open; check data prefixes"),
     (["model.vocab_size=100"], 1, "token id 511 does not fit model.vocab_size = 100; set model.vocab_size to at least 512"),
     (["finetune.init_from=/nonexistent/run"], 1, "finetune.init_from = \"/nonexistent/run\" is neither a checkpoint (no "

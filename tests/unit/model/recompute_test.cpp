@@ -132,7 +132,9 @@ void expect_bitwise(const StepResult& a, const StepResult& b, const std::string&
   ASSERT_EQ(a.grads.size(), b.grads.size());
   for (size_t i = 0; i < a.grads.size(); ++i) {
     ASSERT_EQ(a.grads[i].defined(), b.grads[i].defined()) << what << " parameter " << i;
-    if (a.grads[i].defined()) EXPECT_TRUE(torch::equal(a.grads[i], b.grads[i])) << what << " parameter " << i;
+    if (a.grads[i].defined()) {
+      EXPECT_TRUE(torch::equal(a.grads[i], b.grads[i])) << what << " parameter " << i;
+    }
   }
   ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
   for (size_t i = 0; i < a.losses.size(); ++i)

@@ -265,6 +265,16 @@ TEST(BiasBalancing, UpdateMovesEachBiasByExactlyURateTowardsTheMean) {
   EXPECT_TRUE(torch::equal(balanced, torch::zeros({3}))) << "sign(0) = 0: no move at the mean";
 }
 
+TEST(BiasBalancing, ProportionalUpdateMovesEachBiasByURateTimesTheRelativeError) {
+  auto bias = torch::tensor({0.5f, 0.0f, -0.25f, 0.0f});
+  update_expert_bias(bias, torch::tensor({10, 2, 4, 4}), 1e-3, RoutingConfig::PROPORTIONAL);  // mean 5
+  auto expected = torch::tensor({0.5f - 1e-3f, 0.0f + 0.6f * 1e-3f, -0.25f + 0.2f * 1e-3f, 0.0f + 0.2f * 1e-3f});
+  EXPECT_TRUE(torch::allclose(bias, expected, 0, 1e-7)) << bias;
+  auto none = torch::zeros({3});
+  update_expert_bias(none, torch::zeros({3}, torch::kInt64), 1e-3, RoutingConfig::PROPORTIONAL);
+  EXPECT_TRUE(torch::equal(none, torch::zeros({3}))) << "nothing routed: no move (and no division by zero)";
+}
+
 TEST(BiasBalancing, BiasChangesSelectionButNotTheGateOfASelectedExpert) {
   RoutingConfig cfg;
   cfg.set_bias_update_rate(1e-3);
