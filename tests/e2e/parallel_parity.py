@@ -7,11 +7,10 @@ accumulation. Capacity is per routing group (one micro-batch of one rank), hence
 
 usage: parallel_parity.py NP  (runs the layouts for NP ranks under mpirun)"""
 import os
-import shutil
 import sys
 
 from common import check, fresh_dir, metrics, moe_train
-from parity import FP32_TOL, compare, compare_params, mpi_train
+from parity import FP32_TOL, compare, compare_params, mpi_train, resumed_matches
 
 np_ranks = int(sys.argv[1])
 base = ["model.d_model=64", "model.num_layers=2", "model.ffn_hidden=128", "model.moe_ffn_hidden=64",
@@ -116,24 +115,8 @@ def resumed_from_one_process(extra, tag, at=5):
         dp = np_ranks // tp
         single = fresh_dir(f"parity_single_accum{dp}_{tag}_resumable")
         moe_train(single, base + extra + [f"train.grad_accum_steps={dp}", f"checkpoint.interval={at}", "checkpoint.keep_last=2"])
-        step = f"step_{at:08d}"
-        run = fresh_dir(f"parity_{name}_{tag}_resumed")
-        shutil.copytree(os.path.join(single, "checkpoints", step), os.path.join(run, "checkpoints", step))
-        with open(os.path.join(run, "checkpoints", "latest"), "w") as f:
-            f.write(step + "\n")
-        mpi_train(run, np_ranks, base + extra + [f"parallel.expert={ep}", f"parallel.tensor={tp}", f"checkpoint.interval={at}"])
-        want = {row["step"]: row for row in metrics(single)}
-        rows = metrics(run)
-        check([r["step"] for r in rows] == list(range(at + 1, 11)), f"{name} ({tag}) resumed: steps {[r['step'] for r in rows]}")
-        worst = 0.0
-        for y in rows:
-            x = want[y["step"]]
-            for key, tol in FP32_TOL.items():
-                if key in x:
-                    rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
-                    worst = max(worst, rel)
-                    check(rel <= tol, f"{name} ({tag}) resumed at {at}: step {y['step']} {key} {x[key]!r} vs {y[key]!r} ({rel:.2e})")
-        print(f"{name} ({tag}) resumed from one process's step {at}: steps {at + 1}-10 agree, worst relative difference {worst:.2e}")
+        resumed_matches(single, fresh_dir(f"parity_{name}_{tag}_resumed"), np_ranks,
+                        base + extra + [f"parallel.expert={ep}", f"parallel.tensor={tp}"], at, f"{name} ({tag})")
 
 saved = layouts
 layouts = [layout for layout in layouts if layout[1] > 1 or layout[2] > 1]

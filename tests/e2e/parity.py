@@ -1,6 +1,7 @@
 """What the parity tests share: a run under mpirun, and the per-step and final-parameter comparisons of a
 parallel run with one process (docs/parallelism.md, "Parity")."""
 import os
+import shutil
 import subprocess
 
 import torch
@@ -63,3 +64,25 @@ def compare_params(single, run, np, ep, tp, label, tol=1e-5):
         if name.endswith("expert_bias"):
             check(torch.equal(got, want) or rel <= 1e-6, f"{label}: expert bias {name} differs")
     print(f"{label}: final parameters from {np} ranks agree, worst relative difference {worst:.2e}")
+
+
+def resumed_matches(single, run, np, overrides, at, label):
+    """Copies the one-process checkpoint of step `at` into `run`, trains `run` on `np` ranks with `overrides`
+    from it (resharded on load) and checks that steps at+1..10 match the one-process steps within FP32_TOL."""
+    step = f"step_{at:08d}"
+    shutil.copytree(os.path.join(single, "checkpoints", step), os.path.join(run, "checkpoints", step))
+    with open(os.path.join(run, "checkpoints", "latest"), "w") as f:
+        f.write(step + "\n")
+    mpi_train(run, np, overrides + [f"checkpoint.interval={at}"])
+    want = {row["step"]: row for row in metrics(single)}
+    rows = metrics(run)
+    check([r["step"] for r in rows] == list(range(at + 1, 11)), f"{label} resumed: steps {[r['step'] for r in rows]}")
+    worst = 0.0
+    for y in rows:
+        x = want[y["step"]]
+        for key, tol in FP32_TOL.items():
+            if key in x:
+                rel = abs(x[key] - y[key]) / max(abs(x[key]), 1e-8)
+                worst = max(worst, rel)
+                check(rel <= tol, f"{label} resumed at {at}: step {y['step']} {key} {x[key]!r} vs {y[key]!r} ({rel:.2e})")
+    print(f"{label} resumed from one process's step {at}: steps {at + 1}-10 agree, worst relative difference {worst:.2e}")
