@@ -18,6 +18,8 @@ cases = [
     (["train.device=CUDA"], 2, "moe-train: error: train.device = CUDA, but this process sees no GPU"),
     (["parallel.data_plane=NCCL"], 2, "moe-train: error: parallel.data_plane = NCCL needs the model on GPUs, but "
                                       "train.device resolved to the CPU; set parallel.data_plane = AUTO or HOST"),
+    (["routing.bias_update=PROPORTIONAL"], 2, "  --set routing.bias_update=PROPORTIONAL: routing.bias_update = PROPORTIONAL: "
+                                              "chooses how the aux-loss-free bias moves, and it is off"),
     (["finetune.lora.targets=[gate,query]", "finetune.lora.rank=4"], 2, "  --set finetune.lora.targets=[gate,query]: finetune.lora.targets = \"query\": each target is one of"),
 ]
 for overrides, code, message in cases:
